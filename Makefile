@@ -1,0 +1,43 @@
+# The README's two set-up commands are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PLUGINS := promo-code-analytics order-analytics user-stats
+CARGO ?= cargo
+PLUGIN_OUT := target/plugins
+
+.PHONY: deps build plugins demo test bench fmt clippy clean
+
+deps:
+	@bash scripts/install-deps.sh
+
+# Builds every first-party plugin into target/plugins/<name>.wasm.
+plugins: deps
+	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --locked
+	@mkdir -p $(PLUGIN_OUT)
+	@for p in $(PLUGINS); do \
+	  cp plugins/target/wasm32-wasip2/release/$${p//-/_}.wasm $(PLUGIN_OUT)/$$p.wasm; \
+	  echo "$(PLUGIN_OUT)/$$p.wasm"; \
+	done
+
+build: deps
+	$(CARGO) build --release --locked -p sluice
+
+# Starts private Redis and ClickHouse, runs the host on the first-party plugins, publishes
+# sample events of every seed type and prints what landed in each table.
+demo: plugins build
+	@bash scripts/demo.sh
+
+# The whole suite: unit tests of the host and the SDK, plugin fixtures, and end-to-end tests
+# against real redis-server and clickhouse-server processes started on free ports.
+test: plugins build
+	cd plugins && $(CARGO) test --locked -p sluice-sdk
+	SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
+	  $(CARGO) test --release --locked --workspace -- --test-threads=2
+
+fmt:
+	$(CARGO) fmt --all && (cd plugins && $(CARGO) fmt --all)
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets && (cd plugins && $(CARGO) clippy --target wasm32-wasip2)
+
+clean:
+	$(CARGO) clean && (cd plugins && $(CARGO) clean)

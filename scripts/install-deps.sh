@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what building, testing and demoing Sluice needs on a Debian machine, skipping
+# whatever is already present. Safe to run repeatedly; used by `make demo` and `make test`.
+#   - redis-server, clickhouse-server/client: the real services the tests and demo start
+#   - the wasm32-wasip2 Rust target: what plugins compile to
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+need_pkgs=()
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+command -v clickhouse-server >/dev/null 2>&1 || need_pkgs+=(clickhouse-server)
+command -v clickhouse-client >/dev/null 2>&1 || need_pkgs+=(clickhouse-client)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${need_pkgs[*]} from Debian's packages" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # The services are started privately by the test harness / demo; keep the packaged
+  # system services from starting (and occupying 6379/8123) on install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  timeout 600 $SUDO apt-get update -qq
+  timeout 900 $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    echo "install-deps: adding the wasm32-wasip2 Rust target" >&2
+    timeout 600 rustup target add wasm32-wasip2
+  fi
+else
+  echo "install-deps: rustup not found; install Rust from https://rustup.rs and re-run" >&2
+  exit 1
+fi
