@@ -1,0 +1,297 @@
+//! Plugins: loading a component file, checking its manifest, and calling it with batches.
+//!
+//! A [`LoadedPlugin`] is one version of one plugin (identified by the SHA-256 of its file),
+//! compiled and checked once. A [`PluginInstance`] is a live sandbox of it, reused for batch
+//! after batch until it traps.
+
+pub mod engine;
+pub mod rows;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use engine::SandboxEngine;
+use rows::{DecodedRows, OutputLimits, decode_rows};
+
+use crate::writer::schema::TableSchema;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit",
+    });
+}
+
+/// The WIT types, as the host sees them.
+pub mod wit {
+    pub use super::bindings::sluice::plugin::types::*;
+}
+
+use bindings::sluice::plugin::host::{self, Level};
+
+/// Limits applied to every call of a plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// Wall-clock deadline of one `handle-batch` call.
+    pub call_timeout: Duration,
+    /// Linear memory one instance may grow to.
+    pub max_memory_bytes: usize,
+    pub output: OutputLimits,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        PluginLimits {
+            call_timeout: Duration::from_secs(5),
+            max_memory_bytes: 128 << 20,
+            output: OutputLimits::default(),
+        }
+    }
+}
+
+/// What an instance's store holds: an empty WASI context (no files, network, environment,
+/// arguments or stdio) and the plugin's own settings.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<str>,
+    settings: Arc<HashMap<String, String>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        let plugin = &*self.plugin;
+        // Bound what a plugin can push into the host's logs.
+        let message: String = message.chars().take(4096).collect();
+        let fields: Vec<String> = fields.iter().take(32).map(|(k, v)| format!("{k}={v}")).collect();
+        let fields = fields.join(" ");
+        match level {
+            Level::Trace => tracing::trace!(target: "sluice::plugin_log", plugin, %fields, "{message}"),
+            Level::Debug => tracing::debug!(target: "sluice::plugin_log", plugin, %fields, "{message}"),
+            Level::Info => tracing::info!(target: "sluice::plugin_log", plugin, %fields, "{message}"),
+            Level::Warn => tracing::warn!(target: "sluice::plugin_log", plugin, %fields, "{message}"),
+            Level::Error => tracing::error!(target: "sluice::plugin_log", plugin, %fields, "{message}"),
+        }
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        self.settings.get(&key).cloned()
+    }
+}
+
+impl wit::Host for HostState {}
+
+/// One checked version of a plugin, ready to instantiate.
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex: the version's identity.
+    pub hash: String,
+    pub manifest: wit::Manifest,
+    pub tables: Vec<TableSchema>,
+    pub limits: PluginLimits,
+    settings: Arc<HashMap<String, String>>,
+    engine: SandboxEngine,
+    pre: bindings::PluginPre<HostState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.manifest.name).field("hash", &self.hash).finish()
+    }
+}
+
+/// A plugin call failed as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The plugin trapped (panic, deadline, memory limit, bad output); the instance is gone.
+    #[error("plugin `{plugin}` trapped: {reason}")]
+    Trap { plugin: String, reason: String },
+}
+
+/// The outcome of a successful `handle-batch` call, rows already checked and encoded.
+#[derive(Debug)]
+pub struct BatchResult {
+    pub rows: DecodedRows,
+    /// Events that failed: (index, permanent?, message). Includes rows refused by the host.
+    pub failures: Vec<EventFailure>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventFailure {
+    pub event: u32,
+    pub permanent: bool,
+    pub message: String,
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles and checks a plugin file. Errors name the file and what is wrong.
+    pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits, settings: HashMap<String, String>) -> Result<LoadedPlugin> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        let component = Component::from_binary(&engine.engine, &bytes)
+            .map_err(|e| anyhow!("{} is not a valid WebAssembly component: {e:#}", path.display()))?;
+        let mut linker: Linker<HostState> = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("{} does not match the sluice:plugin@0.1.0 world: {e:#}", path.display()))?;
+        let pre = bindings::PluginPre::new(instance_pre)
+            .map_err(|e| anyhow!("{} does not export the sluice:plugin@0.1.0 handler: {e:#}", path.display()))?;
+        let mut plugin = LoadedPlugin {
+            path: path.to_path_buf(),
+            hash,
+            manifest: wit::Manifest { name: String::new(), version: String::new(), subscriptions: vec![], tables: vec![], extensions: vec![] },
+            tables: vec![],
+            limits,
+            settings: Arc::new(settings),
+            engine: engine.clone(),
+            pre,
+        };
+        let mut inst = plugin.instantiate().with_context(|| format!("cannot instantiate {}", path.display()))?;
+        inst.store.set_epoch_deadline(SandboxEngine::ticks(limits.call_timeout));
+        let manifest = inst
+            .bindings
+            .sluice_plugin_handler()
+            .call_describe(&mut inst.store)
+            .map_err(|e| anyhow!("{}: describe() failed: {e:#}", path.display()))?;
+        plugin.tables = check_manifest(&manifest).map_err(|e| anyhow!("{}: bad manifest: {e}", path.display()))?;
+        plugin.manifest = manifest;
+        Ok(plugin)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    /// A short form of the version hash for logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+
+    /// A fresh sandbox of this version.
+    pub fn instantiate(&self) -> Result<PluginInstance> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.limits.max_memory_bytes)
+            .instances(16)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            plugin: Arc::from(self.manifest.name.as_str()),
+            settings: self.settings.clone(),
+        };
+        let mut store = Store::new(&self.engine.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(SandboxEngine::ticks(self.limits.call_timeout));
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok(PluginInstance { store, bindings })
+    }
+}
+
+/// Checks a manifest; returns its table declarations.
+pub fn check_manifest(m: &wit::Manifest) -> Result<Vec<TableSchema>> {
+    let name_ok = !m.name.is_empty()
+        && m.name.len() <= 64
+        && m.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !m.name.starts_with('-');
+    if !name_ok {
+        bail!("plugin name `{}` must be 1-64 lower-case letters, digits and `-`", m.name);
+    }
+    if m.subscriptions.is_empty() {
+        bail!("plugin `{}` subscribes to no event type", m.name);
+    }
+    for s in &m.subscriptions {
+        if s.is_empty() || s.len() > 200 || s.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+            bail!("plugin `{}`: event type `{s}` must be non-empty, without spaces", m.name);
+        }
+    }
+    if m.tables.is_empty() {
+        bail!("plugin `{}` declares no table", m.name);
+    }
+    if m.tables.len() > u16::MAX as usize {
+        bail!("plugin `{}` declares too many tables", m.name);
+    }
+    let mut tables: Vec<TableSchema> = Vec::new();
+    for t in &m.tables {
+        let s = TableSchema::from_wit(t).map_err(|e| anyhow!("{e}"))?;
+        if tables.iter().any(|x| x.name == s.name) {
+            bail!("table `{}` is declared twice", s.name);
+        }
+        tables.push(s);
+    }
+    Ok(tables)
+}
+
+/// A live instance of a plugin version.
+pub struct PluginInstance {
+    store: Store<HostState>,
+    bindings: bindings::Plugin,
+}
+
+impl PluginInstance {
+    /// Calls `handle-batch` and checks its rows against the declared tables. A trap (including
+    /// a deadline overrun or the memory limit) or a malformed row buffer is a [`CallError`];
+    /// the instance must then be dropped.
+    pub fn handle_batch(&mut self, plugin: &LoadedPlugin, events: &[wit::Event]) -> Result<BatchResult, CallError> {
+        self.store.set_epoch_deadline(SandboxEngine::ticks(plugin.limits.call_timeout));
+        let out = self
+            .bindings
+            .sluice_plugin_handler()
+            .call_handle_batch(&mut self.store, events)
+            .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin) })?;
+        let rows = decode_rows(&out.rows, &plugin.tables, events.len(), plugin.limits.output)
+            .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: e.to_string() })?;
+        let mut failures: Vec<EventFailure> = Vec::with_capacity(out.failures.len() + rows.rejected.len());
+        for f in out.failures {
+            if (f.event as usize) < events.len() {
+                failures.push(EventFailure {
+                    event: f.event,
+                    permanent: matches!(f.kind, wit::FailureKind::Permanent),
+                    message: f.message.chars().take(2048).collect(),
+                });
+            }
+        }
+        for (event, message) in &rows.rejected {
+            // A row that does not fit its column will not fit on a retry either.
+            failures.push(EventFailure { event: *event, permanent: true, message: message.clone() });
+        }
+        Ok(BatchResult { rows, failures })
+    }
+}
+
+fn describe_trap(e: &wasmtime::Error, plugin: &LoadedPlugin) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        match trap {
+            wasmtime::Trap::Interrupt => {
+                return format!("deadline of {:?} exceeded (call_timeout)", plugin.limits.call_timeout);
+            }
+            wasmtime::Trap::StackOverflow => return "stack overflow".into(),
+            _ => {}
+        }
+    }
+    let text = format!("{e:#}");
+    if text.contains("memory") && text.contains("grow") {
+        return format!("memory limit of {} MiB exceeded: {text}", plugin.limits.max_memory_bytes >> 20);
+    }
+    text
+}

@@ -1,0 +1,349 @@
+//! The Redis Streams source: one consumer-group reader per (plugin, event type).
+//!
+//! Policy:
+//! - Group `sluice:<plugin>` on stream `<prefix><type>`, created at `0` so events published
+//!   before the host started are processed.
+//! - New entries are read with XREADGROUP in batches; an entry is acknowledged only after every
+//!   row it produced is committed (see `router`).
+//! - Retries and crash recovery keep their state in Redis, not in memory: an entry that failed
+//!   transiently stays in the pending-entries list, and is claimed again (XCLAIM) once it has
+//!   been idle for its backoff (entries of this consumer) or for the visibility timeout
+//!   (entries of any other consumer, e.g. a dead instance). The delivery count the PEL keeps is
+//!   the attempt number.
+//! - A dead letter is written to `sluice:dlq` and the original acknowledged in one MULTI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Value, cmd};
+
+use super::{SourceEvent, parse_entry};
+
+/// The dead-letter stream.
+pub const DLQ_STREAM: &str = "sluice:dlq";
+
+/// Connects to Redis with timeouts that suit blocking reads of `block`.
+pub async fn connect(url: &str, block: Duration) -> Result<ConnectionManager> {
+    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL `{}`", redact_url(url)))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(block + Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", redact_url(url)))
+}
+
+/// A URL with any password replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Reads one stream through one consumer group.
+pub struct StreamReader {
+    conn: ConnectionManager,
+    pub stream: Arc<str>,
+    pub event_type: Arc<str>,
+    pub group: String,
+    pub consumer: String,
+}
+
+/// An entry of the pending-entries list.
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    pub id: String,
+    pub consumer: String,
+    pub idle_ms: u64,
+    pub deliveries: u64,
+}
+
+impl StreamReader {
+    pub fn new(conn: ConnectionManager, stream: &str, event_type: &str, group: &str, consumer: &str) -> Self {
+        StreamReader {
+            conn,
+            stream: Arc::from(stream),
+            event_type: Arc::from(event_type),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+        }
+    }
+
+    /// Creates the consumer group (and the stream) if missing, starting from the beginning.
+    pub async fn ensure_group(&mut self) -> Result<()> {
+        let r: redis::RedisResult<()> = cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&*self.stream)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn)
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot create consumer group {} on {}", self.group, self.stream)),
+        }
+    }
+
+    /// Reads up to `count` new entries, waiting up to `block` for the first.
+    pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<SourceEvent>> {
+        let reply: redis::RedisResult<Value> = cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(">")
+            .query_async(&mut self.conn)
+            .await;
+        let reply = match reply {
+            Ok(v) => v,
+            // The group vanished (stream deleted): recreate it and read again next time.
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group().await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e).with_context(|| format!("XREADGROUP on {} failed", self.stream)),
+        };
+        let mut out = Vec::new();
+        for (_, entries) in stream_replies(reply)? {
+            for (id, fields) in entries {
+                if let Some(fields) = fields {
+                    out.push(self.event(id, 1, fields));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn event(&self, entry_id: String, deliveries: u64, fields: Vec<(String, Vec<u8>)>) -> SourceEvent {
+        let parsed = parse_entry(&self.stream, &self.event_type, &entry_id, &fields);
+        SourceEvent { stream: self.stream.clone(), entry_id, deliveries, fields, parsed }
+    }
+
+    /// Pending entries idle for at least `min_idle`, oldest first.
+    pub async fn pending(&mut self, min_idle: Duration, count: usize) -> Result<Vec<PendingEntry>> {
+        let reply: Value = cmd("XPENDING")
+            .arg(&*self.stream)
+            .arg(&self.group)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut self.conn)
+            .await
+            .with_context(|| format!("XPENDING on {} failed", self.stream))?;
+        let mut out = Vec::new();
+        for item in array(reply)? {
+            let f = array(item)?;
+            if f.len() < 4 {
+                bail!("unexpected XPENDING reply");
+            }
+            let mut f = f.into_iter();
+            out.push(PendingEntry {
+                id: string(f.next().unwrap())?,
+                consumer: string(f.next().unwrap())?,
+                idle_ms: int(f.next().unwrap())? as u64,
+                deliveries: int(f.next().unwrap())? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Claims entries for this consumer if they are still idle for `min_idle` (so two
+    /// instances never both win one entry). Returns the claimed entries with their attempt
+    /// number, and the ids whose entries were deleted from the stream meanwhile.
+    pub async fn claim(&mut self, entries: &[PendingEntry], min_idle: Duration) -> Result<(Vec<SourceEvent>, Vec<String>)> {
+        if entries.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut c = cmd("XCLAIM");
+        c.arg(&*self.stream).arg(&self.group).arg(&self.consumer).arg(min_idle.as_millis() as u64);
+        for e in entries {
+            c.arg(&e.id);
+        }
+        let reply: Value = c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {} failed", self.stream))?;
+        let mut claimed = Vec::new();
+        let mut got = std::collections::HashSet::new();
+        for (id, fields) in entries_reply(reply)? {
+            got.insert(id.clone());
+            if let Some(fields) = fields {
+                let deliveries = entries.iter().find(|e| e.id == id).map(|e| e.deliveries + 1).unwrap_or(1);
+                claimed.push(self.event(id, deliveries, fields));
+            }
+        }
+        // Redis 7 answers XCLAIM with only the entries that still exist; ids pending but
+        // trimmed from the stream are simply absent and are acknowledged by the caller.
+        let deleted = entries.iter().filter(|e| !got.contains(&e.id)).map(|e| e.id.clone()).collect();
+        Ok((claimed, deleted))
+    }
+
+    pub async fn ack(&mut self, ids: &[&str]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = cmd("XACK")
+            .arg(&*self.stream)
+            .arg(&self.group)
+            .arg(ids)
+            .query_async(&mut self.conn)
+            .await
+            .with_context(|| format!("XACK on {} failed", self.stream))?;
+        Ok(())
+    }
+
+    /// Moves entries to the dead-letter stream and acknowledges them, atomically.
+    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        p.atomic();
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for l in letters {
+            let c = p.cmd("XADD").arg(DLQ_STREAM).arg("*");
+            c.arg("stream").arg(&*self.stream);
+            c.arg("entry_id").arg(&l.event.entry_id);
+            c.arg("event_id").arg(l.event.parsed.as_ref().map(|e| e.id.as_str()).unwrap_or(""));
+            c.arg("event_type").arg(&*self.event_type);
+            c.arg("group").arg(&self.group);
+            c.arg("plugin").arg(l.plugin);
+            c.arg("plugin_version").arg(l.plugin_version);
+            c.arg("attempts").arg(l.event.deliveries);
+            c.arg("error_kind").arg(l.error_kind);
+            c.arg("error").arg(l.error);
+            c.arg("failed_at").arg(&now);
+            for (k, v) in &l.event.fields {
+                c.arg(format!("field:{k}")).arg(v.as_slice());
+            }
+            p.ignore();
+        }
+        let ids: Vec<&str> = letters.iter().map(|l| l.event.entry_id.as_str()).collect();
+        p.cmd("XACK").arg(&*self.stream).arg(&self.group).arg(&ids).ignore();
+        let _: () = p
+            .query_async(&mut self.conn)
+            .await
+            .with_context(|| format!("cannot dead-letter {} entries of {}", letters.len(), self.stream))?;
+        Ok(())
+    }
+}
+
+/// One entry on its way to the dead-letter stream.
+pub struct DeadLetter<'a> {
+    pub event: &'a SourceEvent,
+    pub plugin: &'a str,
+    pub plugin_version: &'a str,
+    /// `invalid_event`, `permanent`, `retries_exhausted`...
+    pub error_kind: &'a str,
+    pub error: &'a str,
+}
+
+type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
+
+fn array(v: Value) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        other => bail!("unexpected Redis reply {other:?}"),
+    }
+}
+
+fn string(v: Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8(b)?),
+        Value::SimpleString(s) => Ok(s),
+        other => bail!("unexpected Redis reply {other:?}, expected a string"),
+    }
+}
+
+fn bytes(v: Value) -> Result<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        other => bail!("unexpected Redis reply {other:?}, expected a string"),
+    }
+}
+
+fn int(v: Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(i),
+        other => Ok(string(other)?.parse()?),
+    }
+}
+
+/// `[[id, [k, v, ...]], ...]`; a nil field list means the entry was deleted.
+fn entries_reply(v: Value) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for e in array(v)? {
+        if matches!(e, Value::Nil) {
+            continue;
+        }
+        let mut parts = array(e)?.into_iter();
+        let id = string(parts.next().ok_or_else(|| anyhow::anyhow!("empty stream entry"))?)?;
+        let fields = match parts.next() {
+            None | Some(Value::Nil) => None,
+            Some(f) => {
+                let flat = array(f)?;
+                let mut fields = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    fields.push((string(k)?, bytes(v)?));
+                }
+                Some(fields)
+            }
+        };
+        out.push((id, fields));
+    }
+    Ok(out)
+}
+
+/// The reply of XREAD/XREADGROUP: `[[stream, entries], ...]` (RESP2) or a map (RESP3).
+fn stream_replies(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
+    let pairs: Vec<(Value, Value)> = match v {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(m) => m,
+        Value::Array(a) => a
+            .into_iter()
+            .map(|s| {
+                let mut it = array(s)?.into_iter();
+                match (it.next(), it.next()) {
+                    (Some(k), Some(v)) => Ok((k, v)),
+                    _ => bail!("unexpected XREADGROUP reply"),
+                }
+            })
+            .collect::<Result<_>>()?,
+        other => bail!("unexpected XREADGROUP reply {other:?}"),
+    };
+    pairs.into_iter().map(|(k, v)| Ok((string(k)?, entries_reply(v)?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("redis://user:secret@host"), "redis://user:***@host");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

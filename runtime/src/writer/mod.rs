@@ -1,0 +1,159 @@
+//! The writer: the only part of the host that talks to ClickHouse.
+//!
+//! - `schema`: table declarations, checked, and their DDL.
+//! - `clickhouse`: the HTTP client (TCP_NODELAY, validation off, errors classified by code).
+//! - here: one batching task per table. Pipelines hand it [`RowChunk`]s (RowBinary rows of
+//!   one plugin call for one table) and get a commit notice back for each.
+//!
+//! Batching policy: a table's chunks are gathered until `max_rows` rows or `max_bytes`
+//! bytes are waiting, or `linger` has passed since the first one, then inserted as one
+//! INSERT (one block, atomic, up to 1,048,576 rows). Channels are bounded, so a slow
+//! ClickHouse fills them and pipelines wait instead of reading more: memory stays bounded.
+//! A failed insert is retried with exponential backoff while the error is retryable; a fatal
+//! one (schema, auth) fails the chunks, whose events then stay pending in Redis.
+
+pub mod clickhouse;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot};
+
+use self::clickhouse::{ChClient, ChError};
+use self::schema::TableSchema;
+
+/// The result of committing a chunk: Ok once its rows are in ClickHouse.
+pub type CommitResult = Result<(), Arc<str>>;
+
+/// Rows of one plugin call for one table.
+pub struct RowChunk {
+    pub data: Vec<u8>,
+    pub rows: usize,
+    pub done: oneshot::Sender<CommitResult>,
+}
+
+/// Batching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub linger: Duration,
+    /// Attempts for a retryable insert error before the chunks fail.
+    pub max_attempts: u32,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy { max_rows: 200_000, max_bytes: 64 << 20, linger: Duration::from_millis(200), max_attempts: 8 }
+    }
+}
+
+/// Handles to every table's batching task.
+#[derive(Clone)]
+pub struct Writer {
+    tables: Arc<std::sync::Mutex<HashMap<String, mpsc::Sender<RowChunk>>>>,
+    client: ChClient,
+    policy: BatchPolicy,
+}
+
+impl Writer {
+    pub fn new(client: ChClient, policy: BatchPolicy) -> Self {
+        Writer { tables: Default::default(), client, policy }
+    }
+
+    pub fn client(&self) -> &ChClient {
+        &self.client
+    }
+
+    /// Creates the table if missing and returns the sender for its chunks.
+    pub async fn table(&self, schema: &TableSchema) -> Result<mpsc::Sender<RowChunk>> {
+        if let Some(tx) = self.tables.lock().unwrap().get(&schema.name) {
+            return Ok(tx.clone());
+        }
+        self.client.create_table(schema).await?;
+        let mut tables = self.tables.lock().unwrap();
+        let tx = tables
+            .entry(schema.name.clone())
+            .or_insert_with(|| {
+                // Bounded: at most this many chunks wait per table; senders block beyond it.
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(run_table(self.client.clone(), schema.clone(), self.policy, rx));
+                tx
+            })
+            .clone();
+        Ok(tx)
+    }
+}
+
+async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, mut rx: mpsc::Receiver<RowChunk>) {
+    let insert_sql = format!(
+        "INSERT INTO {}.{} {} FORMAT RowBinary",
+        client.database(),
+        schema.name,
+        schema.column_list()
+    );
+    let mut pending: Vec<RowChunk> = Vec::new();
+    loop {
+        // Wait for the first chunk of a block.
+        let Some(first) = rx.recv().await else { return };
+        let started = Instant::now();
+        let (mut rows, mut bytes) = (first.rows, first.data.len());
+        pending.push(first);
+        // Gather more until full or the linger time is up.
+        while rows < policy.max_rows && bytes < policy.max_bytes {
+            let left = policy.linger.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some(c)) => {
+                    rows += c.rows;
+                    bytes += c.data.len();
+                    pending.push(c);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut block = Vec::with_capacity(bytes);
+        for c in &pending {
+            block.extend_from_slice(&c.data);
+        }
+        let result = insert_with_retry(&client, &schema, &insert_sql, block, rows, policy).await;
+        let result: CommitResult = result.map_err(|e| Arc::from(e.to_string()));
+        for c in pending.drain(..) {
+            let _ = c.done.send(result.clone());
+        }
+    }
+}
+
+async fn insert_with_retry(
+    client: &ChClient,
+    schema: &TableSchema,
+    sql: &str,
+    block: Vec<u8>,
+    rows: usize,
+    policy: BatchPolicy,
+) -> Result<(), ChError> {
+    let block = bytes::Bytes::from(block);
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let t = Instant::now();
+        match client.insert_rowbinary(sql, block.clone(), schema.uses_low_cardinality()).await {
+            Ok(()) => {
+                tracing::debug!(table = %schema.name, rows, bytes = block.len(), ms = t.elapsed().as_millis() as u64, "inserted");
+                return Ok(());
+            }
+            Err(e) if e.retryable() && attempt < policy.max_attempts => {
+                tracing::warn!(table = %schema.name, rows, attempt, error = %e, "insert failed, retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::error!(table = %schema.name, rows, attempt, error = %e, "insert failed; the events stay pending and will be retried");
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Table declarations as the host understands them: ClickHouse column types parsed from the
+//! plugin's manifest, identifiers checked, and the DDL rendered by the host alone.
+//!
+//! Policy: a plugin never sends SQL. Names must be plain identifiers; partition and order keys
+//! are expressions made only of identifiers, numbers, commas, parentheses and spaces (enough
+//! for `toYYYYMM(event_date)` or `(event_date, user_id)`), so nothing can be injected.
+
+use std::fmt;
+
+use crate::plugin::wit;
+
+/// A ClickHouse column type the host can check values against and encode as RowBinary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnType {
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    String,
+    FixedString(usize),
+    Date,
+    DateTime,
+    Uuid,
+    /// Decimal(P, S): stored in 4, 8 or 16 bytes depending on P.
+    Decimal { precision: u32, scale: u32 },
+    Enum8(Vec<(String, i64)>),
+    Enum16(Vec<(String, i64)>),
+    Nullable(Box<ColumnType>),
+    Array(Box<ColumnType>),
+    LowCardinality(Box<ColumnType>),
+}
+
+impl ColumnType {
+    /// Parses a type as ClickHouse writes it, e.g. `Nullable(Array(UInt32))`.
+    pub fn parse(text: &str) -> Result<ColumnType, String> {
+        let mut p = TypeParser { s: text.as_bytes(), i: 0 };
+        let t = p.ty().map_err(|e| format!("invalid column type `{text}`: {e}"))?;
+        p.ws();
+        if p.i != p.s.len() {
+            return Err(format!("invalid column type `{text}`: unexpected text at position {}", p.i));
+        }
+        Ok(t)
+    }
+
+    /// True if this type (or what it wraps) needs LowCardinality enabled on old servers.
+    pub fn uses_low_cardinality(&self) -> bool {
+        match self {
+            ColumnType::LowCardinality(_) => true,
+            ColumnType::Nullable(t) | ColumnType::Array(t) => t.uses_low_cardinality(),
+            _ => false,
+        }
+    }
+
+    pub fn is_numeric(&self) -> bool {
+        use ColumnType::*;
+        matches!(
+            self,
+            UInt8 | UInt16 | UInt32 | UInt64 | Int8 | Int16 | Int32 | Int64 | Float32 | Float64 | Decimal { .. }
+        )
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ColumnType::*;
+        let enum_items = |f: &mut fmt::Formatter<'_>, name: &str, items: &[(std::string::String, i64)]| {
+            write!(f, "{name}(")?;
+            for (i, (n, v)) in items.iter().enumerate() {
+                if i > 0 {
+                    write!(f, ", ")?;
+                }
+                write!(f, "'{}' = {v}", n.replace('\\', "\\\\").replace('\'', "\\'"))?;
+            }
+            write!(f, ")")
+        };
+        match self {
+            UInt8 => write!(f, "UInt8"),
+            UInt16 => write!(f, "UInt16"),
+            UInt32 => write!(f, "UInt32"),
+            UInt64 => write!(f, "UInt64"),
+            Int8 => write!(f, "Int8"),
+            Int16 => write!(f, "Int16"),
+            Int32 => write!(f, "Int32"),
+            Int64 => write!(f, "Int64"),
+            Float32 => write!(f, "Float32"),
+            Float64 => write!(f, "Float64"),
+            String => write!(f, "String"),
+            FixedString(n) => write!(f, "FixedString({n})"),
+            Date => write!(f, "Date"),
+            DateTime => write!(f, "DateTime"),
+            Uuid => write!(f, "UUID"),
+            Decimal { precision, scale } => write!(f, "Decimal({precision}, {scale})"),
+            Enum8(items) => enum_items(f, "Enum8", items),
+            Enum16(items) => enum_items(f, "Enum16", items),
+            Nullable(t) => write!(f, "Nullable({t})"),
+            Array(t) => write!(f, "Array({t})"),
+            LowCardinality(t) => write!(f, "LowCardinality({t})"),
+        }
+    }
+}
+
+struct TypeParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl TypeParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+    }
+    fn eat(&mut self, c: u8) -> Result<(), String> {
+        self.ws();
+        if self.s.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(format!("expected `{}` at position {}", c as char, self.i))
+        }
+    }
+    fn ident(&mut self) -> Result<&str, String> {
+        self.ws();
+        let start = self.i;
+        while self.i < self.s.len() && (self.s[self.i].is_ascii_alphanumeric() || self.s[self.i] == b'_') {
+            self.i += 1;
+        }
+        if start == self.i {
+            return Err(format!("expected a type name at position {start}"));
+        }
+        Ok(std::str::from_utf8(&self.s[start..self.i]).unwrap())
+    }
+    fn int(&mut self) -> Result<i64, String> {
+        self.ws();
+        let start = self.i;
+        if self.s.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        while self.i < self.s.len() && self.s[self.i].is_ascii_digit() {
+            self.i += 1;
+        }
+        std::str::from_utf8(&self.s[start..self.i])
+            .unwrap()
+            .parse()
+            .map_err(|_| format!("expected a number at position {start}"))
+    }
+    fn quoted(&mut self) -> Result<String, String> {
+        self.eat(b'\'')?;
+        let mut out = Vec::new();
+        loop {
+            match self.s.get(self.i) {
+                None => return Err("unterminated string".into()),
+                Some(b'\\') => {
+                    out.push(*self.s.get(self.i + 1).ok_or("unterminated string")?);
+                    self.i += 2;
+                }
+                Some(b'\'') => {
+                    self.i += 1;
+                    break;
+                }
+                Some(c) => {
+                    out.push(*c);
+                    self.i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).map_err(|_| "enum name is not UTF-8".to_string())
+    }
+    fn ty(&mut self) -> Result<ColumnType, String> {
+        use ColumnType::*;
+        let name = self.ident()?.to_string();
+        Ok(match name.as_str() {
+            "UInt8" => UInt8,
+            "UInt16" => UInt16,
+            "UInt32" => UInt32,
+            "UInt64" => UInt64,
+            "Int8" => Int8,
+            "Int16" => Int16,
+            "Int32" => Int32,
+            "Int64" => Int64,
+            "Float32" => Float32,
+            "Float64" => Float64,
+            "String" => String,
+            "Date" => Date,
+            "DateTime" => DateTime,
+            "UUID" => Uuid,
+            "FixedString" => {
+                self.eat(b'(')?;
+                let n = self.int()?;
+                self.eat(b')')?;
+                if !(1..=1_048_576).contains(&n) {
+                    return Err(format!("FixedString length {n} out of range"));
+                }
+                FixedString(n as usize)
+            }
+            "Decimal" | "Decimal32" | "Decimal64" | "Decimal128" => {
+                self.eat(b'(')?;
+                let (precision, scale) = if name == "Decimal" {
+                    let p = self.int()?;
+                    self.eat(b',')?;
+                    (p, self.int()?)
+                } else {
+                    let p = match name.as_str() {
+                        "Decimal32" => 9,
+                        "Decimal64" => 18,
+                        _ => 38,
+                    };
+                    (p, self.int()?)
+                };
+                self.eat(b')')?;
+                if !(1..=38).contains(&precision) || scale < 0 || scale > precision {
+                    return Err(format!("Decimal({precision}, {scale}) out of range"));
+                }
+                Decimal { precision: precision as u32, scale: scale as u32 }
+            }
+            "Enum8" | "Enum16" => {
+                self.eat(b'(')?;
+                let mut items = Vec::new();
+                loop {
+                    let n = self.quoted()?;
+                    self.eat(b'=')?;
+                    let v = self.int()?;
+                    let (lo, hi) = if name == "Enum8" { (-128, 127) } else { (-32768, 32767) };
+                    if v < lo || v > hi {
+                        return Err(format!("{name} value {v} out of range"));
+                    }
+                    items.push((n, v));
+                    self.ws();
+                    if self.s.get(self.i) == Some(&b',') {
+                        self.i += 1;
+                        continue;
+                    }
+                    break;
+                }
+                self.eat(b')')?;
+                if name == "Enum8" { Enum8(items) } else { Enum16(items) }
+            }
+            "Nullable" | "Array" | "LowCardinality" => {
+                self.eat(b'(')?;
+                let inner = Box::new(self.ty()?);
+                self.eat(b')')?;
+                match name.as_str() {
+                    "Nullable" => {
+                        if matches!(*inner, Nullable(_) | Array(_) | LowCardinality(_)) {
+                            return Err(format!("Nullable({inner}) is not allowed"));
+                        }
+                        Nullable(inner)
+                    }
+                    "Array" => Array(inner),
+                    _ => {
+                        let ok = match &*inner {
+                            String | FixedString(_) => true,
+                            Nullable(t) => matches!(**t, String | FixedString(_)),
+                            _ => false,
+                        };
+                        if !ok {
+                            return Err(format!("LowCardinality({inner}) is not supported; use it for strings"));
+                        }
+                        LowCardinality(inner)
+                    }
+                }
+            }
+            other => return Err(format!("unsupported type `{other}`")),
+        })
+    }
+}
+
+/// Checks that `name` is a plain identifier: ASCII letters, digits and `_`, not starting with
+/// a digit, at most 128 bytes.
+pub fn check_identifier(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} `{name}` is not a plain identifier (letters, digits and `_`, not starting with a digit)"))
+    }
+}
+
+/// Checks a key expression: identifiers, numbers, `(`, `)`, `,` and spaces only.
+fn check_expression(what: &str, expr: &str) -> Result<(), String> {
+    let ok = !expr.trim().is_empty()
+        && expr.len() <= 512
+        && expr.bytes().all(|c| c.is_ascii_alphanumeric() || b"_(), ".contains(&c));
+    let balanced = expr.bytes().try_fold(0i32, |depth, c| {
+        let d = depth + (c == b'(') as i32 - (c == b')') as i32;
+        (d >= 0).then_some(d)
+    }) == Some(0);
+    if ok && balanced {
+        Ok(())
+    } else {
+        Err(format!("{what} `{expr}` is not allowed: use column names and function calls only"))
+    }
+}
+
+/// One column of a checked table declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub comment: Option<String>,
+}
+
+/// The table engine a plugin declared.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TableEngine {
+    MergeTree,
+    ReplacingMergeTree(Option<String>),
+    SummingMergeTree(Vec<String>),
+    AggregatingMergeTree,
+}
+
+/// A checked table declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    pub name: String,
+    pub columns: Vec<Column>,
+    pub engine: TableEngine,
+    pub partition_by: Option<String>,
+    pub order_by: Vec<String>,
+    pub settings: Vec<(String, String)>,
+}
+
+impl TableSchema {
+    /// Checks a declaration from a plugin's manifest.
+    pub fn from_wit(t: &wit::Table) -> Result<TableSchema, String> {
+        check_identifier("table name", &t.name)?;
+        let ctx = |e: String| format!("table `{}`: {e}", t.name);
+        if t.columns.is_empty() {
+            return Err(ctx("declares no columns".into()));
+        }
+        let mut columns = Vec::with_capacity(t.columns.len());
+        for c in &t.columns {
+            check_identifier("column name", &c.name).map_err(ctx)?;
+            if columns.iter().any(|x: &Column| x.name == c.name) {
+                return Err(ctx(format!("column `{}` is declared twice", c.name)));
+            }
+            let ty = ColumnType::parse(&c.ty).map_err(|e| ctx(format!("column `{}`: {e}", c.name)))?;
+            columns.push(Column { name: c.name.clone(), ty, comment: c.comment.clone() });
+        }
+        let has = |n: &str| columns.iter().any(|c| c.name == n);
+        let engine = match &t.engine {
+            wit::Engine::MergeTree => TableEngine::MergeTree,
+            wit::Engine::AggregatingMergeTree => TableEngine::AggregatingMergeTree,
+            wit::Engine::ReplacingMergeTree(v) => {
+                if let Some(v) = v {
+                    if !has(v) {
+                        return Err(ctx(format!("ReplacingMergeTree version column `{v}` is not a column")));
+                    }
+                }
+                TableEngine::ReplacingMergeTree(v.clone())
+            }
+            wit::Engine::SummingMergeTree(cols) => {
+                for c in cols {
+                    let col = columns.iter().find(|x| &x.name == c);
+                    match col {
+                        None => return Err(ctx(format!("SummingMergeTree column `{c}` is not a column"))),
+                        Some(col) if !col.ty.is_numeric() => {
+                            return Err(ctx(format!("SummingMergeTree column `{c}` is {} , not numeric", col.ty)));
+                        }
+                        _ => {}
+                    }
+                }
+                TableEngine::SummingMergeTree(cols.clone())
+            }
+        };
+        if let Some(p) = &t.partition_by {
+            check_expression("partition key", p).map_err(ctx)?;
+        }
+        if t.order_by.is_empty() {
+            return Err(ctx("declares no ORDER BY key".into()));
+        }
+        for k in &t.order_by {
+            check_expression("order key", k).map_err(ctx)?;
+        }
+        for (k, v) in &t.settings {
+            check_identifier("setting name", k).map_err(ctx)?;
+            if !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.') || v.is_empty() {
+                return Err(ctx(format!("setting `{k}` has a value that is not a plain number or word")));
+            }
+        }
+        Ok(TableSchema {
+            name: t.name.clone(),
+            columns,
+            engine,
+            partition_by: t.partition_by.clone(),
+            order_by: t.order_by.clone(),
+            settings: t.settings.clone(),
+        })
+    }
+
+    /// The column list of an INSERT, e.g. `(a, b, c)`.
+    pub fn column_list(&self) -> String {
+        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        format!("({})", names.join(", "))
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` for this table in `database`.
+    pub fn create_ddl(&self, database: &str) -> String {
+        let mut sql = format!("CREATE TABLE IF NOT EXISTS {database}.{} (\n", self.name);
+        for (i, c) in self.columns.iter().enumerate() {
+            sql.push_str(&format!("    {} {}", c.name, c.ty));
+            if let Some(comment) = &c.comment {
+                sql.push_str(&format!(" COMMENT '{}'", comment.replace('\\', "\\\\").replace('\'', "\\'")));
+            }
+            sql.push_str(if i + 1 < self.columns.len() { ",\n" } else { "\n" });
+        }
+        sql.push_str(") ENGINE = ");
+        sql.push_str(&match &self.engine {
+            TableEngine::MergeTree => "MergeTree()".to_string(),
+            TableEngine::AggregatingMergeTree => "AggregatingMergeTree()".to_string(),
+            TableEngine::ReplacingMergeTree(None) => "ReplacingMergeTree()".to_string(),
+            TableEngine::ReplacingMergeTree(Some(v)) => format!("ReplacingMergeTree({v})"),
+            TableEngine::SummingMergeTree(cols) if cols.is_empty() => "SummingMergeTree()".to_string(),
+            TableEngine::SummingMergeTree(cols) => format!("SummingMergeTree(({}))", cols.join(", ")),
+        });
+        if let Some(p) = &self.partition_by {
+            sql.push_str(&format!("\nPARTITION BY {p}"));
+        }
+        sql.push_str(&format!("\nORDER BY ({})", self.order_by.join(", ")));
+        if !self.settings.is_empty() {
+            let s: Vec<String> = self.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            sql.push_str(&format!("\nSETTINGS {}", s.join(", ")));
+        }
+        sql
+    }
+
+    pub fn uses_low_cardinality(&self) -> bool {
+        self.columns.iter().any(|c| c.ty.uses_low_cardinality())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_types() {
+        for t in [
+            "UInt8",
+            "Nullable(String)",
+            "Array(Nullable(Int32))",
+            "LowCardinality(String)",
+            "Decimal(18, 4)",
+            "FixedString(16)",
+            "Enum8('a' = 1, 'b\\'c' = -2)",
+            "UUID",
+            "DateTime",
+        ] {
+            let parsed = ColumnType::parse(t).unwrap();
+            assert_eq!(parsed.to_string(), t);
+        }
+        assert_eq!(ColumnType::parse("Decimal64(4)").unwrap().to_string(), "Decimal(18, 4)");
+        assert!(ColumnType::parse("Nullable(Array(String))").is_err());
+        assert!(ColumnType::parse("String; DROP TABLE x").is_err());
+        assert!(ColumnType::parse("Map(String, String)").unwrap_err().contains("unsupported type `Map`"));
+        assert!(ColumnType::parse("LowCardinality(UInt8)").is_err());
+    }
+
+    #[test]
+    fn rejects_injection_in_names_and_keys() {
+        assert!(check_identifier("table name", "t; DROP").is_err());
+        assert!(check_identifier("table name", "1abc").is_err());
+        assert!(check_identifier("table name", "abc_1").is_ok());
+        assert!(check_expression("k", "toYYYYMM(event_date)").is_ok());
+        assert!(check_expression("k", "a) SETTINGS x=(1").is_err());
+        assert!(check_expression("k", "sleep(3)'").is_err());
+        assert!(check_expression("k", "f(a))(").is_err());
+    }
+
+    #[test]
+    fn renders_ddl() {
+        let t = wit::Table {
+            name: "users_analytics".into(),
+            columns: vec![
+                wit::Column { name: "event_date".into(), ty: "Date".into(), comment: None },
+                wit::Column { name: "user_id".into(), ty: "String".into(), comment: Some("who's".into()) },
+                wit::Column { name: "n".into(), ty: "UInt64".into(), comment: None },
+            ],
+            engine: wit::Engine::SummingMergeTree(vec!["n".into()]),
+            partition_by: Some("toYYYYMM(event_date)".into()),
+            order_by: vec!["event_date".into(), "user_id".into()],
+            settings: vec![("index_granularity".into(), "8192".into())],
+        };
+        let s = TableSchema::from_wit(&t).unwrap();
+        assert_eq!(
+            s.create_ddl("analytics"),
+            "CREATE TABLE IF NOT EXISTS analytics.users_analytics (\n    event_date Date,\n    user_id String COMMENT 'who\\'s',\n    n UInt64\n) ENGINE = SummingMergeTree((n))\nPARTITION BY toYYYYMM(event_date)\nORDER BY (event_date, user_id)\nSETTINGS index_granularity = 8192"
+        );
+        let mut bad = t.clone();
+        bad.engine = wit::Engine::SummingMergeTree(vec!["user_id".into()]);
+        assert!(TableSchema::from_wit(&bad).unwrap_err().contains("not numeric"));
+    }
+}
