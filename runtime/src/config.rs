@@ -1,0 +1,107 @@
+//! Host settings. Precedence: command-line flags, then environment variables (`SLUICE_*`),
+//! then the TOML file named by `--config` / `SLUICE_CONFIG`, then the defaults below.
+//! (Flags and environment are merged by clap; this module adds the file and the defaults.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// Settings as they may appear in the TOML file; every field optional.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub redis_url: Option<String>,
+    pub clickhouse_url: Option<String>,
+    pub clickhouse_database: Option<String>,
+    pub clickhouse_user: Option<String>,
+    pub clickhouse_password: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub admin_addr: Option<String>,
+    pub stream_prefix: Option<String>,
+    pub batch_size: Option<usize>,
+    pub block_ms: Option<u64>,
+    pub max_inflight_events: Option<usize>,
+    pub insert_max_rows: Option<usize>,
+    pub insert_linger_ms: Option<u64>,
+    pub max_attempts: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub visibility_timeout_ms: Option<u64>,
+    pub call_timeout_ms: Option<u64>,
+    pub max_memory_mb: Option<usize>,
+    pub log_format: Option<String>,
+}
+
+impl FileSettings {
+    pub fn load(path: &Path) -> Result<FileSettings> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// The resolved settings of `sluice run`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub redis_url: String,
+    pub clickhouse_url: String,
+    pub clickhouse_database: String,
+    pub clickhouse_user: Option<String>,
+    pub clickhouse_password: Option<String>,
+    pub plugins_dir: PathBuf,
+    pub admin_addr: String,
+    pub stream_prefix: String,
+    /// Events per XREADGROUP and per plugin call.
+    pub batch_size: usize,
+    /// How long one XREADGROUP waits for new entries.
+    pub block: Duration,
+    /// Events read but not yet acknowledged, per pipeline: the backpressure bound.
+    pub max_inflight_events: usize,
+    pub insert_max_rows: usize,
+    pub insert_linger: Duration,
+    /// Deliveries of an event before it is dead-lettered.
+    pub max_attempts: u64,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long an entry pending on another consumer stays untouched before this one claims it.
+    pub visibility_timeout: Duration,
+    pub call_timeout: Duration,
+    pub max_memory_mb: usize,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.batch_size > 100_000 {
+            bail!("batch_size must be between 1 and 100000, got {}", self.batch_size);
+        }
+        if self.insert_max_rows == 0 || self.insert_max_rows > 1_048_576 {
+            bail!("insert_max_rows must be between 1 and 1048576 (one ClickHouse block), got {}", self.insert_max_rows);
+        }
+        if self.max_inflight_events < self.batch_size {
+            bail!("max_inflight_events ({}) must be at least batch_size ({})", self.max_inflight_events, self.batch_size);
+        }
+        if self.max_attempts == 0 {
+            bail!("max_attempts must be at least 1");
+        }
+        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("unix://")) {
+            bail!("SLUICE_REDIS_URL must start with redis://, rediss:// or unix://, got `{}`", self.redis_url);
+        }
+        if !(self.clickhouse_url.starts_with("http://") || self.clickhouse_url.starts_with("https://")) {
+            bail!("SLUICE_CLICKHOUSE_URL must be an http:// or https:// URL, got `{}`", self.clickhouse_url);
+        }
+        if self.visibility_timeout < Duration::from_secs(1) {
+            bail!("visibility_timeout_ms must be at least 1000");
+        }
+        Ok(())
+    }
+
+    /// The backoff before attempt `deliveries + 1`: base * 2^(deliveries-1), capped, with
+    /// up to 20% jitter so that retries of many events spread out.
+    pub fn retry_delay(&self, deliveries: u64) -> Duration {
+        let exp = deliveries.saturating_sub(1).min(20) as u32;
+        let d = self.retry_base.saturating_mul(1u32 << exp).min(self.retry_max);
+        let jitter = rand::random::<f64>() * 0.2;
+        d.mul_f64(1.0 + jitter)
+    }
+}

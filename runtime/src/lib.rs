@@ -1,9 +1,15 @@
 //! Sluice: Redis events → sandboxed WebAssembly handlers → ClickHouse rows.
 //!
-//! One module per stage; see `docs/ARCHITECTURE.md`.
+//! One module per stage: `source` (Redis Streams) → `router` (pipelines, acks, retries,
+//! dead letters) → `plugin` (wasmtime sandbox, row checking) → `writer` (schemas, batching,
+//! ClickHouse). `host` wires them for `sluice run`; `cli` is the command line; `config` the
+//! settings. See docs/ARCHITECTURE.md.
 
+pub mod cli;
 pub mod config;
+pub mod host;
 pub mod plugin;
 pub mod router;
+pub mod sample;
 pub mod source;
 pub mod writer;

@@ -1,1 +1,40 @@
-fn main() {}
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use sluice::cli::{self, Cli, Command, PluginCommand};
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    init_logs(&args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match args.command {
+            Command::Run(run) => {
+                let settings = run.settings()?;
+                sluice::host::run(settings, Duration::from_secs(run.shutdown_grace_s)).await.map(|_| true)
+            }
+            Command::Publish(p) => cli::publish(p).await.map(|_| true),
+            Command::Plugin(PluginCommand::Inspect { file }) => cli::inspect(&file).map(|_| true),
+            Command::Plugin(PluginCommand::Run { file, event, event_type }) => cli::run_plugin(&file, &event, event_type.as_deref()),
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

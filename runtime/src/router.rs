@@ -1,0 +1,305 @@
+//! The router: one pipeline per (plugin, event type), each reading stream `<prefix><type>`
+//! through group `sluice:<plugin>`, calling the plugin with batches, handing rows to the
+//! writer and acknowledging events once their rows are committed.
+//!
+//! Delivery policy, per event of a batch:
+//! - rows committed in every table → XACK;
+//! - the event is not a valid event (no payload...) or the plugin/host marks it permanent →
+//!   dead-lettered (XADD `sluice:dlq` + XACK in one MULTI);
+//! - transient failure (retryable handler error, trap, failed insert) → left pending; it is
+//!   claimed again after its backoff, and dead-lettered once `max_attempts` deliveries failed.
+//!
+//! Backpressure: a pipeline holds at most `max_inflight_events` events between read and
+//! acknowledgement; it stops reading while they wait for ClickHouse.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use redis::aio::ConnectionManager;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+
+use crate::config::Settings;
+use crate::plugin::{LoadedPlugin, Sandbox, wit};
+use crate::source::SourceEvent;
+use crate::source::streams::{DeadLetter, StreamReader};
+use crate::writer::{CommitResult, RowChunk};
+
+/// How often a pipeline looks for entries to retry or recover.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Deliveries beyond `max_attempts` that ended with no outcome at all (the host died while
+/// handling them each time) before such an entry is dead-lettered anyway.
+const CRASH_ALLOWANCE: u64 = 2;
+
+/// The consumer group of a plugin.
+pub fn group_name(plugin: &str) -> String {
+    format!("sluice:{plugin}")
+}
+
+/// One (plugin, event type) pipeline.
+pub struct Pipeline {
+    pub plugin: Arc<LoadedPlugin>,
+    pub settings: Arc<Settings>,
+    /// Blocking reads only.
+    pub reader: StreamReader,
+    /// Acks, claims and dead letters (a blocked XREADGROUP would hold up a shared connection).
+    pub control: StreamReader,
+    /// The writer's channel for each of the plugin's tables, in declaration order.
+    pub tables: Vec<mpsc::Sender<RowChunk>>,
+}
+
+/// Shared state of a pipeline's in-flight work.
+struct Inflight {
+    permits: Arc<Semaphore>,
+    ids: Mutex<HashSet<String>>,
+}
+
+impl Pipeline {
+    pub fn new(plugin: Arc<LoadedPlugin>, settings: Arc<Settings>, read_conn: ConnectionManager, control_conn: ConnectionManager, event_type: &str, consumer: &str, tables: Vec<mpsc::Sender<RowChunk>>) -> Self {
+        let stream = format!("{}{}", settings.stream_prefix, event_type);
+        let group = group_name(plugin.name());
+        Pipeline {
+            reader: StreamReader::new(read_conn, &stream, event_type, &group, consumer),
+            control: StreamReader::new(control_conn, &stream, event_type, &group, consumer),
+            plugin,
+            settings,
+            tables,
+        }
+    }
+
+    /// Runs until `shutdown` turns true, then waits (up to `grace`) for in-flight events.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+        self.reader.ensure_group().await?;
+        let inflight = Arc::new(Inflight { permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)), ids: Mutex::new(HashSet::new()) });
+        let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
+        let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
+        let mut error_backoff = Duration::from_millis(100);
+        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream, group = %self.reader.group, "pipeline started");
+        while !*shutdown.borrow() {
+            let permits = tokio::select! {
+                p = inflight.permits.clone().acquire_many_owned(self.settings.batch_size as u32) => p?,
+                _ = shutdown.changed() => break,
+            };
+            let mut batch = Vec::new();
+            let mut read_error = None;
+            if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
+                last_reclaim = Instant::now();
+                match self.reclaim(&inflight).await {
+                    Ok(b) => batch = b,
+                    Err(e) => read_error = Some(e),
+                }
+            }
+            if batch.is_empty() && read_error.is_none() {
+                let block = self.settings.block.min(RECLAIM_INTERVAL);
+                tokio::select! {
+                    r = self.reader.read_new(self.settings.batch_size, block) => match r {
+                        Ok(b) => batch = b,
+                        Err(e) => read_error = Some(e),
+                    },
+                    _ = shutdown.changed() => break,
+                }
+            }
+            if let Some(e) = read_error {
+                tracing::error!(stream = %self.reader.stream, error = format!("{e:#}"), "cannot read from Redis; retrying in {error_backoff:?}");
+                tokio::time::sleep(error_backoff).await;
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            error_backoff = Duration::from_millis(100);
+            if batch.is_empty() {
+                continue;
+            }
+            {
+                let mut ids = inflight.ids.lock().unwrap();
+                ids.extend(batch.iter().map(|e| e.entry_id.clone()));
+            }
+            let sb = sandbox.take().expect("sandbox is returned after every batch");
+            sandbox = Some(self.process(sb, batch, permits, inflight.clone()).await);
+        }
+        // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
+        let all = self.settings.max_inflight_events as u32;
+        match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
+            Ok(_) => tracing::info!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped; in-flight events finished"),
+            Err(_) => tracing::warn!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered"),
+        }
+        Ok(())
+    }
+
+    /// Entries to retry (this consumer's, after their backoff) or recover (another
+    /// consumer's, after the visibility timeout), claimed for this consumer.
+    async fn reclaim(&mut self, inflight: &Inflight) -> Result<Vec<SourceEvent>> {
+        let s = &self.settings;
+        let min_idle = s.retry_base.min(s.visibility_timeout);
+        let pending = self.control.pending(min_idle, s.batch_size).await?;
+        let due: Vec<_> = {
+            let ids = inflight.ids.lock().unwrap();
+            pending
+                .into_iter()
+                .filter(|p| {
+                    if p.consumer == self.control.consumer {
+                        !ids.contains(&p.id) && Duration::from_millis(p.idle_ms) >= s.retry_delay(p.deliveries)
+                    } else {
+                        Duration::from_millis(p.idle_ms) >= s.visibility_timeout
+                    }
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (claimed, deleted) = self.control.claim(&due, min_idle).await?;
+        if !deleted.is_empty() {
+            let ids: Vec<&str> = deleted.iter().map(String::as_str).collect();
+            tracing::warn!(stream = %self.control.stream, count = ids.len(), "pending entries were deleted from the stream before they were handled; acknowledging them");
+            self.control.ack(&ids).await?;
+        }
+        if !claimed.is_empty() {
+            tracing::info!(stream = %self.control.stream, plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
+        }
+        Ok(claimed)
+    }
+
+    /// Handles one batch: plugin call, rows to the writer, then (in a task) acknowledgement.
+    async fn process(&mut self, sandbox: Sandbox, batch: Vec<SourceEvent>, permits: OwnedSemaphorePermit, inflight: Arc<Inflight>) -> Sandbox {
+        let s = &self.settings;
+        // Events the plugin gets, and where each came from in `batch`.
+        let mut events: Vec<wit::Event> = Vec::with_capacity(batch.len());
+        let mut origin: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut verdicts: Vec<Verdict> = vec![Verdict::Ok; batch.len()];
+        for (i, e) in batch.iter().enumerate() {
+            match &e.parsed {
+                Err(reason) => verdicts[i] = Verdict::Dead { kind: "invalid_event", error: reason.clone() },
+                Ok(_) if e.deliveries > s.max_attempts + CRASH_ALLOWANCE => {
+                    verdicts[i] = Verdict::Dead {
+                        kind: "retries_exhausted",
+                        error: format!("delivered {} times without an outcome (the host stopped while handling it each time)", e.deliveries),
+                    }
+                }
+                Ok(ev) => {
+                    events.push(ev.clone());
+                    origin.push(i);
+                }
+            }
+        }
+        let started = Instant::now();
+        let (sandbox, outcome) = {
+            let events = std::mem::take(&mut events);
+            tokio::task::spawn_blocking(move || {
+                let mut sandbox = sandbox;
+                let outcome = sandbox.run(&events);
+                (sandbox, outcome)
+            })
+            .await
+            .expect("plugin calls do not panic the host")
+        };
+        let handled_in = started.elapsed();
+        for f in &outcome.failures {
+            let i = origin[f.event as usize];
+            verdicts[i] = if f.permanent {
+                Verdict::Dead { kind: "permanent", error: f.message.clone() }
+            } else if batch[i].deliveries >= s.max_attempts {
+                Verdict::Dead { kind: "retries_exhausted", error: format!("failed {} attempts; last error: {}", batch[i].deliveries, f.message) }
+            } else {
+                Verdict::Retry(f.message.clone())
+            };
+        }
+        let mut commits: Vec<oneshot::Receiver<CommitResult>> = Vec::new();
+        for (table, rows) in outcome.tables.into_iter().enumerate() {
+            if rows.rows == 0 {
+                continue;
+            }
+            let (done, rx) = oneshot::channel();
+            let chunk = RowChunk { data: rows.data, rows: rows.rows, done };
+            if self.tables[table].send(chunk).await.is_err() {
+                tracing::error!(table = %self.plugin.tables[table].name, "writer is gone");
+            }
+            commits.push(rx);
+        }
+        tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream, events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
+        let ack = AckTask {
+            control: StreamReader::new(self.control.conn_clone(), &self.control.stream, &self.control.event_type, &self.control.group, &self.control.consumer),
+            plugin: self.plugin.clone(),
+            batch,
+            verdicts,
+            commits,
+            _permits: permits,
+            inflight,
+        };
+        tokio::spawn(ack.run());
+        sandbox
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    Ok,
+    Retry(String),
+    Dead { kind: &'static str, error: String },
+}
+
+/// Waits for a batch's rows to be committed, then acknowledges and dead-letters its events.
+struct AckTask {
+    control: StreamReader,
+    plugin: Arc<LoadedPlugin>,
+    batch: Vec<SourceEvent>,
+    verdicts: Vec<Verdict>,
+    commits: Vec<oneshot::Receiver<CommitResult>>,
+    _permits: OwnedSemaphorePermit,
+    inflight: Arc<Inflight>,
+}
+
+impl AckTask {
+    async fn run(mut self) {
+        let mut commit_error: Option<Arc<str>> = None;
+        for rx in self.commits.drain(..) {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => commit_error = Some(e),
+                Err(_) => commit_error = Some(Arc::from("the writer stopped before committing")),
+            }
+        }
+        let mut ack: Vec<&str> = Vec::new();
+        let mut dead: Vec<DeadLetter<'_>> = Vec::new();
+        let mut retry = 0usize;
+        for (e, v) in self.batch.iter().zip(&self.verdicts) {
+            match v {
+                Verdict::Ok if commit_error.is_none() => ack.push(&e.entry_id),
+                Verdict::Ok => retry += 1,
+                Verdict::Retry(msg) => {
+                    retry += 1;
+                    tracing::warn!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), attempt = e.deliveries, error = %msg, "event failed; it will be retried");
+                }
+                Verdict::Dead { kind, error } => {
+                    tracing::error!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), kind, error = %error, "event dead-lettered to sluice:dlq");
+                    dead.push(DeadLetter { event: e, plugin: self.plugin.name(), plugin_version: &self.plugin.hash, error_kind: kind, error });
+                }
+            }
+        }
+        if let Some(e) = &commit_error {
+            tracing::error!(stream = %self.control.stream, plugin = self.plugin.name(), events = retry, error = %e, "rows not committed; the events stay pending and will be retried");
+        }
+        // Redis may be briefly unreachable: keep trying, the events stay pending meanwhile.
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=20 {
+            let r = async {
+                self.control.ack(&ack).await?;
+                self.control.dead_letter(&dead).await
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) if attempt < 20 => {
+                    tracing::warn!(stream = %self.control.stream, error = format!("{e:#}"), "cannot acknowledge yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => tracing::error!(stream = %self.control.stream, error = format!("{e:#}"), "giving up acknowledging; the events stay pending and will be recovered"),
+            }
+        }
+        let mut ids = self.inflight.ids.lock().unwrap();
+        for e in &self.batch {
+            ids.remove(&e.entry_id);
+        }
+    }
+}

@@ -295,3 +295,78 @@ fn describe_trap(e: &wasmtime::Error, plugin: &LoadedPlugin) -> String {
     }
     text
 }
+
+/// The outcome of running a batch through a plugin, with traps isolated to their events.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// RowBinary rows per declared table, from the events that succeeded.
+    pub tables: Vec<rows::TableRows>,
+    /// Events that failed, by index in the batch.
+    pub failures: Vec<EventFailure>,
+    /// Plugin calls made (more than one when a trap had to be isolated).
+    pub calls: u32,
+}
+
+/// A plugin version with at most one live instance, which it replaces after a trap.
+///
+/// Isolation policy: when a call traps, the batch is split in halves and each half is called
+/// again on a fresh instance, down to single events. Only events that trap on their own fail
+/// (transiently, so they follow the retry rules); their batch-mates are handled normally.
+pub struct Sandbox {
+    pub plugin: Arc<LoadedPlugin>,
+    instance: Option<PluginInstance>,
+}
+
+impl Sandbox {
+    pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
+        Sandbox { plugin, instance: None }
+    }
+
+    /// Runs `events` through the plugin. Never fails as a whole.
+    pub fn run(&mut self, events: &[wit::Event]) -> BatchOutcome {
+        let mut out = BatchOutcome { tables: vec![rows::TableRows::default(); self.plugin.tables.len()], ..Default::default() };
+        self.run_into(events, 0, &mut out);
+        out.failures.sort_by_key(|f| f.event);
+        out
+    }
+
+    fn run_into(&mut self, events: &[wit::Event], offset: u32, out: &mut BatchOutcome) {
+        if events.is_empty() {
+            return;
+        }
+        out.calls += 1;
+        let result = match self.instance.take() {
+            Some(inst) => Ok(inst),
+            None => self.plugin.instantiate(),
+        }
+        .map_err(|e| CallError::Trap { plugin: self.plugin.name().to_string(), reason: format!("cannot instantiate: {e:#}") })
+        .and_then(|mut inst| {
+            let r = inst.handle_batch(&self.plugin, events);
+            if r.is_ok() {
+                self.instance = Some(inst);
+            }
+            r
+        });
+        match result {
+            Ok(r) => {
+                for (dst, src) in out.tables.iter_mut().zip(r.rows.tables) {
+                    dst.data.extend_from_slice(&src.data);
+                    dst.rows += src.rows;
+                }
+                out.failures.extend(r.failures.into_iter().map(|mut f| {
+                    f.event += offset;
+                    f
+                }));
+            }
+            Err(CallError::Trap { reason, .. }) if events.len() == 1 => {
+                out.failures.push(EventFailure { event: offset, permanent: false, message: format!("plugin trapped: {reason}") });
+            }
+            Err(CallError::Trap { reason, .. }) => {
+                tracing::warn!(plugin = self.plugin.name(), events = events.len(), %reason, "plugin call trapped; isolating the culprit");
+                let mid = events.len() / 2;
+                self.run_into(&events[..mid], offset, out);
+                self.run_into(&events[mid..], offset + mid as u32, out);
+            }
+        }
+    }
+}

@@ -640,3 +640,127 @@ mod tests {
         assert_eq!(parse_decimal(".5", 2), Some(50));
     }
 }
+
+/// Decodes RowBinary rows of `schema` back into JSON objects (for `sluice plugin run` and
+/// fixtures): what a row will look like in ClickHouse.
+pub fn rowbinary_to_json(data: &[u8], schema: &TableSchema) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+    let mut pos = 0usize;
+    let mut rows = Vec::new();
+    while pos < data.len() {
+        let mut row = serde_json::Map::new();
+        for c in &schema.columns {
+            row.insert(c.name.clone(), rb_value(&c.ty, data, &mut pos)?);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn rb_take<'a>(data: &'a [u8], pos: &mut usize, n: usize) -> Result<&'a [u8], String> {
+    let s = data.get(*pos..*pos + n).ok_or("truncated RowBinary")?;
+    *pos += n;
+    Ok(s)
+}
+
+fn rb_varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = rb_take(data, pos, 1)?[0];
+        v |= ((b & 0x7f) as u64) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("bad varint".into())
+}
+
+fn rb_value(ty: &ColumnType, data: &[u8], pos: &mut usize) -> Result<serde_json::Value, String> {
+    use ColumnType as T;
+    use serde_json::{Value as J, json};
+    macro_rules! num {
+        ($t:ty) => {{
+            let b = rb_take(data, pos, std::mem::size_of::<$t>())?;
+            <$t>::from_le_bytes(b.try_into().unwrap())
+        }};
+    }
+    let fmt_scaled = |v: i128, scale: u32| -> String {
+        if scale == 0 {
+            return v.to_string();
+        }
+        let p = 10i128.pow(scale);
+        let sign = if v < 0 { "-" } else { "" };
+        format!("{sign}{}.{:0width$}", (v / p).unsigned_abs(), (v % p).unsigned_abs(), width = scale as usize)
+    };
+    Ok(match ty {
+        T::UInt8 => json!(num!(u8)),
+        T::UInt16 => json!(num!(u16)),
+        T::UInt32 => json!(num!(u32)),
+        // 64-bit integers as ClickHouse's JSON formats print them by default: quoted.
+        T::UInt64 => J::String(num!(u64).to_string()),
+        T::Int8 => json!(num!(i8)),
+        T::Int16 => json!(num!(i16)),
+        T::Int32 => json!(num!(i32)),
+        T::Int64 => J::String(num!(i64).to_string()),
+        T::Float32 => json_float(num!(f32) as f64),
+        T::Float64 => json_float(num!(f64)),
+        T::String => {
+            let n = rb_varint(data, pos)? as usize;
+            J::String(String::from_utf8_lossy(rb_take(data, pos, n)?).into_owned())
+        }
+        T::FixedString(n) => J::String(String::from_utf8_lossy(rb_take(data, pos, *n)?).into_owned()),
+        T::Date => {
+            let d = num!(u16) as i64;
+            J::String(chrono::DateTime::from_timestamp(d * 86_400, 0).unwrap().format("%Y-%m-%d").to_string())
+        }
+        T::DateTime => {
+            let s = num!(u32) as i64;
+            J::String(chrono::DateTime::from_timestamp(s, 0).unwrap().format("%Y-%m-%d %H:%M:%S").to_string())
+        }
+        T::Uuid => {
+            let hi = num!(u64);
+            let lo = num!(u64);
+            J::String(uuid::Uuid::from_u64_pair(hi, lo).to_string())
+        }
+        T::Decimal { precision, scale } => {
+            let v: i128 = match precision {
+                1..=9 => num!(i32) as i128,
+                10..=18 => num!(i64) as i128,
+                _ => num!(i128),
+            };
+            J::String(fmt_scaled(v, *scale))
+        }
+        T::Enum8(items) | T::Enum16(items) => {
+            let v = if matches!(ty, T::Enum8(_)) { num!(i8) as i64 } else { num!(i16) as i64 };
+            J::String(items.iter().find(|(_, x)| *x == v).map(|(n, _)| n.clone()).unwrap_or_else(|| v.to_string()))
+        }
+        T::Nullable(inner) => {
+            if rb_take(data, pos, 1)?[0] == 1 {
+                J::Null
+            } else {
+                rb_value(inner, data, pos)?
+            }
+        }
+        T::LowCardinality(inner) => rb_value(inner, data, pos)?,
+        T::Array(inner) => {
+            let n = rb_varint(data, pos)?;
+            let mut v = Vec::with_capacity(n.min(1024) as usize);
+            for _ in 0..n {
+                v.push(rb_value(inner, data, pos)?);
+            }
+            J::Array(v)
+        }
+    })
+}
+
+/// JSON has no NaN or infinities: print them as ClickHouse does, as strings.
+fn json_float(f: f64) -> serde_json::Value {
+    if f.is_finite() {
+        serde_json::json!(f)
+    } else if f.is_nan() {
+        serde_json::Value::String("nan".into())
+    } else if f > 0.0 {
+        serde_json::Value::String("inf".into())
+    } else {
+        serde_json::Value::String("-inf".into())
+    }
+}

@@ -81,6 +81,11 @@ impl StreamReader {
         }
     }
 
+    /// Another handle on the same (multiplexed) connection.
+    pub fn conn_clone(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// Creates the consumer group (and the stream) if missing, starting from the beginning.
     pub async fn ensure_group(&mut self) -> Result<()> {
         let r: redis::RedisResult<()> = cmd("XGROUP")

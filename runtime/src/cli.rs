@@ -1,0 +1,329 @@
+//! The `sluice` command line: `run`, `publish`, `plugin inspect`, `plugin run`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{FileSettings, Settings};
+use crate::plugin::{LoadedPlugin, PluginLimits, Sandbox, SandboxEngine, wit};
+use crate::source::streams::{self, redact_url};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Redis events -> sandboxed WebAssembly handlers -> ClickHouse rows", long_about = None)]
+pub struct Cli {
+    /// Log format: `text` for terminals, `json` for containers.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the host: consume events from Redis, call the plugins, write rows to ClickHouse.
+    Run(RunArgs),
+    /// Publish events to Redis Streams in the wire format (one, or --count generated ones).
+    Publish(PublishArgs),
+    /// Inspect, run and test plugins without Redis or ClickHouse.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Print a plugin's manifest (name, version, hash, subscriptions, tables and their DDL) as JSON.
+    Inspect {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+    },
+    /// Run a plugin's handler on events from a file and print the rows as JSON lines.
+    Run {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// A JSON file with one event, an array of events, or one event per line. An event is
+        /// {"type": "...", "payload": {...}, "id"?: "...", "ts"?: ms}; with --type, each object
+        /// is a payload.
+        #[arg(long)]
+        event: PathBuf,
+        /// Treat every object in the file as the payload of an event of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+    },
+}
+
+/// Connection settings shared by the commands that talk to Redis and ClickHouse.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// TOML file with settings (same names as below, in snake_case); flags and environment win.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis URL [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "SLUICE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of event streams: type T is read from `<prefix>T` [default: events:]
+    #[arg(long, env = "SLUICE_STREAM_PREFIX")]
+    pub stream_prefix: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// ClickHouse HTTP URL [default: http://127.0.0.1:8123]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database for the plugins' tables, created if missing [default: analytics]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_DATABASE")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user [default: the server's default user]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password (prefer the environment variable: flags show up in `ps`)
+    #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// Directory of plugin .wasm files [default: ./plugins]
+    #[arg(long, env = "SLUICE_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Admin HTTP address (health, metrics) [default: 127.0.0.1:9464]
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Events per read and per plugin call [default: 500]
+    #[arg(long, env = "SLUICE_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Rows per ClickHouse INSERT, at most [default: 200000]
+    #[arg(long, env = "SLUICE_INSERT_MAX_ROWS")]
+    pub insert_max_rows: Option<usize>,
+    /// Milliseconds a table's rows wait for more before they are inserted [default: 200]
+    #[arg(long, env = "SLUICE_INSERT_LINGER_MS")]
+    pub insert_linger_ms: Option<u64>,
+    /// Deliveries of an event before it is dead-lettered [default: 3]
+    #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u64>,
+    /// Milliseconds an entry pending on another (dead) consumer waits before it is claimed [default: 60000]
+    #[arg(long, env = "SLUICE_VISIBILITY_TIMEOUT_MS")]
+    pub visibility_timeout_ms: Option<u64>,
+    /// Wall-clock limit of one plugin call, in milliseconds [default: 5000]
+    #[arg(long, env = "SLUICE_CALL_TIMEOUT_MS")]
+    pub call_timeout_ms: Option<u64>,
+    /// Seconds to finish in-flight events after SIGTERM/SIGINT [default: 30]
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_S", default_value_t = 30)]
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The event type, e.g. `PromoCodeAppliedEvent` or `order.created`.
+    pub event_type: String,
+    /// The payload, JSON text. Omit with --count.
+    pub payload: Option<String>,
+    /// Publish this many generated events of a seed type (PromoCodeAppliedEvent,
+    /// OrderCreatedEvent, order.created) and print the rate.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Event id (the idempotency key) of a single event.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+fn file_settings(common: &CommonArgs) -> Result<FileSettings> {
+    match &common.config {
+        Some(p) => FileSettings::load(p),
+        None => Ok(FileSettings::default()),
+    }
+}
+
+impl RunArgs {
+    pub fn settings(&self) -> Result<Settings> {
+        let f = file_settings(&self.common)?;
+        let ms = Duration::from_millis;
+        Ok(Settings {
+            redis_url: self.common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            clickhouse_url: self.clickhouse_url.clone().or(f.clickhouse_url).unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            clickhouse_database: self.clickhouse_database.clone().or(f.clickhouse_database).unwrap_or_else(|| "analytics".into()),
+            clickhouse_user: self.clickhouse_user.clone().or(f.clickhouse_user),
+            clickhouse_password: self.clickhouse_password.clone().or(f.clickhouse_password),
+            plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
+            admin_addr: self.admin_addr.clone().or(f.admin_addr).unwrap_or_else(|| "127.0.0.1:9464".into()),
+            stream_prefix: self.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into()),
+            batch_size: self.batch_size.or(f.batch_size).unwrap_or(500),
+            block: ms(f.block_ms.unwrap_or(1000)),
+            max_inflight_events: f.max_inflight_events.unwrap_or(20_000).max(self.batch_size.or(f.batch_size).unwrap_or(500)),
+            insert_max_rows: self.insert_max_rows.or(f.insert_max_rows).unwrap_or(200_000),
+            insert_linger: ms(self.insert_linger_ms.or(f.insert_linger_ms).unwrap_or(200)),
+            max_attempts: self.max_attempts.or(f.max_attempts).unwrap_or(3),
+            retry_base: ms(f.retry_base_ms.unwrap_or(1000)),
+            retry_max: ms(f.retry_max_ms.unwrap_or(60_000)),
+            visibility_timeout: ms(self.visibility_timeout_ms.or(f.visibility_timeout_ms).unwrap_or(60_000)),
+            call_timeout: ms(self.call_timeout_ms.or(f.call_timeout_ms).unwrap_or(5000)),
+            max_memory_mb: f.max_memory_mb.unwrap_or(128),
+        })
+    }
+}
+
+/// `sluice publish`.
+pub async fn publish(args: PublishArgs) -> Result<()> {
+    let f = file_settings(&args.common)?;
+    let url = args.common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let prefix = args.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into());
+    let stream = format!("{prefix}{}", args.event_type);
+    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    match (args.count, &args.payload) {
+        (None, Some(payload)) => {
+            serde_json::from_str::<serde_json::Value>(payload).context("the payload is not valid JSON")?;
+            let id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let entry: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("payload")
+                .arg(payload)
+                .arg("id")
+                .arg(&id)
+                .query_async(&mut conn)
+                .await
+                .with_context(|| format!("cannot XADD to {stream} at {}", redact_url(&url)))?;
+            println!("{stream} {entry} id={id}");
+        }
+        (Some(count), None) => {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while sent < count {
+                let n = (count - sent).min(1000);
+                let mut p = redis::pipe();
+                for i in sent..sent + n {
+                    let payload = crate::sample::payload(&args.event_type, i)?;
+                    p.cmd("XADD").arg(&stream).arg("*").arg("payload").arg(payload.to_string()).arg("id").arg(uuid::Uuid::new_v4().to_string()).ignore();
+                }
+                let _: () = p.query_async(&mut conn).await.with_context(|| format!("cannot XADD to {stream}"))?;
+                sent += n;
+            }
+            let secs = started.elapsed().as_secs_f64();
+            println!("published {count} {} events to {stream} in {secs:.2} s ({:.0} events/s)", args.event_type, count as f64 / secs.max(1e-9));
+        }
+        (Some(_), Some(_)) => bail!("give either a payload or --count, not both"),
+        (None, None) => bail!("give a payload (JSON text) or --count N"),
+    }
+    Ok(())
+}
+
+fn load_one(path: &Path) -> Result<LoadedPlugin> {
+    let engine = SandboxEngine::new()?;
+    LoadedPlugin::load(&engine, path, PluginLimits::default(), HashMap::new())
+}
+
+/// The manifest of a loaded plugin as JSON.
+pub fn manifest_json(p: &LoadedPlugin, database: &str) -> serde_json::Value {
+    let m = &p.manifest;
+    let tables: Vec<serde_json::Value> = m
+        .tables
+        .iter()
+        .zip(&p.tables)
+        .map(|(t, s)| {
+            let engine = match &t.engine {
+                wit::Engine::MergeTree => serde_json::json!({"kind": "MergeTree"}),
+                wit::Engine::ReplacingMergeTree(v) => serde_json::json!({"kind": "ReplacingMergeTree", "version": v}),
+                wit::Engine::SummingMergeTree(c) => serde_json::json!({"kind": "SummingMergeTree", "columns": c}),
+                wit::Engine::AggregatingMergeTree => serde_json::json!({"kind": "AggregatingMergeTree"}),
+            };
+            serde_json::json!({
+                "name": t.name,
+                "columns": t.columns.iter().map(|c| serde_json::json!({"name": c.name, "type": c.ty, "comment": c.comment})).collect::<Vec<_>>(),
+                "engine": engine,
+                "partition_by": t.partition_by,
+                "order_by": t.order_by,
+                "settings": t.settings.iter().cloned().collect::<HashMap<_, _>>(),
+                "ddl": s.create_ddl(database),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": m.name,
+        "version": m.version,
+        "hash": p.hash,
+        "file": p.path.display().to_string(),
+        "subscriptions": m.subscriptions,
+        "tables": tables,
+        "extensions": m.extensions.iter().cloned().collect::<HashMap<_, _>>(),
+    })
+}
+
+/// `sluice plugin inspect`.
+pub fn inspect(file: &Path) -> Result<()> {
+    let p = load_one(file)?;
+    println!("{}", serde_json::to_string_pretty(&manifest_json(&p, "analytics"))?);
+    Ok(())
+}
+
+/// Reads events for `plugin run` / fixtures: one object, an array, or JSON lines.
+pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Event>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let values: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v) => vec![v],
+        Err(_) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1)))
+            .collect::<Result<_>>()?,
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = || format!("{} event {}", path.display(), i + 1);
+            if let Some(t) = event_type {
+                return Ok(wit::Event { id: format!("event-{}", i + 1), event_type: t.to_string(), timestamp_ms: now, payload: v.to_string(), source: None, tenant: None });
+            }
+            let obj = v.as_object().with_context(|| format!("{}: expected an object", at()))?;
+            let ty = obj.get("type").and_then(|t| t.as_str()).with_context(|| format!("{}: missing \"type\" (or pass --type)", at()))?;
+            let payload = obj.get("payload").with_context(|| format!("{}: missing \"payload\"", at()))?;
+            let payload = match payload {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Ok(wit::Event {
+                id: obj.get("id").and_then(|x| x.as_str()).map(str::to_string).unwrap_or_else(|| format!("event-{}", i + 1)),
+                event_type: ty.to_string(),
+                timestamp_ms: obj.get("ts").and_then(|x| x.as_i64()).unwrap_or(now),
+                payload,
+                source: obj.get("source").and_then(|x| x.as_str()).map(str::to_string),
+                tenant: obj.get("tenant").and_then(|x| x.as_str()).map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// `sluice plugin run`: prints `{"event": i, "table": t, "row": {...}}` per row and
+/// `{"event": i, "error": ..., "permanent": ...}` per failed event. Exits non-zero if any failed.
+pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> Result<bool> {
+    let p = std::sync::Arc::new(load_one(file)?);
+    let events = read_events(events_file, event_type)?;
+    let mut sandbox = Sandbox::new(p.clone());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut all_ok = true;
+    for (i, e) in events.iter().enumerate() {
+        if !p.manifest.subscriptions.contains(&e.event_type) {
+            eprintln!("note: plugin `{}` does not subscribe to `{}`; the host would not route event {} to it", p.name(), e.event_type, i + 1);
+        }
+        let outcome = sandbox.run(std::slice::from_ref(e));
+        for f in &outcome.failures {
+            all_ok = false;
+            writeln!(out, "{}", serde_json::json!({"event": i, "id": e.id, "error": f.message, "permanent": f.permanent}))?;
+        }
+        for (t, rows) in outcome.tables.iter().enumerate() {
+            let schema = &p.tables[t];
+            for row in crate::plugin::rows::rowbinary_to_json(&rows.data, schema).map_err(anyhow::Error::msg)? {
+                writeln!(out, "{}", serde_json::json!({"event": i, "table": schema.name, "row": row}))?;
+            }
+        }
+    }
+    Ok(all_ok)
+}
