@@ -1,0 +1,287 @@
+//! The test harness: private `redis-server` and `clickhouse-server` processes on free local
+//! ports with their own data directories (never 6379/8123), and the `sluice` binary run as a
+//! real process. Everything is stopped when its handle drops; every wait has a timeout.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+fn stop_child(child: &mut Child) {
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends a signal to a process.
+pub fn signal(child: &Child, sig: i32) {
+    unsafe { libc_kill(child.id() as i32, sig) };
+}
+
+/// A private Redis server.
+pub struct Redis {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Result<Redis> {
+        let dir = tempfile::tempdir()?;
+        let mut r = Redis { port: free_port(), dir, child: None };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and data directory).
+    pub fn restart(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (run scripts/install-deps.sh)")?;
+        self.child = Some(child);
+        let url = self.url();
+        wait_until("redis-server to answer", Duration::from_secs(20), || {
+            redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+        })
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+
+    pub fn conn(&self) -> Result<redis::Connection> {
+        Ok(redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(5))?)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private ClickHouse server.
+pub struct ClickHouse {
+    pub http_port: u16,
+    pub tcp_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ClickHouse {
+    pub fn start() -> Result<ClickHouse> {
+        let dir = tempfile::tempdir()?;
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let tpl = repo_root().join("scripts/clickhouse");
+        let config = std::fs::read_to_string(tpl.join("config.xml"))?
+            .replace("@DIR@", &dir.path().display().to_string())
+            .replace("@HTTP_PORT@", &http_port.to_string())
+            .replace("@TCP_PORT@", &tcp_port.to_string());
+        for sub in ["log", "data", "tmp", "user_files", "format_schemas"] {
+            std::fs::create_dir_all(dir.path().join(sub))?;
+        }
+        std::fs::write(dir.path().join("config.xml"), config)?;
+        std::fs::copy(tpl.join("users.xml"), dir.path().join("users.xml"))?;
+        let mut ch = ClickHouse { http_port, tcp_port, dir, child: None };
+        ch.restart()?;
+        Ok(ch)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("log/stdout.log"))?;
+        let child = Command::new("clickhouse-server")
+            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("cannot start clickhouse-server (run scripts/install-deps.sh)")?;
+        self.child = Some(child);
+        let port = self.http_port;
+        wait_until("clickhouse-server to answer", Duration::from_secs(60), || http_post(port, "/", b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+
+    /// Runs a query; returns its TabSeparated output, trimmed.
+    pub fn query(&self, sql: &str) -> Result<String> {
+        Ok(http_post(self.http_port, "/", sql.as_bytes())?.trim().to_string())
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 POST to 127.0.0.1:`port`; errors on a non-200 answer.
+pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    s.write_all(body)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("HTTP {}: {}", head.lines().next().unwrap_or(""), body.trim());
+    }
+    Ok(body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The `sluice` binary under test: `$SLUICE_TEST_BIN`, else target/release, else target/debug.
+pub fn sluice_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_TEST_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = repo_root();
+    for p in ["target/release/sluice", "target/debug/sluice"] {
+        if root.join(p).exists() {
+            return root.join(p);
+        }
+    }
+    panic!("no sluice binary: run `make build` (or set SLUICE_TEST_BIN)")
+}
+
+/// The first-party plugins: `$SLUICE_TEST_PLUGINS`, else target/plugins.
+pub fn plugins_dir() -> PathBuf {
+    let dir = std::env::var("SLUICE_TEST_PLUGINS").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/plugins"));
+    assert!(dir.join("promo-code-analytics.wasm").exists(), "no plugins in {}: run `make plugins`", dir.display());
+    dir
+}
+
+/// A running `sluice run` process; its log is kept in a file and printed on failure.
+pub struct Host {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `sluice run` against `redis` and `ch` with extra environment variables.
+    pub fn start(redis: &Redis, ch: &ClickHouse, plugins: &Path, extra_env: &[(&str, &str)]) -> Result<Host> {
+        let log = tempfile::Builder::new().prefix("sluice-host-").suffix(".log").tempfile()?.keep()?.1;
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(sluice_bin());
+        cmd.arg("run")
+            .env("SLUICE_REDIS_URL", redis.url())
+            .env("SLUICE_CLICKHOUSE_URL", ch.url())
+            .env("SLUICE_PLUGINS_DIR", plugins)
+            .env("SLUICE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out));
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().context("cannot start sluice")?;
+        Ok(Host { child, log })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        wait_until(&format!("host log line `{needle}`"), timeout, || self.log_text().contains(needle)).with_context(|| format!("host log:\n{}", self.log_text()))
+    }
+
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// Total pending entries of every consumer group on `streams`.
+pub fn total_pending(conn: &mut redis::Connection, streams: &[&str]) -> Result<i64> {
+    let mut total = 0;
+    for s in streams {
+        let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(s).query(conn).unwrap_or_default();
+        for g in groups {
+            let fields: Vec<redis::Value> = redis::from_redis_value(g)?;
+            let mut it = fields.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                if redis::from_redis_value::<String>(k)? == "pending" {
+                    total += redis::from_redis_value::<i64>(v)?;
+                }
+            }
+        }
+    }
+    Ok(total)
+}

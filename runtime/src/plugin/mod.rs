@@ -144,7 +144,7 @@ impl LoadedPlugin {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let component = Component::from_binary(&engine.engine, &bytes)
-            .map_err(|e| anyhow!("{} is not a valid WebAssembly component: {e:#}", path.display()))?;
+            .map_err(|e| anyhow!("{} is not a valid WebAssembly component: {}", path.display(), first_line(&e)))?;
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
@@ -276,6 +276,16 @@ impl PluginInstance {
             failures.push(EventFailure { event: *event, permanent: true, message: message.clone() });
         }
         Ok(BatchResult { rows, failures })
+    }
+}
+
+/// The first line of an error, without wasmparser's dump of the bytes it expected.
+fn first_line(e: &wasmtime::Error) -> String {
+    let text = format!("{e:#}");
+    let line = text.lines().next().unwrap_or("").to_string();
+    match line.find(" - expected=") {
+        Some(i) => line[..i].to_string(),
+        None => line,
     }
 }
 
