@@ -144,8 +144,16 @@ impl RunArgs {
         let ms = Duration::from_millis;
         Ok(Settings {
             redis_url: self.common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            clickhouse_url: self.clickhouse_url.clone().or(f.clickhouse_url).unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            clickhouse_database: self.clickhouse_database.clone().or(f.clickhouse_database).unwrap_or_else(|| "analytics".into()),
+            clickhouse_url: self
+                .clickhouse_url
+                .clone()
+                .or(f.clickhouse_url)
+                .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            clickhouse_database: self
+                .clickhouse_database
+                .clone()
+                .or(f.clickhouse_database)
+                .unwrap_or_else(|| "analytics".into()),
             clickhouse_user: self.clickhouse_user.clone().or(f.clickhouse_user),
             clickhouse_password: self.clickhouse_password.clone().or(f.clickhouse_password),
             plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
@@ -153,7 +161,10 @@ impl RunArgs {
             stream_prefix: self.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into()),
             batch_size: self.batch_size.or(f.batch_size).unwrap_or(500),
             block: ms(f.block_ms.unwrap_or(1000)),
-            max_inflight_events: f.max_inflight_events.unwrap_or(20_000).max(self.batch_size.or(f.batch_size).unwrap_or(500)),
+            max_inflight_events: f
+                .max_inflight_events
+                .unwrap_or(20_000)
+                .max(self.batch_size.or(f.batch_size).unwrap_or(500)),
             insert_max_rows: self.insert_max_rows.or(f.insert_max_rows).unwrap_or(200_000),
             insert_linger: ms(self.insert_linger_ms.or(f.insert_linger_ms).unwrap_or(200)),
             max_attempts: self.max_attempts.or(f.max_attempts).unwrap_or(3),
@@ -197,13 +208,24 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
                 let mut p = redis::pipe();
                 for i in sent..sent + n {
                     let payload = crate::sample::payload(&args.event_type, i)?;
-                    p.cmd("XADD").arg(&stream).arg("*").arg("payload").arg(payload.to_string()).arg("id").arg(uuid::Uuid::new_v4().to_string()).ignore();
+                    p.cmd("XADD")
+                        .arg(&stream)
+                        .arg("*")
+                        .arg("payload")
+                        .arg(payload.to_string())
+                        .arg("id")
+                        .arg(uuid::Uuid::new_v4().to_string())
+                        .ignore();
                 }
                 let _: () = p.query_async(&mut conn).await.with_context(|| format!("cannot XADD to {stream}"))?;
                 sent += n;
             }
             let secs = started.elapsed().as_secs_f64();
-            println!("published {count} {} events to {stream} in {secs:.2} s ({:.0} events/s)", args.event_type, count as f64 / secs.max(1e-9));
+            println!(
+                "published {count} {} events to {stream} in {secs:.2} s ({:.0} events/s)",
+                args.event_type,
+                count as f64 / secs.max(1e-9)
+            );
         }
         (Some(_), Some(_)) => bail!("give either a payload or --count, not both"),
         (None, None) => bail!("give a payload (JSON text) or --count N"),
@@ -269,7 +291,9 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1)))
+            .map(|(i, l)| {
+                serde_json::from_str(l).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))
+            })
             .collect::<Result<_>>()?,
     };
     let now = chrono::Utc::now().timestamp_millis();
@@ -279,17 +303,31 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
         .map(|(i, v)| {
             let at = || format!("{} event {}", path.display(), i + 1);
             if let Some(t) = event_type {
-                return Ok(wit::Event { id: format!("event-{}", i + 1), event_type: t.to_string(), timestamp_ms: now, payload: v.to_string(), source: None, tenant: None });
+                return Ok(wit::Event {
+                    id: format!("event-{}", i + 1),
+                    event_type: t.to_string(),
+                    timestamp_ms: now,
+                    payload: v.to_string(),
+                    source: None,
+                    tenant: None,
+                });
             }
             let obj = v.as_object().with_context(|| format!("{}: expected an object", at()))?;
-            let ty = obj.get("type").and_then(|t| t.as_str()).with_context(|| format!("{}: missing \"type\" (or pass --type)", at()))?;
+            let ty = obj
+                .get("type")
+                .and_then(|t| t.as_str())
+                .with_context(|| format!("{}: missing \"type\" (or pass --type)", at()))?;
             let payload = obj.get("payload").with_context(|| format!("{}: missing \"payload\"", at()))?;
             let payload = match payload {
                 serde_json::Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
             Ok(wit::Event {
-                id: obj.get("id").and_then(|x| x.as_str()).map(str::to_string).unwrap_or_else(|| format!("event-{}", i + 1)),
+                id: obj
+                    .get("id")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("event-{}", i + 1)),
                 event_type: ty.to_string(),
                 timestamp_ms: obj.get("ts").and_then(|x| x.as_i64()).unwrap_or(now),
                 payload,
@@ -311,12 +349,21 @@ pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> 
     let mut all_ok = true;
     for (i, e) in events.iter().enumerate() {
         if !p.manifest.subscriptions.contains(&e.event_type) {
-            eprintln!("note: plugin `{}` does not subscribe to `{}`; the host would not route event {} to it", p.name(), e.event_type, i + 1);
+            eprintln!(
+                "note: plugin `{}` does not subscribe to `{}`; the host would not route event {} to it",
+                p.name(),
+                e.event_type,
+                i + 1
+            );
         }
         let outcome = sandbox.run(std::slice::from_ref(e));
         for f in &outcome.failures {
             all_ok = false;
-            writeln!(out, "{}", serde_json::json!({"event": i, "id": e.id, "error": f.message, "permanent": f.permanent}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"event": i, "id": e.id, "error": f.message, "permanent": f.permanent})
+            )?;
         }
         for (t, rows) in outcome.tables.iter().enumerate() {
             let schema = &p.tables[t];

@@ -36,7 +36,8 @@ pub struct FileSettings {
 
 impl FileSettings {
     pub fn load(path: &Path) -> Result<FileSettings> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 }
@@ -79,12 +80,19 @@ impl Settings {
             bail!("insert_max_rows must be between 1 and 1048576 (one ClickHouse block), got {}", self.insert_max_rows);
         }
         if self.max_inflight_events < self.batch_size {
-            bail!("max_inflight_events ({}) must be at least batch_size ({})", self.max_inflight_events, self.batch_size);
+            bail!(
+                "max_inflight_events ({}) must be at least batch_size ({})",
+                self.max_inflight_events,
+                self.batch_size
+            );
         }
         if self.max_attempts == 0 {
             bail!("max_attempts must be at least 1");
         }
-        if !(self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://") || self.redis_url.starts_with("unix://")) {
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
             bail!("SLUICE_REDIS_URL must start with redis://, rediss:// or unix://, got `{}`", self.redis_url);
         }
         if !(self.clickhouse_url.starts_with("http://") || self.clickhouse_url.starts_with("https://")) {

@@ -97,7 +97,12 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin loaded: nothing to consume");
     }
 
-    let ch = ChClient::new(&settings.clickhouse_url, &settings.clickhouse_database, settings.clickhouse_user.as_deref(), settings.clickhouse_password.as_deref())?;
+    let ch = ChClient::new(
+        &settings.clickhouse_url,
+        &settings.clickhouse_database,
+        settings.clickhouse_user.as_deref(),
+        settings.clickhouse_password.as_deref(),
+    )?;
     let version = wait_for("ClickHouse", || async { Ok(ch.ping().await?) }).await;
     tracing::info!(version = %version, "connected to ClickHouse");
     ch.create_database().await.with_context(|| format!("cannot create database {}", settings.clickhouse_database))?;
@@ -120,7 +125,8 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             match writer.table(t).await {
                 Ok(tx) => tables.push(tx),
                 Err(e) => {
-                    table_error = Some(format!("cannot create table {}.{}: {e:#}", settings.clickhouse_database, t.name));
+                    table_error =
+                        Some(format!("cannot create table {}.{}: {e:#}", settings.clickhouse_database, t.name));
                     break;
                 }
             }
@@ -131,7 +137,15 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         }
         for event_type in &plugin.manifest.subscriptions {
             let read_conn = streams::connect(&settings.redis_url, settings.block).await?;
-            let p = Pipeline::new(plugin.clone(), settings.clone(), read_conn, control.clone(), event_type, &consumer, tables.clone());
+            let p = Pipeline::new(
+                plugin.clone(),
+                settings.clone(),
+                read_conn,
+                control.clone(),
+                event_type,
+                &consumer,
+                tables.clone(),
+            );
             let rx = stop_rx.clone();
             tasks.spawn(async move {
                 let stream = p.reader.stream.clone();

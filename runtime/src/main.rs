@@ -5,7 +5,8 @@ use clap::Parser;
 use sluice::cli::{self, Cli, Command, PluginCommand};
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
@@ -27,7 +28,9 @@ fn main() -> ExitCode {
             }
             Command::Publish(p) => cli::publish(p).await.map(|_| true),
             Command::Plugin(PluginCommand::Inspect { file }) => cli::inspect(&file).map(|_| true),
-            Command::Plugin(PluginCommand::Run { file, event, event_type }) => cli::run_plugin(&file, &event, event_type.as_deref()),
+            Command::Plugin(PluginCommand::Run { file, event, event_type }) => {
+                cli::run_plugin(&file, &event, event_type.as_deref())
+            }
         }
     });
     match result {

@@ -56,7 +56,15 @@ struct Inflight {
 }
 
 impl Pipeline {
-    pub fn new(plugin: Arc<LoadedPlugin>, settings: Arc<Settings>, read_conn: ConnectionManager, control_conn: ConnectionManager, event_type: &str, consumer: &str, tables: Vec<mpsc::Sender<RowChunk>>) -> Self {
+    pub fn new(
+        plugin: Arc<LoadedPlugin>,
+        settings: Arc<Settings>,
+        read_conn: ConnectionManager,
+        control_conn: ConnectionManager,
+        event_type: &str,
+        consumer: &str,
+        tables: Vec<mpsc::Sender<RowChunk>>,
+    ) -> Self {
         let stream = format!("{}{}", settings.stream_prefix, event_type);
         let group = group_name(plugin.name());
         Pipeline {
@@ -71,7 +79,10 @@ impl Pipeline {
     /// Runs until `shutdown` turns true, then waits (up to `grace`) for in-flight events.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
         self.reader.ensure_group().await?;
-        let inflight = Arc::new(Inflight { permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)), ids: Mutex::new(HashSet::new()) });
+        let inflight = Arc::new(Inflight {
+            permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)),
+            ids: Mutex::new(HashSet::new()),
+        });
         let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
         let mut error_backoff = Duration::from_millis(100);
@@ -120,8 +131,12 @@ impl Pipeline {
         // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
         let all = self.settings.max_inflight_events as u32;
         match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
-            Ok(_) => tracing::info!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped; in-flight events finished"),
-            Err(_) => tracing::warn!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered"),
+            Ok(_) => {
+                tracing::info!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped; in-flight events finished")
+            }
+            Err(_) => {
+                tracing::warn!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered")
+            }
         }
         Ok(())
     }
@@ -161,7 +176,13 @@ impl Pipeline {
     }
 
     /// Handles one batch: plugin call, rows to the writer, then (in a task) acknowledgement.
-    async fn process(&mut self, sandbox: Sandbox, batch: Vec<SourceEvent>, permits: OwnedSemaphorePermit, inflight: Arc<Inflight>) -> Sandbox {
+    async fn process(
+        &mut self,
+        sandbox: Sandbox,
+        batch: Vec<SourceEvent>,
+        permits: OwnedSemaphorePermit,
+        inflight: Arc<Inflight>,
+    ) -> Sandbox {
         let s = &self.settings;
         // Events the plugin gets, and where each came from in `batch`.
         let mut events: Vec<wit::Event> = Vec::with_capacity(batch.len());
@@ -173,7 +194,10 @@ impl Pipeline {
                 Ok(_) if e.deliveries > s.max_attempts + CRASH_ALLOWANCE => {
                     verdicts[i] = Verdict::Dead {
                         kind: "retries_exhausted",
-                        error: format!("delivered {} times without an outcome (the host stopped while handling it each time)", e.deliveries),
+                        error: format!(
+                            "delivered {} times without an outcome (the host stopped while handling it each time)",
+                            e.deliveries
+                        ),
                     }
                 }
                 Ok(ev) => {
@@ -199,7 +223,10 @@ impl Pipeline {
             verdicts[i] = if f.permanent {
                 Verdict::Dead { kind: "permanent", error: f.message.clone() }
             } else if batch[i].deliveries >= s.max_attempts {
-                Verdict::Dead { kind: "retries_exhausted", error: format!("failed {} attempts; last error: {}", batch[i].deliveries, f.message) }
+                Verdict::Dead {
+                    kind: "retries_exhausted",
+                    error: format!("failed {} attempts; last error: {}", batch[i].deliveries, f.message),
+                }
             } else {
                 Verdict::Retry(f.message.clone())
             };
@@ -218,7 +245,13 @@ impl Pipeline {
         }
         tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream, events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
         let ack = AckTask {
-            control: StreamReader::new(self.control.conn_clone(), &self.control.stream, &self.control.event_type, &self.control.group, &self.control.consumer),
+            control: StreamReader::new(
+                self.control.conn_clone(),
+                &self.control.stream,
+                &self.control.event_type,
+                &self.control.group,
+                &self.control.consumer,
+            ),
             plugin: self.plugin.clone(),
             batch,
             verdicts,
@@ -272,7 +305,13 @@ impl AckTask {
                 }
                 Verdict::Dead { kind, error } => {
                     tracing::error!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), kind, error = %error, "event dead-lettered to sluice:dlq");
-                    dead.push(DeadLetter { event: e, plugin: self.plugin.name(), plugin_version: &self.plugin.hash, error_kind: kind, error });
+                    dead.push(DeadLetter {
+                        event: e,
+                        plugin: self.plugin.name(),
+                        plugin_version: &self.plugin.hash,
+                        error_kind: kind,
+                        error,
+                    });
                 }
             }
         }
@@ -294,7 +333,9 @@ impl AckTask {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => tracing::error!(stream = %self.control.stream, error = format!("{e:#}"), "giving up acknowledging; the events stay pending and will be recovered"),
+                Err(e) => {
+                    tracing::error!(stream = %self.control.stream, error = format!("{e:#}"), "giving up acknowledging; the events stay pending and will be recovered")
+                }
             }
         }
         let mut ids = self.inflight.ids.lock().unwrap();

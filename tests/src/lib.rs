@@ -77,7 +77,18 @@ impl Redis {
     /// Starts the server (again, on the same port and data directory).
     pub fn restart(&mut self) -> Result<()> {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -87,7 +98,10 @@ impl Redis {
         self.child = Some(child);
         let url = self.url();
         wait_until("redis-server to answer", Duration::from_secs(20), || {
-            redis::Client::open(url.as_str()).and_then(|c| c.get_connection()).and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_ok()
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
         })
     }
 
@@ -149,7 +163,9 @@ impl ClickHouse {
             .context("cannot start clickhouse-server (run scripts/install-deps.sh)")?;
         self.child = Some(child);
         let port = self.http_port;
-        wait_until("clickhouse-server to answer", Duration::from_secs(60), || http_post(port, "/", b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false))
+        wait_until("clickhouse-server to answer", Duration::from_secs(60), || {
+            http_post(port, "/", b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false)
+        })
     }
 
     pub fn stop(&mut self) {
@@ -174,13 +190,18 @@ impl Drop for ClickHouse {
 pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
     s.write_all(body)?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
     let text = String::from_utf8_lossy(&resp).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     if !head.starts_with("HTTP/1.1 200") {
         bail!("HTTP {}: {}", head.lines().next().unwrap_or(""), body.trim());
     }
@@ -216,7 +237,8 @@ pub fn sluice_bin() -> PathBuf {
 
 /// The first-party plugins: `$SLUICE_TEST_PLUGINS`, else target/plugins.
 pub fn plugins_dir() -> PathBuf {
-    let dir = std::env::var("SLUICE_TEST_PLUGINS").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/plugins"));
+    let dir =
+        std::env::var("SLUICE_TEST_PLUGINS").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target/plugins"));
     assert!(dir.join("promo-code-analytics.wasm").exists(), "no plugins in {}: run `make plugins`", dir.display());
     dir
 }
@@ -254,7 +276,8 @@ impl Host {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
-        wait_until(&format!("host log line `{needle}`"), timeout, || self.log_text().contains(needle)).with_context(|| format!("host log:\n{}", self.log_text()))
+        wait_until(&format!("host log line `{needle}`"), timeout, || self.log_text().contains(needle))
+            .with_context(|| format!("host log:\n{}", self.log_text()))
     }
 
     pub fn stop(&mut self) {

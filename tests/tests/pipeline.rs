@@ -35,7 +35,14 @@ fn publish_mixed(conn: &mut redis::Connection, from: u64, to: u64, exp: &mut Exp
                 exp.promo_discount_cents += discount;
                 let p = json!({"promoCodeId": format!("pc-{}", i % 7), "promoCode": format!("CODE{}", i % 7), "userId": format!("u{}", i % 101),
                     "orderId": format!("o{i}"), "orderAmount": amount, "discountAmount": discount as f64 / 100.0, "createdAt": created});
-                pipe.cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg(p.to_string()).arg("id").arg(format!("evt-{i}")).ignore();
+                pipe.cmd("XADD")
+                    .arg(STREAMS[0])
+                    .arg("*")
+                    .arg("payload")
+                    .arg(p.to_string())
+                    .arg("id")
+                    .arg(format!("evt-{i}"))
+                    .ignore();
             }
             1 => {
                 exp.orders_count += 1;
@@ -48,7 +55,14 @@ fn publish_mixed(conn: &mut redis::Connection, from: u64, to: u64, exp: &mut Exp
                 exp.orders_cents += cents;
                 // The event-bus shape: customerId/totalAmount, no createdAt (the entry time is used).
                 let p = json!({"orderId": format!("o{i}"), "customerId": format!("u{}", i % 101), "shopId": "s1", "totalAmount": amount});
-                pipe.cmd("XADD").arg(STREAMS[2]).arg("*").arg("payload").arg(p.to_string()).arg("ts").arg("1717245000000").ignore();
+                pipe.cmd("XADD")
+                    .arg(STREAMS[2])
+                    .arg("*")
+                    .arg("payload")
+                    .arg(p.to_string())
+                    .arg("ts")
+                    .arg("1717245000000")
+                    .ignore();
             }
         }
     }
@@ -80,23 +94,45 @@ fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
             && num(&ch, "SELECT sum(orders_count) + sum(promo_uses) FROM analytics.users_analytics") == 10_000
     })
     .map_err(|e| e.context(host.log_text()))?;
-    wait_until("no pending entries", Duration::from_secs(30), || total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0)?;
+    wait_until("no pending entries", Duration::from_secs(30), || {
+        total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0
+    })?;
     // Settle, then check nothing more arrives (no duplicates) and the sums are exact.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics"), exp.promo_count as i64);
-    assert_eq!(num(&ch, "SELECT toInt64(round(sum(order_amount) * 100)) FROM analytics.promo_code_usages_analytics"), exp.promo_order_cents);
-    assert_eq!(num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.promo_code_usages_analytics"), exp.promo_discount_cents);
+    assert_eq!(
+        num(&ch, "SELECT toInt64(round(sum(order_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
+        exp.promo_order_cents
+    );
+    assert_eq!(
+        num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
+        exp.promo_discount_cents
+    );
     assert_eq!(num(&ch, "SELECT count() FROM analytics.orders_analytics"), total_orders);
     assert_eq!(num(&ch, "SELECT toInt64(round(sum(amount) * 100)) FROM analytics.orders_analytics"), exp.orders_cents);
     assert_eq!(num(&ch, "SELECT uniqExact(order_id) FROM analytics.orders_analytics"), total_orders);
     assert_eq!(num(&ch, "SELECT sum(orders_count) FROM analytics.users_analytics"), total_orders);
     assert_eq!(num(&ch, "SELECT sum(promo_uses) FROM analytics.users_analytics"), exp.promo_count as i64);
-    assert_eq!(num(&ch, "SELECT toInt64(round(sum(orders_amount) * 100)) FROM analytics.users_analytics"), exp.orders_cents);
-    assert_eq!(num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.users_analytics"), exp.promo_discount_cents);
+    assert_eq!(
+        num(&ch, "SELECT toInt64(round(sum(orders_amount) * 100)) FROM analytics.users_analytics"),
+        exp.orders_cents
+    );
+    assert_eq!(
+        num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.users_analytics"),
+        exp.promo_discount_cents
+    );
     // The event-bus shape without createdAt took its date from `ts`.
-    assert_eq!(ch.query("SELECT DISTINCT toString(event_date) FROM analytics.orders_analytics WHERE event_type = 'order.created'")?, "2024-06-01");
+    assert_eq!(
+        ch.query(
+            "SELECT DISTINCT toString(event_date) FROM analytics.orders_analytics WHERE event_type = 'order.created'"
+        )?,
+        "2024-06-01"
+    );
     // The tables are the declared ones.
-    assert_eq!(ch.query("SELECT engine FROM system.tables WHERE database = 'analytics' AND name = 'users_analytics'")?, "SummingMergeTree");
+    assert_eq!(
+        ch.query("SELECT engine FROM system.tables WHERE database = 'analytics' AND name = 'users_analytics'")?,
+        "SummingMergeTree"
+    );
     assert_eq!(total_pending(&mut conn, &STREAMS)?, 0);
     let dlq: i64 = redis::cmd("XLEN").arg("sluice:dlq").query(&mut conn)?;
     assert_eq!(dlq, 0, "{}", host.log_text());
@@ -119,20 +155,33 @@ fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<(
     let mut conn = redis.conn()?;
     let good = json!({"promoCodeId": "p", "promoCode": "C", "userId": "u", "orderId": "o", "orderAmount": 10.5, "discountAmount": 1.0, "createdAt": "2024-06-01T00:00:00Z"});
     for _ in 0..100 {
-        let _: String = redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg(good.to_string()).query(&mut conn)?;
+        let _: String =
+            redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg(good.to_string()).query(&mut conn)?;
     }
-    let not_json: String = redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg("{not json").query(&mut conn)?;
-    let missing: String = redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg(r#"{"promoCode":"C"}"#).query(&mut conn)?;
+    let not_json: String =
+        redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg("{not json").query(&mut conn)?;
+    let missing: String =
+        redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload").arg(r#"{"promoCode":"C"}"#).query(&mut conn)?;
     let no_payload: String = redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("body").arg("{}").query(&mut conn)?;
-    let bad_date: String = redis::cmd("XADD").arg(STREAMS[0]).arg("*").arg("payload")
-        .arg(good.to_string().replace("2024-06-01T00:00:00Z", "yesterday")).query(&mut conn)?;
+    let bad_date: String = redis::cmd("XADD")
+        .arg(STREAMS[0])
+        .arg("*")
+        .arg("payload")
+        .arg(good.to_string().replace("2024-06-01T00:00:00Z", "yesterday"))
+        .query(&mut conn)?;
 
     let host = Host::start(&redis, &ch, &plugins_dir(), &[])?;
-    wait_until("good rows to land", Duration::from_secs(60), || num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics") == 100)
-        .map_err(|e| e.context(host.log_text()))?;
+    wait_until("good rows to land", Duration::from_secs(60), || {
+        num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics") == 100
+    })
+    .map_err(|e| e.context(host.log_text()))?;
     // Two plugins read PromoCodeAppliedEvent: each dead-letters each of the 4 bad events once.
-    wait_until("8 dead letters", Duration::from_secs(30), || dead_letters(&mut conn).map(|d| d.len()).unwrap_or(0) == 8)?;
-    wait_until("no pending entries", Duration::from_secs(30), || total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0)?;
+    wait_until("8 dead letters", Duration::from_secs(30), || {
+        dead_letters(&mut conn).map(|d| d.len()).unwrap_or(0) == 8
+    })?;
+    wait_until("no pending entries", Duration::from_secs(30), || {
+        total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0
+    })?;
     let dlq = dead_letters(&mut conn)?;
     for d in &dlq {
         assert_eq!(d["stream"], STREAMS[0]);
@@ -141,7 +190,11 @@ fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<(
         }
         assert_eq!(d["plugin_version"].len(), 64, "the version is the file's SHA-256");
     }
-    let find = |id: &str, plugin: &str| dlq.iter().find(|d| d["entry_id"] == id && d["plugin"] == plugin).unwrap_or_else(|| panic!("no dead letter for {id} / {plugin}: {dlq:?}"));
+    let find = |id: &str, plugin: &str| {
+        dlq.iter()
+            .find(|d| d["entry_id"] == id && d["plugin"] == plugin)
+            .unwrap_or_else(|| panic!("no dead letter for {id} / {plugin}: {dlq:?}"))
+    };
     for plugin in ["promo-code-analytics", "user-stats"] {
         let d = find(&not_json, plugin);
         assert_eq!(d["error_kind"], "permanent");
@@ -176,10 +229,18 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped() -> Result<()> {
     let p = json!({"orderId": "o1", "userId": "u1", "amount": 5.25, "createdAt": "2024-06-01T00:00:00Z"});
     let _: String = redis::cmd("XADD").arg(STREAMS[1]).arg("*").arg("payload").arg(p.to_string()).query(&mut conn)?;
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
-    wait_until("the good plugin's row", Duration::from_secs(60), || num(&ch, "SELECT count() FROM analytics.orders_analytics") == 1)
-        .map_err(|e| e.context(host.log_text()))?;
+    wait_until("the good plugin's row", Duration::from_secs(60), || {
+        num(&ch, "SELECT count() FROM analytics.orders_analytics") == 1
+    })
+    .map_err(|e| e.context(host.log_text()))?;
     let log = host.log_text();
-    assert!(log.contains(&format!("{} is not a valid WebAssembly component: failed to parse WebAssembly module: magic header not detected", dir.path().join("garbage.wasm").display())), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{} is not a valid WebAssembly component: failed to parse WebAssembly module: magic header not detected",
+            dir.path().join("garbage.wasm").display()
+        )),
+        "{log}"
+    );
     assert!(log.contains(&format!("{} is not a valid WebAssembly component: failed to parse WebAssembly module: attempted to parse a wasm module with a component parser", dir.path().join("core-module.wasm").display())), "{log}");
     Ok(())
 }

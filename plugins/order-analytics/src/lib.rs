@@ -51,11 +51,7 @@ impl Plugin for OrderAnalytics {
         Manifest::new("order-analytics", env!("CARGO_PKG_VERSION"))
             .subscribe("OrderCreatedEvent")
             .subscribe("order.created")
-            .table(
-                Table::of::<OrderRow>()
-                    .partition_by("toYYYYMM(event_date)")
-                    .order_by(["event_date", "order_id"]),
-            )
+            .table(Table::of::<OrderRow>().partition_by("toYYYYMM(event_date)").order_by(["event_date", "order_id"]))
     }
 
     fn handle(event: &Event, out: &mut Output) -> Result<(), Failure> {

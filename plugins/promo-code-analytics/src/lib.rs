@@ -35,13 +35,9 @@ pub struct PromoCodeAnalytics;
 
 impl Plugin for PromoCodeAnalytics {
     fn manifest() -> Manifest {
-        Manifest::new("promo-code-analytics", env!("CARGO_PKG_VERSION"))
-            .subscribe("PromoCodeAppliedEvent")
-            .table(
-                Table::of::<PromoCodeUsage>()
-                    .partition_by("toYYYYMM(event_date)")
-                    .order_by(["event_date", "promo_code"]),
-            )
+        Manifest::new("promo-code-analytics", env!("CARGO_PKG_VERSION")).subscribe("PromoCodeAppliedEvent").table(
+            Table::of::<PromoCodeUsage>().partition_by("toYYYYMM(event_date)").order_by(["event_date", "promo_code"]),
+        )
     }
 
     fn handle(event: &Event, out: &mut Output) -> Result<(), Failure> {

@@ -56,8 +56,8 @@ pub mod bindings {
     });
 }
 
-use bindings::sluice::plugin::types as wit;
 use bindings::sluice::plugin::host;
+use bindings::sluice::plugin::types as wit;
 
 pub use wit::Engine;
 
@@ -71,8 +71,7 @@ pub use host::Level;
 
 /// Writes a structured log line through the host (attributed to this plugin).
 pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
-    let fields: Vec<(String, String)> =
-        fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let fields: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     host::log(level, message, &fields);
 }
 
@@ -242,12 +241,7 @@ fn table_names<P: Plugin>() -> Vec<&'static str> {
     TABLES.with(|t| {
         t.borrow_mut()
             .get_or_insert_with(|| {
-                P::manifest()
-                    .inner
-                    .tables
-                    .into_iter()
-                    .map(|t| &*Box::leak(t.name.into_boxed_str()))
-                    .collect()
+                P::manifest().inner.tables.into_iter().map(|t| &*Box::leak(t.name.into_boxed_str())).collect()
             })
             .clone()
     })
@@ -260,11 +254,7 @@ pub fn __describe<P: Plugin>() -> wit::Manifest {
 
 #[doc(hidden)]
 pub fn __handle_batch<P: Plugin>(events: Vec<wit::Event>) -> wit::BatchOutput {
-    let mut out = Output {
-        w: ValueWriter::with_capacity(events.len() * 128),
-        event: 0,
-        tables: table_names::<P>(),
-    };
+    let mut out = Output { w: ValueWriter::with_capacity(events.len() * 128), event: 0, tables: table_names::<P>() };
     let mut failures = Vec::new();
     for (i, e) in events.into_iter().enumerate() {
         let event = Event {

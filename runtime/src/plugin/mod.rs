@@ -140,7 +140,12 @@ pub struct EventFailure {
 
 impl LoadedPlugin {
     /// Reads, compiles and checks a plugin file. Errors name the file and what is wrong.
-    pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits, settings: HashMap<String, String>) -> Result<LoadedPlugin> {
+    pub fn load(
+        engine: &SandboxEngine,
+        path: &Path,
+        limits: PluginLimits,
+        settings: HashMap<String, String>,
+    ) -> Result<LoadedPlugin> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let component = Component::from_binary(&engine.engine, &bytes)
@@ -156,7 +161,13 @@ impl LoadedPlugin {
         let mut plugin = LoadedPlugin {
             path: path.to_path_buf(),
             hash,
-            manifest: wit::Manifest { name: String::new(), version: String::new(), subscriptions: vec![], tables: vec![], extensions: vec![] },
+            manifest: wit::Manifest {
+                name: String::new(),
+                version: String::new(),
+                subscriptions: vec![],
+                tables: vec![],
+                extensions: vec![],
+            },
             tables: vec![],
             limits,
             settings: Arc::new(settings),
@@ -254,11 +265,10 @@ impl PluginInstance {
     /// the instance must then be dropped.
     pub fn handle_batch(&mut self, plugin: &LoadedPlugin, events: &[wit::Event]) -> Result<BatchResult, CallError> {
         self.store.set_epoch_deadline(SandboxEngine::ticks(plugin.limits.call_timeout));
-        let out = self
-            .bindings
-            .sluice_plugin_handler()
-            .call_handle_batch(&mut self.store, events)
-            .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin) })?;
+        let out =
+            self.bindings.sluice_plugin_handler().call_handle_batch(&mut self.store, events).map_err(|e| {
+                CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin) }
+            })?;
         let rows = decode_rows(&out.rows, &plugin.tables, events.len(), plugin.limits.output)
             .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: e.to_string() })?;
         let mut failures: Vec<EventFailure> = Vec::with_capacity(out.failures.len() + rows.rejected.len());
@@ -334,7 +344,8 @@ impl Sandbox {
 
     /// Runs `events` through the plugin. Never fails as a whole.
     pub fn run(&mut self, events: &[wit::Event]) -> BatchOutcome {
-        let mut out = BatchOutcome { tables: vec![rows::TableRows::default(); self.plugin.tables.len()], ..Default::default() };
+        let mut out =
+            BatchOutcome { tables: vec![rows::TableRows::default(); self.plugin.tables.len()], ..Default::default() };
         self.run_into(events, 0, &mut out);
         out.failures.sort_by_key(|f| f.event);
         out
@@ -349,7 +360,10 @@ impl Sandbox {
             Some(inst) => Ok(inst),
             None => self.plugin.instantiate(),
         }
-        .map_err(|e| CallError::Trap { plugin: self.plugin.name().to_string(), reason: format!("cannot instantiate: {e:#}") })
+        .map_err(|e| CallError::Trap {
+            plugin: self.plugin.name().to_string(),
+            reason: format!("cannot instantiate: {e:#}"),
+        })
         .and_then(|mut inst| {
             let r = inst.handle_batch(&self.plugin, events);
             if r.is_ok() {
@@ -369,7 +383,11 @@ impl Sandbox {
                 }));
             }
             Err(CallError::Trap { reason, .. }) if events.len() == 1 => {
-                out.failures.push(EventFailure { event: offset, permanent: false, message: format!("plugin trapped: {reason}") });
+                out.failures.push(EventFailure {
+                    event: offset,
+                    permanent: false,
+                    message: format!("plugin trapped: {reason}"),
+                });
             }
             Err(CallError::Trap { reason, .. }) => {
                 tracing::warn!(plugin = self.plugin.name(), events = events.len(), %reason, "plugin call trapped; isolating the culprit");

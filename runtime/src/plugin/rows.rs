@@ -244,7 +244,9 @@ fn encode(ty: &ColumnType, v: Val<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<
         T::Date => {
             let days = match v {
                 Val::Str(s) => parse_date(s).ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", v.describe()))?,
-                _ => int_range(0, u16::MAX as i128).map_err(|_| format!("{} is not a day number in 0..=65535 (1970-01-01..2149-06-06)", v.describe()))? as i64,
+                _ => int_range(0, u16::MAX as i128).map_err(|_| {
+                    format!("{} is not a day number in 0..=65535 (1970-01-01..2149-06-06)", v.describe())
+                })? as i64,
             };
             if !(0..=u16::MAX as i64).contains(&days) {
                 return Err(format!("{} is outside Date's range 1970-01-01..2149-06-06", v.describe()));
@@ -253,8 +255,11 @@ fn encode(ty: &ColumnType, v: Val<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<
         }
         T::DateTime => {
             let secs = match v {
-                Val::Str(s) => parse_datetime(s).ok_or_else(|| format!("{} is not a date-time (YYYY-MM-DD hh:mm:ss or RFC 3339)", v.describe()))?,
-                _ => int_range(0, u32::MAX as i128).map_err(|_| format!("{} is outside DateTime's range (0..=4294967295 seconds)", v.describe()))? as i64,
+                Val::Str(s) => parse_datetime(s)
+                    .ok_or_else(|| format!("{} is not a date-time (YYYY-MM-DD hh:mm:ss or RFC 3339)", v.describe()))?,
+                _ => int_range(0, u32::MAX as i128)
+                    .map_err(|_| format!("{} is outside DateTime's range (0..=4294967295 seconds)", v.describe()))?
+                    as i64,
             };
             if !(0..=u32::MAX as i64).contains(&secs) {
                 return Err(format!("{} is outside DateTime's range 1970..2106", v.describe()));
@@ -275,9 +280,15 @@ fn encode(ty: &ColumnType, v: Val<'_>, buf: &[u8], out: &mut Vec<u8>) -> Result<
         }
         T::Decimal { precision, scale } => {
             let scaled: i128 = match v {
-                Val::Str(s) => parse_decimal(s, *scale).ok_or_else(|| format!("{} is not a decimal number with at most {scale} fractional digits", v.describe()))?,
-                Val::Int(i) => (i as i128).checked_mul(10i128.pow(*scale)).ok_or_else(|| format!("{} overflows {ty}", v.describe()))?,
-                Val::UInt(u) => (u as i128).checked_mul(10i128.pow(*scale)).ok_or_else(|| format!("{} overflows {ty}", v.describe()))?,
+                Val::Str(s) => parse_decimal(s, *scale).ok_or_else(|| {
+                    format!("{} is not a decimal number with at most {scale} fractional digits", v.describe())
+                })?,
+                Val::Int(i) => (i as i128)
+                    .checked_mul(10i128.pow(*scale))
+                    .ok_or_else(|| format!("{} overflows {ty}", v.describe()))?,
+                Val::UInt(u) => (u as i128)
+                    .checked_mul(10i128.pow(*scale))
+                    .ok_or_else(|| format!("{} overflows {ty}", v.describe()))?,
                 Val::Float(f) if f.is_finite() => {
                     let x = (f * 10f64.powi(*scale as i32)).round();
                     if x.abs() >= 1e38 {
@@ -389,7 +400,11 @@ fn parse_decimal(s: &str, scale: u32) -> Option<i128> {
     if int.is_empty() && frac.is_empty() {
         return None;
     }
-    if !int.bytes().all(|c| c.is_ascii_digit()) || !frac.bytes().all(|c| c.is_ascii_digit()) || frac.len() > scale as usize || int.len() > 38 {
+    if !int.bytes().all(|c| c.is_ascii_digit())
+        || !frac.bytes().all(|c| c.is_ascii_digit())
+        || frac.len() > scale as usize
+        || int.len() > 38
+    {
         return None;
     }
     let mut x: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
@@ -423,15 +438,24 @@ pub fn decode_rows(
         let event = r.u32()?;
         let table = r.u16()? as usize;
         if event as usize >= events {
-            return Err(MalformedRows { offset: row_at, reason: format!("row for event {event}, but the batch has {events} events") });
+            return Err(MalformedRows {
+                offset: row_at,
+                reason: format!("row for event {event}, but the batch has {events} events"),
+            });
         }
         if table >= tables.len() {
-            return Err(MalformedRows { offset: row_at, reason: format!("row for table index {table}, but the plugin declares {} tables", tables.len()) });
+            return Err(MalformedRows {
+                offset: row_at,
+                reason: format!("row for table index {table}, but the plugin declares {} tables", tables.len()),
+            });
         }
         if current != Some(event) {
             if let Some(c) = current {
                 if event < c {
-                    return Err(MalformedRows { offset: row_at, reason: format!("rows of event {event} come after rows of event {c}") });
+                    return Err(MalformedRows {
+                        offset: row_at,
+                        reason: format!("rows of event {event} come after rows of event {c}"),
+                    });
                 }
             }
             current = Some(event);
@@ -459,9 +483,15 @@ pub fn decode_rows(
         let n = &mut out.rows_per_event[event as usize];
         *n += 1;
         let limit_error = if *n > limits.max_rows_per_event {
-            Some(format!("event produced more than {} rows (the plugin's max_rows_per_event)", limits.max_rows_per_event))
+            Some(format!(
+                "event produced more than {} rows (the plugin's max_rows_per_event)",
+                limits.max_rows_per_event
+            ))
         } else if r.pos - event_start > limits.max_bytes_per_event {
-            Some(format!("event produced more than {} bytes of rows (the plugin's max_bytes_per_event)", limits.max_bytes_per_event))
+            Some(format!(
+                "event produced more than {} bytes of rows (the plugin's max_bytes_per_event)",
+                limits.max_bytes_per_event
+            ))
         } else {
             None
         };
@@ -488,7 +518,10 @@ mod tests {
     fn schema(cols: &[(&str, &str)]) -> TableSchema {
         TableSchema::from_wit(&wit::Table {
             name: "t".into(),
-            columns: cols.iter().map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None }).collect(),
+            columns: cols
+                .iter()
+                .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
+                .collect(),
             engine: wit::Engine::MergeTree,
             partition_by: None,
             order_by: vec![cols[0].0.to_string()],
@@ -595,10 +628,20 @@ mod tests {
         let mut truncated = w.0.clone();
         truncated.pop();
         assert!(decode_rows(&truncated, std::slice::from_ref(&t), 1, OutputLimits::default()).is_err());
-        assert!(decode_rows(&w.0, std::slice::from_ref(&t), 0, OutputLimits::default()).unwrap_err().reason.contains("batch has 0 events"));
+        assert!(
+            decode_rows(&w.0, std::slice::from_ref(&t), 0, OutputLimits::default())
+                .unwrap_err()
+                .reason
+                .contains("batch has 0 events")
+        );
         let mut w2 = W(Vec::new());
         w2.row(0, 3).str("x");
-        assert!(decode_rows(&w2.0, std::slice::from_ref(&t), 1, OutputLimits::default()).unwrap_err().reason.contains("table index 3"));
+        assert!(
+            decode_rows(&w2.0, std::slice::from_ref(&t), 1, OutputLimits::default())
+                .unwrap_err()
+                .reason
+                .contains("table index 3")
+        );
         let mut w3 = W(Vec::new());
         w3.row(1, 0).str("x").row(0, 0).str("y");
         assert!(decode_rows(&w3.0, &[t], 2, OutputLimits::default()).unwrap_err().reason.contains("come after"));
@@ -612,14 +655,16 @@ mod tests {
             w.row(0, 0).str("x");
         }
         w.row(1, 0).str("y");
-        let d = decode_rows(&w.0, &[t], 2, OutputLimits { max_rows_per_event: 2, max_bytes_per_event: 1 << 20 }).unwrap();
+        let d =
+            decode_rows(&w.0, &[t], 2, OutputLimits { max_rows_per_event: 2, max_bytes_per_event: 1 << 20 }).unwrap();
         assert_eq!(d.tables[0].rows, 1);
         assert!(d.rejected[0].1.contains("more than 2 rows"));
     }
 
     #[test]
     fn decimal_uuid_enum_array() {
-        let t = schema(&[("d", "Decimal(9, 2)"), ("u", "UUID"), ("e", "Enum8('a' = 1, 'b' = 2)"), ("a", "Array(UInt16)")]);
+        let t =
+            schema(&[("d", "Decimal(9, 2)"), ("u", "UUID"), ("e", "Enum8('a' = 1, 'b' = 2)"), ("a", "Array(UInt16)")]);
         let mut w = W(Vec::new());
         w.row(0, 0).str("-12.3").str("00112233-4455-6677-8899-aabbccddeeff").str("b");
         w.0.push(TAG_ARRAY);
@@ -643,7 +688,10 @@ mod tests {
 
 /// Decodes RowBinary rows of `schema` back into JSON objects (for `sluice plugin run` and
 /// fixtures): what a row will look like in ClickHouse.
-pub fn rowbinary_to_json(data: &[u8], schema: &TableSchema) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+pub fn rowbinary_to_json(
+    data: &[u8],
+    schema: &TableSchema,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
     let mut pos = 0usize;
     let mut rows = Vec::new();
     while pos < data.len() {

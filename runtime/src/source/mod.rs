@@ -41,7 +41,12 @@ fn utf8<'a>(name: &str, v: &'a [u8]) -> Result<&'a str, String> {
 
 /// Parses a stream entry into an event following the wire format. The error names what is
 /// wrong with the entry.
-pub fn parse_entry(stream: &str, event_type: &str, entry_id: &str, fields: &[(String, Vec<u8>)]) -> Result<wit::Event, String> {
+pub fn parse_entry(
+    stream: &str,
+    event_type: &str,
+    entry_id: &str,
+    fields: &[(String, Vec<u8>)],
+) -> Result<wit::Event, String> {
     let entry_ms = entry_id_millis(entry_id).ok_or_else(|| format!("entry id `{entry_id}` is not a stream id"))?;
     let opt = |name: &str| -> Result<Option<String>, String> {
         field(fields, name).map(|v| utf8(name, v).map(str::to_string)).transpose()
@@ -50,8 +55,8 @@ pub fn parse_entry(stream: &str, event_type: &str, entry_id: &str, fields: &[(St
         (utf8("payload", p)?.to_string(), None, None)
     } else if let Some((name, raw)) = ["event", "data"].iter().find_map(|n| field(fields, n).map(|v| (*n, v))) {
         // The seed's Python envelope: {"type", "aggregate_id", "aggregate_type", "data", "timestamp"}.
-        let env: serde_json::Value = serde_json::from_slice(raw)
-            .map_err(|e| format!("field `{name}` is not a JSON envelope: {e}"))?;
+        let env: serde_json::Value =
+            serde_json::from_slice(raw).map_err(|e| format!("field `{name}` is not a JSON envelope: {e}"))?;
         let data = env.get("data").ok_or_else(|| format!("envelope in field `{name}` has no `data`"))?;
         let ts = env.get("timestamp").and_then(|t| t.as_str()).and_then(parse_envelope_time);
         let id = env.get("event_id").or_else(|| env.get("id")).and_then(|v| v.as_str()).map(str::to_string);
@@ -64,7 +69,9 @@ pub fn parse_entry(stream: &str, event_type: &str, entry_id: &str, fields: &[(St
         _ => envelope_id.unwrap_or_else(|| format!("{stream}/{entry_id}")),
     };
     let timestamp_ms = match opt("ts")? {
-        Some(ts) => ts.trim().parse::<i64>().map_err(|_| format!("field `ts` = {ts:?} is not milliseconds since the epoch"))?,
+        Some(ts) => {
+            ts.trim().parse::<i64>().map_err(|_| format!("field `ts` = {ts:?} is not milliseconds since the epoch"))?
+        }
         None => envelope_ts.unwrap_or(entry_ms),
     };
     Ok(wit::Event {
@@ -79,10 +86,9 @@ pub fn parse_entry(stream: &str, event_type: &str, entry_id: &str, fields: &[(St
 
 /// The envelope's `timestamp`: RFC 3339, or Python's `isoformat()` without an offset (UTC).
 fn parse_envelope_time(s: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .ok()
-        .or_else(|| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis()))
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis()).ok().or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_millis())
+    })
 }
 
 #[cfg(test)]
@@ -99,7 +105,9 @@ mod tests {
         assert_eq!(e.id, "events:x/1717245000123-0");
         assert_eq!(e.timestamp_ms, 1_717_245_000_123);
         assert_eq!(e.payload, "{\"a\":1}");
-        let e = parse_entry("events:x", "x", "5-0", &f(&[("payload", "{}"), ("id", "u-1"), ("ts", "42"), ("tenant", "t")])).unwrap();
+        let e =
+            parse_entry("events:x", "x", "5-0", &f(&[("payload", "{}"), ("id", "u-1"), ("ts", "42"), ("tenant", "t")]))
+                .unwrap();
         assert_eq!((e.id.as_str(), e.timestamp_ms, e.tenant.as_deref()), ("u-1", 42, Some("t")));
     }
 
@@ -114,7 +122,9 @@ mod tests {
     #[test]
     fn bad_entries_say_why() {
         assert!(parse_entry("s", "x", "1-0", &f(&[("foo", "bar")])).unwrap_err().contains("no `payload`"));
-        assert!(parse_entry("s", "x", "1-0", &f(&[("payload", "{}"), ("ts", "yesterday")])).unwrap_err().contains("`ts`"));
+        assert!(
+            parse_entry("s", "x", "1-0", &f(&[("payload", "{}"), ("ts", "yesterday")])).unwrap_err().contains("`ts`")
+        );
         assert!(parse_entry("s", "x", "1-0", &f(&[("data", "not json")])).unwrap_err().contains("not a JSON envelope"));
     }
 }

@@ -176,7 +176,11 @@ impl StreamReader {
     /// Claims entries for this consumer if they are still idle for `min_idle` (so two
     /// instances never both win one entry). Returns the claimed entries with their attempt
     /// number, and the ids whose entries were deleted from the stream meanwhile.
-    pub async fn claim(&mut self, entries: &[PendingEntry], min_idle: Duration) -> Result<(Vec<SourceEvent>, Vec<String>)> {
+    pub async fn claim(
+        &mut self,
+        entries: &[PendingEntry],
+        min_idle: Duration,
+    ) -> Result<(Vec<SourceEvent>, Vec<String>)> {
         if entries.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -185,7 +189,8 @@ impl StreamReader {
         for e in entries {
             c.arg(&e.id);
         }
-        let reply: Value = c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {} failed", self.stream))?;
+        let reply: Value =
+            c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {} failed", self.stream))?;
         let mut claimed = Vec::new();
         let mut got = std::collections::HashSet::new();
         for (id, fields) in entries_reply(reply)? {

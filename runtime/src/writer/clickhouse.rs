@@ -100,9 +100,8 @@ impl ChClient {
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(2))
-            .build(connector);
+        let http =
+            HyperClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(2)).build(connector);
         let mut server = ::clickhouse::Client::with_http_client(http)
             .with_url(url)
             .with_validation(false)
@@ -144,11 +143,8 @@ impl ChClient {
 
     /// Checks the server answers; returns its version.
     pub async fn ping(&self) -> Result<String, ChError> {
-        let mut cursor = self
-            .server
-            .query("SELECT version()")
-            .fetch_bytes("TabSeparated")
-            .map_err(ChError::from_client)?;
+        let mut cursor =
+            self.server.query("SELECT version()").fetch_bytes("TabSeparated").map_err(ChError::from_client)?;
         let bytes = cursor.collect().await.map_err(ChError::from_client)?;
         Ok(String::from_utf8_lossy(&bytes).trim().to_string())
     }
@@ -189,7 +185,8 @@ mod tests {
 
     #[test]
     fn classifies_server_errors() {
-        let old = "Code: 60, e.displayText() = DB::Exception: Table analytics.x doesn't exist., e.what() = DB::Exception";
+        let old =
+            "Code: 60, e.displayText() = DB::Exception: Table analytics.x doesn't exist., e.what() = DB::Exception";
         match parse_server_error(old) {
             ChError::Server { code: 60, message } => assert!(message.contains("doesn't exist")),
             other => panic!("{other:?}"),

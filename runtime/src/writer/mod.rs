@@ -89,12 +89,8 @@ impl Writer {
 }
 
 async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, mut rx: mpsc::Receiver<RowChunk>) {
-    let insert_sql = format!(
-        "INSERT INTO {}.{} {} FORMAT RowBinary",
-        client.database(),
-        schema.name,
-        schema.column_list()
-    );
+    let insert_sql =
+        format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list());
     let mut pending: Vec<RowChunk> = Vec::new();
     loop {
         // Wait for the first chunk of a block.

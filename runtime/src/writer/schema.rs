@@ -28,7 +28,10 @@ pub enum ColumnType {
     DateTime,
     Uuid,
     /// Decimal(P, S): stored in 4, 8 or 16 bytes depending on P.
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     Enum8(Vec<(String, i64)>),
     Enum16(Vec<(String, i64)>),
     Nullable(Box<ColumnType>),
