@@ -29,9 +29,13 @@ demo: plugins build
 # The whole suite: unit tests of the host and the SDK, plugin fixtures, and end-to-end tests
 # against real redis-server and clickhouse-server processes started on free ports.
 test: plugins build
-	cd plugins && $(CARGO) test --locked -p sluice-sdk
-	SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
-	  $(CARGO) test --release --locked --workspace -- --test-threads=2
+	@mkdir -p target
+	set -o pipefail; { \
+	  (cd plugins && $(CARGO) test --locked -p sluice-sdk) && \
+	  SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
+	    $(CARGO) test --release --locked --workspace -- --test-threads=2; \
+	} 2>&1 | tee target/test.log
+	@bash scripts/test-summary.sh target/test.log
 
 fmt:
 	$(CARGO) fmt --all && (cd plugins && $(CARGO) fmt --all)

@@ -310,6 +310,7 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
                     payload: v.to_string(),
                     source: None,
                     tenant: None,
+                    attempt: 1,
                 });
             }
             let obj = v.as_object().with_context(|| format!("{}: expected an object", at()))?;
@@ -333,6 +334,7 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
                 payload,
                 source: obj.get("source").and_then(|x| x.as_str()).map(str::to_string),
                 tenant: obj.get("tenant").and_then(|x| x.as_str()).map(str::to_string),
+                attempt: 1,
             })
         })
         .collect()

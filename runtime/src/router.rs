@@ -201,7 +201,9 @@ impl Pipeline {
                     }
                 }
                 Ok(ev) => {
-                    events.push(ev.clone());
+                    let mut ev = ev.clone();
+                    ev.attempt = e.deliveries.min(u32::MAX as u64) as u32;
+                    events.push(ev);
                     origin.push(i);
                 }
             }

@@ -83,6 +83,8 @@ pub struct Event {
     pub payload: String,
     pub source: Option<String>,
     pub tenant: Option<String>,
+    /// 1 on the first delivery, 2 on the first retry, and so on.
+    pub attempt: u32,
 }
 
 impl Event {
@@ -264,6 +266,7 @@ pub fn __handle_batch<P: Plugin>(events: Vec<wit::Event>) -> wit::BatchOutput {
             payload: e.payload,
             source: e.source,
             tenant: e.tenant,
+            attempt: e.attempt,
         };
         out.event = i as u32;
         let start = out.w.len();

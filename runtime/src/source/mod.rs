@@ -81,6 +81,7 @@ pub fn parse_entry(
         payload,
         source: opt("source")?,
         tenant: opt("tenant")?,
+        attempt: 1,
     })
 }
 
