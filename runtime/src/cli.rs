@@ -31,6 +31,70 @@ pub enum Command {
     /// Inspect, run and test plugins without Redis or ClickHouse.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// List, reprocess or purge dead letters (the `sluice:dlq` stream).
+    Dlq(DlqArgs),
+    /// Re-feed a stream's history to one plugin (through its replay stream).
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this plugin's dead letters.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their plugin (and remove them from the dead-letter stream).
+    Reprocess {
+        /// The dead letter's id in sluice:dlq (see `dlq list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// All dead letters (of --plugin, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this plugin's dead letters.
+        #[arg(long, requires = "all")]
+        plugin: Option<String>,
+    },
+    /// Delete dead letters: all, or one plugin's.
+    Purge {
+        /// Only this plugin's dead letters.
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The plugin to re-feed.
+    #[arg(long)]
+    pub plugin: String,
+    /// Start: a stream entry id (1717245000123-0) or an RFC 3339 time; `-` for the beginning.
+    #[arg(long)]
+    pub from: String,
+    /// End (inclusive): an entry id or an RFC 3339 time [default: the end]
+    #[arg(long, default_value = "+")]
+    pub to: String,
+    /// Event types to replay [default: every stream that has the plugin's consumer group]
+    #[arg(long = "type")]
+    pub event_types: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +193,10 @@ pub struct PublishArgs {
     /// Event id (the idempotency key) of a single event.
     #[arg(long)]
     pub id: Option<String>,
+    /// Hold the event until this much time has passed (30s, 5m, 1h, 250ms); see
+    /// "Delayed events" in the README for the Redis format other producers can use.
+    #[arg(long, value_parser = crate::source::delayed::parse_duration)]
+    pub delay: Option<Duration>,
 }
 
 fn file_settings(common: &CommonArgs) -> Result<FileSettings> {
@@ -188,6 +256,20 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
         (None, Some(payload)) => {
             serde_json::from_str::<serde_json::Value>(payload).context("the payload is not valid JSON")?;
             let id = args.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            if let Some(delay) = args.delay {
+                let due = crate::source::delayed::publish_delayed(
+                    &mut conn,
+                    &stream,
+                    &[("payload", payload), ("id", &id)],
+                    delay,
+                )
+                .await?;
+                println!(
+                    "{stream} delayed until {} id={id}",
+                    chrono::DateTime::from_timestamp_millis(due).map(|t| t.to_rfc3339()).unwrap_or_default()
+                );
+                return Ok(());
+            }
             let entry: String = redis::cmd("XADD")
                 .arg(&stream)
                 .arg("*")
@@ -199,6 +281,9 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot XADD to {stream} at {}", redact_url(&url)))?;
             println!("{stream} {entry} id={id}");
+        }
+        (Some(_), None) if args.delay.is_some() => {
+            bail!("--delay publishes one event; it cannot be combined with --count")
         }
         (Some(count), None) => {
             let started = Instant::now();
@@ -230,6 +315,87 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
         (Some(_), Some(_)) => bail!("give either a payload or --count, not both"),
         (None, None) => bail!("give a payload (JSON text) or --count N"),
     }
+    Ok(())
+}
+
+fn redis_of(common: &CommonArgs) -> Result<(String, String)> {
+    let f = file_settings(common)?;
+    let url = common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let prefix = common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into());
+    Ok((url, prefix))
+}
+
+/// `sluice dlq ...`.
+pub async fn dlq(args: DlqArgs) -> Result<()> {
+    let (url, _) = redis_of(&args.common)?;
+    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    match args.command {
+        DlqCommand::List { plugin, limit, json } => {
+            let entries = crate::dlq::list(&mut conn, plugin.as_deref(), limit).await?;
+            if json {
+                for e in &entries {
+                    println!("{}", e.to_json());
+                }
+            } else {
+                crate::dlq::print_table(&entries);
+            }
+        }
+        DlqCommand::Reprocess { id: Some(id), .. } => {
+            let entry =
+                crate::dlq::get(&mut conn, &id).await?.with_context(|| format!("no dead letter {id} in sluice:dlq"))?;
+            match crate::dlq::reprocess(&mut conn, &entry).await? {
+                Some((stream, new_id)) => println!("{id} -> {stream} {new_id}"),
+                None => bail!("dead letter {id} was removed meanwhile"),
+            }
+        }
+        DlqCommand::Reprocess { id: None, plugin, .. } => {
+            let entries = crate::dlq::list(&mut conn, plugin.as_deref(), usize::MAX).await?;
+            let progress = crate::dlq::Progress::new("reprocessed");
+            let mut n = 0;
+            for e in &entries {
+                if crate::dlq::reprocess(&mut conn, e).await?.is_some() {
+                    n += 1;
+                }
+                if n % 1000 == 0 {
+                    progress.update(n);
+                }
+            }
+            progress.finish(n);
+            println!("reprocessed {n} dead letters");
+        }
+        DlqCommand::Purge { plugin } => {
+            let n = crate::dlq::purge(&mut conn, plugin.as_deref()).await?;
+            println!("purged {n} dead letters");
+        }
+    }
+    Ok(())
+}
+
+/// `sluice replay`.
+pub async fn replay(args: ReplayArgs) -> Result<()> {
+    let (url, prefix) = redis_of(&args.common)?;
+    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    let (from, to) = (crate::dlq::position(&args.from)?, crate::dlq::position(&args.to)?);
+    let types = if args.event_types.is_empty() {
+        crate::dlq::subscribed_types(&mut conn, &prefix, &args.plugin).await?
+    } else {
+        args.event_types.clone()
+    };
+    if types.is_empty() {
+        bail!(
+            "no stream under `{prefix}` has the consumer group sluice:{}; is the plugin name right? (or pass --type)",
+            args.plugin
+        );
+    }
+    let mut total = 0;
+    for t in &types {
+        let stream = format!("{prefix}{t}");
+        let progress = crate::dlq::Progress::new(&format!("replaying {stream} to {}", args.plugin));
+        let n = crate::dlq::replay(&mut conn, &stream, &args.plugin, t, &from, &to, |n| progress.update(n)).await?;
+        progress.finish(n);
+        total += n;
+    }
+    println!("replayed {total} events to plugin {} ({})", args.plugin, types.join(", "));
     Ok(())
 }
 

@@ -148,13 +148,15 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             );
             let rx = stop_rx.clone();
             tasks.spawn(async move {
-                let stream = p.reader.stream.clone();
+                let stream = p.reader.stream().clone();
                 if let Err(e) = p.run(rx, grace).await {
                     tracing::error!(stream = %stream, "pipeline stopped: {e:#}");
                 }
             });
         }
     }
+    // Delayed events are delivered by every host; the move is atomic, so each goes out once.
+    let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
     tracing::info!(pipelines = tasks.len(), "sluice is running");
 
     wait_for_signal().await;
@@ -167,6 +169,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             std::process::exit(130);
         }
     }
+    mover.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dlq;
 pub mod host;
 pub mod plugin;
 pub mod router;

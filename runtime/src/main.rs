@@ -28,6 +28,8 @@ fn main() -> ExitCode {
             }
             Command::Publish(p) => cli::publish(p).await.map(|_| true),
             Command::Plugin(PluginCommand::Inspect { file }) => cli::inspect(&file).map(|_| true),
+            Command::Dlq(d) => cli::dlq(d).await.map(|_| true),
+            Command::Replay(r) => cli::replay(r).await.map(|_| true),
             Command::Plugin(PluginCommand::Run { file, event, event_type }) => {
                 cli::run_plugin(&file, &event, event_type.as_deref())
             }

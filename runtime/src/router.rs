@@ -68,8 +68,8 @@ impl Pipeline {
         let stream = format!("{}{}", settings.stream_prefix, event_type);
         let group = group_name(plugin.name());
         Pipeline {
-            reader: StreamReader::new(read_conn, &stream, event_type, &group, consumer),
-            control: StreamReader::new(control_conn, &stream, event_type, &group, consumer),
+            reader: StreamReader::new(read_conn, &stream, plugin.name(), event_type, &group, consumer),
+            control: StreamReader::new(control_conn, &stream, plugin.name(), event_type, &group, consumer),
             plugin,
             settings,
             tables,
@@ -86,7 +86,7 @@ impl Pipeline {
         let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
         let mut error_backoff = Duration::from_millis(100);
-        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream, group = %self.reader.group, "pipeline started");
+        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream(), group = %self.reader.group, "pipeline started");
         while !*shutdown.borrow() {
             let permits = tokio::select! {
                 p = inflight.permits.clone().acquire_many_owned(self.settings.batch_size as u32) => p?,
@@ -112,7 +112,7 @@ impl Pipeline {
                 }
             }
             if let Some(e) = read_error {
-                tracing::error!(stream = %self.reader.stream, error = format!("{e:#}"), "cannot read from Redis; retrying in {error_backoff:?}");
+                tracing::error!(stream = %self.reader.stream(), error = format!("{e:#}"), "cannot read from Redis; retrying in {error_backoff:?}");
                 tokio::time::sleep(error_backoff).await;
                 error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -132,10 +132,10 @@ impl Pipeline {
         let all = self.settings.max_inflight_events as u32;
         match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
             Ok(_) => {
-                tracing::info!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped; in-flight events finished")
+                tracing::info!(stream = %self.reader.stream(), plugin = self.plugin.name(), "pipeline stopped; in-flight events finished")
             }
             Err(_) => {
-                tracing::warn!(stream = %self.reader.stream, plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered")
+                tracing::warn!(stream = %self.reader.stream(), plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered")
             }
         }
         Ok(())
@@ -165,12 +165,11 @@ impl Pipeline {
         }
         let (claimed, deleted) = self.control.claim(&due, min_idle).await?;
         if !deleted.is_empty() {
-            let ids: Vec<&str> = deleted.iter().map(String::as_str).collect();
-            tracing::warn!(stream = %self.control.stream, count = ids.len(), "pending entries were deleted from the stream before they were handled; acknowledging them");
-            self.control.ack(&ids).await?;
+            tracing::warn!(stream = %self.control.stream(), count = deleted.len(), "pending entries were deleted from the stream before they were handled; acknowledging them");
+            self.control.ack(deleted.iter().map(|e| (&*e.stream, e.id.as_str()))).await?;
         }
         if !claimed.is_empty() {
-            tracing::info!(stream = %self.control.stream, plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
+            tracing::info!(stream = %self.control.stream(), plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
         }
         Ok(claimed)
     }
@@ -245,15 +244,9 @@ impl Pipeline {
             }
             commits.push(rx);
         }
-        tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream, events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
+        tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream(), events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
         let ack = AckTask {
-            control: StreamReader::new(
-                self.control.conn_clone(),
-                &self.control.stream,
-                &self.control.event_type,
-                &self.control.group,
-                &self.control.consumer,
-            ),
+            control: self.control.with_same_connection(),
             plugin: self.plugin.clone(),
             batch,
             verdicts,
@@ -294,12 +287,12 @@ impl AckTask {
                 Err(_) => commit_error = Some(Arc::from("the writer stopped before committing")),
             }
         }
-        let mut ack: Vec<&str> = Vec::new();
+        let mut ack: Vec<(&str, &str)> = Vec::new();
         let mut dead: Vec<DeadLetter<'_>> = Vec::new();
         let mut retry = 0usize;
         for (e, v) in self.batch.iter().zip(&self.verdicts) {
             match v {
-                Verdict::Ok if commit_error.is_none() => ack.push(&e.entry_id),
+                Verdict::Ok if commit_error.is_none() => ack.push((&e.stream, &e.entry_id)),
                 Verdict::Ok => retry += 1,
                 Verdict::Retry(msg) => {
                     retry += 1;
@@ -318,25 +311,25 @@ impl AckTask {
             }
         }
         if let Some(e) = &commit_error {
-            tracing::error!(stream = %self.control.stream, plugin = self.plugin.name(), events = retry, error = %e, "rows not committed; the events stay pending and will be retried");
+            tracing::error!(stream = %self.control.stream(), plugin = self.plugin.name(), events = retry, error = %e, "rows not committed; the events stay pending and will be retried");
         }
         // Redis may be briefly unreachable: keep trying, the events stay pending meanwhile.
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
             let r = async {
-                self.control.ack(&ack).await?;
+                self.control.ack(ack.iter().copied()).await?;
                 self.control.dead_letter(&dead).await
             }
             .await;
             match r {
                 Ok(()) => break,
                 Err(e) if attempt < 20 => {
-                    tracing::warn!(stream = %self.control.stream, error = format!("{e:#}"), "cannot acknowledge yet; retrying");
+                    tracing::warn!(stream = %self.control.stream(), error = format!("{e:#}"), "cannot acknowledge yet; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    tracing::error!(stream = %self.control.stream, error = format!("{e:#}"), "giving up acknowledging; the events stay pending and will be recovered")
+                    tracing::error!(stream = %self.control.stream(), error = format!("{e:#}"), "giving up acknowledging; the events stay pending and will be recovered")
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! as the seed's Python services write it, one JSON envelope `{type, aggregate_id, data,
 //! timestamp, ...}` in a field `event` or `data`, whose `data` becomes the payload.
 
+pub mod delayed;
 pub mod streams;
 
 use std::sync::Arc;

@@ -11,6 +11,8 @@
 //!   (entries of any other consumer, e.g. a dead instance). The delivery count the PEL keeps is
 //!   the attempt number.
 //! - A dead letter is written to `sluice:dlq` and the original acknowledged in one MULTI.
+//! - Each pipeline also reads its plugin's replay stream (`sluice:replay:<plugin>:<type>`),
+//!   where `sluice dlq reprocess` and `sluice replay` put events for that plugin alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,10 +54,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Reads one stream through one consumer group.
+/// The stream a plugin's re-fed events go to: dead letters reprocessed and history replayed
+/// for that plugin alone (re-adding them to `events:<type>` would feed every plugin again).
+pub fn replay_stream(plugin: &str, event_type: &str) -> String {
+    format!("sluice:replay:{plugin}:{event_type}")
+}
+
+/// Reads the streams of one (plugin, event type) through the plugin's consumer group: the
+/// event stream itself and the plugin's replay stream for that type.
 pub struct StreamReader {
     conn: ConnectionManager,
-    pub stream: Arc<str>,
+    /// The event stream (`<prefix><type>`) first, then the replay stream.
+    pub streams: [Arc<str>; 2],
     pub event_type: Arc<str>,
     pub group: String,
     pub consumer: String,
@@ -64,6 +74,7 @@ pub struct StreamReader {
 /// An entry of the pending-entries list.
 #[derive(Debug, Clone)]
 pub struct PendingEntry {
+    pub stream: Arc<str>,
     pub id: String,
     pub consumer: String,
     pub idle_ms: u64,
@@ -71,39 +82,62 @@ pub struct PendingEntry {
 }
 
 impl StreamReader {
-    pub fn new(conn: ConnectionManager, stream: &str, event_type: &str, group: &str, consumer: &str) -> Self {
+    pub fn new(
+        conn: ConnectionManager,
+        stream: &str,
+        plugin: &str,
+        event_type: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Self {
         StreamReader {
             conn,
-            stream: Arc::from(stream),
+            streams: [Arc::from(stream), Arc::from(replay_stream(plugin, event_type).as_str())],
             event_type: Arc::from(event_type),
             group: group.to_string(),
             consumer: consumer.to_string(),
         }
     }
 
-    /// Another handle on the same (multiplexed) connection.
-    pub fn conn_clone(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The event stream.
+    pub fn stream(&self) -> &Arc<str> {
+        &self.streams[0]
     }
 
-    /// Creates the consumer group (and the stream) if missing, starting from the beginning.
-    pub async fn ensure_group(&mut self) -> Result<()> {
-        let r: redis::RedisResult<()> = cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&*self.stream)
-            .arg(&self.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn)
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot create consumer group {} on {}", self.group, self.stream)),
+    /// Another reader on the same (multiplexed) connection.
+    pub fn with_same_connection(&self) -> StreamReader {
+        StreamReader {
+            conn: self.conn.clone(),
+            streams: self.streams.clone(),
+            event_type: self.event_type.clone(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
         }
     }
 
-    /// Reads up to `count` new entries, waiting up to `block` for the first.
+    /// Creates the consumer groups (and the streams) if missing, starting from the beginning.
+    pub async fn ensure_group(&mut self) -> Result<()> {
+        for stream in self.streams.clone() {
+            let r: redis::RedisResult<()> = cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&*stream)
+                .arg(&self.group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut self.conn)
+                .await;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create consumer group {} on {stream}", self.group));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `count` new entries of either stream, waiting up to `block` for the first.
     pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<SourceEvent>> {
         let reply: redis::RedisResult<Value> = cmd("XREADGROUP")
             .arg("GROUP")
@@ -114,109 +148,132 @@ impl StreamReader {
             .arg("BLOCK")
             .arg(block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&*self.stream)
+            .arg(&*self.streams[0])
+            .arg(&*self.streams[1])
+            .arg(">")
             .arg(">")
             .query_async(&mut self.conn)
             .await;
         let reply = match reply {
             Ok(v) => v,
-            // The group vanished (stream deleted): recreate it and read again next time.
+            // A group vanished (stream deleted): recreate it and read again next time.
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(e).with_context(|| format!("XREADGROUP on {} failed", self.stream)),
+            Err(e) => return Err(e).with_context(|| format!("XREADGROUP on {} failed", self.streams[0])),
         };
         let mut out = Vec::new();
-        for (_, entries) in stream_replies(reply)? {
+        for (stream, entries) in stream_replies(reply)? {
+            let stream = self.streams.iter().find(|s| ***s == *stream).cloned().unwrap_or_else(|| Arc::from(stream));
             for (id, fields) in entries {
                 if let Some(fields) = fields {
-                    out.push(self.event(id, 1, fields));
+                    out.push(self.event(&stream, id, 1, fields));
                 }
             }
         }
         Ok(out)
     }
 
-    fn event(&self, entry_id: String, deliveries: u64, fields: Vec<(String, Vec<u8>)>) -> SourceEvent {
-        let parsed = parse_entry(&self.stream, &self.event_type, &entry_id, &fields);
-        SourceEvent { stream: self.stream.clone(), entry_id, deliveries, fields, parsed }
+    fn event(
+        &self,
+        stream: &Arc<str>,
+        entry_id: String,
+        deliveries: u64,
+        fields: Vec<(String, Vec<u8>)>,
+    ) -> SourceEvent {
+        let parsed = parse_entry(stream, &self.event_type, &entry_id, &fields);
+        SourceEvent { stream: stream.clone(), entry_id, deliveries, fields, parsed }
     }
 
-    /// Pending entries idle for at least `min_idle`, oldest first.
+    /// Pending entries of both streams idle for at least `min_idle`, oldest first per stream.
     pub async fn pending(&mut self, min_idle: Duration, count: usize) -> Result<Vec<PendingEntry>> {
-        let reply: Value = cmd("XPENDING")
-            .arg(&*self.stream)
-            .arg(&self.group)
-            .arg("IDLE")
-            .arg(min_idle.as_millis() as u64)
-            .arg("-")
-            .arg("+")
-            .arg(count)
-            .query_async(&mut self.conn)
-            .await
-            .with_context(|| format!("XPENDING on {} failed", self.stream))?;
         let mut out = Vec::new();
-        for item in array(reply)? {
-            let f = array(item)?;
-            if f.len() < 4 {
-                bail!("unexpected XPENDING reply");
+        for stream in self.streams.clone() {
+            let reply: Value = cmd("XPENDING")
+                .arg(&*stream)
+                .arg(&self.group)
+                .arg("IDLE")
+                .arg(min_idle.as_millis() as u64)
+                .arg("-")
+                .arg("+")
+                .arg(count)
+                .query_async(&mut self.conn)
+                .await
+                .with_context(|| format!("XPENDING on {stream} failed"))?;
+            for item in array(reply)? {
+                let f = array(item)?;
+                if f.len() < 4 {
+                    bail!("unexpected XPENDING reply");
+                }
+                let mut f = f.into_iter();
+                out.push(PendingEntry {
+                    stream: stream.clone(),
+                    id: string(f.next().unwrap())?,
+                    consumer: string(f.next().unwrap())?,
+                    idle_ms: int(f.next().unwrap())? as u64,
+                    deliveries: int(f.next().unwrap())? as u64,
+                });
             }
-            let mut f = f.into_iter();
-            out.push(PendingEntry {
-                id: string(f.next().unwrap())?,
-                consumer: string(f.next().unwrap())?,
-                idle_ms: int(f.next().unwrap())? as u64,
-                deliveries: int(f.next().unwrap())? as u64,
-            });
         }
         Ok(out)
     }
 
     /// Claims entries for this consumer if they are still idle for `min_idle` (so two
     /// instances never both win one entry). Returns the claimed entries with their attempt
-    /// number, and the ids whose entries were deleted from the stream meanwhile.
+    /// number, and the entries deleted from their stream meanwhile (to acknowledge).
     pub async fn claim(
         &mut self,
         entries: &[PendingEntry],
         min_idle: Duration,
-    ) -> Result<(Vec<SourceEvent>, Vec<String>)> {
-        if entries.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let mut c = cmd("XCLAIM");
-        c.arg(&*self.stream).arg(&self.group).arg(&self.consumer).arg(min_idle.as_millis() as u64);
-        for e in entries {
-            c.arg(&e.id);
-        }
-        let reply: Value =
-            c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {} failed", self.stream))?;
+    ) -> Result<(Vec<SourceEvent>, Vec<PendingEntry>)> {
         let mut claimed = Vec::new();
-        let mut got = std::collections::HashSet::new();
-        for (id, fields) in entries_reply(reply)? {
-            got.insert(id.clone());
-            if let Some(fields) = fields {
-                let deliveries = entries.iter().find(|e| e.id == id).map(|e| e.deliveries + 1).unwrap_or(1);
-                claimed.push(self.event(id, deliveries, fields));
+        let mut deleted = Vec::new();
+        for stream in self.streams.clone() {
+            let mine: Vec<&PendingEntry> = entries.iter().filter(|e| e.stream == stream).collect();
+            if mine.is_empty() {
+                continue;
             }
+            let mut c = cmd("XCLAIM");
+            c.arg(&*stream).arg(&self.group).arg(&self.consumer).arg(min_idle.as_millis() as u64);
+            for e in &mine {
+                c.arg(&e.id);
+            }
+            let reply: Value =
+                c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {stream} failed"))?;
+            let mut got = std::collections::HashSet::new();
+            for (id, fields) in entries_reply(reply)? {
+                got.insert(id.clone());
+                if let Some(fields) = fields {
+                    let deliveries = mine.iter().find(|e| e.id == id).map(|e| e.deliveries + 1).unwrap_or(1);
+                    claimed.push(self.event(&stream, id, deliveries, fields));
+                }
+            }
+            // Redis 7 answers XCLAIM with only the entries that still exist: ids pending but
+            // trimmed from the stream are absent.
+            deleted.extend(mine.into_iter().filter(|e| !got.contains(&e.id)).cloned());
         }
-        // Redis 7 answers XCLAIM with only the entries that still exist; ids pending but
-        // trimmed from the stream are simply absent and are acknowledged by the caller.
-        let deleted = entries.iter().filter(|e| !got.contains(&e.id)).map(|e| e.id.clone()).collect();
         Ok((claimed, deleted))
     }
 
-    pub async fn ack(&mut self, ids: &[&str]) -> Result<()> {
-        if ids.is_empty() {
+    /// Acknowledges entries, grouped by stream, in one round trip.
+    pub async fn ack<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
+        let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (stream, id) in entries {
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, ids)) => ids.push(id),
+                None => by_stream.push((stream, vec![id])),
+            }
+        }
+        if by_stream.is_empty() {
             return Ok(());
         }
-        let _: i64 = cmd("XACK")
-            .arg(&*self.stream)
-            .arg(&self.group)
-            .arg(ids)
-            .query_async(&mut self.conn)
-            .await
-            .with_context(|| format!("XACK on {} failed", self.stream))?;
+        let mut p = redis::pipe();
+        for (stream, ids) in &by_stream {
+            p.cmd("XACK").arg(*stream).arg(&self.group).arg(ids).ignore();
+        }
+        let _: () =
+            p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {} failed", self.streams[0]))?;
         Ok(())
     }
 
@@ -230,7 +287,7 @@ impl StreamReader {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for l in letters {
             let c = p.cmd("XADD").arg(DLQ_STREAM).arg("*");
-            c.arg("stream").arg(&*self.stream);
+            c.arg("stream").arg(&*l.event.stream);
             c.arg("entry_id").arg(&l.event.entry_id);
             c.arg("event_id").arg(l.event.parsed.as_ref().map(|e| e.id.as_str()).unwrap_or(""));
             c.arg("event_type").arg(&*self.event_type);
@@ -245,13 +302,12 @@ impl StreamReader {
                 c.arg(format!("field:{k}")).arg(v.as_slice());
             }
             p.ignore();
+            p.cmd("XACK").arg(&*l.event.stream).arg(&self.group).arg(&l.event.entry_id).ignore();
         }
-        let ids: Vec<&str> = letters.iter().map(|l| l.event.entry_id.as_str()).collect();
-        p.cmd("XACK").arg(&*self.stream).arg(&self.group).arg(&ids).ignore();
         let _: () = p
             .query_async(&mut self.conn)
             .await
-            .with_context(|| format!("cannot dead-letter {} entries of {}", letters.len(), self.stream))?;
+            .with_context(|| format!("cannot dead-letter {} entries of {}", letters.len(), self.streams[0]))?;
         Ok(())
     }
 }

@@ -1,0 +1,308 @@
+//! Dead letters and replay: what operators do with events that failed, or with history.
+//!
+//! Policy: re-fed events go to the plugin's replay stream (`sluice:replay:<plugin>:<type>`),
+//! never back to `events:<type>`, so that only the plugin concerned sees them again. They keep
+//! their event id and time (the `id` and `ts` fields are filled in from the original entry if
+//! the producer had not set them), so deduplication and event dates are unchanged.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use redis::aio::ConnectionManager;
+use redis::{Value, cmd};
+
+use crate::source::entry_id_millis;
+use crate::source::streams::{DLQ_STREAM, replay_stream};
+
+/// One entry of `sluice:dlq`.
+#[derive(Debug, Clone)]
+pub struct DeadLetterEntry {
+    /// The entry's id in `sluice:dlq`.
+    pub id: String,
+    /// Its fields in order: `stream`, `entry_id`, `plugin`, ..., `field:<original field>`.
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetterEntry {
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The original entry's fields.
+    pub fn original_fields(&self) -> Vec<(String, Vec<u8>)> {
+        self.fields.iter().filter_map(|(k, v)| k.strip_prefix("field:").map(|k| (k.to_string(), v.clone()))).collect()
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("dlq_id".into(), self.id.clone().into());
+        let mut original = serde_json::Map::new();
+        for (k, v) in &self.fields {
+            let v = String::from_utf8_lossy(v).into_owned();
+            match k.strip_prefix("field:") {
+                Some(f) => {
+                    original.insert(f.to_string(), v.into());
+                }
+                None => {
+                    m.insert(k.clone(), v.into());
+                }
+            }
+        }
+        m.insert("fields".into(), original.into());
+        m.into()
+    }
+}
+
+fn parse_entries(v: Value) -> Result<Vec<DeadLetterEntry>> {
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
+        redis::from_redis_value(v).context("unexpected XRANGE reply")?;
+    Ok(entries.into_iter().map(|(id, fields)| DeadLetterEntry { id, fields }).collect())
+}
+
+/// Dead letters, oldest first, optionally of one plugin only.
+pub async fn list(conn: &mut ConnectionManager, plugin: Option<&str>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
+    let mut out = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let v: Value =
+            cmd("XRANGE").arg(DLQ_STREAM).arg(&start).arg("+").arg("COUNT").arg(1000).query_async(conn).await?;
+        let page = parse_entries(v)?;
+        let n = page.len();
+        let last = page.last().map(|e| e.id.clone());
+        out.extend(page.into_iter().filter(|e| plugin.is_none() || e.get("plugin").as_deref() == plugin));
+        if out.len() >= limit || n < 1000 {
+            break;
+        }
+        start = format!("({}", last.unwrap());
+    }
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// Removes the dead letter `dlq_id` and adds its event to the replay stream, atomically;
+/// false if that dead letter is gone (e.g. reprocessed by someone else meanwhile).
+const REPROCESS: &str = r#"
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return false end
+local args = {KEYS[2], '*'}
+for i = 2, #ARGV do args[#args + 1] = ARGV[i] end
+local id = redis.call('XADD', unpack(args))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return id
+"#;
+
+/// Fields for re-feeding an original entry: its own, plus `id` and `ts` if it had none.
+fn refeed_fields(mut fields: Vec<(String, Vec<u8>)>, stream: &str, entry_id: &str) -> Vec<(String, Vec<u8>)> {
+    let has = |fields: &[(String, Vec<u8>)], k: &str| fields.iter().any(|(f, _)| f == k);
+    if !has(&fields, "id") {
+        fields.push(("id".into(), format!("{stream}/{entry_id}").into_bytes()));
+    }
+    if !has(&fields, "ts") {
+        if let Some(ms) = entry_id_millis(entry_id) {
+            fields.push(("ts".into(), ms.to_string().into_bytes()));
+        }
+    }
+    fields
+}
+
+/// Sends a dead letter back to its plugin. Returns the replay stream and new entry id.
+pub async fn reprocess(conn: &mut ConnectionManager, entry: &DeadLetterEntry) -> Result<Option<(String, String)>> {
+    let (Some(plugin), Some(event_type), Some(stream), Some(entry_id)) =
+        (entry.get("plugin"), entry.get("event_type"), entry.get("stream"), entry.get("entry_id"))
+    else {
+        bail!("dead letter {} lacks plugin, event_type, stream or entry_id: not written by sluice?", entry.id);
+    };
+    // An entry that failed on the replay stream keeps the id/ts it was given there.
+    let fields = refeed_fields(entry.original_fields(), &stream, &entry_id);
+    let target = replay_stream(&plugin, &event_type);
+    let script = redis::Script::new(REPROCESS);
+    let mut inv = script.prepare_invoke();
+    inv.key(DLQ_STREAM).key(&target).arg(&entry.id);
+    for (k, v) in &fields {
+        inv.arg(k).arg(v.as_slice());
+    }
+    let id: Option<String> = inv.invoke_async(conn).await.with_context(|| format!("cannot reprocess {}", entry.id))?;
+    Ok(id.map(|id| (target, id)))
+}
+
+/// Reads one dead letter.
+pub async fn get(conn: &mut ConnectionManager, id: &str) -> Result<Option<DeadLetterEntry>> {
+    let v: Value = cmd("XRANGE").arg(DLQ_STREAM).arg(id).arg(id).query_async(conn).await?;
+    Ok(parse_entries(v)?.into_iter().next())
+}
+
+/// Deletes dead letters: all of them, or those of one plugin. Returns how many.
+pub async fn purge(conn: &mut ConnectionManager, plugin: Option<&str>) -> Result<usize> {
+    match plugin {
+        None => {
+            let n: usize = cmd("XLEN").arg(DLQ_STREAM).query_async(conn).await?;
+            let _: () = cmd("DEL").arg(DLQ_STREAM).query_async(conn).await?;
+            Ok(n)
+        }
+        Some(_) => {
+            let entries = list(conn, plugin, usize::MAX).await?;
+            for chunk in entries.chunks(1000) {
+                let mut c = cmd("XDEL");
+                c.arg(DLQ_STREAM);
+                for e in chunk {
+                    c.arg(&e.id);
+                }
+                let _: usize = c.query_async(conn).await?;
+            }
+            Ok(entries.len())
+        }
+    }
+}
+
+/// A stream position from the command line: an entry id (`1717245000123-0` or `1717245000123`)
+/// or an RFC 3339 time, which becomes the millisecond part of an id.
+pub fn position(arg: &str) -> Result<String> {
+    if arg == "-" || arg == "+" {
+        return Ok(arg.to_string());
+    }
+    let id_like =
+        arg.split('-').count() <= 2 && arg.split('-').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+    if id_like {
+        return Ok(arg.to_string());
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(arg)
+        .with_context(|| format!("`{arg}` is neither a stream entry id (1717245000123-0) nor an RFC 3339 time"))?;
+    Ok(t.timestamp_millis().max(0).to_string())
+}
+
+/// The event types whose streams have the plugin's consumer group (what it subscribes to).
+pub async fn subscribed_types(conn: &mut ConnectionManager, prefix: &str, plugin: &str) -> Result<Vec<String>> {
+    let group = crate::router::group_name(plugin);
+    let mut types = BTreeMap::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(prefix)))
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
+        for key in keys {
+            let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
+            let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
+            if groups.iter().any(|g| {
+                g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()).as_deref() == Some(&group)
+            }) {
+                types.insert(key[prefix.len()..].to_string(), ());
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(types.into_keys().collect())
+}
+
+fn glob_escape(s: &str) -> String {
+    s.chars().flat_map(|c| if "*?[]\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
+}
+
+/// Copies the entries of `stream` between `from` and `to` (inclusive) to the plugin's replay
+/// stream for `event_type`; `progress` is called with the running count. Returns the count.
+pub async fn replay(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    plugin: &str,
+    event_type: &str,
+    from: &str,
+    to: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<u64> {
+    let target = replay_stream(plugin, event_type);
+    let mut start = from.to_string();
+    let mut copied = 0u64;
+    loop {
+        let v: Value = cmd("XRANGE").arg(stream).arg(&start).arg(to).arg("COUNT").arg(1000).query_async(conn).await?;
+        let page = parse_entries(v)?;
+        if page.is_empty() {
+            break;
+        }
+        let mut p = redis::pipe();
+        for e in &page {
+            let c = p.cmd("XADD").arg(&target).arg("*");
+            for (k, v) in refeed_fields(e.fields.clone(), stream, &e.id) {
+                c.arg(k).arg(v);
+            }
+            p.ignore();
+        }
+        let _: () = p.query_async(conn).await.with_context(|| format!("cannot write to {target}"))?;
+        copied += page.len() as u64;
+        progress(copied);
+        if page.len() < 1000 {
+            break;
+        }
+        start = format!("({}", page.last().unwrap().id);
+    }
+    Ok(copied)
+}
+
+/// Prints dead letters as a table.
+pub fn print_table(entries: &[DeadLetterEntry]) {
+    println!("{:<20} {:<22} {:<28} {:<20} {:>3} {:<17} ERROR", "DLQ ID", "PLUGIN", "STREAM", "ENTRY ID", "ATT", "KIND");
+    for e in entries {
+        let g = |k: &str| e.get(k).unwrap_or_default();
+        let error: String = g("error").chars().take(100).collect();
+        println!(
+            "{:<20} {:<22} {:<28} {:<20} {:>3} {:<17} {}",
+            e.id,
+            g("plugin"),
+            g("stream"),
+            g("entry_id"),
+            g("attempts"),
+            g("error_kind"),
+            error
+        );
+    }
+}
+
+/// A simple progress line on stderr for long copies.
+pub struct Progress {
+    started: Instant,
+    label: String,
+}
+
+impl Progress {
+    pub fn new(label: &str) -> Self {
+        Progress { started: Instant::now(), label: label.to_string() }
+    }
+    pub fn update(&self, n: u64) {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        eprint!("\r{}: {n} events ({:.0}/s)   ", self.label, n as f64 / secs);
+    }
+    pub fn finish(&self, n: u64) {
+        self.update(n);
+        eprintln!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions() {
+        assert_eq!(position("1717245000123-0").unwrap(), "1717245000123-0");
+        assert_eq!(position("1717245000123").unwrap(), "1717245000123");
+        assert_eq!(position("2024-06-01T12:30:00.123Z").unwrap(), "1717245000123");
+        assert!(position("yesterday").is_err());
+    }
+
+    #[test]
+    fn refeed_keeps_identity() {
+        let f = refeed_fields(vec![("payload".into(), b"{}".to_vec())], "events:x", "1717245000123-0");
+        assert_eq!(f[1], ("id".to_string(), b"events:x/1717245000123-0".to_vec()));
+        assert_eq!(f[2], ("ts".to_string(), b"1717245000123".to_vec()));
+        let f = refeed_fields(vec![("id".into(), b"u".to_vec()), ("ts".into(), b"5".to_vec())], "s", "1-0");
+        assert_eq!(f.len(), 2);
+    }
+}

@@ -1,0 +1,128 @@
+//! Delayed events: held in the sorted set `sluice:delayed` until due, then moved to their
+//! stream exactly once, whichever and however many hosts run.
+//!
+//! Format, for producers in any language:
+//!   ZADD sluice:delayed <due time, ms since the epoch> '{"stream":"events:<type>","fields":{"payload":"<json text>","id":"<uuid>"}}'
+//! `fields` are the stream entry's fields (the wire format). Give each event an `id`: two
+//! byte-identical members would be one member of the set.
+//!
+//! Policy: every host runs a mover that, every 250 ms, runs one Lua script taking up to 500
+//! due members and, in the same atomic step, XADDs each to its stream and removes it from the
+//! set. Due-ness is judged by Redis's clock (TIME), so hosts' clocks do not matter; a member
+//! that is not valid JSON is moved to `sluice:dlq` instead of blocking the set.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use redis::aio::ConnectionManager;
+
+/// The sorted set of delayed events.
+pub const DELAYED_KEY: &str = "sluice:delayed";
+
+const MOVE_DUE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local moved = 0
+for _, m in ipairs(due) do
+  local ok, ev = pcall(cjson.decode, m)
+  if ok and type(ev) == 'table' and type(ev.stream) == 'string' and type(ev.fields) == 'table' then
+    local args = {ev.stream, '*'}
+    for k, v in pairs(ev.fields) do
+      args[#args + 1] = k
+      args[#args + 1] = tostring(v)
+    end
+    redis.call('XADD', unpack(args))
+  else
+    redis.call('XADD', KEYS[2], '*', 'stream', KEYS[1], 'entry_id', '', 'error_kind', 'invalid_event',
+      'error', 'delayed event is not {"stream": ..., "fields": {...}} JSON', 'field:member', m)
+  end
+  redis.call('ZREM', KEYS[1], m)
+  moved = moved + 1
+end
+return moved
+"#;
+
+/// Moves due events once; returns how many.
+pub async fn move_due(conn: &mut ConnectionManager, limit: usize) -> Result<u64> {
+    let n: u64 = redis::Script::new(MOVE_DUE)
+        .key(DELAYED_KEY)
+        .key(super::streams::DLQ_STREAM)
+        .arg(limit)
+        .invoke_async(conn)
+        .await
+        .context("cannot move due delayed events")?;
+    Ok(n)
+}
+
+/// Runs the mover until the process ends.
+pub async fn run_mover(mut conn: ConnectionManager) {
+    let mut failing = false;
+    loop {
+        match move_due(&mut conn, 500).await {
+            Ok(n) => {
+                failing = false;
+                if n > 0 {
+                    tracing::debug!(count = n, "delivered due delayed events");
+                }
+                if n == 500 {
+                    continue; // more are due: no pause
+                }
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = format!("{e:#}"), "cannot deliver delayed events yet; retrying");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Holds an event until `delay` has passed.
+pub async fn publish_delayed(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    fields: &[(&str, &str)],
+    delay: Duration,
+) -> Result<i64> {
+    let now: (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    let due = now.0 * 1000 + now.1 / 1000 + delay.as_millis() as i64;
+    let fields: serde_json::Map<String, serde_json::Value> =
+        fields.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect();
+    let member = serde_json::json!({"stream": stream, "fields": fields}).to_string();
+    let _: () = redis::cmd("ZADD").arg(DELAYED_KEY).arg(due).arg(member).query_async(conn).await?;
+    Ok(due)
+}
+
+/// Parses `30s`, `5m`, `1h`, `250ms` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().with_context(|| format!("`{text}` is not a duration like 30s, 5m, 1h or 250ms"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => bail!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}
