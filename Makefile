@@ -1,6 +1,8 @@
 # The README's two set-up commands are `make demo` and `make test`; both install what they need.
 SHELL := /bin/bash
 PLUGINS := promo-code-analytics order-analytics user-stats
+# Built with the others, used only by the test suite (plugins/testing/).
+TEST_PLUGINS := flaky
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
@@ -9,7 +11,8 @@ PLUGIN_OUT := target/plugins
 deps:
 	@bash scripts/install-deps.sh
 
-# Builds every first-party plugin into target/plugins/<name>.wasm.
+# Builds every first-party plugin into target/plugins/<name>.wasm (and the test suite's own
+# plugins into target/test-plugins/).
 plugins: deps
 	cd plugins && $(CARGO) build --release --target wasm32-wasip2 --locked
 	@mkdir -p $(PLUGIN_OUT)
@@ -17,6 +20,8 @@ plugins: deps
 	  cp plugins/target/wasm32-wasip2/release/$${p//-/_}.wasm $(PLUGIN_OUT)/$$p.wasm; \
 	  echo "$(PLUGIN_OUT)/$$p.wasm"; \
 	done
+	@mkdir -p target/test-plugins
+	@for p in $(TEST_PLUGINS); do cp plugins/target/wasm32-wasip2/release/$${p//-/_}.wasm target/test-plugins/$$p.wasm; done
 
 build: deps
 	$(CARGO) build --release --locked -p sluice

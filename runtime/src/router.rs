@@ -52,7 +52,8 @@ pub struct Pipeline {
 /// Shared state of a pipeline's in-flight work.
 struct Inflight {
     permits: Arc<Semaphore>,
-    ids: Mutex<HashSet<String>>,
+    /// (stream, entry id) of every event read and not yet acknowledged or left for retry.
+    ids: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
 impl Pipeline {
@@ -84,6 +85,11 @@ impl Pipeline {
             ids: Mutex::new(HashSet::new()),
         });
         let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.control.with_same_connection(),
+            inflight.clone(),
+            self.settings.visibility_timeout / 3,
+        ));
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
         let mut error_backoff = Duration::from_millis(100);
         tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream(), group = %self.reader.group, "pipeline started");
@@ -123,12 +129,13 @@ impl Pipeline {
             }
             {
                 let mut ids = inflight.ids.lock().unwrap();
-                ids.extend(batch.iter().map(|e| e.entry_id.clone()));
+                ids.extend(batch.iter().map(|e| (e.stream.clone(), e.entry_id.clone())));
             }
             let sb = sandbox.take().expect("sandbox is returned after every batch");
             sandbox = Some(self.process(sb, batch, permits, inflight.clone()).await);
         }
         // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
+        let _stop_heartbeat_on_return = AbortOnDrop(heartbeat);
         let all = self.settings.max_inflight_events as u32;
         match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
             Ok(_) => {
@@ -153,7 +160,8 @@ impl Pipeline {
                 .into_iter()
                 .filter(|p| {
                     if p.consumer == self.control.consumer {
-                        !ids.contains(&p.id) && Duration::from_millis(p.idle_ms) >= s.retry_delay(p.deliveries)
+                        !ids.contains(&(p.stream.clone(), p.id.clone()))
+                            && Duration::from_millis(p.idle_ms) >= s.retry_delay(p.deliveries)
                     } else {
                         Duration::from_millis(p.idle_ms) >= s.visibility_timeout
                     }
@@ -247,6 +255,7 @@ impl Pipeline {
         tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream(), events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
         let ack = AckTask {
             control: self.control.with_same_connection(),
+            max_attempts: s.max_attempts,
             plugin: self.plugin.clone(),
             batch,
             verdicts,
@@ -256,6 +265,30 @@ impl Pipeline {
         };
         tokio::spawn(ack.run());
         sandbox
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps in-flight entries from looking abandoned: every `every`, their idle time in the PEL is
+/// reset (XCLAIM JUSTID, which does not count a delivery), so other instances only ever claim
+/// entries whose consumer really stopped, however long ClickHouse keeps a batch waiting.
+async fn heartbeat(mut control: StreamReader, inflight: Arc<Inflight>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<(Arc<str>, String)> = inflight.ids.lock().unwrap().iter().cloned().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        if let Err(e) = control.touch(&ids).await {
+            tracing::warn!(stream = %control.stream(), error = format!("{e:#}"), "cannot refresh in-flight entries");
+        }
     }
 }
 
@@ -269,6 +302,7 @@ enum Verdict {
 /// Waits for a batch's rows to be committed, then acknowledges and dead-letters its events.
 struct AckTask {
     control: StreamReader,
+    max_attempts: u64,
     plugin: Arc<LoadedPlugin>,
     batch: Vec<SourceEvent>,
     verdicts: Vec<Verdict>,
@@ -293,6 +327,17 @@ impl AckTask {
         for (e, v) in self.batch.iter().zip(&self.verdicts) {
             match v {
                 Verdict::Ok if commit_error.is_none() => ack.push((&e.stream, &e.entry_id)),
+                Verdict::Ok if e.deliveries >= self.max_attempts => {
+                    let error = commit_error.as_deref().unwrap_or_default();
+                    tracing::error!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), kind = "insert_failed", error, "event dead-lettered to sluice:dlq");
+                    dead.push(DeadLetter {
+                        event: e,
+                        plugin: self.plugin.name(),
+                        plugin_version: &self.plugin.hash,
+                        error_kind: "insert_failed",
+                        error,
+                    });
+                }
                 Verdict::Ok => retry += 1,
                 Verdict::Retry(msg) => {
                     retry += 1;
@@ -335,7 +380,7 @@ impl AckTask {
         }
         let mut ids = self.inflight.ids.lock().unwrap();
         for e in &self.batch {
-            ids.remove(&e.entry_id);
+            ids.remove(&(e.stream.clone(), e.entry_id.clone()));
         }
     }
 }

@@ -243,6 +243,47 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
+/// A test-only plugin built from plugins/testing/ (target/test-plugins/<name>.wasm).
+pub fn test_plugin(name: &str) -> PathBuf {
+    let p = repo_root().join("target/test-plugins").join(format!("{name}.wasm"));
+    assert!(p.exists(), "no test plugin {}: run `make plugins`", p.display());
+    p
+}
+
+/// A directory holding copies of the given plugin files.
+pub fn plugin_dir_with(files: &[PathBuf]) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for f in files {
+        std::fs::copy(f, dir.path().join(f.file_name().unwrap()))?;
+    }
+    Ok(dir)
+}
+
+/// Writes a host config file (TOML) and returns its path, kept alive with the dir.
+pub fn config_file(dir: &Path, toml: &str) -> Result<PathBuf> {
+    let p = dir.join("sluice.toml");
+    std::fs::write(&p, toml)?;
+    Ok(p)
+}
+
+/// Runs the `sluice` binary with arguments to completion; returns stdout, fails on non-zero.
+pub fn sluice(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!(
+            "sluice {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A running `sluice run` process; its log is kept in a file and printed on failure.
 pub struct Host {
     pub child: Child,

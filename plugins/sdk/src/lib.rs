@@ -249,13 +249,26 @@ fn table_names<P: Plugin>() -> Vec<&'static str> {
     })
 }
 
+/// Sends panic messages to the host, which puts them in the trap's error (a guest has no
+/// stderr): "asked to panic on event 17" beats "wasm `unreachable` instruction executed".
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            host::log(Level::Error, &format!("panicked: {info}"), &[("panic".to_string(), "true".to_string())]);
+        }));
+    });
+}
+
 #[doc(hidden)]
 pub fn __describe<P: Plugin>() -> wit::Manifest {
+    install_panic_hook();
     P::manifest().inner
 }
 
 #[doc(hidden)]
 pub fn __handle_batch<P: Plugin>(events: Vec<wit::Event>) -> wit::BatchOutput {
+    install_panic_hook();
     let mut out = Output { w: ValueWriter::with_capacity(events.len() * 128), event: 0, tables: table_names::<P>() };
     let mut failures = Vec::new();
     for (i, e) in events.into_iter().enumerate() {

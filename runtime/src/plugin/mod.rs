@@ -65,6 +65,9 @@ pub struct HostState {
     limits: StoreLimits,
     plugin: Arc<str>,
     settings: Arc<HashMap<String, String>>,
+    /// The last panic message the guest reported (the SDK's panic hook logs it with
+    /// `panic=true`), for the trap's error.
+    last_panic: Option<String>,
 }
 
 impl WasiView for HostState {
@@ -78,6 +81,9 @@ impl host::Host for HostState {
         let plugin = &*self.plugin;
         // Bound what a plugin can push into the host's logs.
         let message: String = message.chars().take(4096).collect();
+        if fields.iter().any(|(k, v)| k == "panic" && v == "true") {
+            self.last_panic = Some(message.chars().take(1024).collect());
+        }
         let fields: Vec<String> = fields.iter().take(32).map(|(k, v)| format!("{k}={v}")).collect();
         let fields = fields.join(" ");
         match level {
@@ -210,6 +216,7 @@ impl LoadedPlugin {
             limits,
             plugin: Arc::from(self.manifest.name.as_str()),
             settings: self.settings.clone(),
+            last_panic: None,
         };
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -265,10 +272,10 @@ impl PluginInstance {
     /// the instance must then be dropped.
     pub fn handle_batch(&mut self, plugin: &LoadedPlugin, events: &[wit::Event]) -> Result<BatchResult, CallError> {
         self.store.set_epoch_deadline(SandboxEngine::ticks(plugin.limits.call_timeout));
-        let out =
-            self.bindings.sluice_plugin_handler().call_handle_batch(&mut self.store, events).map_err(|e| {
-                CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin) }
-            })?;
+        let out = self.bindings.sluice_plugin_handler().call_handle_batch(&mut self.store, events).map_err(|e| {
+            let panic = self.store.data_mut().last_panic.take();
+            CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin, panic) }
+        })?;
         let rows = decode_rows(&out.rows, &plugin.tables, events.len(), plugin.limits.output)
             .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: e.to_string() })?;
         let mut failures: Vec<EventFailure> = Vec::with_capacity(out.failures.len() + rows.rejected.len());
@@ -299,21 +306,35 @@ fn first_line(e: &wasmtime::Error) -> String {
     }
 }
 
-fn describe_trap(e: &wasmtime::Error, plugin: &LoadedPlugin) -> String {
+/// A one-line reason for a trap: the guest's panic message if it sent one, else the trap kind
+/// (without wasmtime's backtrace).
+fn describe_trap(e: &wasmtime::Error, plugin: &LoadedPlugin, panic: Option<String>) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        match trap {
-            wasmtime::Trap::Interrupt => {
-                return format!("deadline of {:?} exceeded (call_timeout)", plugin.limits.call_timeout);
+        return match (trap, panic) {
+            (wasmtime::Trap::Interrupt, _) => {
+                format!("deadline of {:?} exceeded (call_timeout)", plugin.limits.call_timeout)
             }
-            wasmtime::Trap::StackOverflow => return "stack overflow".into(),
-            _ => {}
-        }
+            (wasmtime::Trap::StackOverflow, _) => "stack overflow (max_wasm_stack 512 KiB)".into(),
+            (wasmtime::Trap::UnreachableCodeReached, Some(p)) => p,
+            (other, _) => {
+                let text = other.to_string();
+                if text.contains("memory") {
+                    format!("{text} (memory limit {} MiB)", plugin.limits.max_memory_bytes >> 20)
+                } else {
+                    text
+                }
+            }
+        };
+    }
+    if let Some(p) = panic {
+        return p;
     }
     let text = format!("{e:#}");
+    let root = text.rsplit(": ").next().unwrap_or(&text);
     if text.contains("memory") && text.contains("grow") {
-        return format!("memory limit of {} MiB exceeded: {text}", plugin.limits.max_memory_bytes >> 20);
+        return format!("memory limit of {} MiB exceeded: {root}", plugin.limits.max_memory_bytes >> 20);
     }
-    text
+    root.to_string()
 }
 
 /// The outcome of running a batch through a plugin, with traps isolated to their events.

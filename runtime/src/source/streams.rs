@@ -256,6 +256,22 @@ impl StreamReader {
         Ok((claimed, deleted))
     }
 
+    /// Resets the idle time of this consumer's entries without counting a delivery.
+    pub async fn touch(&mut self, entries: &[(Arc<str>, String)]) -> Result<()> {
+        let mut p = redis::pipe();
+        for stream in &self.streams {
+            for chunk in entries.iter().filter(|(s, _)| s == stream).collect::<Vec<_>>().chunks(1000) {
+                let c = p.cmd("XCLAIM").arg(&**stream).arg(&self.group).arg(&self.consumer).arg(0);
+                for (_, id) in chunk {
+                    c.arg(id);
+                }
+                c.arg("JUSTID").ignore();
+            }
+        }
+        let _: () = p.query_async(&mut self.conn).await.context("XCLAIM JUSTID (heartbeat) failed")?;
+        Ok(())
+    }
+
     /// Acknowledges entries, grouped by stream, in one round trip.
     pub async fn ack<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
         let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();

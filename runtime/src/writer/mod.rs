@@ -9,8 +9,9 @@
 //! bytes are waiting, or `linger` has passed since the first one, then inserted as one
 //! INSERT (one block, atomic, up to 1,048,576 rows). Channels are bounded, so a slow
 //! ClickHouse fills them and pipelines wait instead of reading more: memory stays bounded.
-//! A failed insert is retried with exponential backoff while the error is retryable; a fatal
-//! one (schema, auth) fails the chunks, whose events then stay pending in Redis.
+//! A failed insert is retried with exponential backoff for as long as the error is retryable;
+//! a fatal one (schema, auth) fails the chunks, whose events are then retried and finally
+//! dead-lettered by the router.
 
 pub mod clickhouse;
 pub mod schema;
@@ -41,13 +42,11 @@ pub struct BatchPolicy {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub linger: Duration,
-    /// Attempts for a retryable insert error before the chunks fail.
-    pub max_attempts: u32,
 }
 
 impl Default for BatchPolicy {
     fn default() -> Self {
-        BatchPolicy { max_rows: 200_000, max_bytes: 64 << 20, linger: Duration::from_millis(200), max_attempts: 8 }
+        BatchPolicy { max_rows: 200_000, max_bytes: 64 << 20, linger: Duration::from_millis(200) }
     }
 }
 
@@ -114,7 +113,7 @@ async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, m
         for c in &pending {
             block.extend_from_slice(&c.data);
         }
-        let result = insert_with_retry(&client, &schema, &insert_sql, block, rows, policy).await;
+        let result = insert_with_retry(&client, &schema, &insert_sql, block, rows).await;
         let result: CommitResult = result.map_err(|e| Arc::from(e.to_string()));
         for c in pending.drain(..) {
             let _ = c.done.send(result.clone());
@@ -122,32 +121,42 @@ async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, m
     }
 }
 
+/// Inserts one block. Retryable errors (network, timeouts, overload, too many parts) are
+/// retried for as long as they last, with backoff up to 10 s: meanwhile this table's channel
+/// fills and the pipelines feeding it stop reading, so an outage costs no memory and no event
+/// attempts. A fatal error (schema, auth, bad data) fails the block at once.
 async fn insert_with_retry(
     client: &ChClient,
     schema: &TableSchema,
     sql: &str,
     block: Vec<u8>,
     rows: usize,
-    policy: BatchPolicy,
 ) -> Result<(), ChError> {
     let block = bytes::Bytes::from(block);
     let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
+    let mut attempt = 1u64;
+    let started = Instant::now();
     loop {
         let t = Instant::now();
         match client.insert_rowbinary(sql, block.clone(), schema.uses_low_cardinality()).await {
             Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(table = %schema.name, rows, attempts = attempt, outage_s = started.elapsed().as_secs(), "insert succeeded after retries");
+                }
                 tracing::debug!(table = %schema.name, rows, bytes = block.len(), ms = t.elapsed().as_millis() as u64, "inserted");
                 return Ok(());
             }
-            Err(e) if e.retryable() && attempt < policy.max_attempts => {
-                tracing::warn!(table = %schema.name, rows, attempt, error = %e, "insert failed, retrying in {delay:?}");
+            Err(e) if e.retryable() => {
+                // Log the first failures, then one line every ~10 attempts.
+                if attempt <= 3 || attempt % 10 == 0 {
+                    tracing::warn!(table = %schema.name, rows, attempt, error = %e, "insert failed; retrying in {delay:?} (reading pauses while ClickHouse is unavailable)");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(e) => {
-                tracing::error!(table = %schema.name, rows, attempt, error = %e, "insert failed; the events stay pending and will be retried");
+                tracing::error!(table = %schema.name, rows, attempt, error = %e, "insert failed with a fatal error; the events will be retried and then dead-lettered");
                 return Err(e);
             }
         }
