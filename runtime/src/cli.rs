@@ -173,6 +173,10 @@ pub struct RunArgs {
     /// Wall-clock limit of one plugin call, in milliseconds [default: 5000]
     #[arg(long, env = "SLUICE_CALL_TIMEOUT_MS")]
     pub call_timeout_ms: Option<u64>,
+    /// Priority of an event type, TYPE=high|default|low; repeat, or comma-separate in the
+    /// environment (e.g. `order.created=high,analytics.track=low`)
+    #[arg(long = "priority", env = "SLUICE_PRIORITIES", value_delimiter = ',')]
+    pub priorities: Vec<String>,
     /// Seconds to finish in-flight events after SIGTERM/SIGINT [default: 30]
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
@@ -241,6 +245,30 @@ impl RunArgs {
             visibility_timeout: ms(self.visibility_timeout_ms.or(f.visibility_timeout_ms).unwrap_or(60_000)),
             call_timeout: ms(self.call_timeout_ms.or(f.call_timeout_ms).unwrap_or(5000)),
             max_memory_mb: f.max_memory_mb.unwrap_or(128),
+            priorities: {
+                let mut m = std::collections::HashMap::new();
+                for (t, p) in f.priorities.unwrap_or_default() {
+                    m.insert(t.clone(), p.parse().map_err(|e| anyhow::anyhow!("priorities.{t}: {e}"))?);
+                }
+                for item in &self.priorities {
+                    let (t, p) = item
+                        .split_once('=')
+                        .with_context(|| format!("--priority `{item}`: expected TYPE=high|default|low"))?;
+                    m.insert(t.to_string(), p.parse().map_err(|e| anyhow::anyhow!("--priority {item}: {e}"))?);
+                }
+                m
+            },
+            concurrency: {
+                let c = f.concurrency.unwrap_or_default();
+                if let Some(k) = c.keys().find(|k| !["high", "default", "low"].contains(&k.as_str())) {
+                    bail!("concurrency.{k}: unknown priority (use high, default or low)");
+                }
+                [
+                    c.get("high").copied().unwrap_or(4),
+                    c.get("default").copied().unwrap_or(2),
+                    c.get("low").copied().unwrap_or(1),
+                ]
+            },
         })
     }
 }

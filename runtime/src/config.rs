@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::priority::Priority;
+
 /// Settings as they may appear in the TOML file; every field optional.
 #[derive(Debug, Default, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +34,10 @@ pub struct FileSettings {
     pub call_timeout_ms: Option<u64>,
     pub max_memory_mb: Option<usize>,
     pub log_format: Option<String>,
+    /// Event type → `high` | `default` | `low`.
+    pub priorities: Option<std::collections::HashMap<String, String>>,
+    /// Plugin calls at once per priority: `{ high = 4, default = 2, low = 1 }`.
+    pub concurrency: Option<std::collections::HashMap<String, usize>>,
 }
 
 impl FileSettings {
@@ -69,6 +75,10 @@ pub struct Settings {
     pub visibility_timeout: Duration,
     pub call_timeout: Duration,
     pub max_memory_mb: usize,
+    /// Priority of each event type (others: `default`).
+    pub priorities: std::collections::HashMap<String, Priority>,
+    /// Plugin calls at once, per priority (high, default, low).
+    pub concurrency: [usize; 3],
 }
 
 impl Settings {
@@ -98,10 +108,17 @@ impl Settings {
         if !(self.clickhouse_url.starts_with("http://") || self.clickhouse_url.starts_with("https://")) {
             bail!("SLUICE_CLICKHOUSE_URL must be an http:// or https:// URL, got `{}`", self.clickhouse_url);
         }
+        if self.concurrency.contains(&0) {
+            bail!("concurrency per priority must be at least 1, got {:?}", self.concurrency);
+        }
         if self.visibility_timeout < Duration::from_secs(1) {
             bail!("visibility_timeout_ms must be at least 1000");
         }
         Ok(())
+    }
+
+    pub fn priority_of(&self, event_type: &str) -> Priority {
+        self.priorities.get(event_type).copied().unwrap_or(Priority::Default)
     }
 
     /// The backoff before attempt `deliveries + 1`: base * 2^(deliveries-1), capped, with

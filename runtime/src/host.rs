@@ -117,6 +117,8 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         BatchPolicy { max_rows: settings.insert_max_rows, linger: settings.insert_linger, ..BatchPolicy::default() },
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
     let mut tasks = tokio::task::JoinSet::new();
     for plugin in &plugins {
         let mut tables = Vec::new();
@@ -138,6 +140,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         for event_type in &plugin.manifest.subscriptions {
             let read_conn = streams::connect(&settings.redis_url, settings.block).await?;
             let p = Pipeline::new(
+                gate.clone(),
                 plugin.clone(),
                 settings.clone(),
                 read_conn,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dlq;
 pub mod host;
 pub mod plugin;
+pub mod priority;
 pub mod router;
 pub mod sample;
 pub mod source;

@@ -22,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::Settings;
 use crate::plugin::{LoadedPlugin, Sandbox, wit};
+use crate::priority::{Priority, PriorityGate};
 use crate::source::SourceEvent;
 use crate::source::streams::{DeadLetter, StreamReader};
 use crate::writer::{CommitResult, RowChunk};
@@ -47,6 +48,9 @@ pub struct Pipeline {
     pub control: StreamReader,
     /// The writer's channel for each of the plugin's tables, in declaration order.
     pub tables: Vec<mpsc::Sender<RowChunk>>,
+    /// Plugin calls pass this gate, by the event type's priority.
+    pub gate: PriorityGate,
+    pub priority: Priority,
 }
 
 /// Shared state of a pipeline's in-flight work.
@@ -57,7 +61,9 @@ struct Inflight {
 }
 
 impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        gate: PriorityGate,
         plugin: Arc<LoadedPlugin>,
         settings: Arc<Settings>,
         read_conn: ConnectionManager,
@@ -71,9 +77,11 @@ impl Pipeline {
         Pipeline {
             reader: StreamReader::new(read_conn, &stream, plugin.name(), event_type, &group, consumer),
             control: StreamReader::new(control_conn, &stream, plugin.name(), event_type, &group, consumer),
+            priority: settings.priority_of(event_type),
             plugin,
             settings,
             tables,
+            gate,
         }
     }
 
@@ -92,7 +100,7 @@ impl Pipeline {
         ));
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
         let mut error_backoff = Duration::from_millis(100);
-        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream(), group = %self.reader.group, "pipeline started");
+        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream(), group = %self.reader.group, priority = %self.priority, "pipeline started");
         while !*shutdown.borrow() {
             let permits = tokio::select! {
                 p = inflight.permits.clone().acquire_many_owned(self.settings.batch_size as u32) => p?,
@@ -215,6 +223,7 @@ impl Pipeline {
                 }
             }
         }
+        let slot = self.gate.acquire(self.priority).await;
         let started = Instant::now();
         let (sandbox, outcome) = {
             let events = std::mem::take(&mut events);
@@ -227,6 +236,7 @@ impl Pipeline {
             .expect("plugin calls do not panic the host")
         };
         let handled_in = started.elapsed();
+        drop(slot);
         for f in &outcome.failures {
             let i = origin[f.event as usize];
             verdicts[i] = if f.permanent {
