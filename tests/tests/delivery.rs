@@ -416,3 +416,39 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     assert!(sluice(&["dlq", "purge"], &env)?.contains("purged 1 dead letters"));
     Ok(())
 }
+
+#[test]
+fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work() -> Result<()> {
+    let mut s = setup(&[plugins_dir().join("order-analytics.wasm"), plugins_dir().join("promo-code-analytics.wasm"), plugins_dir().join("user-stats.wasm")], "")?;
+    let mut host = s.host()?;
+    let mut bad = HashSet::new();
+    {
+        let mut conn = s.redis.conn()?;
+        bad.extend(publish_orders(&mut conn, "out", 0..10_000)?);
+    }
+    // Redis goes away for 3 s (its AOF keeps the data) and comes back on the same port.
+    s.redis.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    s.redis.restart()?;
+    let mut conn = s.redis.conn()?;
+    bad.extend(publish_orders(&mut conn, "out", 10_000..20_000)?);
+    // SIGTERM while the second half is in flight: the host finishes, acknowledges and exits.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(&host.child, 15);
+    let status = loop {
+        if let Some(st) = host.child.try_wait()? {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(35), "the host did not exit within its grace period");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit: {status:?}\n{}", host.log_text());
+    let log = host.log_text();
+    assert!(log.contains("cannot read from Redis"), "the outage was logged clearly:\n{log}");
+    assert!(log.contains("stopping: no new reads") && log.contains("stopped"), "{log}");
+    // Whatever it had not read yet is there for the next host, which finishes the job.
+    let next = s.host()?;
+    assert_nothing_lost(&s, &mut conn, 20_000, &bad, &|| format!("{log}\n---\n{}", next.log_text()))?;
+    Ok(())
+}
