@@ -419,7 +419,14 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
 
 #[test]
 fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work() -> Result<()> {
-    let mut s = setup(&[plugins_dir().join("order-analytics.wasm"), plugins_dir().join("promo-code-analytics.wasm"), plugins_dir().join("user-stats.wasm")], "")?;
+    let mut s = setup(
+        &[
+            plugins_dir().join("order-analytics.wasm"),
+            plugins_dir().join("promo-code-analytics.wasm"),
+            plugins_dir().join("user-stats.wasm"),
+        ],
+        "",
+    )?;
     let mut host = s.host()?;
     let mut bad = HashSet::new();
     {
