@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{FileSettings, Settings};
 use crate::plugin::{LoadedPlugin, PluginLimits, Sandbox, SandboxEngine, wit};
 use crate::source::streams::{self, redact_url};
+use crate::writer::clickhouse::ChClient;
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about = "Redis events -> sandboxed WebAssembly handlers -> ClickHouse rows", long_about = None)]
@@ -28,7 +29,7 @@ pub enum Command {
     Run(RunArgs),
     /// Publish events to Redis Streams in the wire format (one, or --count generated ones).
     Publish(PublishArgs),
-    /// Inspect, run and test plugins without Redis or ClickHouse.
+    /// Inspect and run plugins without Redis or ClickHouse (inspect can compare with a live ClickHouse).
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// List, reprocess or purge dead letters (the `sluice:dlq` stream).
@@ -99,10 +100,23 @@ pub struct ReplayArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
-    /// Print a plugin's manifest (name, version, hash, subscriptions, tables and their DDL) as JSON.
+    /// Print a plugin's manifest (name, version, hash, subscriptions, tables and their DDL) as
+    /// JSON. With --clickhouse-url, also compare each table with the live one and say what
+    /// starting this version would do: create it, add columns, nothing, or refuse (and why);
+    /// exits with 1 if it would be refused.
     Inspect {
         /// The plugin's .wasm file.
         file: PathBuf,
+        /// Compare the tables with this ClickHouse server's (read-only: nothing is changed).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// The database the host writes to.
+        #[arg(long, default_value = "analytics", requires = "clickhouse_url")]
+        clickhouse_database: String,
+        #[arg(long, env = "SLUICE_CLICKHOUSE_USER", requires = "clickhouse_url")]
+        clickhouse_user: Option<String>,
+        #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true, requires = "clickhouse_url")]
+        clickhouse_password: Option<String>,
     },
     /// Run a plugin's handler on events from a file and print the rows as JSON lines.
     Run {
@@ -429,7 +443,7 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
 
 fn load_one(path: &Path) -> Result<LoadedPlugin> {
     let engine = SandboxEngine::new()?;
-    LoadedPlugin::load(&engine, path, PluginLimits::default(), HashMap::new())
+    LoadedPlugin::load(&engine, path, PluginLimits::default())
 }
 
 /// The manifest of a loaded plugin as JSON.
@@ -468,11 +482,49 @@ pub fn manifest_json(p: &LoadedPlugin, database: &str) -> serde_json::Value {
     })
 }
 
-/// `sluice plugin inspect`.
-pub fn inspect(file: &Path) -> Result<()> {
+/// Where `plugin inspect` compares the tables.
+pub struct LiveTarget {
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+/// `sluice plugin inspect`: the manifest, and with a ClickHouse server what starting this
+/// version would do to each table. Ok(false) if it would be refused.
+pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
+    use crate::writer::evolve::{self, Plan};
     let p = load_one(file)?;
-    println!("{}", serde_json::to_string_pretty(&manifest_json(&p, "analytics"))?);
-    Ok(())
+    let database = live.as_ref().map(|l| l.database.as_str()).unwrap_or("analytics");
+    let mut out = manifest_json(&p, database);
+    let mut accepted = true;
+    if let Some(l) = &live {
+        let ch = ChClient::new(&l.url, &l.database, l.user.as_deref(), l.password.as_deref())?;
+        for (schema, json) in p.tables.iter().zip(out["tables"].as_array_mut().into_iter().flatten()) {
+            let plan = evolve::plan(&ch, schema)
+                .await
+                .with_context(|| format!("cannot read table {}.{} from {}", l.database, schema.name, l.url))?;
+            let (status, detail) = match &plan {
+                Plan::Create => ("create", vec![]),
+                Plan::UpToDate => ("up to date", vec![]),
+                Plan::AddColumns(cols) => (
+                    "add columns",
+                    cols.iter()
+                        .map(|c| format!("ALTER TABLE {}.{} ADD COLUMN {}", l.database, schema.name, c.definition()))
+                        .collect(),
+                ),
+                Plan::Refused(problems) => ("refused", problems.clone()),
+            };
+            eprintln!("table {}.{}: {status}", l.database, schema.name);
+            for d in &detail {
+                eprintln!("  {} {d}", if status == "refused" { "-" } else { "+" });
+            }
+            accepted &= status != "refused";
+            json["live"] = serde_json::json!({"status": status, "changes": detail});
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(accepted)
 }
 
 /// Reads events for `plugin run` / fixtures: one object, an array, or JSON lines.

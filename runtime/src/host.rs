@@ -1,7 +1,6 @@
 //! `sluice run`: connect, load plugins, create their tables, start one pipeline per
 //! (plugin, event type), and stop gracefully on SIGTERM/SIGINT.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use crate::plugin::{LoadedPlugin, PluginLimits, SandboxEngine};
 use crate::router::Pipeline;
 use crate::source::streams::{self, redact_url};
 use crate::writer::clickhouse::ChClient;
+use crate::writer::evolve::{self, Owner, PrepareError};
 use crate::writer::{BatchPolicy, Writer};
 
 /// A consumer name unique to this process: `<host>-<pid>-<random>`, so that a restarted
@@ -44,7 +44,7 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn load_plugins(engine: &SandboxEngine, dir: &Path, limits: PluginLimits) -> Result<Vec<Arc<LoadedPlugin>>> {
     let mut plugins: Vec<Arc<LoadedPlugin>> = Vec::new();
     for path in plugin_files(dir)? {
-        match LoadedPlugin::load(engine, &path, limits, HashMap::new()) {
+        match LoadedPlugin::load(engine, &path, limits) {
             Ok(p) => {
                 if let Some(other) = plugins.iter().find(|o| o.name() == p.name()) {
                     tracing::error!(path = %path.display(), "skipping plugin: its name `{}` is already used by {}", p.name(), other.path.display());
@@ -121,22 +121,23 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
     let mut tasks = tokio::task::JoinSet::new();
     for plugin in &plugins {
-        let mut tables = Vec::new();
-        let mut table_error = None;
-        for t in &plugin.tables {
-            match writer.table(t).await {
-                Ok(tx) => tables.push(tx),
-                Err(e) => {
-                    table_error =
-                        Some(format!("cannot create table {}.{}: {e:#}", settings.clickhouse_database, t.name));
-                    break;
-                }
+        let owner = Owner { plugin: plugin.name(), version: &plugin.manifest.version, hash: &plugin.hash };
+        let prepared = wait_for("ClickHouse", || async {
+            match evolve::prepare_plugin(writer.client(), &plugin.tables, owner).await {
+                Err(PrepareError::ClickHouse(e)) if e.retryable() => Err(anyhow::Error::from(e)),
+                other => Ok(other),
             }
-        }
-        if let Some(e) = table_error {
-            tracing::error!(plugin = plugin.name(), path = %plugin.path.display(), "plugin not started: {e}");
+        })
+        .await;
+        if let Err(e) = prepared {
+            let why = match e {
+                PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
+                PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
+            };
+            tracing::error!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %plugin.path.display(), "plugin not started: {why}");
             continue;
         }
+        let tables: Vec<_> = plugin.tables.iter().map(|t| writer.table(t)).collect();
         for event_type in &plugin.manifest.subscriptions {
             let read_conn = streams::connect(&settings.redis_url, settings.block).await?;
             let p = Pipeline::new(

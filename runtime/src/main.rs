@@ -27,7 +27,21 @@ fn main() -> ExitCode {
                 sluice::host::run(settings, Duration::from_secs(run.shutdown_grace_s)).await.map(|_| true)
             }
             Command::Publish(p) => cli::publish(p).await.map(|_| true),
-            Command::Plugin(PluginCommand::Inspect { file }) => cli::inspect(&file).map(|_| true),
+            Command::Plugin(PluginCommand::Inspect {
+                file,
+                clickhouse_url,
+                clickhouse_database,
+                clickhouse_user,
+                clickhouse_password,
+            }) => {
+                let live = clickhouse_url.map(|url| cli::LiveTarget {
+                    url,
+                    database: clickhouse_database,
+                    user: clickhouse_user,
+                    password: clickhouse_password,
+                });
+                cli::inspect(&file, live).await
+            }
             Command::Dlq(d) => cli::dlq(d).await.map(|_| true),
             Command::Replay(r) => cli::replay(r).await.map(|_| true),
             Command::Plugin(PluginCommand::Run { file, event, event_type }) => {

@@ -178,6 +178,28 @@ impl ClickHouse {
     pub fn query(&self, sql: &str) -> Result<String> {
         Ok(http_post(self.http_port, "/", sql.as_bytes())?.trim().to_string())
     }
+
+    /// Runs a query with `clickhouse-client` over the native protocol (a second, independent
+    /// reader of what the host wrote); returns its TabSeparated output.
+    pub fn client(&self, sql: &str) -> Result<String> {
+        let out = Command::new("timeout")
+            .args([
+                "60",
+                "clickhouse-client",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.tcp_port.to_string(),
+                "--query",
+                sql,
+            ])
+            .output()
+            .context("cannot run clickhouse-client")?;
+        if !out.status.success() {
+            bail!("clickhouse-client failed on `{sql}`: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
 }
 
 impl Drop for ClickHouse {
@@ -248,6 +270,18 @@ pub fn test_plugin(name: &str) -> PathBuf {
     let p = repo_root().join("target/test-plugins").join(format!("{name}.wasm"));
     assert!(p.exists(), "no test plugin {}: run `make plugins`", p.display());
     p
+}
+
+/// Copies `plugin` into `dir` as `<stem>.wasm` with a sidecar `<stem>.toml` holding the
+/// given settings (TOML literal strings, so any JSON fits).
+pub fn install_plugin(dir: &Path, plugin: &Path, stem: &str, settings: &[(&str, &str)]) -> Result<()> {
+    std::fs::copy(plugin, dir.join(format!("{stem}.wasm")))?;
+    let mut toml = String::from("[settings]\n");
+    for (k, v) in settings {
+        toml.push_str(&format!("{k} = '''{v}'''\n"));
+    }
+    std::fs::write(dir.join(format!("{stem}.toml")), toml)?;
+    Ok(())
 }
 
 /// A directory holding copies of the given plugin files.

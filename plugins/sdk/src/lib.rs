@@ -61,7 +61,8 @@ use bindings::sluice::plugin::types as wit;
 
 pub use wit::Engine;
 
-/// Reads one setting from the plugin's config (the `[settings]` table of its sidecar TOML).
+/// Reads one setting from the plugin's config: the `[settings]` table of the sidecar file
+/// `<plugin file stem>.toml` beside the `.wasm` in the plugins directory.
 pub fn config(key: &str) -> Option<String> {
     host::config_get(key)
 }
@@ -132,12 +133,21 @@ impl Table {
     /// Declares the table of row type `R`: a MergeTree with no partition and no order key
     /// until set.
     pub fn of<R: Row>() -> Self {
+        Table::new(R::TABLE, R::COLUMNS.iter().copied())
+    }
+    /// Declares a table from its name and (column name, ClickHouse type) pairs, for tables
+    /// only known at run time; emit its rows with [`Output::dynamic_row`].
+    pub fn new<N: AsRef<str>, T: AsRef<str>>(name: &str, columns: impl IntoIterator<Item = (N, T)>) -> Self {
         Table {
             inner: wit::Table {
-                name: R::TABLE.to_string(),
-                columns: R::COLUMNS
-                    .iter()
-                    .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
+                name: name.to_string(),
+                columns: columns
+                    .into_iter()
+                    .map(|(n, t)| wit::Column {
+                        name: n.as_ref().to_string(),
+                        ty: t.as_ref().to_string(),
+                        comment: None,
+                    })
                     .collect(),
                 engine: Engine::MergeTree,
                 partition_by: None,
@@ -151,15 +161,15 @@ impl Table {
         self
     }
     /// SummingMergeTree over `columns` (all numeric columns when empty).
-    pub fn summing<const N: usize>(self, columns: [&str; N]) -> Self {
-        self.engine(Engine::SummingMergeTree(columns.iter().map(|c| c.to_string()).collect()))
+    pub fn summing<S: AsRef<str>>(self, columns: impl IntoIterator<Item = S>) -> Self {
+        self.engine(Engine::SummingMergeTree(columns.into_iter().map(|c| c.as_ref().to_string()).collect()))
     }
     pub fn partition_by(mut self, expr: &str) -> Self {
         self.inner.partition_by = Some(expr.to_string());
         self
     }
-    pub fn order_by<const N: usize>(mut self, keys: [&str; N]) -> Self {
-        self.inner.order_by = keys.iter().map(|k| k.to_string()).collect();
+    pub fn order_by<S: AsRef<str>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        self.inner.order_by = keys.into_iter().map(|k| k.as_ref().to_string()).collect();
         self
     }
     pub fn setting(mut self, name: &str, value: &str) -> Self {
@@ -221,7 +231,29 @@ impl Output {
         };
         self.w.raw_u32(self.event);
         self.w.raw_u16(index as u16);
+        self.w.raw_u16(R::COLUMNS.len() as u16);
         row.write_values(&mut self.w);
+        Ok(())
+    }
+
+    /// Emits one row of `table` whose values `write` puts in the buffer, for plugins whose
+    /// tables are only known at run time (declared from config, say). `write` must write
+    /// exactly `values` values, one per column in declaration order; the host refuses the
+    /// event otherwise. Prefer [`Output::row`] with a [`table!`] type where you can.
+    pub fn dynamic_row(
+        &mut self,
+        table: &str,
+        values: usize,
+        write: impl FnOnce(&mut ValueWriter),
+    ) -> Result<(), Failure> {
+        let Some(index) = self.tables.iter().position(|t| *t == table) else {
+            return Err(Failure::permanent(format!("plugin bug: table `{table}` is not declared in the manifest")));
+        };
+        let values = u16::try_from(values).map_err(|_| Failure::permanent(format!("{values} values in one row")))?;
+        self.w.raw_u32(self.event);
+        self.w.raw_u16(index as u16);
+        self.w.raw_u16(values);
+        write(&mut self.w);
         Ok(())
     }
 }

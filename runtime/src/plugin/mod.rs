@@ -121,6 +121,42 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// The sidecar file of a plugin: `<stem>.toml` beside `<stem>.wasm`. Only what the host
+/// understands is allowed in it, so a typo is an error rather than a silently ignored line.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sidecar {
+    /// What the plugin reads with `config-get`. Values are strings; numbers and booleans are
+    /// accepted and passed on as their text.
+    #[serde(default)]
+    settings: HashMap<String, toml::Value>,
+}
+
+/// Reads the `[settings]` of the plugin's sidecar file; none when there is no such file.
+pub fn sidecar_settings(wasm: &Path) -> Result<HashMap<String, String>> {
+    let path = wasm.with_extension("toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(anyhow!("cannot read plugin settings {}: {e}", path.display())),
+    };
+    let sidecar: Sidecar =
+        toml::from_str(&text).map_err(|e| anyhow!("invalid plugin settings file {}: {e}", path.display()))?;
+    sidecar
+        .settings
+        .into_iter()
+        .map(|(k, v)| match v {
+            toml::Value::String(s) => Ok((k, s)),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => Ok((k, v.to_string())),
+            other => Err(anyhow!(
+                "invalid plugin settings file {}: setting `{k}` is a {}; use a string, number or boolean",
+                path.display(),
+                other.type_str()
+            )),
+        })
+        .collect()
+}
+
 /// A plugin call failed as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -146,12 +182,9 @@ pub struct EventFailure {
 
 impl LoadedPlugin {
     /// Reads, compiles and checks a plugin file. Errors name the file and what is wrong.
-    pub fn load(
-        engine: &SandboxEngine,
-        path: &Path,
-        limits: PluginLimits,
-        settings: HashMap<String, String>,
-    ) -> Result<LoadedPlugin> {
+    /// Loads `path` with the settings of its sidecar file (see [`sidecar_settings`]).
+    pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits) -> Result<LoadedPlugin> {
+        let settings = sidecar_settings(path)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let component = Component::from_binary(&engine.engine, &bytes)

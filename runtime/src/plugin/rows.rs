@@ -437,6 +437,7 @@ pub fn decode_rows(
         let row_at = r.pos;
         let event = r.u32()?;
         let table = r.u16()? as usize;
+        let values = r.u16()? as usize;
         if event as usize >= events {
             return Err(MalformedRows {
                 offset: row_at,
@@ -465,7 +466,19 @@ pub fn decode_rows(
         }
         let schema = &tables[table];
         let mut row_error = None;
-        {
+        if values != schema.columns.len() {
+            // The row is still self-delimiting (every value is tagged): skip it, fail its event.
+            for _ in 0..values {
+                skip_val(&mut r)?;
+            }
+            if !current_failed {
+                row_error = Some(format!(
+                    "table `{}`: the row has {values} values, the table has {} columns",
+                    schema.name,
+                    schema.columns.len()
+                ));
+            }
+        } else {
             let dst = &mut out.tables[table].data;
             for col in &schema.columns {
                 let v = read_val(&mut r)?;
@@ -532,9 +545,10 @@ mod tests {
 
     struct W(Vec<u8>);
     impl W {
-        fn row(&mut self, event: u32, table: u16) -> &mut Self {
+        fn row(&mut self, event: u32, table: u16, values: u16) -> &mut Self {
             self.0.extend_from_slice(&event.to_le_bytes());
             self.0.extend_from_slice(&table.to_le_bytes());
+            self.0.extend_from_slice(&values.to_le_bytes());
             self
         }
         fn int(&mut self, v: i64) -> &mut Self {
@@ -568,9 +582,9 @@ mod tests {
     fn encodes_rowbinary_and_rejects_only_the_bad_event() {
         let t = schema(&[("d", "Date"), ("s", "String"), ("n", "UInt8"), ("f", "Float64"), ("o", "Nullable(String)")]);
         let mut w = W(Vec::new());
-        w.row(0, 0).str("2024-06-01").str("a").uint(7).float(1.5).null();
-        w.row(1, 0).int(0).str("b").uint(300).float(2.0).str("x"); // 300 does not fit UInt8
-        w.row(2, 0).int(1).str("").int(255).int(3).str("y");
+        w.row(0, 0, 5).str("2024-06-01").str("a").uint(7).float(1.5).null();
+        w.row(1, 0, 5).int(0).str("b").uint(300).float(2.0).str("x"); // 300 does not fit UInt8
+        w.row(2, 0, 5).int(1).str("").int(255).int(3).str("y");
         let d = decode_rows(&w.0, &[t], 3, OutputLimits::default()).unwrap();
         assert_eq!(d.tables[0].rows, 2);
         assert_eq!(d.rejected.len(), 1);
@@ -593,9 +607,9 @@ mod tests {
     fn wrong_types_and_nulls_are_named() {
         let t = schema(&[("s", "String"), ("f", "Float64")]);
         let mut w = W(Vec::new());
-        w.row(0, 0).int(5).float(1.0);
-        w.row(1, 0).str("x").null();
-        w.row(2, 0).str("x").str("1.0");
+        w.row(0, 0, 2).int(5).float(1.0);
+        w.row(1, 0, 2).str("x").null();
+        w.row(2, 0, 2).str("x").str("1.0");
         let d = decode_rows(&w.0, &[t], 3, OutputLimits::default()).unwrap();
         assert_eq!(d.tables[0].rows, 0);
         let msgs: Vec<&str> = d.rejected.iter().map(|(_, m)| m.as_str()).collect();
@@ -605,15 +619,35 @@ mod tests {
     }
 
     #[test]
+    fn a_row_of_the_wrong_width_fails_only_its_event() {
+        let t = schema(&[("s", "String"), ("n", "UInt32")]);
+        let mut w = W(Vec::new());
+        w.row(0, 0, 2).str("a").uint(1);
+        w.row(1, 0, 1).str("short");
+        w.row(2, 0, 3).str("long").uint(2).uint(3);
+        w.row(3, 0, 2).str("b").uint(4);
+        let d = decode_rows(&w.0, &[t], 4, OutputLimits::default()).unwrap();
+        assert_eq!(d.tables[0].rows, 2);
+        let msgs: Vec<(u32, &str)> = d.rejected.iter().map(|(e, m)| (*e, m.as_str())).collect();
+        assert_eq!(
+            msgs,
+            vec![
+                (1, "table `t`: the row has 1 values, the table has 2 columns"),
+                (2, "table `t`: the row has 3 values, the table has 2 columns")
+            ]
+        );
+    }
+
+    #[test]
     fn a_failed_event_drops_its_earlier_rows_in_every_table() {
         let a = schema(&[("s", "String")]);
         let mut b = a.clone();
         b.name = "u".into();
         let mut w = W(Vec::new());
-        w.row(0, 0).str("ok");
-        w.row(1, 0).str("dropped");
-        w.row(1, 1).int(1); // wrong type: event 1 fails, its row in table 0 goes too
-        w.row(2, 1).str("ok");
+        w.row(0, 0, 1).str("ok");
+        w.row(1, 0, 1).str("dropped");
+        w.row(1, 1, 1).int(1); // wrong type: event 1 fails, its row in table 0 goes too
+        w.row(2, 1, 1).str("ok");
         let d = decode_rows(&w.0, &[a, b], 3, OutputLimits::default()).unwrap();
         assert_eq!((d.tables[0].rows, d.tables[1].rows), (1, 1));
         assert_eq!(d.tables[0].data, vec![2, b'o', b'k']);
@@ -624,7 +658,7 @@ mod tests {
     fn malformed_buffers_fail_the_call() {
         let t = schema(&[("s", "String")]);
         let mut w = W(Vec::new());
-        w.row(0, 0).str("x");
+        w.row(0, 0, 1).str("x");
         let mut truncated = w.0.clone();
         truncated.pop();
         assert!(decode_rows(&truncated, std::slice::from_ref(&t), 1, OutputLimits::default()).is_err());
@@ -635,7 +669,7 @@ mod tests {
                 .contains("batch has 0 events")
         );
         let mut w2 = W(Vec::new());
-        w2.row(0, 3).str("x");
+        w2.row(0, 3, 1).str("x");
         assert!(
             decode_rows(&w2.0, std::slice::from_ref(&t), 1, OutputLimits::default())
                 .unwrap_err()
@@ -643,7 +677,7 @@ mod tests {
                 .contains("table index 3")
         );
         let mut w3 = W(Vec::new());
-        w3.row(1, 0).str("x").row(0, 0).str("y");
+        w3.row(1, 0, 1).str("x").row(0, 0, 1).str("y");
         assert!(decode_rows(&w3.0, &[t], 2, OutputLimits::default()).unwrap_err().reason.contains("come after"));
     }
 
@@ -652,9 +686,9 @@ mod tests {
         let t = schema(&[("s", "String")]);
         let mut w = W(Vec::new());
         for _ in 0..3 {
-            w.row(0, 0).str("x");
+            w.row(0, 0, 1).str("x");
         }
-        w.row(1, 0).str("y");
+        w.row(1, 0, 1).str("y");
         let d =
             decode_rows(&w.0, &[t], 2, OutputLimits { max_rows_per_event: 2, max_bytes_per_event: 1 << 20 }).unwrap();
         assert_eq!(d.tables[0].rows, 1);
@@ -666,7 +700,7 @@ mod tests {
         let t =
             schema(&[("d", "Decimal(9, 2)"), ("u", "UUID"), ("e", "Enum8('a' = 1, 'b' = 2)"), ("a", "Array(UInt16)")]);
         let mut w = W(Vec::new());
-        w.row(0, 0).str("-12.3").str("00112233-4455-6677-8899-aabbccddeeff").str("b");
+        w.row(0, 0, 4).str("-12.3").str("00112233-4455-6677-8899-aabbccddeeff").str("b");
         w.0.push(TAG_ARRAY);
         w.0.extend_from_slice(&2u32.to_le_bytes());
         w.uint(1).uint(65535);

@@ -10,8 +10,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::schema::TableSchema;
-
 /// A ClickHouse error, classified.
 #[derive(Debug, thiserror::Error)]
 pub enum ChError {
@@ -38,12 +36,55 @@ impl ChError {
 
     /// Whether retrying the same request can succeed.
     pub fn retryable(&self) -> bool {
+        self.class() == ErrorClass::Retry
+    }
+
+    /// What the error says about an INSERT, for the writer's policy.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ChError::Network(_) => true,
-            ChError::Other(_) => false,
-            ChError::Server { code, .. } => is_retryable_code(*code),
+            ChError::Network(_) => ErrorClass::Retry,
+            ChError::Other(_) => ErrorClass::Table,
+            ChError::Server { code, .. } if is_retryable_code(*code) => ErrorClass::Retry,
+            ChError::Server { code, .. } if blames_rows(*code) => ErrorClass::Rows,
+            ChError::Server { .. } => ErrorClass::Table,
         }
     }
+}
+
+/// How the writer treats a failed INSERT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The server or the network: the same block will succeed later; retry it.
+    Retry,
+    /// Some rows of the block: split the block to find them, so the others land.
+    Rows,
+    /// The table itself (schema, permissions, authentication): every block fails alike.
+    Table,
+}
+
+/// Codes by which the server refuses data rather than the table: values it cannot parse or
+/// convert, and expressions of the table (DEFAULT, MATERIALIZED) that throw on some rows.
+pub fn blames_rows(code: u32) -> bool {
+    matches!(
+        code,
+        6 // CANNOT_PARSE_TEXT
+        | 26 // CANNOT_PARSE_QUOTED_STRING
+        | 27 // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        | 32 // ATTEMPT_TO_READ_AFTER_EOF
+        | 33 // CANNOT_READ_ALL_DATA
+        | 38 // CANNOT_PARSE_DATE
+        | 41 // CANNOT_PARSE_DATETIME
+        | 53 // TYPE_MISMATCH
+        | 69 // ARGUMENT_OUT_OF_BOUND
+        | 70 // CANNOT_CONVERT_TYPE
+        | 72 // CANNOT_PARSE_NUMBER
+        | 117 // INCORRECT_DATA
+        | 131 // TOO_LARGE_STRING_SIZE
+        | 190 // SIZES_OF_ARRAYS_DOESNT_MATCH
+        | 349 // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+        | 395 // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+        | 691 // UNKNOWN_ELEMENT_OF_ENUM
+    )
 }
 
 /// Server error codes worth retrying: timeouts, overload, too many parts, memory, network
@@ -141,6 +182,32 @@ impl ChClient {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Runs a DDL statement; `low_cardinality` adds the setting 18.16 needs to create
+    /// LowCardinality columns (current releases ignore it).
+    pub async fn execute_ddl(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
+        let mut q = self.client.query(sql).with_setting("wait_end_of_query", "1");
+        if low_cardinality {
+            q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+        }
+        q.execute().await.map_err(ChError::from_client)
+    }
+
+    /// Runs a query and returns its rows as JSON objects (JSONEachRow).
+    pub async fn query_json(&self, sql: &str) -> Result<Vec<serde_json::Value>, ChError> {
+        let mut cursor = self
+            .client
+            .query(sql)
+            .with_setting("wait_end_of_query", "1")
+            .fetch_bytes("JSONEachRow")
+            .map_err(ChError::from_client)?;
+        let bytes = cursor.collect().await.map_err(ChError::from_client)?;
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).map_err(|e| ChError::Other(format!("unreadable JSONEachRow row: {e}"))))
+            .collect()
+    }
+
     /// Checks the server answers; returns its version.
     pub async fn ping(&self) -> Result<String, ChError> {
         let mut cursor =
@@ -156,16 +223,6 @@ impl ChClient {
             .execute()
             .await
             .map_err(ChError::from_client)
-    }
-
-    /// Creates the table if it does not exist.
-    pub async fn create_table(&self, schema: &TableSchema) -> Result<(), ChError> {
-        let mut q = self.client.query(&schema.create_ddl(&self.database)).with_setting("wait_end_of_query", "1");
-        if schema.uses_low_cardinality() {
-            // 18.16 needs this to create LowCardinality columns; current releases ignore it.
-            q = q.with_setting("allow_experimental_low_cardinality_type", "1");
-        }
-        q.execute().await.map_err(ChError::from_client)
     }
 
     /// Inserts pre-encoded RowBinary rows with one INSERT.
@@ -197,5 +254,10 @@ mod tests {
         assert!(e.retryable());
         assert!(!parse_server_error(old).retryable());
         assert!(ChError::Network("refused".into()).retryable());
+        assert_eq!(parse_server_error(old).class(), ErrorClass::Table);
+        let throw = "Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero";
+        assert_eq!(parse_server_error(throw).class(), ErrorClass::Rows);
+        let auth = "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)";
+        assert_eq!(parse_server_error(auth).class(), ErrorClass::Table);
     }
 }

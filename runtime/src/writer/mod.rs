@@ -2,6 +2,7 @@
 //!
 //! - `schema`: table declarations, checked, and their DDL.
 //! - `clickhouse`: the HTTP client (TCP_NODELAY, validation off, errors classified by code).
+//! - `evolve`: creating the declared tables, adding new columns, refusing incompatible changes.
 //! - here: one batching task per table. Pipelines hand it [`RowChunk`]s (RowBinary rows of
 //!   one plugin call for one table) and get a commit notice back for each.
 //!
@@ -9,11 +10,14 @@
 //! bytes are waiting, or `linger` has passed since the first one, then inserted as one
 //! INSERT (one block, atomic, up to 1,048,576 rows). Channels are bounded, so a slow
 //! ClickHouse fills them and pipelines wait instead of reading more: memory stays bounded.
-//! A failed insert is retried with exponential backoff for as long as the error is retryable;
-//! a fatal one (schema, auth) fails the chunks, whose events are then retried and finally
+//! A failed insert is retried with exponential backoff for as long as the error is retryable
+//! (network, overload: [`ErrorClass::Retry`]); one that blames rows ([`ErrorClass::Rows`]) is
+//! split by chunk until only the chunks with refused rows fail; one that blames the table
+//! (schema, auth) fails the chunks. Failed chunks' events are retried and finally
 //! dead-lettered by the router.
 
 pub mod clickhouse;
+pub mod evolve;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tokio::sync::{mpsc, oneshot};
 
-use self::clickhouse::{ChClient, ChError};
+use self::clickhouse::{ChClient, ChError, ErrorClass};
 use self::schema::TableSchema;
 
 /// The result of committing a chunk: Ok once its rows are in ClickHouse.
@@ -67,12 +71,9 @@ impl Writer {
         &self.client
     }
 
-    /// Creates the table if missing and returns the sender for its chunks.
-    pub async fn table(&self, schema: &TableSchema) -> Result<mpsc::Sender<RowChunk>> {
-        if let Some(tx) = self.tables.lock().unwrap().get(&schema.name) {
-            return Ok(tx.clone());
-        }
-        self.client.create_table(schema).await?;
+    /// The sender for `schema`'s chunks, starting its batching task on first use. The table
+    /// must exist (see [`evolve::prepare_plugin`]).
+    pub fn table(&self, schema: &TableSchema) -> mpsc::Sender<RowChunk> {
         let mut tables = self.tables.lock().unwrap();
         let tx = tables
             .entry(schema.name.clone())
@@ -83,7 +84,7 @@ impl Writer {
                 tx
             })
             .clone();
-        Ok(tx)
+        tx
     }
 }
 
@@ -109,14 +110,39 @@ async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, m
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut block = Vec::with_capacity(bytes);
-        for c in &pending {
+        commit(&client, &schema, &insert_sql, std::mem::take(&mut pending)).await;
+    }
+}
+
+/// Inserts `chunks` as one block and tells each chunk's sender how it went. When ClickHouse
+/// blames rows rather than the table, the chunks are split in halves and inserted apart, down
+/// to single chunks, so that only the chunks holding refused rows fail: rows of other plugin
+/// calls (other plugins, too) sharing the block still land.
+async fn commit(client: &ChClient, schema: &TableSchema, sql: &str, chunks: Vec<RowChunk>) {
+    let mut groups = vec![chunks];
+    while let Some(group) = groups.pop() {
+        let rows: usize = group.iter().map(|c| c.rows).sum();
+        let mut block = Vec::with_capacity(group.iter().map(|c| c.data.len()).sum());
+        for c in &group {
             block.extend_from_slice(&c.data);
         }
-        let result = insert_with_retry(&client, &schema, &insert_sql, block, rows).await;
-        let result: CommitResult = result.map_err(|e| Arc::from(e.to_string()));
-        for c in pending.drain(..) {
-            let _ = c.done.send(result.clone());
+        match insert_with_retry(client, schema, sql, block, rows).await {
+            Ok(()) => group.into_iter().for_each(|c| {
+                let _ = c.done.send(Ok(()));
+            }),
+            Err(e) if e.class() == ErrorClass::Rows && group.len() > 1 => {
+                tracing::warn!(table = %schema.name, chunks = group.len(), error = %e, "ClickHouse refused rows of a block; inserting its parts apart to isolate them");
+                let mut first = group;
+                let second = first.split_off(first.len() / 2);
+                groups.push(second);
+                groups.push(first);
+            }
+            Err(e) => {
+                let e: Arc<str> = Arc::from(e.to_string());
+                group.into_iter().for_each(|c| {
+                    let _ = c.done.send(Err(e.clone()));
+                });
+            }
         }
     }
 }

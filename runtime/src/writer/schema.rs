@@ -336,6 +336,9 @@ impl TableSchema {
     /// Checks a declaration from a plugin's manifest.
     pub fn from_wit(t: &wit::Table) -> Result<TableSchema, String> {
         check_identifier("table name", &t.name)?;
+        if t.name.starts_with(RESERVED_PREFIX) {
+            return Err(format!("table name `{}`: names starting with `{RESERVED_PREFIX}` are the host's own", t.name));
+        }
         let ctx = |e: String| format!("table `{}`: {e}", t.name);
         if t.columns.is_empty() {
             return Err(ctx("declares no columns".into()));
@@ -410,21 +413,11 @@ impl TableSchema {
     pub fn create_ddl(&self, database: &str) -> String {
         let mut sql = format!("CREATE TABLE IF NOT EXISTS {database}.{} (\n", self.name);
         for (i, c) in self.columns.iter().enumerate() {
-            sql.push_str(&format!("    {} {}", c.name, c.ty));
-            if let Some(comment) = &c.comment {
-                sql.push_str(&format!(" COMMENT '{}'", comment.replace('\\', "\\\\").replace('\'', "\\'")));
-            }
+            sql.push_str(&format!("    {}", c.definition()));
             sql.push_str(if i + 1 < self.columns.len() { ",\n" } else { "\n" });
         }
         sql.push_str(") ENGINE = ");
-        sql.push_str(&match &self.engine {
-            TableEngine::MergeTree => "MergeTree()".to_string(),
-            TableEngine::AggregatingMergeTree => "AggregatingMergeTree()".to_string(),
-            TableEngine::ReplacingMergeTree(None) => "ReplacingMergeTree()".to_string(),
-            TableEngine::ReplacingMergeTree(Some(v)) => format!("ReplacingMergeTree({v})"),
-            TableEngine::SummingMergeTree(cols) if cols.is_empty() => "SummingMergeTree()".to_string(),
-            TableEngine::SummingMergeTree(cols) => format!("SummingMergeTree(({}))", cols.join(", ")),
-        });
+        sql.push_str(&self.engine_clause());
         if let Some(p) = &self.partition_by {
             sql.push_str(&format!("\nPARTITION BY {p}"));
         }
@@ -439,6 +432,174 @@ impl TableSchema {
     pub fn uses_low_cardinality(&self) -> bool {
         self.columns.iter().any(|c| c.ty.uses_low_cardinality())
     }
+
+    /// The engine as it appears after `ENGINE =`, e.g. `SummingMergeTree((n))`.
+    pub fn engine_clause(&self) -> String {
+        match &self.engine {
+            TableEngine::MergeTree => "MergeTree()".to_string(),
+            TableEngine::AggregatingMergeTree => "AggregatingMergeTree()".to_string(),
+            TableEngine::ReplacingMergeTree(None) => "ReplacingMergeTree()".to_string(),
+            TableEngine::ReplacingMergeTree(Some(v)) => format!("ReplacingMergeTree({v})"),
+            TableEngine::SummingMergeTree(cols) if cols.is_empty() => "SummingMergeTree()".to_string(),
+            TableEngine::SummingMergeTree(cols) => format!("SummingMergeTree(({}))", cols.join(", ")),
+        }
+    }
+
+    /// Compares this declaration with the table as it exists. Returns the declared columns the
+    /// live table lacks (to be added), or every reason the declaration is incompatible.
+    ///
+    /// Compatible: the same engine, partition key and order key, and every live column the
+    /// declaration names has the same type. A table Sluice created must also keep all its
+    /// columns (dropping one is refused); a table it did not create may have extra columns
+    /// (they get their defaults) but is never altered, so a missing column is refused too.
+    pub fn compare(&self, live: &LiveTable) -> Result<Vec<&Column>, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut missing = Vec::new();
+        for c in &self.columns {
+            match live.columns.iter().find(|(n, _)| *n == c.name) {
+                None => missing.push(c),
+                Some((_, live_ty)) => {
+                    let same = match ColumnType::parse(live_ty) {
+                        Ok(t) => t == c.ty,
+                        Err(_) => squash(live_ty) == squash(&c.ty.to_string()),
+                    };
+                    if !same {
+                        problems.push(format!(
+                            "column `{}` is {live_ty} in the live table but the plugin declares {}: changing a column's type is refused",
+                            c.name, c.ty
+                        ));
+                    }
+                }
+            }
+        }
+        if live.managed {
+            for (name, ty) in &live.columns {
+                if !self.columns.iter().any(|c| &c.name == name) {
+                    problems.push(format!(
+                        "column `{name}` ({ty}) is in the live table but the plugin no longer declares it: removing a column is refused (drop it by hand with ALTER TABLE ... DROP COLUMN if you mean it)"
+                    ));
+                }
+            }
+        } else if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|c| format!("`{}` {}", c.name, c.ty)).collect();
+            problems.push(format!(
+                "the live table lacks column(s) {}; it was not created by Sluice, so Sluice does not alter it: add them by hand",
+                names.join(", ")
+            ));
+        }
+        let declared_engine = canonical_engine(&self.engine_clause());
+        let live_engine = canonical_engine(&live.engine);
+        if declared_engine != live_engine {
+            problems.push(format!(
+                "the engine is {} in the live table but the plugin declares {}: changing the engine is refused",
+                live.engine.trim(),
+                self.engine_clause()
+            ));
+        }
+        let declared_partition = self.partition_by.as_deref().map(canonical_key).unwrap_or_default();
+        if declared_partition != canonical_key(&live.partition_key) {
+            problems.push(format!(
+                "the partition key is `{}` in the live table but the plugin declares `{}`: changing the partition key is refused",
+                live.partition_key,
+                self.partition_by.as_deref().unwrap_or("")
+            ));
+        }
+        if canonical_key(&self.order_by.join(", ")) != canonical_key(&live.sorting_key) {
+            problems.push(format!(
+                "the order key is `{}` in the live table but the plugin declares `{}`: changing the order key is refused",
+                live.sorting_key,
+                self.order_by.join(", ")
+            ));
+        }
+        if problems.is_empty() { Ok(missing) } else { Err(problems) }
+    }
+}
+
+/// Table names the host keeps for itself (its registry of the tables it created).
+pub const RESERVED_PREFIX: &str = "sluice_";
+
+/// A table as it exists in ClickHouse (from `system.tables` and `system.columns`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveTable {
+    /// (name, type) in table order.
+    pub columns: Vec<(String, String)>,
+    /// The engine with its arguments, e.g. `SummingMergeTree(n)` (the start of `engine_full`).
+    pub engine: String,
+    pub partition_key: String,
+    pub sorting_key: String,
+    /// True if Sluice created it (it is in the registry): only then may it add columns.
+    pub managed: bool,
+}
+
+impl Column {
+    /// The column as it appears in CREATE TABLE and ALTER TABLE ADD COLUMN.
+    pub fn definition(&self) -> String {
+        match &self.comment {
+            Some(comment) => format!("{} {} COMMENT {}", self.name, self.ty, sql_string(comment)),
+            None => format!("{} {}", self.name, self.ty),
+        }
+    }
+}
+
+/// A ClickHouse string literal.
+pub fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn squash(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Strips one pair of parentheses around the whole of `s`, if there is such a pair.
+fn strip_outer_parens(s: &str) -> &str {
+    if let Some(inner) = s.strip_prefix('(').and_then(|r| r.strip_suffix(')')) {
+        let mut depth = 0i32;
+        for c in inner.chars() {
+            depth += (c == '(') as i32 - (c == ')') as i32;
+            if depth < 0 {
+                return s; // `(a), (b)`: the parentheses do not enclose the whole
+            }
+        }
+        if depth == 0 {
+            return inner;
+        }
+    }
+    s
+}
+
+/// A key expression without spaces and without parentheses around the whole, so that
+/// `(a, b)` and `a, b` compare equal, and `tuple()` means no key.
+fn canonical_key(s: &str) -> String {
+    let k = squash(s);
+    let k = strip_outer_parens(&k).to_string();
+    if k == "tuple()" { String::new() } else { k }
+}
+
+/// An engine with its arguments, without spaces, empty `()`, parentheses around a single
+/// argument list, or the ZooKeeper path and replica name of a Replicated engine — so that
+/// what the host renders and what ClickHouse reports compare equal.
+fn canonical_engine(s: &str) -> String {
+    let e = squash(s);
+    let (name, args) = match e.find('(') {
+        Some(i) => (&e[..i], e[i..].strip_prefix('(').and_then(|a| a.strip_suffix(')')).unwrap_or("")),
+        None => (e.as_str(), ""),
+    };
+    let (name, args) = match name.strip_prefix("Replicated") {
+        Some(base) => {
+            // Drop the two leading string arguments ('/path', '{replica}').
+            let rest: Vec<&str> = args.splitn(3, ',').collect();
+            let quoted = |x: &str| x.starts_with('\'');
+            let args = match rest.as_slice() {
+                [a, b, rest] if quoted(a) && quoted(b) => rest,
+                [a, b] if quoted(a) && quoted(b) => "",
+                _ => args,
+            };
+            (base, args)
+        }
+        None => (name, args),
+    };
+    let args = strip_outer_parens(args);
+    if args.is_empty() { name.to_string() } else { format!("{name}({args})") }
 }
 
 #[cfg(test)]
@@ -501,5 +662,94 @@ mod tests {
         let mut bad = t.clone();
         bad.engine = wit::Engine::SummingMergeTree(vec!["user_id".into()]);
         assert!(TableSchema::from_wit(&bad).unwrap_err().contains("not numeric"));
+    }
+
+    fn declared(engine: wit::Engine, cols: &[(&str, &str)], order: &[&str]) -> TableSchema {
+        TableSchema::from_wit(&wit::Table {
+            name: "t".into(),
+            columns: cols
+                .iter()
+                .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
+                .collect(),
+            engine,
+            partition_by: Some("toYYYYMM(d)".into()),
+            order_by: order.iter().map(|s| s.to_string()).collect(),
+            settings: vec![],
+        })
+        .unwrap()
+    }
+
+    fn live(managed: bool, engine: &str, cols: &[(&str, &str)], sorting: &str) -> LiveTable {
+        LiveTable {
+            columns: cols.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
+            engine: engine.into(),
+            partition_key: "toYYYYMM(d)".into(),
+            sorting_key: sorting.into(),
+            managed,
+        }
+    }
+
+    #[test]
+    fn compares_declarations_with_live_tables() {
+        let v1 = [("d", "Date"), ("k", "String"), ("n", "UInt64"), ("e", "Enum8('a' = 1, 'b' = 2)")];
+        let summing = || wit::Engine::SummingMergeTree(vec!["n".into()]);
+        // As 18.16 reports a table Sluice created: same thing, other spelling.
+        let l = live(
+            true,
+            "SummingMergeTree(n)",
+            &[("d", "Date"), ("k", "String"), ("n", "UInt64"), ("e", "Enum8(\'a\' = 1, \'b\' = 2)")],
+            "d, k",
+        );
+        let t = declared(summing(), &v1, &["d", "k"]);
+        assert_eq!(t.compare(&l), Ok(vec![]));
+        // A new column is added.
+        let mut v2 = v1.to_vec();
+        v2.push(("country", "LowCardinality(String)"));
+        let t2 = declared(summing(), &v2, &["d", "k"]);
+        assert_eq!(t2.compare(&l).unwrap().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["country"]);
+        // ... but never to a table Sluice did not create.
+        let foreign = LiveTable { managed: false, ..l.clone() };
+        assert!(t2.compare(&foreign).unwrap_err()[0].contains("not created by Sluice"));
+        // A foreign table may have more columns than declared.
+        let t_less = declared(summing(), &v1[..3], &["d", "k"]);
+        assert_eq!(t_less.compare(&foreign), Ok(vec![]));
+        // ... a table Sluice created may not lose one.
+        let e = t_less.compare(&l).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(
+                "column `e` (Enum8('a' = 1, 'b' = 2)) is in the live table but the plugin no longer declares it"
+            ),
+            "{e:?}"
+        );
+        // Type, engine and key changes are refused, each named.
+        let mut v3 = v1.to_vec();
+        v3[2] = ("n", "UInt32");
+        let e = declared(wit::Engine::MergeTree, &v3, &["d"]).compare(&l).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(
+            e[0],
+            "column `n` is UInt64 in the live table but the plugin declares UInt32: changing a column's type is refused"
+        );
+        assert!(
+            e[1].contains("engine is SummingMergeTree(n) in the live table but the plugin declares MergeTree()"),
+            "{}",
+            e[1]
+        );
+        assert!(e[2].contains("order key is `d, k` in the live table but the plugin declares `d`"), "{}", e[2]);
+    }
+
+    #[test]
+    fn canonical_forms() {
+        assert_eq!(canonical_engine("MergeTree()"), "MergeTree");
+        assert_eq!(canonical_engine("SummingMergeTree((a, b))"), canonical_engine("SummingMergeTree(a, b)"));
+        assert_eq!(
+            canonical_engine("ReplicatedReplacingMergeTree('/ch/t', '{replica}', ver)"),
+            "ReplacingMergeTree(ver)"
+        );
+        assert_eq!(canonical_engine("ReplicatedMergeTree('/ch/t', '{replica}')"), "MergeTree");
+        assert_eq!(canonical_key("(a, b)"), canonical_key("a, b"));
+        assert_eq!(canonical_key("tuple()"), "");
+        assert_eq!(canonical_key("(a), (b)"), "(a),(b)");
     }
 }

@@ -1,0 +1,206 @@
+//! Start-up and evolution of the tables plugins declare.
+//!
+//! Before a plugin version starts, each of its tables is compared with what exists in
+//! ClickHouse ([`TableSchema::compare`]):
+//! - missing: created, and recorded in the registry table `sluice_tables`;
+//! - the same: nothing to do;
+//! - new columns only, in a table Sluice created: `ALTER TABLE ... ADD COLUMN` for each;
+//! - anything else (a type, engine or key change, a dropped column, or a missing column in a
+//!   table Sluice did not create): the plugin version is refused with every reason, and nothing
+//!   is changed — not even the tables of that plugin that were fine.
+//!
+//! The registry is how the host tells its own tables from tables someone else made: those are
+//! checked like any other but never altered. It also keeps who changed what: every create and
+//! every added column is a row (plugin, version, file hash, the DDL run, when).
+
+use super::clickhouse::{ChClient, ChError};
+use super::schema::{Column, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
+
+/// The plugin version a change is made for, as recorded in the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub plugin: &'a str,
+    pub version: &'a str,
+    pub hash: &'a str,
+}
+
+/// What preparing one table takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// The table does not exist: create it.
+    Create,
+    /// The live table matches the declaration.
+    UpToDate,
+    /// The live table (made by Sluice) lacks these declared columns: add them.
+    AddColumns(Vec<Column>),
+    /// The declaration is incompatible with the live table, for these reasons.
+    Refused(Vec<String>),
+}
+
+/// Why a plugin's tables could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The declaration conflicts with a live table; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    ClickHouse(#[from] ChError),
+}
+
+fn registry(client: &ChClient) -> String {
+    format!("{}.{RESERVED_PREFIX}tables", client.database())
+}
+
+/// Creates the registry table if it is missing.
+pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
+    client
+        .execute_ddl(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
+                 plugin_hash String, change String, ddl String, changed_at DateTime) \
+                 ENGINE = MergeTree() ORDER BY (table_name, changed_at)",
+                registry(client)
+            ),
+            false,
+        )
+        .await
+}
+
+/// Reads a table as it exists; None if it does not.
+pub async fn live_table(client: &ChClient, name: &str) -> Result<Option<LiveTable>, ChError> {
+    let (db, t) = (sql_string(client.database()), sql_string(name));
+    let tables = client
+        .query_json(&format!(
+            "SELECT engine_full, partition_key, sorting_key FROM system.tables WHERE database = {db} AND name = {t}"
+        ))
+        .await?;
+    let Some(row) = tables.first() else { return Ok(None) };
+    let text = |k: &str| row.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let columns = client
+        .query_json(&format!("SELECT name, type FROM system.columns WHERE database = {db} AND table = {t}"))
+        .await?
+        .iter()
+        .map(|c| {
+            let f = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            (f("name"), f("type"))
+        })
+        .collect();
+    let managed = client
+        .query_json(&format!("SELECT count() AS n FROM {} WHERE table_name = {t}", registry(client)))
+        .await?
+        .first()
+        .and_then(|r| r.get("n"))
+        .map(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())).unwrap_or(0) > 0)
+        .unwrap_or(false);
+    Ok(Some(LiveTable {
+        columns,
+        engine: engine_of(&text("engine_full")),
+        partition_key: text("partition_key"),
+        sorting_key: text("sorting_key"),
+        managed,
+    }))
+}
+
+/// The engine and its arguments: `engine_full` up to the first clause after them.
+fn engine_of(engine_full: &str) -> String {
+    let cut = [" PARTITION BY ", " ORDER BY ", " PRIMARY KEY ", " SAMPLE BY ", " TTL ", " SETTINGS "]
+        .iter()
+        .filter_map(|c| engine_full.find(c))
+        .min()
+        .unwrap_or(engine_full.len());
+    engine_full[..cut].trim().to_string()
+}
+
+/// What preparing `schema` takes, without changing anything.
+pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChError> {
+    Ok(match live_table(client, &schema.name).await? {
+        None => Plan::Create,
+        Some(live) => match schema.compare(&live) {
+            Ok(missing) if missing.is_empty() => Plan::UpToDate,
+            Ok(missing) => Plan::AddColumns(missing.into_iter().cloned().collect()),
+            Err(problems) => Plan::Refused(problems),
+        },
+    })
+}
+
+async fn record(client: &ChClient, table: &str, owner: Owner<'_>, change: &str, ddl: &str) -> Result<(), ChError> {
+    let values = [table, owner.plugin, owner.version, owner.hash, change, ddl].map(sql_string).join(", ");
+    client.execute(&format!("INSERT INTO {} VALUES ({values}, now())", registry(client))).await
+}
+
+/// Prepares every table of one plugin version: all are planned first, and if any is refused
+/// nothing is changed. Returns what was done per table (for the log).
+pub async fn prepare_plugin(
+    client: &ChClient,
+    tables: &[TableSchema],
+    owner: Owner<'_>,
+) -> Result<Vec<(String, Plan)>, PrepareError> {
+    ensure_registry(client).await?;
+    let mut plans = Vec::with_capacity(tables.len());
+    for t in tables {
+        plans.push(plan(client, t).await?);
+    }
+    let refused: Vec<String> = tables
+        .iter()
+        .zip(&plans)
+        .filter_map(|(t, p)| match p {
+            Plan::Refused(problems) => Some(format!("table {}.{}: {}", client.database(), t.name, problems.join("; "))),
+            _ => None,
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(PrepareError::Refused(refused.join(" | ")));
+    }
+    for (t, p) in tables.iter().zip(&plans) {
+        apply(client, t, p, owner).await?;
+    }
+    Ok(tables.iter().map(|t| t.name.clone()).zip(plans).collect())
+}
+
+async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owner<'_>) -> Result<(), PrepareError> {
+    match plan {
+        Plan::UpToDate | Plan::Refused(_) => Ok(()),
+        Plan::Create => {
+            let ddl = schema.create_ddl(client.database());
+            // Recorded first, so that another host looking at the new table sees it as ours.
+            record(client, &schema.name, owner, "create", &ddl).await?;
+            client.execute_ddl(&ddl, schema.uses_low_cardinality()).await?;
+            tracing::info!(table = %schema.name, plugin = owner.plugin, version = owner.version, "table created");
+            Ok(())
+        }
+        Plan::AddColumns(columns) => {
+            for c in columns {
+                let ddl = format!("ALTER TABLE {}.{} ADD COLUMN {}", client.database(), schema.name, c.definition());
+                record(client, &schema.name, owner, "add column", &ddl).await?;
+                if let Err(e) = client.execute_ddl(&ddl, c.ty.uses_low_cardinality()).await {
+                    // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just added it.
+                    match live_table(client, &schema.name).await? {
+                        Some(live)
+                            if live
+                                .columns
+                                .iter()
+                                .any(|(n, t)| n == &c.name && ColumnType::parse(t).is_ok_and(|t| t == c.ty)) => {}
+                        _ => return Err(e.into()),
+                    }
+                }
+                tracing::info!(table = %schema.name, column = %c.name, r#type = %c.ty, plugin = owner.plugin, version = owner.version, "column added");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_of_engine_full() {
+        assert_eq!(
+            engine_of("SummingMergeTree(x) PARTITION BY toYYYYMM(a) ORDER BY (a, b) SETTINGS index_granularity = 8192"),
+            "SummingMergeTree(x)"
+        );
+        assert_eq!(engine_of("MergeTree ORDER BY k SETTINGS index_granularity = 8192"), "MergeTree");
+        assert_eq!(engine_of("Log"), "Log");
+    }
+}
