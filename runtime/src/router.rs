@@ -12,7 +12,7 @@
 //! Backpressure: a pipeline holds at most `max_inflight_events` events between read and
 //! acknowledgement; it stops reading while they wait for ClickHouse.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -256,7 +256,9 @@ impl Pipeline {
                 continue;
             }
             let (done, rx) = oneshot::channel();
-            let chunk = RowChunk { data: rows.data, rows: rows.rows, done };
+            // Events numbered as in `batch`, so that a refused row fails its own event.
+            let events = rows.events.iter().map(|&(e, end)| (origin[e as usize] as u32, end)).collect();
+            let chunk = RowChunk { data: rows.data, rows: rows.rows, events, done };
             if self.tables[table].send(chunk).await.is_err() {
                 tracing::error!(table = %self.plugin.tables[table].name, "writer is gone");
             }
@@ -323,22 +325,28 @@ struct AckTask {
 
 impl AckTask {
     async fn run(mut self) {
-        let mut commit_error: Option<Arc<str>> = None;
+        // Events (by index in `batch`) whose rows were not committed, and why.
+        let mut not_committed: HashMap<usize, Arc<str>> = HashMap::new();
         for rx in self.commits.drain(..) {
             match rx.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => commit_error = Some(e),
-                Err(_) => commit_error = Some(Arc::from("the writer stopped before committing")),
+                Ok(Err(f)) => not_committed.extend(f.events.iter().map(|&e| (e as usize, f.error.clone()))),
+                Err(_) => {
+                    let e: Arc<str> = Arc::from("the writer stopped before committing");
+                    not_committed.extend((0..self.batch.len()).map(|i| (i, e.clone())));
+                }
             }
         }
         let mut ack: Vec<(&str, &str)> = Vec::new();
         let mut dead: Vec<DeadLetter<'_>> = Vec::new();
         let mut retry = 0usize;
-        for (e, v) in self.batch.iter().zip(&self.verdicts) {
+        let mut first_commit_error = None;
+        for (i, (e, v)) in self.batch.iter().zip(&self.verdicts).enumerate() {
+            let commit_error = not_committed.get(&i);
             match v {
                 Verdict::Ok if commit_error.is_none() => ack.push((&e.stream, &e.entry_id)),
                 Verdict::Ok if e.deliveries >= self.max_attempts => {
-                    let error = commit_error.as_deref().unwrap_or_default();
+                    let error = commit_error.map(|e| &**e).unwrap_or_default();
                     tracing::error!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), kind = "insert_failed", error, "event dead-lettered to sluice:dlq");
                     dead.push(DeadLetter {
                         event: e,
@@ -348,7 +356,10 @@ impl AckTask {
                         error,
                     });
                 }
-                Verdict::Ok => retry += 1,
+                Verdict::Ok => {
+                    retry += 1;
+                    first_commit_error = first_commit_error.or(commit_error);
+                }
                 Verdict::Retry(msg) => {
                     retry += 1;
                     tracing::warn!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), attempt = e.deliveries, error = %msg, "event failed; it will be retried");
@@ -365,7 +376,7 @@ impl AckTask {
                 }
             }
         }
-        if let Some(e) = &commit_error {
+        if let Some(e) = first_commit_error {
             tracing::error!(stream = %self.control.stream(), plugin = self.plugin.name(), events = retry, error = %e, "rows not committed; the events stay pending and will be retried");
         }
         // Redis may be briefly unreachable: keep trying, the events stay pending meanwhile.

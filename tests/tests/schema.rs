@@ -578,7 +578,7 @@ fn a_table_sluice_did_not_create_is_checked_but_never_altered() -> Result<()> {
 }
 
 #[test]
-fn rows_clickhouse_refuses_fail_only_their_plugin_call_not_the_shared_block() -> Result<()> {
+fn rows_clickhouse_refuses_fail_only_their_events_not_the_shared_block() -> Result<()> {
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
     ch.query("CREATE DATABASE analytics")?;
@@ -589,32 +589,45 @@ fn rows_clickhouse_refuses_fail_only_their_plugin_call_not_the_shared_block() ->
     )?;
     let table = json!([{"name": "guarded", "columns": [["k", "UInt64"], ["s", "String"]], "order_by": ["k"]}]);
     let dir = tempfile::tempdir()?;
-    for name in ["calm", "boom"] {
+    for name in ["calm", "mixed"] {
         install_plugin(dir.path(), &test_plugin("echo"), name, &[("manifest", &manifest(name, "1", table.clone()))])?;
     }
     // A long linger, so that both plugins' rows share one INSERT block.
     let config = config_file(dir.path(), &CONFIG.replace("insert_linger_ms = 50", "insert_linger_ms = 1000"))?;
     let mut conn = redis.conn()?;
     let calm: Vec<Value> = (0..200).map(|i| json!({"rows": [{"table": "guarded", "values": [i, "fine"]}]})).collect();
-    let boom: Vec<Value> =
-        (0..3).map(|i| json!({"rows": [{"table": "guarded", "values": [1000 + i, "boom"]}]})).collect();
+    // 100 events of one plugin, in one batch: three of them have rows the table refuses.
+    let boom = [13usize, 50, 99];
+    let mixed: Vec<Value> = (0..100)
+        .map(|i| {
+            let s = if boom.contains(&i) { "boom" } else { "fine" };
+            json!({"rows": [{"table": "guarded", "values": [1000 + i, s]}]})
+        })
+        .collect();
     publish(&mut conn, "calm.event", &calm)?;
-    publish(&mut conn, "boom.event", &boom)?;
+    publish(&mut conn, "mixed.event", &mixed)?;
     let host = start_host(&redis, &ch, dir.path(), &config)?;
-    wait_until("calm rows, and boom events dead-lettered", Duration::from_secs(90), || {
-        count(&ch, "guarded") == 200 && dead_letters(&mut conn).len() == 3
+    wait_until("297 rows, and the three boom events dead-lettered", Duration::from_secs(90), || {
+        count(&ch, "guarded") == 297 && dead_letters(&mut conn).len() == 3
     })
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", host.log_text()))?;
     assert!(
-        host.log_text().contains("ClickHouse refused rows of a block; inserting its parts apart"),
+        host.log_text().contains("ClickHouse refused rows of a block; inserting its halves apart"),
         "{}",
         host.log_text()
     );
-    for d in dead_letters(&mut conn) {
-        assert_eq!(d["plugin"], "boom");
-        assert_eq!(d["error_kind"], "insert_failed");
-        assert!(d["error"].contains("ClickHouse error 395"), "{d:?}");
-    }
-    assert_eq!(ch.query("SELECT count() FROM analytics.guarded WHERE s = 'boom'")?, "0");
+    let mut dead: Vec<String> = dead_letters(&mut conn)
+        .into_iter()
+        .map(|d| {
+            assert_eq!(d["plugin"], "mixed");
+            assert_eq!(d["error_kind"], "insert_failed");
+            assert_eq!(d["attempts"], "2", "retried once, then dead-lettered: {d:?}");
+            assert!(d["error"].contains("ClickHouse error 395"), "{d:?}");
+            d["event_id"].clone()
+        })
+        .collect();
+    dead.sort();
+    assert_eq!(dead, vec!["mixed.event-13", "mixed.event-50", "mixed.event-99"]);
+    assert_eq!(ch.query("SELECT count(), uniqExact(k) FROM analytics.guarded WHERE s = 'fine'")?, "297\t297");
     Ok(())
 }

@@ -428,8 +428,7 @@ impl Sandbox {
         match result {
             Ok(r) => {
                 for (dst, src) in out.tables.iter_mut().zip(r.rows.tables) {
-                    dst.data.extend_from_slice(&src.data);
-                    dst.rows += src.rows;
+                    dst.append(src, offset);
                 }
                 out.failures.extend(r.failures.into_iter().map(|mut f| {
                     f.event += offset;

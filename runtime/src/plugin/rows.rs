@@ -27,6 +27,19 @@ const TAG_ARRAY: u8 = 0x07;
 pub struct TableRows {
     pub data: Vec<u8>,
     pub rows: usize,
+    /// Where each event's rows end in `data`, in order: (event index, end offset). An event's
+    /// rows are contiguous, so the writer can tell which event a refused row came from.
+    pub events: Vec<(u32, usize)>,
+}
+
+impl TableRows {
+    /// Appends the rows of a call made on a sub-slice of the batch starting at event `offset`.
+    pub fn append(&mut self, other: TableRows, offset: u32) {
+        let base = self.data.len();
+        self.data.extend_from_slice(&other.data);
+        self.rows += other.rows;
+        self.events.extend(other.events.into_iter().map(|(e, end)| (e + offset, base + end)));
+    }
 }
 
 /// The checked output of one plugin call.
@@ -429,7 +442,8 @@ pub fn decode_rows(
     };
     let mut r = Reader { buf, pos: 0 };
     // Where each table stood when the current event started, to drop a failed event's rows.
-    let mut marks: Vec<(usize, usize)> = out.tables.iter().map(|t| (t.data.len(), t.rows)).collect();
+    let mark = |t: &TableRows| (t.data.len(), t.rows, t.events.len());
+    let mut marks: Vec<(usize, usize, usize)> = out.tables.iter().map(mark).collect();
     let mut current: Option<u32> = None;
     let mut current_failed = false;
     let mut event_start = 0usize;
@@ -462,7 +476,7 @@ pub fn decode_rows(
             current = Some(event);
             current_failed = false;
             event_start = row_at;
-            marks = out.tables.iter().map(|t| (t.data.len(), t.rows)).collect();
+            marks = out.tables.iter().map(mark).collect();
         }
         let schema = &tables[table];
         let mut row_error = None;
@@ -510,14 +524,22 @@ pub fn decode_rows(
         };
         match row_error.or(limit_error) {
             Some(reason) => {
-                for (t, (len, rows)) in out.tables.iter_mut().zip(&marks) {
+                for (t, (len, rows, events)) in out.tables.iter_mut().zip(&marks) {
                     t.data.truncate(*len);
                     t.rows = *rows;
+                    t.events.truncate(*events);
                 }
                 out.rejected.push((event, reason));
                 current_failed = true;
             }
-            None => out.tables[table].rows += 1,
+            None => {
+                let t = &mut out.tables[table];
+                t.rows += 1;
+                match t.events.last_mut() {
+                    Some((e, end)) if *e == event => *end = t.data.len(),
+                    _ => t.events.push((event, t.data.len())),
+                }
+            }
         }
     }
     Ok(out)
@@ -601,6 +623,7 @@ mod tests {
         expect.extend_from_slice(&3f64.to_le_bytes());
         expect.extend_from_slice(&[0, 1, b'y']);
         assert_eq!(d.tables[0].data, expect);
+        assert_eq!(d.tables[0].events, vec![(0, 14), (2, expect.len())]);
     }
 
     #[test]
@@ -651,6 +674,8 @@ mod tests {
         let d = decode_rows(&w.0, &[a, b], 3, OutputLimits::default()).unwrap();
         assert_eq!((d.tables[0].rows, d.tables[1].rows), (1, 1));
         assert_eq!(d.tables[0].data, vec![2, b'o', b'k']);
+        // Event boundaries: event 1's row in table 0 is gone with it.
+        assert_eq!((d.tables[0].events.clone(), d.tables[1].events.clone()), (vec![(0, 3)], vec![(2, 3)]));
         assert_eq!(d.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
     }
 

@@ -12,7 +12,7 @@
 //! ClickHouse fills them and pipelines wait instead of reading more: memory stays bounded.
 //! A failed insert is retried with exponential backoff for as long as the error is retryable
 //! (network, overload: [`ErrorClass::Retry`]); one that blames rows ([`ErrorClass::Rows`]) is
-//! split by chunk until only the chunks with refused rows fail; one that blames the table
+//! split down to single events' rows until only the events at fault fail; one that blames the table
 //! (schema, auth) fails the chunks. Failed chunks' events are retried and finally
 //! dead-lettered by the router.
 
@@ -30,14 +30,31 @@ use tokio::sync::{mpsc, oneshot};
 use self::clickhouse::{ChClient, ChError, ErrorClass};
 use self::schema::TableSchema;
 
-/// The result of committing a chunk: Ok once its rows are in ClickHouse.
-pub type CommitResult = Result<(), Arc<str>>;
+/// The result of committing a chunk: Ok once all its rows are in ClickHouse.
+pub type CommitResult = Result<(), ChunkFailure>;
+
+/// Some events of a chunk whose rows were not committed (the other events' rows were).
+#[derive(Debug, Clone)]
+pub struct ChunkFailure {
+    pub error: Arc<str>,
+    /// The events (as numbered in the chunk's `events`) whose rows are not in ClickHouse.
+    pub events: Vec<u32>,
+}
 
 /// Rows of one plugin call for one table.
 pub struct RowChunk {
     pub data: Vec<u8>,
     pub rows: usize,
+    /// Where each event's rows end in `data`: (event, end offset), in order.
+    pub events: Vec<(u32, usize)>,
     pub done: oneshot::Sender<CommitResult>,
+}
+
+/// The rows of one event within a chunk: the unit a refused block is split down to.
+struct Part {
+    chunk: usize,
+    event: u32,
+    bytes: std::ops::Range<usize>,
 }
 
 /// Batching settings.
@@ -115,35 +132,51 @@ async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, m
 }
 
 /// Inserts `chunks` as one block and tells each chunk's sender how it went. When ClickHouse
-/// blames rows rather than the table, the chunks are split in halves and inserted apart, down
-/// to single chunks, so that only the chunks holding refused rows fail: rows of other plugin
-/// calls (other plugins, too) sharing the block still land.
+/// blames rows rather than the table, the block is split in halves and the halves inserted
+/// apart, down to the rows of single events, so that only the events whose rows are refused
+/// fail: their batch-mates, and other plugins' rows sharing the block, still land. (A block is
+/// atomic, so a half either lands whole or not at all.)
 async fn commit(client: &ChClient, schema: &TableSchema, sql: &str, chunks: Vec<RowChunk>) {
-    let mut groups = vec![chunks];
-    while let Some(group) = groups.pop() {
-        let rows: usize = group.iter().map(|c| c.rows).sum();
-        let mut block = Vec::with_capacity(group.iter().map(|c| c.data.len()).sum());
-        for c in &group {
-            block.extend_from_slice(&c.data);
+    let mut parts = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let mut start = 0;
+        for &(event, end) in &c.events {
+            parts.push(Part { chunk: i, event, bytes: start..end });
+            start = end;
         }
+    }
+    let mut failed: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
+    let mut groups = vec![parts];
+    let mut first = true;
+    while let Some(group) = groups.pop() {
+        let mut block = Vec::with_capacity(group.iter().map(|p| p.bytes.len()).sum());
+        for p in &group {
+            block.extend_from_slice(&chunks[p.chunk].data[p.bytes.clone()]);
+        }
+        // Row counts are for the log only; a part's share is not tracked.
+        let rows = if first { chunks.iter().map(|c| c.rows).sum() } else { group.len() };
+        first = false;
         match insert_with_retry(client, schema, sql, block, rows).await {
-            Ok(()) => group.into_iter().for_each(|c| {
-                let _ = c.done.send(Ok(()));
-            }),
+            Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Rows && group.len() > 1 => {
-                tracing::warn!(table = %schema.name, chunks = group.len(), error = %e, "ClickHouse refused rows of a block; inserting its parts apart to isolate them");
-                let mut first = group;
-                let second = first.split_off(first.len() / 2);
-                groups.push(second);
-                groups.push(first);
+                tracing::warn!(table = %schema.name, events = group.len(), error = %e, "ClickHouse refused rows of a block; inserting its halves apart to find the events at fault");
+                let mut left = group;
+                let right = left.split_off(left.len() / 2);
+                groups.push(right);
+                groups.push(left);
             }
             Err(e) => {
-                let e: Arc<str> = Arc::from(e.to_string());
-                group.into_iter().for_each(|c| {
-                    let _ = c.done.send(Err(e.clone()));
-                });
+                let error: Arc<str> = Arc::from(e.to_string());
+                for p in group {
+                    let f = failed[p.chunk]
+                        .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new() });
+                    f.events.push(p.event);
+                }
             }
         }
+    }
+    for (c, f) in chunks.into_iter().zip(failed) {
+        let _ = c.done.send(f.map_or(Ok(()), Err));
     }
 }
 
