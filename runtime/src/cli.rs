@@ -507,12 +507,7 @@ pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
             let (status, detail) = match &plan {
                 Plan::Create => ("create", vec![]),
                 Plan::UpToDate => ("up to date", vec![]),
-                Plan::AddColumns(cols) => (
-                    "add columns",
-                    cols.iter()
-                        .map(|c| format!("ALTER TABLE {}.{} ADD COLUMN {}", l.database, schema.name, c.definition()))
-                        .collect(),
-                ),
+                Plan::Alter(changes) => ("alter", changes.iter().map(|c| c.ddl(&l.database, &schema.name)).collect()),
                 Plan::Refused(problems) => ("refused", problems.clone()),
             };
             eprintln!("table {}.{}: {status}", l.database, schema.name);

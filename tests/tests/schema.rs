@@ -431,9 +431,12 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
     let mut conn = redis.conn()?;
-    let base = json!([["d", "Date"], ["k", "UInt64"], ["s", "String"], ["ver", "UInt32"]]);
+    let base =
+        json!([["d", "Date"], ["k", "UInt64"], ["s", "String"], ["ver", "UInt32"], ["kind", "Enum8('web' = 1)"]]);
     let v1 = manifest("evolve", "1", evolving_tables(base.clone(), json!(["d", "k"])));
+    // v2 adds two columns and a value to the Enum.
     let mut added = base.as_array().unwrap().clone();
+    added[4] = json!(["kind", "Enum8('web' = 1, 'app' = 2)"]);
     added.push(json!(["country", "LowCardinality(String)"]));
     added.push(json!(["score", "Nullable(Float64)"]));
     let v2 = manifest("evolve", "2", evolving_tables(Value::Array(added.clone()), json!(["d", "k"])));
@@ -444,7 +447,13 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
     let v3 = manifest("evolve", "3", evolving_tables(Value::Array(changed), json!(["k"])));
 
     let row = |i: u64, extra: bool| {
-        let mut values = vec![json!("2024-06-01"), json!(i), json!(format!("s{i}")), json!(1)];
+        let mut values = vec![
+            json!("2024-06-01"),
+            json!(i),
+            json!(format!("s{i}")),
+            json!(1),
+            json!(if extra { "app" } else { "web" }),
+        ];
         if extra {
             values.push(json!("NL"));
             values.push(json!(i as f64 / 2.0));
@@ -470,25 +479,30 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
         &[],
     )?;
     let inspected: Value = serde_json::from_str(&inspect)?;
-    assert_eq!(inspected["tables"][0]["live"]["status"], "add columns", "{inspect}");
+    assert_eq!(inspected["tables"][0]["live"]["status"], "alter", "{inspect}");
     assert_eq!(
         inspected["tables"][0]["live"]["changes"],
         json!([
+            "ALTER TABLE analytics.evolving MODIFY COLUMN kind Enum8('web' = 1, 'app' = 2)",
             "ALTER TABLE analytics.evolving ADD COLUMN country LowCardinality(String)",
             "ALTER TABLE analytics.evolving ADD COLUMN score Nullable(Float64)"
         ])
     );
     assert!(!ch.query("DESCRIBE TABLE analytics.evolving")?.contains("country"), "inspect must not alter");
 
-    // v2 adds its two columns; old rows read their defaults.
+    // v2 makes its changes; old rows read the new columns' defaults.
     let config2 = config_file(d2.path(), CONFIG)?;
     let h2 = start_host(&redis, &ch, d2.path(), &config2)?;
-    assert!(h2.log_text().contains("column added"), "{}", h2.log_text());
+    for change in
+        ["column `kind` extended to Enum8('web' = 1, 'app' = 2)", "column `country` LowCardinality(String) added"]
+    {
+        assert!(h2.log_text().contains(change), "{change}: {}", h2.log_text());
+    }
     publish(&mut conn, "evolve.event", &(50..100).map(|i| row(i, true)).collect::<Vec<_>>())?;
     wait_until("100 rows", Duration::from_secs(60), || count(&ch, "evolving") == 100)?;
     assert_eq!(
-        ch.query("SELECT countIf(country = 'NL'), countIf(isNull(score)), sum(score) FROM analytics.evolving")?,
-        "50\t50\t1862.5"
+        ch.query("SELECT countIf(country = 'NL'), countIf(isNull(score)), sum(score), countIf(kind = 'app') FROM analytics.evolving")?,
+        "50\t50\t1862.5\t50"
     );
 
     // v3 is refused by a second host while v2 keeps writing; nothing about the table changes.
@@ -526,6 +540,7 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
         ch.query("SELECT plugin, plugin_version, change FROM analytics.sluice_tables ORDER BY changed_at, change")?;
     assert_eq!(history.lines().filter(|l| l.starts_with("evolve\t1\tcreate")).count(), 1, "{history}");
     assert_eq!(history.lines().filter(|l| l.starts_with("evolve\t2\tadd column")).count(), 2, "{history}");
+    assert_eq!(history.lines().filter(|l| l.starts_with("evolve\t2\textend enum")).count(), 1, "{history}");
     drop(h2);
     drop(h3);
     Ok(())
@@ -568,7 +583,7 @@ fn a_table_sluice_did_not_create_is_checked_but_never_altered() -> Result<()> {
     let log = host.log_text();
     assert!(
         log.contains(
-            "the live table lacks column(s) `extra` UInt8; it was not created by Sluice, so Sluice does not alter it"
+            "the live table needs column `extra` UInt8 added; it was not created by Sluice, so Sluice does not alter it"
         ),
         "{log}"
     );

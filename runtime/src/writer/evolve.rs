@@ -4,7 +4,8 @@
 //! ClickHouse ([`TableSchema::compare`]):
 //! - missing: created, and recorded in the registry table `sluice_tables`;
 //! - the same: nothing to do;
-//! - new columns only, in a table Sluice created: `ALTER TABLE ... ADD COLUMN` for each;
+//! - new columns or Enum items only, in a table Sluice created: `ALTER TABLE ... ADD COLUMN` /
+//!   `MODIFY COLUMN` for each;
 //! - anything else (a type, engine or key change, a dropped column, or a missing column in a
 //!   table Sluice did not create): the plugin version is refused with every reason, and nothing
 //!   is changed — not even the tables of that plugin that were fine.
@@ -14,7 +15,7 @@
 //! every added column is a row (plugin, version, file hash, the DDL run, when).
 
 use super::clickhouse::{ChClient, ChError};
-use super::schema::{Column, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
+use super::schema::{Change, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
 
 /// The plugin version a change is made for, as recorded in the registry.
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +32,8 @@ pub enum Plan {
     Create,
     /// The live table matches the declaration.
     UpToDate,
-    /// The live table (made by Sluice) lacks these declared columns: add them.
-    AddColumns(Vec<Column>),
+    /// The live table (made by Sluice) needs these changes: new columns, Enums with new items.
+    Alter(Vec<Change>),
     /// The declaration is incompatible with the live table, for these reasons.
     Refused(Vec<String>),
 }
@@ -116,8 +117,8 @@ pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChErr
     Ok(match live_table(client, &schema.name).await? {
         None => Plan::Create,
         Some(live) => match schema.compare(&live) {
-            Ok(missing) if missing.is_empty() => Plan::UpToDate,
-            Ok(missing) => Plan::AddColumns(missing.into_iter().cloned().collect()),
+            Ok(changes) if changes.is_empty() => Plan::UpToDate,
+            Ok(changes) => Plan::Alter(changes),
             Err(problems) => Plan::Refused(problems),
         },
     })
@@ -168,12 +169,14 @@ async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owne
             tracing::info!(table = %schema.name, plugin = owner.plugin, version = owner.version, "table created");
             Ok(())
         }
-        Plan::AddColumns(columns) => {
-            for c in columns {
-                let ddl = format!("ALTER TABLE {}.{} ADD COLUMN {}", client.database(), schema.name, c.definition());
-                record(client, &schema.name, owner, "add column", &ddl).await?;
+        Plan::Alter(changes) => {
+            for change in changes {
+                let c = change.column();
+                let ddl = change.ddl(client.database(), &schema.name);
+                record(client, &schema.name, owner, change.kind(), &ddl).await?;
                 if let Err(e) = client.execute_ddl(&ddl, c.ty.uses_low_cardinality()).await {
-                    // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just added it.
+                    // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just made
+                    // the same change; if the column is now as declared, that is fine.
                     match live_table(client, &schema.name).await? {
                         Some(live)
                             if live
@@ -183,7 +186,7 @@ async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owne
                         _ => return Err(e.into()),
                     }
                 }
-                tracing::info!(table = %schema.name, column = %c.name, r#type = %c.ty, plugin = owner.plugin, version = owner.version, "column added");
+                tracing::info!(table = %schema.name, column = %c.name, r#type = %c.ty, plugin = owner.plugin, version = owner.version, "{}", change.describe());
             }
             Ok(())
         }

@@ -242,6 +242,11 @@ impl TypeParser<'_> {
                     break;
                 }
                 self.eat(b')')?;
+                for (i, (n, v)) in items.iter().enumerate() {
+                    if items[..i].iter().any(|(n2, v2)| n2 == n || v2 == v) {
+                        return Err(format!("{name} repeats the name '{n}' or the value {v}"));
+                    }
+                }
                 if name == "Enum8" { Enum8(items) } else { Enum16(items) }
             }
             "Nullable" | "Array" | "LowCardinality" => {
@@ -445,25 +450,30 @@ impl TableSchema {
         }
     }
 
-    /// Compares this declaration with the table as it exists. Returns the declared columns the
-    /// live table lacks (to be added), or every reason the declaration is incompatible.
+    /// Compares this declaration with the table as it exists. Returns the changes that bring
+    /// the live table to the declaration (new columns, Enums with new items), or every reason
+    /// the declaration is incompatible.
     ///
     /// Compatible: the same engine, partition key and order key, and every live column the
-    /// declaration names has the same type. A table Sluice created must also keep all its
-    /// columns (dropping one is refused); a table it did not create may have extra columns
-    /// (they get their defaults) but is never altered, so a missing column is refused too.
-    pub fn compare(&self, live: &LiveTable) -> Result<Vec<&Column>, Vec<String>> {
+    /// declaration names has the same type (or, for an Enum, the same items and more). A table
+    /// Sluice created must also keep all its columns (dropping one is refused); a table it did
+    /// not create may have extra columns (they get their defaults) but is never altered, so a
+    /// change it would need is refused too.
+    pub fn compare(&self, live: &LiveTable) -> Result<Vec<Change>, Vec<String>> {
         let mut problems = Vec::new();
-        let mut missing = Vec::new();
+        let mut changes = Vec::new();
         for c in &self.columns {
             match live.columns.iter().find(|(n, _)| *n == c.name) {
-                None => missing.push(c),
+                None => changes.push(Change::AddColumn(c.clone())),
                 Some((_, live_ty)) => {
-                    let same = match ColumnType::parse(live_ty) {
-                        Ok(t) => t == c.ty,
+                    let parsed = ColumnType::parse(live_ty);
+                    let same = match &parsed {
+                        Ok(t) => *t == c.ty,
                         Err(_) => squash(live_ty) == squash(&c.ty.to_string()),
                     };
-                    if !same {
+                    if !same && parsed.as_ref().is_ok_and(|t| extends_enum(t, &c.ty)) {
+                        changes.push(Change::ExtendEnum(c.clone()));
+                    } else if !same {
                         problems.push(format!(
                             "column `{}` is {live_ty} in the live table but the plugin declares {}: changing a column's type is refused",
                             c.name, c.ty
@@ -480,11 +490,11 @@ impl TableSchema {
                     ));
                 }
             }
-        } else if !missing.is_empty() {
-            let names: Vec<String> = missing.iter().map(|c| format!("`{}` {}", c.name, c.ty)).collect();
+        } else if !changes.is_empty() {
+            let needed: Vec<String> = changes.iter().map(|c| c.describe()).collect();
             problems.push(format!(
-                "the live table lacks column(s) {}; it was not created by Sluice, so Sluice does not alter it: add them by hand",
-                names.join(", ")
+                "the live table needs {}; it was not created by Sluice, so Sluice does not alter it: change it by hand",
+                needed.join(", ")
             ));
         }
         let declared_engine = canonical_engine(&self.engine_clause());
@@ -511,7 +521,57 @@ impl TableSchema {
                 self.order_by.join(", ")
             ));
         }
-        if problems.is_empty() { Ok(missing) } else { Err(problems) }
+        if problems.is_empty() { Ok(changes) } else { Err(problems) }
+    }
+}
+
+/// A change to a live table that a new declaration brings and the host applies itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A column the live table lacks; existing rows read its default.
+    AddColumn(Column),
+    /// An Enum column whose new type keeps every name and value and adds items (a metadata
+    /// change in ClickHouse: no data is rewritten).
+    ExtendEnum(Column),
+}
+
+impl Change {
+    pub fn column(&self) -> &Column {
+        match self {
+            Change::AddColumn(c) | Change::ExtendEnum(c) => c,
+        }
+    }
+
+    /// The registry's name for the change.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::AddColumn(_) => "add column",
+            Change::ExtendEnum(_) => "extend enum",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Change::AddColumn(c) => format!("column `{}` {} added", c.name, c.ty),
+            Change::ExtendEnum(c) => format!("column `{}` extended to {}", c.name, c.ty),
+        }
+    }
+
+    pub fn ddl(&self, database: &str, table: &str) -> String {
+        match self {
+            Change::AddColumn(c) => format!("ALTER TABLE {database}.{table} ADD COLUMN {}", c.definition()),
+            Change::ExtendEnum(c) => format!("ALTER TABLE {database}.{table} MODIFY COLUMN {} {}", c.name, c.ty),
+        }
+    }
+}
+
+/// True if `new` is the Enum `old` with items added: every name keeps its value.
+fn extends_enum(old: &ColumnType, new: &ColumnType) -> bool {
+    use ColumnType::*;
+    match (old, new) {
+        (Enum8(a), Enum8(b)) | (Enum16(a), Enum16(b)) => b.len() > a.len() && a.iter().all(|item| b.contains(item)),
+        (Nullable(a), Nullable(b)) => extends_enum(a, b),
+        _ => false,
     }
 }
 
@@ -702,14 +762,34 @@ mod tests {
         );
         let t = declared(summing(), &v1, &["d", "k"]);
         assert_eq!(t.compare(&l), Ok(vec![]));
+        let names = |r: Result<Vec<Change>, Vec<String>>| -> Vec<String> {
+            r.unwrap().iter().map(|c| format!("{} {}", c.kind(), c.column().name)).collect()
+        };
         // A new column is added.
         let mut v2 = v1.to_vec();
         v2.push(("country", "LowCardinality(String)"));
         let t2 = declared(summing(), &v2, &["d", "k"]);
-        assert_eq!(t2.compare(&l).unwrap().iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["country"]);
+        assert_eq!(names(t2.compare(&l)), vec!["add column country"]);
+        // An Enum may gain items, never lose or renumber them.
+        let mut wider = v1.to_vec();
+        wider[3] = ("e", "Enum8('a' = 1, 'b' = 2, 'c' = 3)");
+        assert_eq!(names(declared(summing(), &wider, &["d", "k"]).compare(&l)), vec!["extend enum e"]);
+        for other in
+            ["Enum8('a' = 1, 'c' = 3)", "Enum8('a' = 1, 'b' = 3, 'c' = 2)", "Enum16('a' = 1, 'b' = 2, 'c' = 3)"]
+        {
+            wider[3] = ("e", other);
+            let e = declared(summing(), &wider, &["d", "k"]).compare(&l).unwrap_err();
+            assert!(e[0].contains("changing a column's type is refused"), "{other}: {e:?}");
+        }
+        assert!(ColumnType::parse("Enum8('a' = 1, 'b' = 1)").unwrap_err().contains("repeats"));
         // ... but never to a table Sluice did not create.
         let foreign = LiveTable { managed: false, ..l.clone() };
-        assert!(t2.compare(&foreign).unwrap_err()[0].contains("not created by Sluice"));
+        assert_eq!(
+            t2.compare(&foreign).unwrap_err(),
+            vec![
+                "the live table needs column `country` LowCardinality(String) added; it was not created by Sluice, so Sluice does not alter it: change it by hand"
+            ]
+        );
         // A foreign table may have more columns than declared.
         let t_less = declared(summing(), &v1[..3], &["d", "k"]);
         assert_eq!(t_less.compare(&foreign), Ok(vec![]));
