@@ -551,18 +551,7 @@ mod tests {
     use crate::plugin::wit;
 
     fn schema(cols: &[(&str, &str)]) -> TableSchema {
-        TableSchema::from_wit(&wit::Table {
-            name: "t".into(),
-            columns: cols
-                .iter()
-                .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
-                .collect(),
-            engine: wit::Engine::MergeTree,
-            partition_by: None,
-            order_by: vec![cols[0].0.to_string()],
-            settings: vec![],
-        })
-        .unwrap()
+        crate::writer::schema::test_table(cols, wit::Engine::MergeTree, None, &[cols[0].0])
     }
 
     struct W(Vec<u8>);

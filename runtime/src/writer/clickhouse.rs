@@ -165,26 +165,9 @@ impl ChClient {
         &self.url
     }
 
-    /// Runs a statement that returns nothing.
-    pub async fn execute(&self, sql: &str) -> Result<(), ChError> {
-        self.client.query(sql).with_setting("wait_end_of_query", "1").execute().await.map_err(ChError::from_client)
-    }
-
-    /// Runs a query and returns its TabSeparated output.
-    pub async fn query_tsv(&self, sql: &str) -> Result<String, ChError> {
-        let mut cursor = self
-            .client
-            .query(sql)
-            .with_setting("wait_end_of_query", "1")
-            .fetch_bytes("TabSeparated")
-            .map_err(ChError::from_client)?;
-        let bytes = cursor.collect().await.map_err(ChError::from_client)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    /// Runs a DDL statement; `low_cardinality` adds the setting 18.16 needs to create
-    /// LowCardinality columns (current releases ignore it).
-    pub async fn execute_ddl(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
+    /// Runs a statement that returns nothing; `low_cardinality` adds the setting 18.16 needs
+    /// to create LowCardinality columns (current releases ignore it).
+    pub async fn execute(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
         let mut q = self.client.query(sql).with_setting("wait_end_of_query", "1");
         if low_cardinality {
             q = q.with_setting("allow_experimental_low_cardinality_type", "1");

@@ -55,7 +55,7 @@ fn registry(client: &ChClient) -> String {
 /// Creates the registry table if it is missing.
 pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
     client
-        .execute_ddl(
+        .execute(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
                  plugin_hash String, change String, ddl String, changed_at DateTime) \
@@ -126,7 +126,7 @@ pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChErr
 
 async fn record(client: &ChClient, table: &str, owner: Owner<'_>, change: &str, ddl: &str) -> Result<(), ChError> {
     let values = [table, owner.plugin, owner.version, owner.hash, change, ddl].map(sql_string).join(", ");
-    client.execute(&format!("INSERT INTO {} VALUES ({values}, now())", registry(client))).await
+    client.execute(&format!("INSERT INTO {} VALUES ({values}, now())", registry(client)), false).await
 }
 
 /// Prepares every table of one plugin version: all are planned first, and if any is refused
@@ -165,7 +165,7 @@ async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owne
             let ddl = schema.create_ddl(client.database());
             // Recorded first, so that another host looking at the new table sees it as ours.
             record(client, &schema.name, owner, "create", &ddl).await?;
-            client.execute_ddl(&ddl, schema.uses_low_cardinality()).await?;
+            client.execute(&ddl, schema.uses_low_cardinality()).await?;
             tracing::info!(table = %schema.name, plugin = owner.plugin, version = owner.version, "table created");
             Ok(())
         }
@@ -174,7 +174,7 @@ async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owne
                 let c = change.column();
                 let ddl = change.ddl(client.database(), &schema.name);
                 record(client, &schema.name, owner, change.kind(), &ddl).await?;
-                if let Err(e) = client.execute_ddl(&ddl, c.ty.uses_low_cardinality()).await {
+                if let Err(e) = client.execute(&ddl, c.ty.uses_low_cardinality()).await {
                     // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just made
                     // the same change; if the column is now as declared, that is fine.
                     match live_table(client, &schema.name).await? {

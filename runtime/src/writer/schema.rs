@@ -662,6 +662,28 @@ fn canonical_engine(s: &str) -> String {
     if args.is_empty() { name.to_string() } else { format!("{name}({args})") }
 }
 
+/// A checked declaration of table `t` for unit tests.
+#[cfg(test)]
+pub(crate) fn test_table(
+    cols: &[(&str, &str)],
+    engine: wit::Engine,
+    partition_by: Option<&str>,
+    order_by: &[&str],
+) -> TableSchema {
+    TableSchema::from_wit(&wit::Table {
+        name: "t".into(),
+        columns: cols
+            .iter()
+            .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
+            .collect(),
+        engine,
+        partition_by: partition_by.map(str::to_string),
+        order_by: order_by.iter().map(|s| s.to_string()).collect(),
+        settings: vec![],
+    })
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,18 +747,7 @@ mod tests {
     }
 
     fn declared(engine: wit::Engine, cols: &[(&str, &str)], order: &[&str]) -> TableSchema {
-        TableSchema::from_wit(&wit::Table {
-            name: "t".into(),
-            columns: cols
-                .iter()
-                .map(|(n, t)| wit::Column { name: n.to_string(), ty: t.to_string(), comment: None })
-                .collect(),
-            engine,
-            partition_by: Some("toYYYYMM(d)".into()),
-            order_by: order.iter().map(|s| s.to_string()).collect(),
-            settings: vec![],
-        })
-        .unwrap()
+        test_table(cols, engine, Some("toYYYYMM(d)"), order)
     }
 
     fn live(managed: bool, engine: &str, cols: &[(&str, &str)], sorting: &str) -> LiveTable {
