@@ -6,10 +6,14 @@ TEST_PLUGINS := flaky echo
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
-.PHONY: deps build plugins demo test bench fmt clippy clean
+.PHONY: deps test-deps build plugins demo test bench fmt clippy clean
 
 deps:
 	@bash scripts/install-deps.sh
+
+# The suite also drives a headless Chromium (the dashboard test).
+test-deps:
+	@bash scripts/install-deps.sh test
 
 # Builds every first-party plugin into target/plugins/<name>.wasm (and the test suite's own
 # plugins into target/test-plugins/).
@@ -33,7 +37,7 @@ demo: plugins build
 
 # The whole suite: unit tests of the host and the SDK, plugin fixtures, and end-to-end tests
 # against real redis-server and clickhouse-server processes started on free ports.
-test: plugins build
+test: test-deps plugins build
 	@mkdir -p target
 	set -o pipefail; { \
 	  (cd plugins && $(CARGO) test --locked -p sluice-sdk) && \

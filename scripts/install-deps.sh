@@ -3,6 +3,8 @@
 # whatever is already present. Safe to run repeatedly; used by `make demo` and `make test`.
 #   - redis-server, clickhouse-server/client: the real services the tests and demo start
 #   - the wasm32-wasip2 Rust target: what plugins compile to
+#   - with `test`: chromium, which the test suite drives headless to check the dashboard
+#     usage: install-deps.sh [test]
 set -euo pipefail
 
 SUDO=""
@@ -14,6 +16,9 @@ command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
 command -v clickhouse-server >/dev/null 2>&1 || need_pkgs+=(clickhouse-server)
 command -v clickhouse-client >/dev/null 2>&1 || need_pkgs+=(clickhouse-client)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+if [ "${1:-}" = test ]; then
+  command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+fi
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "install-deps: installing ${need_pkgs[*]} from Debian's packages" >&2

@@ -36,6 +36,19 @@ pub enum Command {
     Dlq(DlqArgs),
     /// Re-feed a stream's history to one plugin (through its replay stream).
     Replay(ReplayArgs),
+    /// Ask a running host whether it is alive (/health) or ready (/ready); exit 0 if so, 1 if
+    /// not. For container health checks (the image has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// The host's admin address; 0.0.0.0 means this machine [default: 127.0.0.1:9464]
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Check readiness (Redis, ClickHouse, plugins) instead of liveness.
+    #[arg(long)]
+    pub ready: bool,
 }
 
 #[derive(Args, Debug)]
@@ -166,9 +179,14 @@ pub struct RunArgs {
     /// Directory of plugin .wasm files [default: ./plugins]
     #[arg(long, env = "SLUICE_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
-    /// Admin HTTP address (health, metrics) [default: 127.0.0.1:9464]
+    /// Admin HTTP address: dashboard, /health, /ready, /metrics, JSON API; `off` for none
+    /// [default: 127.0.0.1:9464]
     #[arg(long, env = "SLUICE_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
+    /// Bearer token for admin calls that change anything (reprocess, purge, replay); without
+    /// one they are refused
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Events per read and per plugin call [default: 500]
     #[arg(long, env = "SLUICE_BATCH_SIZE")]
     pub batch_size: Option<usize>,
@@ -244,6 +262,7 @@ impl RunArgs {
             clickhouse_password: self.clickhouse_password.clone().or(f.clickhouse_password),
             plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
             admin_addr: self.admin_addr.clone().or(f.admin_addr).unwrap_or_else(|| "127.0.0.1:9464".into()),
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()).map(crate::config::Secret),
             stream_prefix: self.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into()),
             batch_size: self.batch_size.or(f.batch_size).unwrap_or(500),
             block: ms(f.block_ms.unwrap_or(1000)),
@@ -616,4 +635,26 @@ pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> 
         }
     }
     Ok(all_ok)
+}
+
+/// `sluice health`: GET /health or /ready on the admin address; Ok(true) on 200.
+pub async fn health(args: HealthArgs) -> Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = args.admin_addr.unwrap_or_else(|| "127.0.0.1:9464".into());
+    let addr = addr.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let path = if args.ready { "/ready" } else { "/health" };
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await?;
+        anyhow::Ok(String::from_utf8_lossy(&resp).into_owned())
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within 5 s"))?
+        .with_context(|| format!("cannot reach the admin API at {addr}"))?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    println!("{}", body.trim());
+    Ok(head.starts_with("HTTP/1.1 200"))
 }

@@ -48,6 +48,16 @@ impl FileSettings {
     }
 }
 
+/// A value that must never reach a log: it prints as `***`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// The resolved settings of `sluice run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -57,7 +67,9 @@ pub struct Settings {
     pub clickhouse_user: Option<String>,
     pub clickhouse_password: Option<String>,
     pub plugins_dir: PathBuf,
+    /// `off` disables the admin server.
     pub admin_addr: String,
+    pub admin_token: Option<Secret>,
     pub stream_prefix: String,
     /// Events per XREADGROUP and per plugin call.
     pub batch_size: usize,

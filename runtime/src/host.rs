@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use crate::admin::{AdminState, PipelineEntry, PluginEntry};
 use crate::config::Settings;
 use crate::plugin::{LoadedPlugin, PluginLimits, SandboxEngine};
 use crate::router::Pipeline;
@@ -40,23 +41,37 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads every plugin of the directory; a bad file is reported by path and skipped.
-pub fn load_plugins(engine: &SandboxEngine, dir: &Path, limits: PluginLimits) -> Result<Vec<Arc<LoadedPlugin>>> {
+/// Loads every plugin of the directory. A bad file is reported by path and skipped: it is
+/// returned as a `failed` entry, for the admin API.
+pub fn load_plugins(
+    engine: &SandboxEngine,
+    dir: &Path,
+    limits: PluginLimits,
+) -> Result<(Vec<Arc<LoadedPlugin>>, Vec<PluginEntry>)> {
     let mut plugins: Vec<Arc<LoadedPlugin>> = Vec::new();
+    let mut failed = Vec::new();
     for path in plugin_files(dir)? {
-        match LoadedPlugin::load(engine, &path, limits) {
-            Ok(p) => {
-                if let Some(other) = plugins.iter().find(|o| o.name() == p.name()) {
-                    tracing::error!(path = %path.display(), "skipping plugin: its name `{}` is already used by {}", p.name(), other.path.display());
+        let error = match LoadedPlugin::load(engine, &path, limits) {
+            Ok(p) => match plugins.iter().find(|o| o.name() == p.name()) {
+                Some(other) => format!("its name `{}` is already used by {}", p.name(), other.path.display()),
+                None => {
+                    tracing::info!(plugin = p.name(), version = %p.manifest.version, hash = p.short_hash(), path = %path.display(), subscriptions = ?p.manifest.subscriptions, "plugin loaded");
+                    plugins.push(Arc::new(p));
                     continue;
                 }
-                tracing::info!(plugin = p.name(), version = %p.manifest.version, hash = p.short_hash(), path = %path.display(), subscriptions = ?p.manifest.subscriptions, "plugin loaded");
-                plugins.push(Arc::new(p));
-            }
-            Err(e) => tracing::error!(path = %path.display(), "skipping plugin: {e:#}"),
-        }
+            },
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::error!(path = %path.display(), "skipping plugin: {error}");
+        metrics::counter!("sluice_plugin_loads_total", "result" => "failed").increment(1);
+        failed.push(PluginEntry {
+            file: path.display().to_string(),
+            status: "failed",
+            error: Some(error),
+            plugin: None,
+        });
     }
-    Ok(plugins)
+    Ok((plugins, failed))
 }
 
 /// Retries `f` until it succeeds, logging why it did not; returns the error of a fatal
@@ -86,13 +101,18 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     let consumer = consumer_name();
     tracing::info!(consumer = %consumer, redis = %redact_url(&settings.redis_url), clickhouse = %settings.clickhouse_url, database = %settings.clickhouse_database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
 
+    let metrics = crate::admin::install_metrics()?;
+    let admin_listener = match settings.admin_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(crate::admin::bind(addr).await?),
+    };
     let engine = SandboxEngine::new()?;
     let limits = PluginLimits {
         call_timeout: settings.call_timeout,
         max_memory_bytes: settings.max_memory_mb << 20,
         ..PluginLimits::default()
     };
-    let plugins = load_plugins(&engine, &settings.plugins_dir, limits)?;
+    let (plugins, mut plugin_entries) = load_plugins(&engine, &settings.plugins_dir, limits)?;
     if plugins.is_empty() {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin loaded: nothing to consume");
     }
@@ -120,6 +140,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut pipelines = Vec::new();
     for plugin in &plugins {
         let owner = Owner { plugin: plugin.name(), version: &plugin.manifest.version, hash: &plugin.hash };
         let prepared = wait_for("ClickHouse", || async {
@@ -135,8 +156,23 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
                 PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
             };
             tracing::error!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %plugin.path.display(), "plugin not started: {why}");
+            crate::admin::recent_error(plugin.name(), "", "plugin_refused", &why);
+            metrics::counter!("sluice_plugin_loads_total", "result" => "refused").increment(1);
+            plugin_entries.push(PluginEntry {
+                file: plugin.path.display().to_string(),
+                status: "refused",
+                error: Some(why),
+                plugin: Some(plugin.clone()),
+            });
             continue;
         }
+        metrics::counter!("sluice_plugin_loads_total", "result" => "ok").increment(1);
+        plugin_entries.push(PluginEntry {
+            file: plugin.path.display().to_string(),
+            status: "running",
+            error: None,
+            plugin: Some(plugin.clone()),
+        });
         let tables: Vec<_> = plugin.tables.iter().map(|t| writer.table(t)).collect();
         for event_type in &plugin.manifest.subscriptions {
             let read_conn = streams::connect(&settings.redis_url, settings.block).await?;
@@ -150,6 +186,12 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
                 &consumer,
                 tables.clone(),
             );
+            pipelines.push(PipelineEntry {
+                plugin: plugin.name().to_string(),
+                event_type: event_type.clone(),
+                stream: p.reader.stream().to_string(),
+                group: p.reader.group.clone(),
+            });
             let rx = stop_rx.clone();
             tasks.spawn(async move {
                 let stream = p.reader.stream().clone();
@@ -161,6 +203,24 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     }
     // Delayed events are delivered by every host; the move is atomic, so each goes out once.
     let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
+    let admin = admin_listener.map(|listener| {
+        plugin_entries.sort_by(|a, b| a.file.cmp(&b.file));
+        let state = Arc::new(AdminState {
+            started: std::time::Instant::now(),
+            redis: control.clone(),
+            clickhouse: writer.client().clone(),
+            stream_prefix: settings.stream_prefix.clone(),
+            token: settings.admin_token.as_ref().map(|t| t.0.clone()),
+            plugins: plugin_entries,
+            pipelines,
+            metrics,
+        });
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, state).await {
+                tracing::error!("admin API stopped: {e:#}");
+            }
+        })
+    });
     tracing::info!(pipelines = tasks.len(), "sluice is running");
 
     wait_for_signal().await;
@@ -174,6 +234,9 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         }
     }
     mover.abort();
+    if let Some(a) = admin {
+        a.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

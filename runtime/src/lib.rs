@@ -5,6 +5,7 @@
 //! ClickHouse). `host` wires them for `sluice run`; `cli` is the command line; `config` the
 //! settings. See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod dlq;

@@ -199,6 +199,8 @@ impl Pipeline {
         inflight: Arc<Inflight>,
     ) -> Sandbox {
         let s = &self.settings;
+        metrics::counter!("sluice_events_read_total", "plugin" => self.plugin.name().to_string(), "event_type" => self.reader.event_type.to_string())
+            .increment(batch.len() as u64);
         // Events the plugin gets, and where each came from in `batch`.
         let mut events: Vec<wit::Event> = Vec::with_capacity(batch.len());
         let mut origin: Vec<usize> = Vec::with_capacity(batch.len());
@@ -236,6 +238,10 @@ impl Pipeline {
             .expect("plugin calls do not panic the host")
         };
         let handled_in = started.elapsed();
+        let plugin = self.plugin.name().to_string();
+        metrics::histogram!("sluice_plugin_call_duration_seconds", "plugin" => plugin.clone())
+            .record(handled_in.as_secs_f64());
+        metrics::histogram!("sluice_batch_size_events", "plugin" => plugin).record(batch.len() as f64);
         drop(slot);
         for f in &outcome.failures {
             let i = origin[f.event as usize];
@@ -257,7 +263,7 @@ impl Pipeline {
             }
             let (done, rx) = oneshot::channel();
             // Events numbered as in `batch`, so that a refused row fails its own event.
-            let events = rows.events.iter().map(|&(e, end)| (origin[e as usize] as u32, end)).collect();
+            let events = rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
             let chunk = RowChunk { data: rows.data, rows: rows.rows, events, done };
             if self.tables[table].send(chunk).await.is_err() {
                 tracing::error!(table = %self.plugin.tables[table].name, "writer is gone");
@@ -275,7 +281,20 @@ impl Pipeline {
             _permits: permits,
             inflight,
         };
-        tokio::spawn(ack.run());
+        // One span per batch: plugin, event type, size, plugin calls, and (once committed) the
+        // outcome — how many events were acknowledged, left for retry and dead-lettered.
+        let span = tracing::info_span!(
+            "batch",
+            plugin = self.plugin.name(),
+            event_type = %self.reader.event_type,
+            events = ack.batch.len(),
+            calls = outcome.calls,
+            handled_ms = handled_in.as_millis() as u64,
+            acked = tracing::field::Empty,
+            retried = tracing::field::Empty,
+            dead_lettered = tracing::field::Empty,
+        );
+        tokio::spawn(tracing::Instrument::instrument(ack.run(), span));
         sandbox
     }
 }
@@ -376,9 +395,23 @@ impl AckTask {
                 }
             }
         }
+        let labels = [("plugin", self.plugin.name().to_string()), ("event_type", self.control.event_type.to_string())];
+        metrics::counter!("sluice_events_handled_total", &labels).increment(ack.len() as u64);
+        metrics::counter!("sluice_events_retried_total", &labels).increment(retry as u64);
+        for d in &dead {
+            let mut l = labels.to_vec();
+            l.push(("kind", d.error_kind.to_string()));
+            metrics::counter!("sluice_events_dead_lettered_total", &l).increment(1);
+            crate::admin::recent_error(self.plugin.name(), &self.control.event_type, d.error_kind, d.error);
+        }
         if let Some(e) = first_commit_error {
             tracing::error!(stream = %self.control.stream(), plugin = self.plugin.name(), events = retry, error = %e, "rows not committed; the events stay pending and will be retried");
         }
+        let span = tracing::Span::current();
+        span.record("acked", ack.len());
+        span.record("retried", retry);
+        span.record("dead_lettered", dead.len());
+        tracing::debug!("batch done");
         // Redis may be briefly unreachable: keep trying, the events stay pending meanwhile.
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {

@@ -210,13 +210,32 @@ impl Drop for ClickHouse {
 
 /// A minimal HTTP/1.1 POST to 127.0.0.1:`port`; errors on a non-200 answer.
 pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String> {
+    let (status, head, body) = http(port, "POST", path, &[], body)?;
+    if status != 200 {
+        bail!("HTTP {}: {}", head.lines().next().unwrap_or(""), body.trim());
+    }
+    Ok(body)
+}
+
+/// A minimal HTTP/1.1 request to 127.0.0.1:`port`; returns (status, head, body).
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, String, String)> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
-    )?;
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
     s.write_all(body)?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
@@ -224,10 +243,8 @@ pub fn http_post(port: u16, path: &str, body: &[u8]) -> Result<String> {
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let body =
         if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("HTTP {}: {}", head.lines().next().unwrap_or(""), body.trim());
-    }
-    Ok(body)
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_string(), body))
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -322,6 +339,8 @@ pub fn sluice(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
 pub struct Host {
     pub child: Child,
     pub log: PathBuf,
+    /// The admin API's port (127.0.0.1).
+    pub admin_port: u16,
 }
 
 impl Host {
@@ -330,11 +349,12 @@ impl Host {
         let log = tempfile::Builder::new().prefix("sluice-host-").suffix(".log").tempfile()?.keep()?.1;
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(sluice_bin());
+        let admin_port = free_port();
         cmd.arg("run")
             .env("SLUICE_REDIS_URL", redis.url())
             .env("SLUICE_CLICKHOUSE_URL", ch.url())
             .env("SLUICE_PLUGINS_DIR", plugins)
-            .env("SLUICE_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("SLUICE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out));
@@ -342,7 +362,7 @@ impl Host {
             cmd.env(k, v);
         }
         let child = cmd.spawn().context("cannot start sluice")?;
-        Ok(Host { child, log })
+        Ok(Host { child, log, admin_port })
     }
 
     pub fn log_text(&self) -> String {
@@ -357,6 +377,12 @@ impl Host {
 
     pub fn stop(&mut self) {
         stop_child(&mut self.child);
+    }
+
+    /// A request to the admin API; returns (status, body).
+    pub fn admin(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+        let (status, _, body) = http(self.admin_port, method, path, headers, b"")?;
+        Ok((status, body))
     }
 }
 

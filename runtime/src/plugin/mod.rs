@@ -62,7 +62,7 @@ impl Default for PluginLimits {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryMeter,
     plugin: Arc<str>,
     settings: Arc<HashMap<String, String>>,
     /// The last panic message the guest reported (the SDK's panic hook logs it with
@@ -111,6 +111,8 @@ pub struct LoadedPlugin {
     pub tables: Vec<TableSchema>,
     pub limits: PluginLimits,
     settings: Arc<HashMap<String, String>>,
+    /// Linear memory of the latest instance, in bytes.
+    memory_bytes: Arc<std::sync::atomic::AtomicUsize>,
     engine: SandboxEngine,
     pre: bindings::PluginPre<HostState>,
 }
@@ -155,6 +157,35 @@ pub fn sidecar_settings(wasm: &Path) -> Result<HashMap<String, String>> {
             )),
         })
         .collect()
+}
+
+/// The store's resource limits, which also report the instance's linear memory size to
+/// `sluice_plugin_memory_bytes` (refreshed at scrape time from [`LoadedPlugin::memory_bytes`]).
+struct MemoryMeter {
+    limits: StoreLimits,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryMeter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = self.limits.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.bytes.store(desired, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(ok)
+    }
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// A plugin call failed as a whole.
@@ -210,6 +241,7 @@ impl LoadedPlugin {
             tables: vec![],
             limits,
             settings: Arc::new(settings),
+            memory_bytes: Default::default(),
             engine: engine.clone(),
             pre,
         };
@@ -229,6 +261,11 @@ impl LoadedPlugin {
         &self.manifest.name
     }
 
+    /// The linear memory of the plugin's latest instance, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// A short form of the version hash for logs.
     pub fn short_hash(&self) -> &str {
         &self.hash[..12]
@@ -246,7 +283,7 @@ impl LoadedPlugin {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits,
+            limits: MemoryMeter { limits, bytes: self.memory_bytes.clone() },
             plugin: Arc::from(self.manifest.name.as_str()),
             settings: self.settings.clone(),
             last_panic: None,

@@ -27,9 +27,9 @@ const TAG_ARRAY: u8 = 0x07;
 pub struct TableRows {
     pub data: Vec<u8>,
     pub rows: usize,
-    /// Where each event's rows end in `data`, in order: (event index, end offset). An event's
+    /// Each event's rows in `data`, in order: (event index, end offset, row count). An event's
     /// rows are contiguous, so the writer can tell which event a refused row came from.
-    pub events: Vec<(u32, usize)>,
+    pub events: Vec<(u32, usize, usize)>,
 }
 
 impl TableRows {
@@ -38,7 +38,7 @@ impl TableRows {
         let base = self.data.len();
         self.data.extend_from_slice(&other.data);
         self.rows += other.rows;
-        self.events.extend(other.events.into_iter().map(|(e, end)| (e + offset, base + end)));
+        self.events.extend(other.events.into_iter().map(|(e, end, n)| (e + offset, base + end, n)));
     }
 }
 
@@ -536,8 +536,11 @@ pub fn decode_rows(
                 let t = &mut out.tables[table];
                 t.rows += 1;
                 match t.events.last_mut() {
-                    Some((e, end)) if *e == event => *end = t.data.len(),
-                    _ => t.events.push((event, t.data.len())),
+                    Some((e, end, n)) if *e == event => {
+                        *end = t.data.len();
+                        *n += 1;
+                    }
+                    _ => t.events.push((event, t.data.len(), 1)),
                 }
             }
         }
@@ -612,7 +615,7 @@ mod tests {
         expect.extend_from_slice(&3f64.to_le_bytes());
         expect.extend_from_slice(&[0, 1, b'y']);
         assert_eq!(d.tables[0].data, expect);
-        assert_eq!(d.tables[0].events, vec![(0, 14), (2, expect.len())]);
+        assert_eq!(d.tables[0].events, vec![(0, 14, 1), (2, expect.len(), 1)]);
     }
 
     #[test]
@@ -664,7 +667,7 @@ mod tests {
         assert_eq!((d.tables[0].rows, d.tables[1].rows), (1, 1));
         assert_eq!(d.tables[0].data, vec![2, b'o', b'k']);
         // Event boundaries: event 1's row in table 0 is gone with it.
-        assert_eq!((d.tables[0].events.clone(), d.tables[1].events.clone()), (vec![(0, 3)], vec![(2, 3)]));
+        assert_eq!((d.tables[0].events.clone(), d.tables[1].events.clone()), (vec![(0, 3, 1)], vec![(2, 3, 1)]));
         assert_eq!(d.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1]);
     }
 

@@ -45,8 +45,8 @@ pub struct ChunkFailure {
 pub struct RowChunk {
     pub data: Vec<u8>,
     pub rows: usize,
-    /// Where each event's rows end in `data`: (event, end offset), in order.
-    pub events: Vec<(u32, usize)>,
+    /// Each event's rows in `data`: (event, end offset, row count), in order.
+    pub events: Vec<(u32, usize, usize)>,
     pub done: oneshot::Sender<CommitResult>,
 }
 
@@ -55,6 +55,7 @@ struct Part {
     chunk: usize,
     event: u32,
     bytes: std::ops::Range<usize>,
+    rows: usize,
 }
 
 /// Batching settings.
@@ -140,22 +141,19 @@ async fn commit(client: &ChClient, schema: &TableSchema, sql: &str, chunks: Vec<
     let mut parts = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         let mut start = 0;
-        for &(event, end) in &c.events {
-            parts.push(Part { chunk: i, event, bytes: start..end });
+        for &(event, end, rows) in &c.events {
+            parts.push(Part { chunk: i, event, bytes: start..end, rows });
             start = end;
         }
     }
     let mut failed: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
     let mut groups = vec![parts];
-    let mut first = true;
     while let Some(group) = groups.pop() {
         let mut block = Vec::with_capacity(group.iter().map(|p| p.bytes.len()).sum());
         for p in &group {
             block.extend_from_slice(&chunks[p.chunk].data[p.bytes.clone()]);
         }
-        // Row counts are for the log only; a part's share is not tracked.
-        let rows = if first { chunks.iter().map(|c| c.rows).sum() } else { group.len() };
-        first = false;
+        let rows = group.iter().map(|p| p.rows).sum();
         match insert_with_retry(client, schema, sql, block, rows).await {
             Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Rows && group.len() > 1 => {
@@ -197,8 +195,23 @@ async fn insert_with_retry(
     let started = Instant::now();
     loop {
         let t = Instant::now();
-        match client.insert_rowbinary(sql, block.clone(), schema.uses_low_cardinality()).await {
+        let result = client.insert_rowbinary(sql, block.clone(), schema.uses_low_cardinality()).await;
+        if let Err(e) = &result {
+            let class = match e.class() {
+                ErrorClass::Retry => "retry",
+                ErrorClass::Rows => "rows",
+                ErrorClass::Table => "table",
+            };
+            metrics::counter!("sluice_insert_errors_total", "table" => schema.name.clone(), "class" => class)
+                .increment(1);
+        }
+        match result {
             Ok(()) => {
+                let table = schema.name.clone();
+                metrics::counter!("sluice_rows_written_total", "table" => table.clone()).increment(rows as u64);
+                metrics::counter!("sluice_bytes_written_total", "table" => table.clone()).increment(block.len() as u64);
+                metrics::histogram!("sluice_insert_duration_seconds", "table" => table)
+                    .record(t.elapsed().as_secs_f64());
                 if attempt > 1 {
                     tracing::info!(table = %schema.name, rows, attempts = attempt, outage_s = started.elapsed().as_secs(), "insert succeeded after retries");
                 }

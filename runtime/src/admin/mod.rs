@@ -1,0 +1,430 @@
+//! The admin HTTP server (`SLUICE_ADMIN_ADDR`): liveness and readiness, Prometheus metrics, a
+//! JSON API over plugins, streams and dead letters, and the dashboard page at `/`.
+//!
+//! Reads are open; calls that change anything (reprocess, purge, replay) need
+//! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`, and are refused outright when no token is
+//! configured — an admin port is never writable by accident.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::plugin::LoadedPlugin;
+use crate::writer::clickhouse::ChClient;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// How long a readiness probe waits for Redis or ClickHouse.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Installs the process-wide metrics recorder; histograms get buckets suited to them.
+pub fn install_metrics() -> Result<PrometheusHandle> {
+    const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    const EVENTS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
+        .set_buckets_for_metric(Matcher::Suffix("_events".into()), EVENTS)?
+        .install_recorder()?)
+}
+
+/// A plugin file as the host found it.
+#[derive(Clone)]
+pub struct PluginEntry {
+    pub file: String,
+    /// `running`, `refused` (tables incompatible with the live ones) or `failed` (not loadable).
+    pub status: &'static str,
+    pub error: Option<String>,
+    pub plugin: Option<Arc<LoadedPlugin>>,
+}
+
+/// One (plugin, event type) pipeline, for the stream views.
+#[derive(Clone)]
+pub struct PipelineEntry {
+    pub plugin: String,
+    pub event_type: String,
+    pub stream: String,
+    pub group: String,
+}
+
+/// What the admin server reads.
+pub struct AdminState {
+    pub started: Instant,
+    pub redis: ConnectionManager,
+    pub clickhouse: ChClient,
+    pub stream_prefix: String,
+    pub token: Option<String>,
+    pub plugins: Vec<PluginEntry>,
+    pub pipelines: Vec<PipelineEntry>,
+    pub metrics: PrometheusHandle,
+}
+
+/// One line of the dashboard's "recent errors".
+#[derive(Clone, serde::Serialize)]
+struct RecentError {
+    at: String,
+    plugin: String,
+    event_type: String,
+    kind: String,
+    message: String,
+}
+
+static RECENT: Mutex<VecDeque<RecentError>> = Mutex::new(VecDeque::new());
+const RECENT_MAX: usize = 100;
+
+/// Remembers an error for the dashboard (the last 100).
+pub fn recent_error(plugin: &str, event_type: &str, kind: &str, message: &str) {
+    let mut r = RECENT.lock().unwrap();
+    if r.len() == RECENT_MAX {
+        r.pop_front();
+    }
+    r.push_back(RecentError {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        plugin: plugin.to_string(),
+        event_type: event_type.to_string(),
+        kind: kind.to_string(),
+        message: message.chars().take(1000).collect(),
+    });
+}
+
+/// Binds the admin address (at start-up, so that a bad or busy address is one clear error).
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on the admin address {addr} (SLUICE_ADMIN_ADDR; `off` disables it): {e}")
+    })
+}
+
+/// Serves the admin API until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) -> Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+    axum::serve(listener, router(state)).await?;
+    Ok(())
+}
+
+fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/api/plugins", get(plugins))
+        .route("/api/streams", get(streams))
+        .route("/api/errors", get(|| async { Json(RECENT.lock().unwrap().iter().rev().cloned().collect::<Vec<_>>()) }))
+        .route("/api/dlq", get(dlq_list).delete(dlq_purge))
+        .route("/api/dlq/reprocess", post(dlq_reprocess_all))
+        .route("/api/dlq/{id}", get(dlq_get))
+        .route("/api/dlq/{id}/reprocess", post(dlq_reprocess_one))
+        .route("/api/replay", post(replay))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see the README's \"Admin API\"") })
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+/// Checks the bearer token of a mutating call.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "changes through the admin API are disabled: set SLUICE_ADMIN_TOKEN to enable them",
+        ));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compare in constant time, so the token cannot be guessed byte by byte from timings.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if ok { Ok(()) } else { Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")) }
+}
+
+async fn health(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    Json(json!({"status": "ok", "uptime_s": s.started.elapsed().as_secs()}))
+}
+
+async fn probe_redis(s: &AdminState) -> Result<(), String> {
+    let mut conn = s.redis.clone();
+    match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+async fn probe_clickhouse(s: &AdminState) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, s.clickhouse.ping()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+fn component(r: &Result<(), String>) -> Value {
+    match r {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+/// Ready: Redis and ClickHouse answer, and every plugin file found is running (a refused or
+/// broken plugin is a deployment error that should stop a rollout).
+async fn ready(State(s): State<Arc<AdminState>>) -> Response {
+    let (redis, ch) = tokio::join!(probe_redis(&s), probe_clickhouse(&s));
+    let plugins: Vec<Value> =
+        s.plugins.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| x.name()), "status": p.status, "error": p.error})).collect();
+    let all_running = s.plugins.iter().all(|p| p.status == "running");
+    let ready = redis.is_ok() && ch.is_ok() && all_running;
+    metrics::gauge!("sluice_up", "component" => "redis").set(redis.is_ok() as u8 as f64);
+    metrics::gauge!("sluice_up", "component" => "clickhouse").set(ch.is_ok() as u8 as f64);
+    let body = json!({"ready": ready, "redis": component(&redis), "clickhouse": component(&ch), "plugins": plugins});
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+fn plugin_json(p: &PluginEntry) -> Value {
+    let mut v = json!({"file": p.file, "status": p.status, "error": p.error});
+    if let Some(l) = &p.plugin {
+        let m = &l.manifest;
+        v["name"] = json!(m.name);
+        v["version"] = json!(m.version);
+        v["hash"] = json!(l.hash);
+        v["subscriptions"] = json!(m.subscriptions);
+        v["tables"] = json!(l.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+        v["limits"] = json!({
+            "call_timeout_ms": l.limits.call_timeout.as_millis() as u64,
+            "max_memory_bytes": l.limits.max_memory_bytes,
+            "max_rows_per_event": l.limits.output.max_rows_per_event,
+            "max_bytes_per_event": l.limits.output.max_bytes_per_event,
+        });
+        v["memory_bytes"] = json!(l.memory_bytes());
+    }
+    v
+}
+
+async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
+    Json(s.plugins.iter().map(plugin_json).collect())
+}
+
+/// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
+async fn stream_info(conn: &mut ConnectionManager, p: &PipelineEntry) -> Value {
+    let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
+    let groups: Vec<HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(&p.stream).query_async(conn).await.unwrap_or_default();
+    let group = groups.iter().find(|g| {
+        g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref()
+            == Some(p.group.as_str())
+    });
+    let field = |k: &str| group.and_then(|g| g.get(k)).and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+    // XPENDING summary: [count, smallest id, greatest id, consumers]; the smallest id's time
+    // is when the oldest unfinished event was published.
+    let summary: (i64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg(&p.stream)
+        .arg(&p.group)
+        .query_async(conn)
+        .await
+        .unwrap_or((0, None, None, redis::Value::Nil));
+    let oldest_ms = summary.1.as_deref().and_then(|id| id.split('-').next()?.parse::<i64>().ok());
+    let age_s = oldest_ms.map(|ms| ((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0);
+    json!({
+        "plugin": p.plugin, "event_type": p.event_type, "stream": p.stream, "group": p.group,
+        "length": length, "lag": field("lag"), "pending": field("pending"), "consumers": field("consumers"),
+        "oldest_pending_age_s": age_s,
+    })
+}
+
+async fn streams(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
+    let mut conn = s.redis.clone();
+    let mut out = Vec::with_capacity(s.pipelines.len());
+    for p in &s.pipelines {
+        out.push(stream_info(&mut conn, p).await);
+    }
+    Json(out)
+}
+
+/// Prometheus text. Gauges that live in Redis (stream lengths, lag, pending, dead letters) and
+/// plugin memory are read now, so a scrape always sees the current values.
+async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
+    let mut conn = s.redis.clone();
+    for p in &s.pipelines {
+        let info = stream_info(&mut conn, p).await;
+        let labels = [("stream", p.stream.clone()), ("group", p.group.clone())];
+        metrics::gauge!("sluice_stream_length", "stream" => p.stream.clone())
+            .set(info["length"].as_f64().unwrap_or(0.0));
+        metrics::gauge!("sluice_consumer_group_pending", &labels).set(info["pending"].as_f64().unwrap_or(0.0));
+        if let Some(lag) = info["lag"].as_f64() {
+            metrics::gauge!("sluice_consumer_group_lag", &labels).set(lag);
+        }
+    }
+    if let Ok(n) = redis::cmd("XLEN").arg(crate::source::streams::DLQ_STREAM).query_async::<i64>(&mut conn).await {
+        metrics::gauge!("sluice_dead_letters").set(n as f64);
+    }
+    for state in ["running", "refused", "failed"] {
+        let n = s.plugins.iter().filter(|p| p.status == state).count();
+        metrics::gauge!("sluice_plugins", "state" => state).set(n as f64);
+    }
+    for p in s.plugins.iter().filter_map(|p| p.plugin.as_ref()) {
+        metrics::gauge!("sluice_plugin_memory_bytes", "plugin" => p.name().to_string()).set(p.memory_bytes() as f64);
+    }
+    metrics::gauge!("sluice_uptime_seconds").set(s.started.elapsed().as_secs_f64());
+    s.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct DlqQuery {
+    plugin: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Response {
+    let mut conn = s.redis.clone();
+    match crate::dlq::list(&mut conn, q.plugin.as_deref(), q.limit.unwrap_or(100).min(10_000)).await {
+        Ok(entries) => Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn dlq_get(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let mut conn = s.redis.clone();
+    match crate::dlq::get(&mut conn, &id).await {
+        Ok(Some(e)) => Json(e.to_json()).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn dlq_reprocess_one(State(s): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let mut conn = s.redis.clone();
+    let entry = match crate::dlq::get(&mut conn, &id).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
+        Err(e) => return internal(e),
+    };
+    match crate::dlq::reprocess(&mut conn, &entry).await {
+        Ok(Some((stream, new_id))) => {
+            tracing::info!(dlq_id = %id, stream = %stream, entry_id = %new_id, "dead letter reprocessed through the admin API");
+            Json(json!({"reprocessed": 1, "stream": stream, "entry_id": new_id})).into_response()
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("dead letter {id} was removed meanwhile")),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PluginFilter {
+    plugin: Option<String>,
+}
+
+async fn dlq_reprocess_all(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    Query(q): Query<PluginFilter>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let mut conn = s.redis.clone();
+    let entries = match crate::dlq::list(&mut conn, q.plugin.as_deref(), usize::MAX).await {
+        Ok(e) => e,
+        Err(e) => return internal(e),
+    };
+    let mut n = 0;
+    for e in &entries {
+        match crate::dlq::reprocess(&mut conn, e).await {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => {}
+            Err(e) => return internal(e),
+        }
+    }
+    tracing::info!(count = n, plugin = ?q.plugin, "dead letters reprocessed through the admin API");
+    Json(json!({"reprocessed": n})).into_response()
+}
+
+async fn dlq_purge(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<PluginFilter>) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let mut conn = s.redis.clone();
+    match crate::dlq::purge(&mut conn, q.plugin.as_deref()).await {
+        Ok(n) => {
+            tracing::info!(count = n, plugin = ?q.plugin, "dead letters purged through the admin API");
+            Json(json!({"purged": n})).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    plugin: String,
+    from: String,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    types: Vec<String>,
+}
+
+/// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
+/// through the replay streams at their own pace).
+async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    let req: ReplayRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"plugin\", \"from\", \"to\"?, \"types\"?}}: {e}"),
+            );
+        }
+    };
+    let positions =
+        crate::dlq::position(&req.from).and_then(|f| Ok((f, crate::dlq::position(req.to.as_deref().unwrap_or("+"))?)));
+    let (from, to) = match positions {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+    };
+    let mut conn = s.redis.clone();
+    let types = if req.types.is_empty() {
+        match crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await {
+            Ok(t) => t,
+            Err(e) => return internal(e),
+        }
+    } else {
+        req.types.clone()
+    };
+    if types.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("no stream has the consumer group sluice:{}", req.plugin));
+    }
+    let mut total = 0;
+    for t in &types {
+        let stream = format!("{}{t}", s.stream_prefix);
+        match crate::dlq::replay(&mut conn, &stream, &req.plugin, t, &from, &to, |_| {}).await {
+            Ok(n) => total += n,
+            Err(e) => return internal(e),
+        }
+    }
+    tracing::info!(plugin = %req.plugin, events = total, types = ?types, "replay queued through the admin API");
+    Json(json!({"replayed": total, "plugin": req.plugin, "types": types})).into_response()
+}
