@@ -66,6 +66,12 @@ pub enum DlqCommand {
         /// Only this plugin's dead letters.
         #[arg(long)]
         plugin: Option<String>,
+        /// Only dead letters of this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this error kind: invalid_event, permanent, retries_exhausted, insert_failed.
+        #[arg(long)]
+        kind: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -391,8 +397,13 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
     let (url, _) = redis_of(&args.common)?;
     let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
     match args.command {
-        DlqCommand::List { plugin, limit, json } => {
-            let entries = crate::dlq::list(&mut conn, plugin.as_deref(), limit).await?;
+        DlqCommand::List { plugin, event_type, kind, limit, json } => {
+            let filter = crate::dlq::Filter {
+                plugin: plugin.as_deref(),
+                event_type: event_type.as_deref(),
+                kind: kind.as_deref(),
+            };
+            let entries = crate::dlq::list(&mut conn, filter, limit).await?;
             if json {
                 for e in &entries {
                     println!("{}", e.to_json());
@@ -410,7 +421,8 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             }
         }
         DlqCommand::Reprocess { id: None, plugin, .. } => {
-            let entries = crate::dlq::list(&mut conn, plugin.as_deref(), usize::MAX).await?;
+            let entries =
+                crate::dlq::list(&mut conn, crate::dlq::Filter::plugin(plugin.as_deref()), usize::MAX).await?;
             let progress = crate::dlq::Progress::new("reprocessed");
             let mut n = 0;
             for e in &entries {

@@ -60,8 +60,28 @@ fn parse_entries(v: Value) -> Result<Vec<DeadLetterEntry>> {
     Ok(entries.into_iter().map(|(id, fields)| DeadLetterEntry { id, fields }).collect())
 }
 
-/// Dead letters, oldest first, optionally of one plugin only.
-pub async fn list(conn: &mut ConnectionManager, plugin: Option<&str>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
+/// Which dead letters to list: each field that is set must match.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    pub plugin: Option<&'a str>,
+    pub event_type: Option<&'a str>,
+    /// `error_kind`: invalid_event, permanent, retries_exhausted, insert_failed.
+    pub kind: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    pub fn plugin(plugin: Option<&str>) -> Filter<'_> {
+        Filter { plugin, ..Filter::default() }
+    }
+
+    fn matches(&self, e: &DeadLetterEntry) -> bool {
+        let is = |want: Option<&str>, field: &str| want.is_none() || e.get(field).as_deref() == want;
+        is(self.plugin, "plugin") && is(self.event_type, "event_type") && is(self.kind, "error_kind")
+    }
+}
+
+/// Dead letters, oldest first, that match `filter`.
+pub async fn list(conn: &mut ConnectionManager, filter: Filter<'_>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
@@ -70,7 +90,7 @@ pub async fn list(conn: &mut ConnectionManager, plugin: Option<&str>, limit: usi
         let page = parse_entries(v)?;
         let n = page.len();
         let last = page.last().map(|e| e.id.clone());
-        out.extend(page.into_iter().filter(|e| plugin.is_none() || e.get("plugin").as_deref() == plugin));
+        out.extend(page.into_iter().filter(|e| filter.matches(e)));
         if out.len() >= limit || n < 1000 {
             break;
         }
@@ -140,7 +160,7 @@ pub async fn purge(conn: &mut ConnectionManager, plugin: Option<&str>) -> Result
             Ok(n)
         }
         Some(_) => {
-            let entries = list(conn, plugin, usize::MAX).await?;
+            let entries = list(conn, Filter::plugin(plugin), usize::MAX).await?;
             for chunk in entries.chunks(1000) {
                 let mut c = cmd("XDEL");
                 c.arg(DLQ_STREAM);

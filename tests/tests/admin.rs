@@ -145,6 +145,9 @@ fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_
     })?;
     let listed = json(&host.admin("GET", "/api/dlq?plugin=user-stats", &[])?.1);
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let by_kind = json(&host.admin("GET", "/api/dlq?kind=invalid_event&event_type=PromoCodeAppliedEvent", &[])?.1);
+    assert_eq!(by_kind.as_array().unwrap().len(), 2, "{by_kind}");
+    assert_eq!(json(&host.admin("GET", "/api/dlq?kind=permanent", &[])?.1).as_array().unwrap().len(), 0);
     let id = listed[0]["dlq_id"].as_str().unwrap().to_string();
     assert_eq!(listed[0]["error_kind"], "invalid_event");
     let (status, one) = host.admin("GET", &format!("/api/dlq/{id}"), &[])?;

@@ -289,12 +289,19 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
 #[derive(Deserialize)]
 struct DlqQuery {
     plugin: Option<String>,
+    event_type: Option<String>,
+    kind: Option<String>,
     limit: Option<usize>,
 }
 
 async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Response {
     let mut conn = s.redis.clone();
-    match crate::dlq::list(&mut conn, q.plugin.as_deref(), q.limit.unwrap_or(100).min(10_000)).await {
+    let filter = crate::dlq::Filter {
+        plugin: q.plugin.as_deref(),
+        event_type: q.event_type.as_deref(),
+        kind: q.kind.as_deref(),
+    };
+    match crate::dlq::list(&mut conn, filter, q.limit.unwrap_or(100).min(10_000)).await {
         Ok(entries) => Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),
     }
@@ -343,7 +350,7 @@ async fn dlq_reprocess_all(
         return r;
     }
     let mut conn = s.redis.clone();
-    let entries = match crate::dlq::list(&mut conn, q.plugin.as_deref(), usize::MAX).await {
+    let entries = match crate::dlq::list(&mut conn, crate::dlq::Filter::plugin(q.plugin.as_deref()), usize::MAX).await {
         Ok(e) => e,
         Err(e) => return internal(e),
     };
