@@ -62,4 +62,12 @@ redis-cli --raw -p "$DEMO_REDIS_PORT" XRANGE sluice:dlq - + COUNT 10 | awk '
   prev == "stream" { s = $0 } prev == "entry_id" { e = $0 } prev == "plugin" { p = $0 }
   prev == "error" { print "   " p " <- " s " " e ": " $0 } { prev = $0 }'
 echo
+admin=$(grep -o 'admin API listening addr=[0-9.:]*' "$DIR/host.log" | head -1 | sed 's/.*addr=//')
+if [ -n "$admin" ]; then
+  echo "== the host's own view: http://$admin/ready and /metrics (the dashboard is http://$admin/)"
+  curl -s "http://$admin/ready"; echo
+  curl -s "http://$admin/metrics" | grep -E '^sluice_(events_handled_total|rows_written_total|dead_letters)' | sort
+  echo
+fi
 echo "Host log: $DIR/host.log. Try: $SLUICE plugin inspect target/plugins/user-stats.wasm"
+echo "Keep it running: $SLUICE run with SLUICE_PLUGINS_DIR=target/plugins, then open http://127.0.0.1:9464/"
