@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod deploy;
 pub mod dlq;
 pub mod host;
 pub mod plugin;

@@ -53,11 +53,16 @@ pub struct Pipeline {
     pub priority: Priority,
 }
 
+/// (stream, entry id) of the events a (plugin, event type) pair has in flight on this host,
+/// shared by every version of the plugin: during a hot swap the new version must not reclaim,
+/// as a retry, an event the old version is still handling.
+pub type InflightIds = Arc<Mutex<HashSet<(Arc<str>, String)>>>;
+
 /// Shared state of a pipeline's in-flight work.
 struct Inflight {
     permits: Arc<Semaphore>,
     /// (stream, entry id) of every event read and not yet acknowledged or left for retry.
-    ids: Mutex<HashSet<(Arc<str>, String)>>,
+    ids: InflightIds,
 }
 
 impl Pipeline {
@@ -86,12 +91,9 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown` turns true, then waits (up to `grace`) for in-flight events.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
+    pub async fn run(mut self, ids: InflightIds, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
         self.reader.ensure_group().await?;
-        let inflight = Arc::new(Inflight {
-            permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)),
-            ids: Mutex::new(HashSet::new()),
-        });
+        let inflight = Arc::new(Inflight { permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)), ids });
         let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
         let heartbeat = tokio::spawn(heartbeat(
             self.control.with_same_connection(),

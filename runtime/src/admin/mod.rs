@@ -64,9 +64,18 @@ pub struct AdminState {
     pub clickhouse: ChClient,
     pub stream_prefix: String,
     pub token: Option<String>,
-    pub plugins: Vec<PluginEntry>,
-    pub pipelines: Vec<PipelineEntry>,
+    /// Plugin files and pipelines, kept current by the deployer (hot reload).
+    pub registry: Arc<std::sync::RwLock<crate::deploy::Registry>>,
     pub metrics: PrometheusHandle,
+}
+
+impl AdminState {
+    fn plugins(&self) -> Vec<PluginEntry> {
+        self.registry.read().unwrap().plugins.values().cloned().collect()
+    }
+    fn pipelines(&self) -> Vec<PipelineEntry> {
+        self.registry.read().unwrap().pipelines.clone()
+    }
 }
 
 /// One line of the dashboard's "recent errors".
@@ -186,9 +195,10 @@ fn component(r: &Result<(), String>) -> Value {
 /// broken plugin is a deployment error that should stop a rollout).
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let (redis, ch) = tokio::join!(probe_redis(&s), probe_clickhouse(&s));
+    let entries = s.plugins();
     let plugins: Vec<Value> =
-        s.plugins.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| x.name()), "status": p.status, "error": p.error})).collect();
-    let all_running = s.plugins.iter().all(|p| p.status == "running");
+        entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| x.name()), "status": p.status, "error": p.error})).collect();
+    let all_running = entries.iter().all(|p| p.status == "running");
     let ready = redis.is_ok() && ch.is_ok() && all_running;
     metrics::gauge!("sluice_up", "component" => "redis").set(redis.is_ok() as u8 as f64);
     metrics::gauge!("sluice_up", "component" => "clickhouse").set(ch.is_ok() as u8 as f64);
@@ -218,7 +228,7 @@ fn plugin_json(p: &PluginEntry) -> Value {
 }
 
 async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
-    Json(s.plugins.iter().map(plugin_json).collect())
+    Json(s.plugins().iter().map(plugin_json).collect())
 }
 
 /// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
@@ -250,8 +260,9 @@ async fn stream_info(conn: &mut ConnectionManager, p: &PipelineEntry) -> Value {
 
 async fn streams(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
     let mut conn = s.redis.clone();
-    let mut out = Vec::with_capacity(s.pipelines.len());
-    for p in &s.pipelines {
+    let pipelines = s.pipelines();
+    let mut out = Vec::with_capacity(pipelines.len());
+    for p in &pipelines {
         out.push(stream_info(&mut conn, p).await);
     }
     Json(out)
@@ -261,7 +272,7 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
 /// plugin memory are read now, so a scrape always sees the current values.
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
     let mut conn = s.redis.clone();
-    for p in &s.pipelines {
+    for p in &s.pipelines() {
         let info = stream_info(&mut conn, p).await;
         let labels = [("stream", p.stream.clone()), ("group", p.group.clone())];
         metrics::gauge!("sluice_stream_length", "stream" => p.stream.clone())
@@ -274,11 +285,12 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
     if let Ok(n) = redis::cmd("XLEN").arg(crate::source::streams::DLQ_STREAM).query_async::<i64>(&mut conn).await {
         metrics::gauge!("sluice_dead_letters").set(n as f64);
     }
+    let plugins = s.plugins();
     for state in ["running", "refused", "failed"] {
-        let n = s.plugins.iter().filter(|p| p.status == state).count();
+        let n = plugins.iter().filter(|p| p.status == state).count();
         metrics::gauge!("sluice_plugins", "state" => state).set(n as f64);
     }
-    for p in s.plugins.iter().filter_map(|p| p.plugin.as_ref()) {
+    for p in plugins.iter().filter_map(|p| p.plugin.as_ref()) {
         metrics::gauge!("sluice_plugin_memory_bytes", "plugin" => p.name().to_string()).set(p.memory_bytes() as f64);
     }
     metrics::gauge!("sluice_uptime_seconds").set(s.started.elapsed().as_secs_f64());

@@ -261,6 +261,11 @@ impl LoadedPlugin {
         &self.manifest.name
     }
 
+    /// True if both were loaded with the same sidecar settings.
+    pub fn settings_equal(&self, other: &LoadedPlugin) -> bool {
+        self.settings == other.settings
+    }
+
     /// The linear memory of the plugin's latest instance, in bytes.
     pub fn memory_bytes(&self) -> usize {
         self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)

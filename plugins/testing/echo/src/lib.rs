@@ -16,7 +16,8 @@
 //! Payload: `{"rows": [{"table": "t", "values": [1, "x"]}], "fail": "why"}` — `fail` (optional)
 //! makes the event fail permanently. A value is JSON: null, a bool, an integer (unsigned when
 //! it is not negative), a float, a string, an array, or `{"float": "nan" | "inf" | "-inf"}`,
-//! `{"bytes": [0, 255]}` for what JSON cannot say.
+//! `{"bytes": [0, 255]}` for what JSON cannot say, `{"setting": "key"}` for the value of one of
+//! its own settings (which version of a hot-reloaded plugin wrote a row).
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -91,6 +92,10 @@ fn write_json(v: &Json, w: &mut ValueWriter) {
             for i in items {
                 write_json(i, w);
             }
+        }
+        Json::Object(o) if o.contains_key("setting") => {
+            let key = o["setting"].as_str().unwrap_or_default();
+            w.string(&sluice_sdk::config(key).unwrap_or_default())
         }
         Json::Object(o) => match (o.get("float").and_then(Json::as_str), o.get("bytes")) {
             (Some("nan"), _) => w.float(f64::NAN),

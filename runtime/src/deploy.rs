@@ -1,0 +1,378 @@
+//! Deployments: the plugins directory is the source of truth, kept in step while the host runs.
+//!
+//! A `.wasm` file (with its sidecar `<stem>.toml`) is one deployment. The directory is watched
+//! (`notify`, plus a rescan every second for file systems that send no events, such as some
+//! container volumes); a file whose size or modification time changed is acted on once it has
+//! stayed the same for [`STABLE_FOR`], so a copy in progress is never loaded.
+//! - new file: loaded, its tables prepared, its pipelines started;
+//! - changed file: the new version is compiled and checked off the hot path (component, WIT
+//!   world, manifest, tables against the live ones); only then are its pipelines started and
+//!   the old version's stopped — the old one finishes the batches it has in flight, so each
+//!   event is handled by exactly one version and nothing is lost or handled twice;
+//! - a new version that fails any check leaves the old one running, and says why in the log,
+//!   the admin API (`error` of the plugin) and `sluice_plugin_reloads_total{result}`;
+//! - removed file: its pipelines stop after their in-flight work; its consumer groups and
+//!   backlog stay in Redis for when it comes back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::admin::{PipelineEntry, PluginEntry};
+use crate::config::Settings;
+use crate::plugin::{LoadedPlugin, PluginLimits, SandboxEngine};
+use crate::priority::PriorityGate;
+use crate::router::{InflightIds, Pipeline};
+use crate::source::streams;
+use crate::writer::Writer;
+use crate::writer::evolve::{self, Owner, PrepareError};
+
+/// How long a changed file must stay unchanged before it is loaded.
+pub const STABLE_FOR: Duration = Duration::from_millis(500);
+/// How often the directory is rescanned even without file-system events.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What the admin API shows of the deployments.
+#[derive(Default)]
+pub struct Registry {
+    /// By file path.
+    pub plugins: BTreeMap<String, PluginEntry>,
+    pub pipelines: Vec<PipelineEntry>,
+}
+
+/// A file's identity for change detection: size and modification time of the `.wasm` and of
+/// its sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    wasm: (u64, Option<SystemTime>),
+    sidecar: Option<(u64, Option<SystemTime>)>,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    Some(Fingerprint { wasm: meta(path)?, sidecar: meta(&path.with_extension("toml")) })
+}
+
+/// A running version of a plugin.
+struct Live {
+    plugin: Arc<LoadedPlugin>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Everything needed to start pipelines.
+pub struct Deployer {
+    pub settings: Arc<Settings>,
+    pub consumer: String,
+    pub gate: PriorityGate,
+    pub writer: Writer,
+    pub control: redis::aio::ConnectionManager,
+    pub grace: Duration,
+    pub engine: SandboxEngine,
+    pub limits: PluginLimits,
+    pub registry: Arc<RwLock<Registry>>,
+    live: HashMap<PathBuf, Live>,
+    /// The fingerprint last acted on, per file (deployed or refused): not retried until it changes.
+    seen: HashMap<PathBuf, Fingerprint>,
+    /// Changed files waiting to be stable: fingerprint and since when.
+    settling: HashMap<PathBuf, (Fingerprint, Instant)>,
+    /// In-flight ids per (plugin, event type), shared across versions.
+    inflight: HashMap<(String, String), InflightIds>,
+}
+
+impl Deployer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Arc<Settings>,
+        consumer: String,
+        gate: PriorityGate,
+        writer: Writer,
+        control: redis::aio::ConnectionManager,
+        grace: Duration,
+        engine: SandboxEngine,
+        limits: PluginLimits,
+    ) -> Self {
+        Deployer {
+            settings,
+            consumer,
+            gate,
+            writer,
+            control,
+            grace,
+            engine,
+            limits,
+            registry: Default::default(),
+            live: HashMap::new(),
+            seen: HashMap::new(),
+            settling: HashMap::new(),
+            inflight: HashMap::new(),
+        }
+    }
+
+    /// Deploys every file of the directory (at start-up: no waiting for files to settle).
+    pub async fn deploy_all(&mut self) -> anyhow::Result<()> {
+        for path in crate::host::plugin_files(&self.settings.plugins_dir)? {
+            if let Some(fp) = fingerprint(&path) {
+                self.apply(&path, fp, None).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pipeline_count(&self) -> usize {
+        self.live.values().map(|l| l.tasks.len()).sum()
+    }
+
+    /// Watches the directory until `stop` turns true, applying changes as they settle.
+    pub async fn watch(&mut self, mut stop: watch::Receiver<bool>) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // The watcher only wakes the loop; the rescan decides what changed.
+        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
+            let _ = tx.send(());
+        })
+        .and_then(|mut w| {
+            notify::Watcher::watch(&mut w, &self.settings.plugins_dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(w)
+        });
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %self.settings.plugins_dir.display(), error = %e, "cannot watch the plugins directory; rescanning it every second instead");
+                None
+            }
+        };
+        loop {
+            // While files are settling, look again soon; otherwise on an event or the rescan tick.
+            let wait = if self.settling.is_empty() { RESCAN_EVERY } else { STABLE_FOR / 4 };
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = rx.recv() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            while rx.try_recv().is_ok() {}
+            self.rescan().await;
+        }
+    }
+
+    async fn rescan(&mut self) {
+        let files = match crate::host::plugin_files(&self.settings.plugins_dir) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "cannot list the plugins directory");
+                return;
+            }
+        };
+        for path in &files {
+            let Some(fp) = fingerprint(path) else { continue };
+            if self.seen.get(path) == Some(&fp) {
+                self.settling.remove(path);
+                continue;
+            }
+            match self.settling.get(path) {
+                Some((settling, since)) if *settling == fp => {
+                    if since.elapsed() >= STABLE_FOR {
+                        let detected = *since;
+                        self.settling.remove(path);
+                        self.apply(path, fp, Some(detected)).await;
+                    }
+                }
+                _ => {
+                    self.settling.insert(path.clone(), (fp, Instant::now()));
+                }
+            }
+        }
+        let gone: Vec<PathBuf> = self.seen.keys().filter(|p| !files.contains(p)).cloned().collect();
+        for path in gone {
+            self.remove(&path).await;
+        }
+    }
+
+    /// Loads, checks and starts the version in `path`, replacing the running one if any.
+    async fn apply(&mut self, path: &Path, fp: Fingerprint, changed_at: Option<Instant>) {
+        self.seen.insert(path.to_path_buf(), fp);
+        let file = path.display().to_string();
+        let (engine, limits, p) = (self.engine.clone(), self.limits, path.to_path_buf());
+        // Compiling takes a while: off the async threads, while the old version keeps serving.
+        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&engine, &p, limits))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the loader panicked: {e}")));
+        let plugin = match loaded {
+            Ok(p) => Arc::new(p),
+            Err(e) => return self.refuse(path, "failed", format!("{e:#}")),
+        };
+        if let Some((other, _)) =
+            self.live.iter().find(|(f, l)| f.as_path() != path && l.plugin.name() == plugin.name())
+        {
+            let why = format!("its name `{}` is already used by {}", plugin.name(), other.display());
+            return self.refuse(path, "failed", why);
+        }
+        if let Some(old) = self.live.get(path) {
+            if old.plugin.hash == plugin.hash && old.plugin.settings_equal(&plugin) {
+                return; // touched, not changed
+            }
+        }
+        let owner = Owner { plugin: plugin.name(), version: &plugin.manifest.version, hash: &plugin.hash };
+        let prepared = loop {
+            match evolve::prepare_plugin(self.writer.client(), &plugin.tables, owner).await {
+                Err(PrepareError::ClickHouse(e)) if e.retryable() => {
+                    tracing::warn!(plugin = plugin.name(), error = %e, "ClickHouse is not available to prepare the tables; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = prepared {
+            let why = match e {
+                PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
+                PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
+            };
+            return self.refuse(path, "refused", why);
+        }
+        // Start the new version, then stop the old: the stream never goes unread, and the old
+        // version finishes what it holds.
+        let new = self.start(plugin.clone());
+        let serving_ms = changed_at.map(|t| t.elapsed().as_millis() as u64);
+        let old = self.live.insert(path.to_path_buf(), new);
+        let replaced = old.as_ref().map(|o| o.plugin.short_hash().to_string());
+        if let Some(old) = old {
+            if old.plugin.name() != plugin.name() {
+                tracing::info!(old = old.plugin.name(), new = plugin.name(), "the file now holds another plugin");
+            }
+            self.stop(old).await;
+        }
+        {
+            let mut reg = self.registry.write().unwrap();
+            reg.plugins.insert(
+                file.clone(),
+                PluginEntry { file: file.clone(), status: "running", error: None, plugin: Some(plugin.clone()) },
+            );
+        }
+        self.refresh_pipelines();
+        // Latency: from the change being seen (the write, give or take a scan) to the new
+        // version's pipelines running; then until the old version had drained.
+        match (replaced, serving_ms) {
+            (Some(old), Some(ms)) => {
+                metrics::counter!("sluice_plugin_reloads_total", "result" => "ok").increment(1);
+                metrics::histogram!("sluice_plugin_reload_duration_seconds").record(ms as f64 / 1000.0);
+                tracing::info!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), replaced = %old, path = %file, change_to_serving_ms = ms, old_drained_ms = changed_at.map(|t| t.elapsed().as_millis() as u64), "plugin reloaded");
+            }
+            (None, Some(ms)) => {
+                metrics::counter!("sluice_plugin_reloads_total", "result" => "ok").increment(1);
+                tracing::info!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %file, change_to_serving_ms = ms, "new plugin loaded");
+            }
+            _ => {
+                metrics::counter!("sluice_plugin_loads_total", "result" => "ok").increment(1);
+                tracing::info!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %file, subscriptions = ?plugin.manifest.subscriptions, "plugin loaded");
+            }
+        }
+    }
+
+    /// Reports a version that cannot run; the running version of the file, if any, stays.
+    fn refuse(&mut self, path: &Path, status: &'static str, why: String) {
+        let file = path.display().to_string();
+        let running = self.live.get(path).map(|l| l.plugin.clone());
+        match &running {
+            Some(old) => {
+                tracing::error!(path = %file, running = old.short_hash(), "new version not started, the running version stays: {why}");
+                metrics::counter!("sluice_plugin_reloads_total", "result" => status).increment(1);
+            }
+            None => {
+                tracing::error!(path = %file, "plugin not started: {why}");
+                metrics::counter!("sluice_plugin_loads_total", "result" => status).increment(1);
+            }
+        }
+        crate::admin::recent_error(
+            running.as_ref().map(|p| p.name()).unwrap_or(&file),
+            "",
+            &format!("plugin_{status}"),
+            &why,
+        );
+        let entry = match running {
+            Some(old) => PluginEntry {
+                file: file.clone(),
+                status: "running",
+                error: Some(format!("a new version in this file was {status}: {why}")),
+                plugin: Some(old),
+            },
+            None => PluginEntry { file: file.clone(), status, error: Some(why), plugin: None },
+        };
+        self.registry.write().unwrap().plugins.insert(file, entry);
+    }
+
+    /// Stops the file's plugin (it was removed).
+    async fn remove(&mut self, path: &Path) {
+        self.seen.remove(path);
+        self.settling.remove(path);
+        let file = path.display().to_string();
+        self.registry.write().unwrap().plugins.remove(&file);
+        if let Some(old) = self.live.remove(path) {
+            tracing::info!(plugin = old.plugin.name(), hash = old.plugin.short_hash(), path = %file, "plugin file removed: stopping its pipelines (its consumer groups and backlog stay)");
+            self.stop(old).await;
+            metrics::counter!("sluice_plugin_reloads_total", "result" => "removed").increment(1);
+        }
+        self.refresh_pipelines();
+    }
+
+    fn start(&mut self, plugin: Arc<LoadedPlugin>) -> Live {
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
+        for event_type in &plugin.manifest.subscriptions {
+            let ids = self.inflight.entry((plugin.name().to_string(), event_type.clone())).or_default().clone();
+            let (settings, control, gate) = (self.settings.clone(), self.control.clone(), self.gate.clone());
+            let (plugin, tables, consumer, grace, rx) =
+                (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
+            let event_type = event_type.clone();
+            tasks.spawn(async move {
+                // A connection of its own: a blocked XREADGROUP would hold up a shared one.
+                let read_conn = loop {
+                    match streams::connect(&settings.redis_url, settings.block).await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::warn!(error = format!("{e:#}"), "cannot connect to Redis; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                };
+                let p = Pipeline::new(gate, plugin, settings, read_conn, control, &event_type, &consumer, tables);
+                let stream = p.reader.stream().clone();
+                if let Err(e) = p.run(ids, rx, grace).await {
+                    tracing::error!(stream = %stream, "pipeline stopped: {e:#}");
+                }
+            });
+        }
+        Live { plugin, stop, tasks }
+    }
+
+    /// Stops a version: no new reads, in-flight work finished (up to the grace period).
+    async fn stop(&self, mut live: Live) {
+        let _ = live.stop.send(true);
+        while live.tasks.join_next().await.is_some() {}
+    }
+
+    /// Stops every plugin (shutdown).
+    pub async fn stop_all(&mut self) {
+        let all: Vec<Live> = self.live.drain().map(|(_, l)| l).collect();
+        futures::future::join_all(all.into_iter().map(|l| self.stop(l))).await;
+    }
+
+    fn refresh_pipelines(&self) {
+        let mut pipelines = Vec::new();
+        for l in self.live.values() {
+            for t in &l.plugin.manifest.subscriptions {
+                pipelines.push(PipelineEntry {
+                    plugin: l.plugin.name().to_string(),
+                    event_type: t.clone(),
+                    stream: format!("{}{t}", self.settings.stream_prefix),
+                    group: crate::router::group_name(l.plugin.name()),
+                });
+            }
+        }
+        pipelines.sort_by(|a, b| (&a.plugin, &a.event_type).cmp(&(&b.plugin, &b.event_type)));
+        self.registry.write().unwrap().pipelines = pipelines;
+    }
+}
