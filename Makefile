@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PLUGINS := promo-code-analytics order-analytics user-stats
 # Built with the others, used only by the test suite (plugins/testing/).
-TEST_PLUGINS := flaky echo
+TEST_PLUGINS := flaky echo hostile
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 

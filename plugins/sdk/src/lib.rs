@@ -236,6 +236,16 @@ impl Output {
         Ok(())
     }
 
+    /// Starts a row with a raw table index and value count and no checks at all, for tests of
+    /// the host's own checks. Never use it in a real plugin.
+    #[doc(hidden)]
+    pub fn unchecked_row(&mut self, table_index: u16, values: u16) -> &mut ValueWriter {
+        self.w.raw_u32(self.event);
+        self.w.raw_u16(table_index);
+        self.w.raw_u16(values);
+        &mut self.w
+    }
+
     /// Emits one row of `table` whose values `write` puts in the buffer, for plugins whose
     /// tables are only known at run time (declared from config, say). `write` must write
     /// exactly `values` values, one per column in declaration order; the host refuses the

@@ -1,0 +1,102 @@
+//! The sandbox under hostile plugins: an endless loop, a memory bomb, a panic, ten million
+//! rows, a row for an undeclared table, wrong value types and an attempt to read a file and
+//! the environment. Each fails alone with a clear error, within its limits, while a
+//! well-behaved plugin beside it keeps processing.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde_json::json;
+use sluice_tests::{
+    ClickHouse, Host, Redis, config_file, plugin_dir_with, plugins_dir, sluice, test_plugin, wait_until,
+};
+
+fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
+    let v: redis::Value = redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap();
+    entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect()
+}
+
+fn count(ch: &ClickHouse, table: &str) -> i64 {
+    ch.query(&format!("SELECT count() FROM analytics.{table}")).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
+}
+
+#[test]
+fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_keeps_going() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = plugin_dir_with(&[test_plugin("hostile"), plugins_dir().join("order-analytics.wasm")])?;
+    let cfg = tempfile::tempdir()?;
+    let config = config_file(
+        cfg.path(),
+        "call_timeout_ms = 1000\nmax_memory_mb = 64\nmax_attempts = 2\nretry_base_ms = 100\nretry_max_ms = 200\ninsert_linger_ms = 50\n",
+    )?;
+    let mut conn = redis.conn()?;
+    // The hostile events, among 100 harmless ones of the same plugin.
+    let hostile = ["loop", "alloc", "panic", "rows", "undeclared", "wrong_types", "escape"];
+    let mut pipe = redis::pipe();
+    for k in 0..100u64 {
+        let action = if k % 14 == 3 { hostile[(k / 14) as usize] } else { "ok" };
+        let payload = json!({"k": k, "do": action});
+        pipe.cmd("XADD")
+            .arg("events:hostile.event")
+            .arg("*")
+            .arg("payload")
+            .arg(payload.to_string())
+            .arg("id")
+            .arg(action_id(k, action))
+            .ignore();
+    }
+    pipe.query::<()>(&mut conn)?;
+    let host = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CONFIG", &config.display().to_string())])?;
+    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+
+    // The good plugin's events arrive while the hostile ones are being dealt with.
+    let started = Instant::now();
+    let env = [("SLUICE_REDIS_URL", redis.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    sluice(&["publish", "OrderCreatedEvent", "--count", "3000"], &env)?;
+    wait_until("3000 order rows", Duration::from_secs(60), || count(&ch, "orders_analytics") == 3000)?;
+    let good_took = started.elapsed();
+
+    wait_until("the hostile events dead-lettered", Duration::from_secs(90), || {
+        dead_letters(&mut conn).len() == hostile.len()
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{:?}\n{}", dead_letters(&mut conn), host.log_text()))?;
+    assert_eq!(
+        count(&ch, "hostile_rows"),
+        100 - hostile.len() as i64,
+        "the harmless events of the hostile plugin land too"
+    );
+    let by_id: HashMap<String, HashMap<String, String>> =
+        dead_letters(&mut conn).into_iter().map(|d| (d["event_id"].clone(), d)).collect();
+    let expect = |action: &str, kind: &str, needles: &[&str]| {
+        let k = (hostile.iter().position(|h| *h == action).unwrap() * 14 + 3) as u64;
+        let d = by_id.get(&action_id(k, action)).unwrap_or_else(|| panic!("{action} was not dead-lettered: {by_id:?}"));
+        assert_eq!(d["error_kind"], kind, "{action}: {d:?}");
+        for n in needles {
+            assert!(d["error"].contains(n), "{action}: `{n}` not in `{}`", d["error"]);
+        }
+    };
+    expect("loop", "retries_exhausted", &["deadline of 1s exceeded (call_timeout)"]);
+    expect("alloc", "retries_exhausted", &["memory limit", "64 MiB"]);
+    expect("panic", "retries_exhausted", &["hostile: asked to panic on k=31"]);
+    expect("rows", "retries_exhausted", &["64 MiB"]);
+    expect("undeclared", "retries_exhausted", &["row for table index 7, but the plugin declares 1 tables"]);
+    expect(
+        "wrong_types",
+        "permanent",
+        &["table `hostile_rows`, column `k`: expected UInt64, got string \"not a number\""],
+    );
+    // No file system, environment or arguments inside the sandbox.
+    expect("escape", "permanent", &["escape attempt: file: ", "env HOME: environment variable not found", "args: 0"]);
+    let escape = &by_id[&action_id(6 * 14 + 3, "escape")]["error"];
+    assert!(!escape.contains("root:"), "a plugin read /etc/passwd: {escape}");
+    eprintln!("good plugin: 3000 events in {good_took:?} beside the hostile one");
+    Ok(())
+}
+
+fn action_id(k: u64, action: &str) -> String {
+    format!("{action}-{k}")
+}
