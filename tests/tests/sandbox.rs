@@ -27,11 +27,11 @@ fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_ke
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
     let dir = plugin_dir_with(&[test_plugin("hostile"), plugins_dir().join("order-analytics.wasm")])?;
+    // Tighter limits for the hostile plugin alone, in its sidecar file.
+    std::fs::write(dir.path().join("hostile.toml"), "[limits]\ncall_timeout_ms = 1000\nmax_memory_mb = 64\n")?;
     let cfg = tempfile::tempdir()?;
-    let config = config_file(
-        cfg.path(),
-        "call_timeout_ms = 1000\nmax_memory_mb = 64\nmax_attempts = 2\nretry_base_ms = 100\nretry_max_ms = 200\ninsert_linger_ms = 50\n",
-    )?;
+    let config =
+        config_file(cfg.path(), "max_attempts = 2\nretry_base_ms = 100\nretry_max_ms = 200\ninsert_linger_ms = 50\n")?;
     let mut conn = redis.conn()?;
     // The hostile events, among 100 harmless ones of the same plugin.
     let hostile = ["loop", "alloc", "panic", "rows", "undeclared", "wrong_types", "escape"];
@@ -94,9 +94,67 @@ fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_ke
     let escape = &by_id[&action_id(6 * 14 + 3, "escape")]["error"];
     assert!(!escape.contains("root:"), "a plugin read /etc/passwd: {escape}");
     eprintln!("good plugin: 3000 events in {good_took:?} beside the hostile one");
+    // The limits were the hostile plugin's own; the good plugin kept the host's defaults.
+    let plugins: serde_json::Value = serde_json::from_str(&host.admin("GET", "/api/plugins", &[])?.1)?;
+    let limits: HashMap<String, (u64, u64)> = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let l = &p["limits"];
+            (
+                p["name"].as_str().unwrap().to_string(),
+                (l["call_timeout_ms"].as_u64().unwrap(), l["max_memory_bytes"].as_u64().unwrap() >> 20),
+            )
+        })
+        .collect();
+    assert_eq!(limits["hostile"], (1000, 64));
+    assert_eq!(limits["order-analytics"], (5000, 128));
     Ok(())
 }
 
 fn action_id(k: u64, action: &str) -> String {
     format!("{action}-{k}")
+}
+
+#[test]
+fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = tempfile::tempdir()?;
+    let manifest = json!({"name": "keyed", "version": "1", "subscriptions": ["keyed.event"],
+        "tables": [{"name": "keyed_rows", "columns": [["k", "UInt64"], ["key", "String"]], "order_by": ["k"]}]});
+    std::fs::copy(test_plugin("echo"), dir.path().join("keyed.wasm"))?;
+    std::fs::write(
+        dir.path().join("keyed.toml"),
+        format!("[settings]\nmanifest = '''{manifest}'''\n[secrets]\napi_key = \"KEYED_API_KEY\"\n"),
+    )?;
+    let secret = "s3cr3t-9f8e7d";
+    let host = Host::start(&redis, &ch, dir.path(), &[("KEYED_API_KEY", secret)])?;
+    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    let mut conn = redis.conn()?;
+    let payload = json!({"rows": [{"table": "keyed_rows", "values": [1, {"setting": "api_key"}]}]});
+    redis::cmd("XADD")
+        .arg("events:keyed.event")
+        .arg("*")
+        .arg("payload")
+        .arg(payload.to_string())
+        .query::<String>(&mut conn)?;
+    wait_until("the row", Duration::from_secs(30), || count(&ch, "keyed_rows") == 1)?;
+    assert_eq!(ch.query("SELECT key FROM analytics.keyed_rows")?, secret, "the plugin read its secret");
+    for path in ["/api/plugins", "/ready", "/metrics"] {
+        assert!(!host.admin("GET", path, &[])?.1.contains(secret), "{path} shows the secret");
+    }
+    assert!(!host.log_text().contains(secret), "the log shows the secret");
+
+    // A secret whose variable is missing is one clear error, naming both.
+    let dir2 = tempfile::tempdir()?;
+    std::fs::copy(test_plugin("echo"), dir2.path().join("keyed.wasm"))?;
+    std::fs::write(dir2.path().join("keyed.toml"), "[secrets]\napi_key = \"NOT_SET_ANYWHERE\"\n")?;
+    let err = sluice(&["plugin", "inspect", &dir2.path().join("keyed.wasm").display().to_string()], &[]).unwrap_err();
+    assert!(
+        err.to_string().contains("secret `api_key`: the environment variable NOT_SET_ANYWHERE is not set"),
+        "{err}"
+    );
+    Ok(())
 }

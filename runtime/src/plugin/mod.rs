@@ -132,31 +132,88 @@ struct Sidecar {
     /// accepted and passed on as their text.
     #[serde(default)]
     settings: HashMap<String, toml::Value>,
+    /// Settings whose values come from environment variables of the host: setting name →
+    /// variable name. Only this plugin can read them; they are never logged or shown.
+    #[serde(default)]
+    secrets: HashMap<String, String>,
+    /// This plugin's limits, overriding the host's defaults.
+    #[serde(default)]
+    limits: SidecarLimits,
 }
 
-/// Reads the `[settings]` of the plugin's sidecar file; none when there is no such file.
-pub fn sidecar_settings(wasm: &Path) -> Result<HashMap<String, String>> {
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SidecarLimits {
+    call_timeout_ms: Option<u64>,
+    max_memory_mb: Option<usize>,
+    max_rows_per_event: Option<u32>,
+    max_bytes_per_event: Option<usize>,
+}
+
+/// What a plugin's sidecar file gives it.
+#[derive(Debug, Default)]
+pub struct PluginConfig {
+    pub settings: HashMap<String, String>,
+    /// The host's defaults with the sidecar's `[limits]` applied.
+    pub limits: PluginLimits,
+}
+
+/// Reads the plugin's sidecar file, if any: settings, secrets (from the environment) and
+/// limits over `defaults`. Every error names the file and the key.
+pub fn read_sidecar(wasm: &Path, defaults: PluginLimits) -> Result<PluginConfig> {
     let path = wasm.with_extension("toml");
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(PluginConfig { limits: defaults, ..Default::default() });
+        }
         Err(e) => return Err(anyhow!("cannot read plugin settings {}: {e}", path.display())),
     };
-    let sidecar: Sidecar =
-        toml::from_str(&text).map_err(|e| anyhow!("invalid plugin settings file {}: {e}", path.display()))?;
-    sidecar
-        .settings
-        .into_iter()
-        .map(|(k, v)| match v {
-            toml::Value::String(s) => Ok((k, s)),
-            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => Ok((k, v.to_string())),
-            other => Err(anyhow!(
-                "invalid plugin settings file {}: setting `{k}` is a {}; use a string, number or boolean",
-                path.display(),
-                other.type_str()
-            )),
-        })
-        .collect()
+    let bad = |what: String| anyhow!("invalid plugin settings file {}: {what}", path.display());
+    let sidecar: Sidecar = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut settings = HashMap::new();
+    for (k, v) in sidecar.settings {
+        let v = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => v.to_string(),
+            other => {
+                return Err(bad(format!("setting `{k}` is a {}; use a string, number or boolean", other.type_str())));
+            }
+        };
+        settings.insert(k, v);
+    }
+    for (k, var) in sidecar.secrets {
+        let value =
+            std::env::var(&var).map_err(|_| bad(format!("secret `{k}`: the environment variable {var} is not set")))?;
+        settings.insert(k, value);
+    }
+    let l = sidecar.limits;
+    let mut limits = defaults;
+    if let Some(ms) = l.call_timeout_ms {
+        if !(1..=600_000).contains(&ms) {
+            return Err(bad(format!("limits.call_timeout_ms must be between 1 and 600000, got {ms}")));
+        }
+        limits.call_timeout = Duration::from_millis(ms);
+    }
+    if let Some(mb) = l.max_memory_mb {
+        if !(1..=4096).contains(&mb) {
+            return Err(bad(format!("limits.max_memory_mb must be between 1 and 4096, got {mb}")));
+        }
+        limits.max_memory_bytes = mb << 20;
+    }
+    if let Some(n) = l.max_rows_per_event {
+        if n == 0 {
+            return Err(bad("limits.max_rows_per_event must be at least 1".into()));
+        }
+        limits.output.max_rows_per_event = n;
+    }
+    if let Some(n) = l.max_bytes_per_event {
+        if n == 0 {
+            return Err(bad("limits.max_bytes_per_event must be at least 1".into()));
+        }
+        limits.output.max_bytes_per_event = n;
+    }
+    Ok(PluginConfig { settings, limits })
 }
 
 /// The store's resource limits, which also report the instance's linear memory size to
@@ -213,9 +270,10 @@ pub struct EventFailure {
 
 impl LoadedPlugin {
     /// Reads, compiles and checks a plugin file. Errors name the file and what is wrong.
-    /// Loads `path` with the settings of its sidecar file (see [`sidecar_settings`]).
+    /// Loads `path` with the settings and limits of its sidecar file (see [`read_sidecar`]);
+    /// `limits` are the host's defaults.
     pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits) -> Result<LoadedPlugin> {
-        let settings = sidecar_settings(path)?;
+        let PluginConfig { settings, limits, .. } = read_sidecar(path, limits)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let component = Component::from_binary(&engine.engine, &bytes)
