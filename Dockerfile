@@ -30,10 +30,12 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sluice
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin sluice \
+ && install -d -o 10001 -m 0700 /var/cache/sluice
 COPY --from=build /out/sluice /usr/local/bin/sluice
 COPY --from=build /out/plugins /plugins
 ENV SLUICE_PLUGINS_DIR=/plugins \
+    SLUICE_CACHE_DIR=/var/cache/sluice \
     SLUICE_ADMIN_ADDR=0.0.0.0:9464 \
     SLUICE_LOG_FORMAT=json
 USER 10001

@@ -185,6 +185,10 @@ pub struct RunArgs {
     /// Directory of plugin .wasm files [default: ./plugins]
     #[arg(long, env = "SLUICE_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
+    /// Directory for compiled plugins (by file hash), so restarts skip compiling; `off` for
+    /// none [default: $XDG_CACHE_HOME/sluice, ~/.cache/sluice, or /tmp/sluice-cache-<uid>]
+    #[arg(long, env = "SLUICE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Admin HTTP address: dashboard, /health, /ready, /metrics, JSON API; `off` for none
     /// [default: 127.0.0.1:9464]
     #[arg(long, env = "SLUICE_ADMIN_ADDR")]
@@ -268,6 +272,11 @@ impl RunArgs {
             clickhouse_password: self.clickhouse_password.clone().or(f.clickhouse_password),
             plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
             admin_addr: self.admin_addr.clone().or(f.admin_addr).unwrap_or_else(|| "127.0.0.1:9464".into()),
+            cache_dir: match self.cache_dir.clone().or(f.cache_dir) {
+                Some(p) if p.as_os_str() == "off" => None,
+                Some(p) => Some((p, true)),
+                None => Some((crate::config::default_cache_dir(), false)),
+            },
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()).map(crate::config::Secret),
             stream_prefix: self.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into()),
             batch_size: self.batch_size.or(f.batch_size).unwrap_or(500),

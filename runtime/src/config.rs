@@ -20,6 +20,7 @@ pub struct FileSettings {
     pub clickhouse_user: Option<String>,
     pub clickhouse_password: Option<String>,
     pub plugins_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
     pub admin_addr: Option<String>,
     pub stream_prefix: Option<String>,
     pub batch_size: Option<usize>,
@@ -48,6 +49,24 @@ impl FileSettings {
     }
 }
 
+/// Where compiled plugins are cached when no directory is configured.
+pub fn default_cache_dir() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(x) = env("XDG_CACHE_HOME") {
+        return x.join("sluice");
+    }
+    if let Some(home) = env("HOME").filter(|h| h.is_dir() && h.as_os_str() != "/nonexistent") {
+        return home.join(".cache/sluice");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { getuid() };
+    std::env::temp_dir().join(format!("sluice-cache-{uid}"))
+}
+
+unsafe extern "C" {
+    fn getuid() -> u32;
+}
+
 /// A value that must never reach a log: it prints as `***`.
 #[derive(Clone)]
 pub struct Secret(pub String);
@@ -67,6 +86,9 @@ pub struct Settings {
     pub clickhouse_user: Option<String>,
     pub clickhouse_password: Option<String>,
     pub plugins_dir: PathBuf,
+    /// Compiled plugins, by file hash; None: no cache. `explicit`: set by the user (an error
+    /// to be unable to use it) rather than the default (a warning).
+    pub cache_dir: Option<(PathBuf, bool)>,
     /// `off` disables the admin server.
     pub admin_addr: String,
     pub admin_token: Option<Secret>,

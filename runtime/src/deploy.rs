@@ -266,7 +266,7 @@ impl Deployer {
             }
             _ => {
                 metrics::counter!("sluice_plugin_loads_total", "result" => "ok").increment(1);
-                tracing::info!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %file, subscriptions = ?plugin.manifest.subscriptions, "plugin loaded");
+                tracing::info!(plugin = plugin.name(), version = %plugin.manifest.version, hash = plugin.short_hash(), path = %file, subscriptions = ?plugin.manifest.subscriptions, compiled_from_cache = plugin.compiled.0, compile_ms = plugin.compiled.1, "plugin loaded");
             }
         }
     }

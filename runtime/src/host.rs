@@ -72,7 +72,17 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         "off" | "" => None,
         addr => Some(crate::admin::bind(addr).await?),
     };
-    let engine = SandboxEngine::new()?;
+    let mut engine = SandboxEngine::new()?;
+    match &settings.cache_dir {
+        None => {}
+        Some((dir, explicit)) => match engine.clone().with_cache(dir) {
+            Ok(e) => engine = e,
+            Err(e) if *explicit => return Err(e.context("SLUICE_CACHE_DIR (`off` disables the cache)")),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "no compiled-code cache: every start compiles the plugins")
+            }
+        },
+    }
     let limits = PluginLimits {
         call_timeout: settings.call_timeout,
         max_memory_bytes: settings.max_memory_mb << 20,

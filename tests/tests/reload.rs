@@ -225,3 +225,42 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     assert!(started.elapsed() < Duration::from_secs(10));
     Ok(())
 }
+
+#[test]
+fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = sluice_tests::plugin_dir_with(&[
+        sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
+        sluice_tests::plugins_dir().join("order-analytics.wasm"),
+        sluice_tests::plugins_dir().join("user-stats.wasm"),
+    ])?;
+    let cache = tempfile::tempdir()?;
+    let cache_env = cache.path().display().to_string();
+    let compile_ms = |log: &str, cached: bool| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("plugin loaded") && l.contains(&format!("compiled_from_cache={cached}")))
+            .filter_map(|l| {
+                l.split_whitespace().find_map(|w| w.strip_prefix("compile_ms=")).and_then(|v| v.parse().ok())
+            })
+            .collect()
+    };
+    let mut first = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CACHE_DIR", &cache_env)])?;
+    first.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    first.stop();
+    let cold = compile_ms(&first.log_text(), false);
+    assert_eq!(cold.len(), 3, "{}", first.log_text());
+    assert_eq!(std::fs::read_dir(cache.path())?.count(), 3, "one artifact per plugin file");
+    let second = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CACHE_DIR", &cache_env)])?;
+    second.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    let warm = compile_ms(&second.log_text(), true);
+    assert_eq!(warm.len(), 3, "{}", second.log_text());
+    eprintln!("compile ms per plugin: cold {cold:?}, from the cache {warm:?}");
+    // A cache that cannot be used is one clear error when it was asked for.
+    let bad = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CACHE_DIR", "/proc/no-such-dir")])?;
+    wait_until("the host to refuse the cache", Duration::from_secs(20), || {
+        bad.log_text().contains("SLUICE_CACHE_DIR")
+    })?;
+    assert!(bad.log_text().contains("cannot create the compiled-code cache /proc/no-such-dir"), "{}", bad.log_text());
+    Ok(())
+}

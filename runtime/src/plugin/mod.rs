@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -113,6 +113,8 @@ pub struct LoadedPlugin {
     settings: Arc<HashMap<String, String>>,
     /// Linear memory of the latest instance, in bytes.
     memory_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether the compiled code came from the cache, and how long getting it took.
+    pub compiled: (bool, u64),
     engine: SandboxEngine,
     pre: bindings::PluginPre<HostState>,
 }
@@ -276,8 +278,11 @@ impl LoadedPlugin {
         let PluginConfig { settings, limits, .. } = read_sidecar(path, limits)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        let component = Component::from_binary(&engine.engine, &bytes)
+        let compile_started = std::time::Instant::now();
+        let (component, cached) = engine
+            .compile(&bytes, &hash)
             .map_err(|e| anyhow!("{} is not a valid WebAssembly component: {}", path.display(), first_line(&e)))?;
+        let compile_ms = compile_started.elapsed().as_millis() as u64;
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
@@ -300,6 +305,7 @@ impl LoadedPlugin {
             limits,
             settings: Arc::new(settings),
             memory_bytes: Default::default(),
+            compiled: (cached, compile_ms),
             engine: engine.clone(),
             pre,
         };
