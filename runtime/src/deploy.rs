@@ -321,9 +321,10 @@ impl Deployer {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
-        for event_type in &plugin.manifest.subscriptions {
+        let settings = Arc::new(plugin.delivery_settings(&self.settings));
+        for event_type in &plugin.consumed_event_types() {
             let ids = self.inflight.entry((plugin.name().to_string(), event_type.clone())).or_default().clone();
-            let (settings, control, gate) = (self.settings.clone(), self.control.clone(), self.gate.clone());
+            let (settings, control, gate) = (settings.clone(), self.control.clone(), self.gate.clone());
             let (plugin, tables, consumer, grace, rx) =
                 (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
             let event_type = event_type.clone();
@@ -363,7 +364,7 @@ impl Deployer {
     fn refresh_pipelines(&self) {
         let mut pipelines = Vec::new();
         for l in self.live.values() {
-            for t in &l.plugin.manifest.subscriptions {
+            for t in &l.plugin.consumed_event_types() {
                 pipelines.push(PipelineEntry {
                     plugin: l.plugin.name().to_string(),
                     event_type: t.clone(),

@@ -158,3 +158,52 @@ fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_plugin() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = tempfile::tempdir()?;
+    // The hostile plugin may read /etc and see HOME, and nothing else.
+    std::fs::copy(test_plugin("hostile"), dir.path().join("hostile.wasm"))?;
+    std::fs::write(dir.path().join("hostile.toml"), "[grants]\nread_dirs = [\"/etc\"]\nenv = [\"HOME\"]\n")?;
+    // The echo plugin subscribes to two types but is told to consume one, into prefixed tables.
+    let manifest = json!({"name": "picky", "version": "1", "subscriptions": ["picky.a", "picky.b"],
+        "tables": [{"name": "picky_rows", "columns": [["k", "UInt64"]], "order_by": ["k"]}]});
+    std::fs::copy(test_plugin("echo"), dir.path().join("picky.wasm"))?;
+    std::fs::write(
+        dir.path().join("picky.toml"),
+        format!(
+            "[settings]\nmanifest = '''{manifest}'''\n[delivery]\nevent_types = [\"picky.a\"]\nmax_attempts = 1\npriority = \"high\"\n[clickhouse]\ntable_prefix = \"staging_\"\n"
+        ),
+    )?;
+    let host = Host::start(&redis, &ch, dir.path(), &[("HOME", "/granted-home")])?;
+    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    let mut conn = redis.conn()?;
+    let xadd = |conn: &mut redis::Connection, stream: &str, payload: serde_json::Value| -> Result<String> {
+        Ok(redis::cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload.to_string()).query(conn)?)
+    };
+    xadd(&mut conn, "events:hostile.event", json!({"k": 1, "do": "escape"}))?;
+    for k in 0..5 {
+        xadd(&mut conn, "events:picky.a", json!({"rows": [{"table": "picky_rows", "values": [k]}]}))?;
+        xadd(&mut conn, "events:picky.b", json!({"rows": [{"table": "picky_rows", "values": [100 + k]}]}))?;
+    }
+    wait_until("the escape report and the picky rows", Duration::from_secs(30), || {
+        dead_letters(&mut conn).len() == 1 && count(&ch, "staging_picky_rows") == 5
+    })?;
+    let passwd_len = std::fs::metadata("/etc/passwd")?.len();
+    let report = &dead_letters(&mut conn)[0]["error"];
+    assert_eq!(report, &format!("escape attempt: file: {passwd_len}; env HOME: /granted-home; args: 0"));
+    assert_eq!(ch.query("SELECT max(k) FROM analytics.staging_picky_rows")?, "4", "only picky.a was consumed");
+    let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg("events:picky.b").query(&mut conn)?;
+    assert!(groups.is_empty(), "picky.b must not be consumed at all");
+    assert!(host.log_text().contains("priority=high"), "{}", host.log_text());
+
+    // A grant of something that is not a directory is refused, naming the file and the key.
+    let bad = tempfile::tempdir()?;
+    std::fs::copy(test_plugin("hostile"), bad.path().join("hostile.wasm"))?;
+    std::fs::write(bad.path().join("hostile.toml"), "[grants]\nread_dirs = [\"relative/dir\"]\n")?;
+    let err = sluice(&["plugin", "inspect", &bad.path().join("hostile.wasm").display().to_string()], &[]).unwrap_err();
+    assert!(err.to_string().contains("grants.read_dirs: relative/dir is not an absolute path to a directory"), "{err}");
+    Ok(())
+}

@@ -111,6 +111,9 @@ pub struct LoadedPlugin {
     pub tables: Vec<TableSchema>,
     pub limits: PluginLimits,
     settings: Arc<HashMap<String, String>>,
+    /// The sidecar's delivery settings and grants.
+    pub delivery: Delivery,
+    pub grants: Grants,
     /// Linear memory of the latest instance, in bytes.
     memory_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// Whether the compiled code came from the cache, and how long getting it took.
@@ -141,6 +144,46 @@ struct Sidecar {
     /// This plugin's limits, overriding the host's defaults.
     #[serde(default)]
     limits: SidecarLimits,
+    /// Retries, priority and which of its event types to consume.
+    #[serde(default)]
+    delivery: Delivery,
+    #[serde(default)]
+    clickhouse: SidecarClickHouse,
+    /// What the sandbox lets this plugin see beyond the WIT interface.
+    #[serde(default)]
+    grants: Grants,
+}
+
+/// A plugin's own delivery settings (the host's apply where unset).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub max_attempts: Option<u64>,
+    pub retry_base_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    /// `high`, `default` or `low`, for all its event types.
+    pub priority: Option<String>,
+    /// Consume only these of the event types the plugin subscribes to.
+    pub event_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SidecarClickHouse {
+    /// Prepended to every table name the plugin declares (e.g. `staging_`).
+    table_prefix: Option<String>,
+}
+
+/// Capabilities granted to one plugin. Nothing is granted by default.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Host directories the plugin may read, at the same path inside the sandbox.
+    #[serde(default)]
+    pub read_dirs: Vec<PathBuf>,
+    /// Host environment variables passed to the plugin (those that are set).
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -158,6 +201,9 @@ pub struct PluginConfig {
     pub settings: HashMap<String, String>,
     /// The host's defaults with the sidecar's `[limits]` applied.
     pub limits: PluginLimits,
+    pub delivery: Delivery,
+    pub table_prefix: Option<String>,
+    pub grants: Grants,
 }
 
 /// Reads the plugin's sidecar file, if any: settings, secrets (from the environment) and
@@ -215,7 +261,26 @@ pub fn read_sidecar(wasm: &Path, defaults: PluginLimits) -> Result<PluginConfig>
         }
         limits.output.max_bytes_per_event = n;
     }
-    Ok(PluginConfig { settings, limits })
+    let d = &sidecar.delivery;
+    if d.max_attempts == Some(0) {
+        return Err(bad("delivery.max_attempts must be at least 1".into()));
+    }
+    if let Some(p) = &d.priority {
+        p.parse::<crate::priority::Priority>().map_err(|e| bad(format!("delivery.priority: {e}")))?;
+    }
+    if d.retry_base_ms == Some(0) || d.retry_max_ms == Some(0) {
+        return Err(bad("delivery.retry_base_ms and retry_max_ms must be at least 1".into()));
+    }
+    let table_prefix = sidecar.clickhouse.table_prefix;
+    if let Some(p) = &table_prefix {
+        crate::writer::schema::check_identifier("clickhouse.table_prefix", p).map_err(bad)?;
+    }
+    for dir in &sidecar.grants.read_dirs {
+        if !dir.is_absolute() || !dir.is_dir() {
+            return Err(bad(format!("grants.read_dirs: {} is not an absolute path to a directory", dir.display())));
+        }
+    }
+    Ok(PluginConfig { settings, limits, delivery: sidecar.delivery, table_prefix, grants: sidecar.grants })
 }
 
 /// The store's resource limits, which also report the instance's linear memory size to
@@ -275,7 +340,7 @@ impl LoadedPlugin {
     /// Loads `path` with the settings and limits of its sidecar file (see [`read_sidecar`]);
     /// `limits` are the host's defaults.
     pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits) -> Result<LoadedPlugin> {
-        let PluginConfig { settings, limits, .. } = read_sidecar(path, limits)?;
+        let PluginConfig { settings, limits, delivery, table_prefix, grants } = read_sidecar(path, limits)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let compile_started = std::time::Instant::now();
@@ -304,6 +369,8 @@ impl LoadedPlugin {
             tables: vec![],
             limits,
             settings: Arc::new(settings),
+            delivery,
+            grants,
             memory_bytes: Default::default(),
             compiled: (cached, compile_ms),
             engine: engine.clone(),
@@ -317,8 +384,51 @@ impl LoadedPlugin {
             .call_describe(&mut inst.store)
             .map_err(|e| anyhow!("{}: describe() failed: {e:#}", path.display()))?;
         plugin.tables = check_manifest(&manifest).map_err(|e| anyhow!("{}: bad manifest: {e}", path.display()))?;
+        if let Some(prefix) = &table_prefix {
+            for t in &mut plugin.tables {
+                t.name = format!("{prefix}{}", t.name);
+            }
+        }
+        if let Some(types) = &plugin.delivery.event_types {
+            if let Some(t) = types.iter().find(|t| !manifest.subscriptions.contains(t)) {
+                bail!(
+                    "{}: delivery.event_types lists `{t}`, which the plugin does not subscribe to ({})",
+                    path.with_extension("toml").display(),
+                    manifest.subscriptions.join(", ")
+                );
+            }
+        }
         plugin.manifest = manifest;
         Ok(plugin)
+    }
+
+    /// The event types to consume: the subscriptions, or the sidecar's subset of them.
+    pub fn consumed_event_types(&self) -> Vec<String> {
+        match &self.delivery.event_types {
+            Some(t) => self.manifest.subscriptions.iter().filter(|s| t.contains(s)).cloned().collect(),
+            None => self.manifest.subscriptions.clone(),
+        }
+    }
+
+    /// The host's settings with this plugin's delivery overrides.
+    pub fn delivery_settings(&self, host: &crate::config::Settings) -> crate::config::Settings {
+        let mut s = host.clone();
+        let d = &self.delivery;
+        if let Some(n) = d.max_attempts {
+            s.max_attempts = n;
+        }
+        if let Some(ms) = d.retry_base_ms {
+            s.retry_base = Duration::from_millis(ms);
+        }
+        if let Some(ms) = d.retry_max_ms {
+            s.retry_max = Duration::from_millis(ms);
+        }
+        if let Some(p) = d.priority.as_deref().and_then(|p| p.parse().ok()) {
+            for t in &self.manifest.subscriptions {
+                s.priorities.insert(t.clone(), p);
+            }
+        }
+        s
     }
 
     pub fn name(&self) -> &str {
@@ -340,6 +450,22 @@ impl LoadedPlugin {
         &self.hash[..12]
     }
 
+    /// The WASI context: empty, plus what the sidecar's `[grants]` allow.
+    fn wasi_ctx(&self) -> Result<WasiCtx> {
+        let mut b = WasiCtx::builder();
+        for dir in &self.grants.read_dirs {
+            let guest = dir.to_string_lossy();
+            b.preopened_dir(dir, guest.as_ref(), wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| anyhow!("grants.read_dirs: cannot open {}: {e}", dir.display()))?;
+        }
+        for var in &self.grants.env {
+            if let Ok(v) = std::env::var(var) {
+                b.env(var, v);
+            }
+        }
+        Ok(b.build())
+    }
+
     /// A fresh sandbox of this version.
     pub fn instantiate(&self) -> Result<PluginInstance> {
         let limits = StoreLimitsBuilder::new()
@@ -350,7 +476,7 @@ impl LoadedPlugin {
             .trap_on_grow_failure(true)
             .build();
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: self.wasi_ctx()?,
             table: ResourceTable::new(),
             limits: MemoryMeter { limits, bytes: self.memory_bytes.clone() },
             plugin: Arc::from(self.manifest.name.as_str()),
