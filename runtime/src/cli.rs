@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FileSettings, Settings};
-use crate::plugin::{LoadedPlugin, PluginLimits, Sandbox, SandboxEngine, wit};
+use crate::plugin::{LoadedPlugin, Sandbox, SandboxEngine, wit};
 use crate::source::streams::{self, redact_url};
 use crate::writer::clickhouse::ChClient;
 
@@ -306,6 +306,7 @@ impl RunArgs {
                 }
                 m
             },
+            plugin_sections: f.plugins.clone().unwrap_or_default(),
             concurrency: {
                 let c = f.concurrency.unwrap_or_default();
                 if let Some(k) = c.keys().find(|k| !["high", "default", "low"].contains(&k.as_str())) {
@@ -483,7 +484,7 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
 
 fn load_one(path: &Path) -> Result<LoadedPlugin> {
     let engine = SandboxEngine::new()?;
-    LoadedPlugin::load(&engine, path, PluginLimits::default())
+    LoadedPlugin::load(&engine, path, &crate::plugin::PluginDefaults::default())
 }
 
 /// The manifest of a loaded plugin as JSON.

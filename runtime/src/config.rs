@@ -39,6 +39,9 @@ pub struct FileSettings {
     pub priorities: Option<std::collections::HashMap<String, String>>,
     /// Plugin calls at once per priority: `{ high = 4, default = 2, low = 1 }`.
     pub concurrency: Option<std::collections::HashMap<String, usize>>,
+    /// `[plugins.<file stem>]`: what a plugin's sidecar file may say, set from the host's
+    /// config (the sidecar file wins key by key).
+    pub plugins: Option<std::collections::HashMap<String, toml::Table>>,
 }
 
 impl FileSettings {
@@ -113,6 +116,8 @@ pub struct Settings {
     pub priorities: std::collections::HashMap<String, Priority>,
     /// Plugin calls at once, per priority (high, default, low).
     pub concurrency: [usize; 3],
+    /// `[plugins.<stem>]` sections of the config file.
+    pub plugin_sections: std::collections::HashMap<String, toml::Table>,
 }
 
 impl Settings {

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::{PipelineEntry, PluginEntry};
 use crate::config::Settings;
-use crate::plugin::{LoadedPlugin, PluginLimits, SandboxEngine};
+use crate::plugin::{LoadedPlugin, PluginDefaults, SandboxEngine};
 use crate::priority::PriorityGate;
 use crate::router::{InflightIds, Pipeline};
 use crate::source::streams;
@@ -73,7 +73,7 @@ pub struct Deployer {
     pub control: redis::aio::ConnectionManager,
     pub grace: Duration,
     pub engine: SandboxEngine,
-    pub limits: PluginLimits,
+    pub defaults: Arc<PluginDefaults>,
     pub registry: Arc<RwLock<Registry>>,
     live: HashMap<PathBuf, Live>,
     /// The fingerprint last acted on, per file (deployed or refused): not retried until it changes.
@@ -94,7 +94,7 @@ impl Deployer {
         control: redis::aio::ConnectionManager,
         grace: Duration,
         engine: SandboxEngine,
-        limits: PluginLimits,
+        defaults: PluginDefaults,
     ) -> Self {
         Deployer {
             settings,
@@ -104,7 +104,7 @@ impl Deployer {
             control,
             grace,
             engine,
-            limits,
+            defaults: Arc::new(defaults),
             registry: Default::default(),
             live: HashMap::new(),
             seen: HashMap::new(),
@@ -195,9 +195,9 @@ impl Deployer {
     async fn apply(&mut self, path: &Path, fp: Fingerprint, changed_at: Option<Instant>) {
         self.seen.insert(path.to_path_buf(), fp);
         let file = path.display().to_string();
-        let (engine, limits, p) = (self.engine.clone(), self.limits, path.to_path_buf());
+        let (engine, defaults, p) = (self.engine.clone(), self.defaults.clone(), path.to_path_buf());
         // Compiling takes a while: off the async threads, while the old version keeps serving.
-        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&engine, &p, limits))
+        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&engine, &p, &defaults))
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the loader panicked: {e}")));
         let plugin = match loaded {

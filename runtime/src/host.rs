@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::admin::AdminState;
 use crate::config::Settings;
 use crate::deploy::Deployer;
-use crate::plugin::{PluginLimits, SandboxEngine};
+use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
 use crate::source::streams::{self, redact_url};
 use crate::writer::clickhouse::ChClient;
 use crate::writer::{BatchPolicy, Writer};
@@ -83,10 +83,13 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             }
         },
     }
-    let limits = PluginLimits {
-        call_timeout: settings.call_timeout,
-        max_memory_bytes: settings.max_memory_mb << 20,
-        ..PluginLimits::default()
+    let defaults = PluginDefaults {
+        limits: PluginLimits {
+            call_timeout: settings.call_timeout,
+            max_memory_bytes: settings.max_memory_mb << 20,
+            ..PluginLimits::default()
+        },
+        sections: settings.plugin_sections.clone(),
     };
     let ch = ChClient::new(
         &settings.clickhouse_url,
@@ -110,7 +113,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
     let mut deployer =
-        Deployer::new(settings.clone(), consumer, gate, writer.clone(), control.clone(), grace, engine, limits);
+        Deployer::new(settings.clone(), consumer, gate, writer.clone(), control.clone(), grace, engine, defaults);
     deployer.deploy_all().await?;
     if deployer.pipeline_count() == 0 {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");

@@ -164,9 +164,14 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
     let dir = tempfile::tempdir()?;
-    // The hostile plugin may read /etc and see HOME, and nothing else.
+    // The hostile plugin may read /etc and see HOME, and nothing else: the directory is granted
+    // in the host's config, the variable in the plugin's sidecar (merged key by key).
     std::fs::copy(test_plugin("hostile"), dir.path().join("hostile.wasm"))?;
-    std::fs::write(dir.path().join("hostile.toml"), "[grants]\nread_dirs = [\"/etc\"]\nenv = [\"HOME\"]\n")?;
+    std::fs::write(dir.path().join("hostile.toml"), "[grants]\nenv = [\"HOME\"]\n")?;
+    let host_config = config_file(
+        dir.path(),
+        "[plugins.hostile.grants]\nread_dirs = [\"/etc\"]\n[plugins.hostile.limits]\ncall_timeout_ms = 3000\n",
+    )?;
     // The echo plugin subscribes to two types but is told to consume one, into prefixed tables.
     let manifest = json!({"name": "picky", "version": "1", "subscriptions": ["picky.a", "picky.b"],
         "tables": [{"name": "picky_rows", "columns": [["k", "UInt64"]], "order_by": ["k"]}]});
@@ -177,7 +182,12 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
             "[settings]\nmanifest = '''{manifest}'''\n[delivery]\nevent_types = [\"picky.a\"]\nmax_attempts = 1\npriority = \"high\"\n[clickhouse]\ntable_prefix = \"staging_\"\n"
         ),
     )?;
-    let host = Host::start(&redis, &ch, dir.path(), &[("HOME", "/granted-home")])?;
+    let host = Host::start(
+        &redis,
+        &ch,
+        dir.path(),
+        &[("HOME", "/granted-home"), ("SLUICE_CONFIG", &host_config.display().to_string())],
+    )?;
     host.wait_for_log("sluice is running", Duration::from_secs(60))?;
     let mut conn = redis.conn()?;
     let xadd = |conn: &mut redis::Connection, stream: &str, payload: serde_json::Value| -> Result<String> {
@@ -198,6 +208,9 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
     let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg("events:picky.b").query(&mut conn)?;
     assert!(groups.is_empty(), "picky.b must not be consumed at all");
     assert!(host.log_text().contains("priority=high"), "{}", host.log_text());
+    let plugins: serde_json::Value = serde_json::from_str(&host.admin("GET", "/api/plugins", &[])?.1)?;
+    let hostile = plugins.as_array().unwrap().iter().find(|p| p["name"] == "hostile").unwrap();
+    assert_eq!(hostile["limits"]["call_timeout_ms"], 3000, "from [plugins.hostile.limits] of the host config");
 
     // A grant of something that is not a directory is refused, naming the file and the key.
     let bad = tempfile::tempdir()?;

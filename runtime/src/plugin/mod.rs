@@ -206,19 +206,51 @@ pub struct PluginConfig {
     pub grants: Grants,
 }
 
-/// Reads the plugin's sidecar file, if any: settings, secrets (from the environment) and
-/// limits over `defaults`. Every error names the file and the key.
-pub fn read_sidecar(wasm: &Path, defaults: PluginLimits) -> Result<PluginConfig> {
+/// What the host gives every plugin before its sidecar file: its default limits, and the
+/// `[plugins.<stem>]` sections of the host's config file (same keys as a sidecar file).
+#[derive(Debug, Default, Clone)]
+pub struct PluginDefaults {
+    pub limits: PluginLimits,
+    pub sections: HashMap<String, toml::Table>,
+}
+
+/// Reads the plugin's configuration: the host config's `[plugins.<stem>]` section, then the
+/// sidecar file `<stem>.toml` over it (key by key): settings, secrets (from the environment),
+/// limits over the host's defaults, delivery, table prefix and grants. Every error names where
+/// the bad key is.
+pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConfig> {
     let path = wasm.with_extension("toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(PluginConfig { limits: defaults, ..Default::default() });
+    let stem = wasm.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut merged = defaults.sections.get(&stem).cloned().unwrap_or_default();
+    let mut sources = Vec::new();
+    if !merged.is_empty() {
+        sources.push(format!("[plugins.{stem}] of the host config"));
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let file: toml::Table =
+                toml::from_str(&text).map_err(|e| anyhow!("invalid plugin settings file {}: {e}", path.display()))?;
+            for (k, v) in file {
+                match (merged.get_mut(&k), v) {
+                    (Some(toml::Value::Table(base)), toml::Value::Table(over)) => base.extend(over),
+                    (_, v) => {
+                        merged.insert(k, v);
+                    }
+                }
+            }
+            sources.push(path.display().to_string());
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(anyhow!("cannot read plugin settings {}: {e}", path.display())),
-    };
-    let bad = |what: String| anyhow!("invalid plugin settings file {}: {what}", path.display());
-    let sidecar: Sidecar = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    }
+    if sources.is_empty() {
+        return Ok(PluginConfig { limits: defaults.limits, ..Default::default() });
+    }
+    let from = sources.join(" and ");
+    let bad = |what: String| anyhow!("invalid plugin settings ({from}): {what}");
+    let sidecar: Sidecar =
+        serde::Deserialize::deserialize(toml::Value::Table(merged)).map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    let defaults = defaults.limits;
     let mut settings = HashMap::new();
     for (k, v) in sidecar.settings {
         let v = match v {
@@ -337,10 +369,9 @@ pub struct EventFailure {
 
 impl LoadedPlugin {
     /// Reads, compiles and checks a plugin file. Errors name the file and what is wrong.
-    /// Loads `path` with the settings and limits of its sidecar file (see [`read_sidecar`]);
-    /// `limits` are the host's defaults.
-    pub fn load(engine: &SandboxEngine, path: &Path, limits: PluginLimits) -> Result<LoadedPlugin> {
-        let PluginConfig { settings, limits, delivery, table_prefix, grants } = read_sidecar(path, limits)?;
+    /// Loads `path` with its configuration (see [`read_sidecar`]) over the host's defaults.
+    pub fn load(engine: &SandboxEngine, path: &Path, defaults: &PluginDefaults) -> Result<LoadedPlugin> {
+        let PluginConfig { settings, limits, delivery, table_prefix, grants } = read_sidecar(path, defaults)?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read plugin file {}", path.display()))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let compile_started = std::time::Instant::now();
