@@ -288,6 +288,7 @@ impl Pipeline {
         let span = tracing::info_span!(
             "batch",
             plugin = self.plugin.name(),
+            version = self.plugin.short_hash(),
             event_type = %self.reader.event_type,
             events = ack.batch.len(),
             calls = outcome.calls,
