@@ -179,6 +179,16 @@ impl ClickHouse {
         Ok(http_post(self.http_port, "/", sql.as_bytes())?.trim().to_string())
     }
 
+    /// A query answering one number; -1 if it fails or is not a number (for polling).
+    pub fn number(&self, sql: &str) -> i64 {
+        self.query(sql).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
+    }
+
+    /// Rows of `analytics.<table>`; -1 if it cannot be read (yet).
+    pub fn rows(&self, table: &str) -> i64 {
+        self.number(&format!("SELECT count() FROM analytics.{table}"))
+    }
+
     /// Runs a query with `clickhouse-client` over the native protocol (a second, independent
     /// reader of what the host wrote); returns its TabSeparated output.
     pub fn client(&self, sql: &str) -> Result<String> {
@@ -390,6 +400,14 @@ impl Drop for Host {
     fn drop(&mut self) {
         stop_child(&mut self.child);
     }
+}
+
+/// Every entry of the dead-letter stream `sluice:dlq`, oldest first, as field maps.
+pub fn dead_letters(conn: &mut redis::Connection) -> Vec<std::collections::HashMap<String, String>> {
+    let v: redis::Value =
+        redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap_or(redis::Value::Nil);
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap_or_default();
+    entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect()
 }
 
 /// Total pending entries of every consumer group on `streams`.

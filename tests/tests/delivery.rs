@@ -11,10 +11,6 @@ use sluice_tests::*;
 /// Fast retries and recovery, so the tests take seconds.
 const FAST: &str = "retry_base_ms = 200\nretry_max_ms = 1000\nvisibility_timeout_ms = 3000\ninsert_linger_ms = 100\n";
 
-fn num(ch: &ClickHouse, sql: &str) -> i64 {
-    ch.query(sql).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
-
 fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -> Result<String> {
     let mut c = redis::cmd("XADD");
     c.arg(stream).arg("*");
@@ -22,12 +18,6 @@ fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, String)]) -
         c.arg(*k).arg(v);
     }
     Ok(c.query(conn)?)
-}
-
-fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
-    let v: redis::Value = redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap();
-    entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect()
 }
 
 struct Setup {
@@ -82,17 +72,19 @@ fn transient_failures_are_retried_and_traps_fail_only_their_event() -> Result<()
         }
     }
     let host = s.host()?;
-    wait_until("1990 rows", Duration::from_secs(60), || num(&s.ch, "SELECT count() FROM analytics.flaky_rows") == 1990)
-        .map_err(|e| e.context(host.log_text()))?;
+    wait_until("1990 rows", Duration::from_secs(60), || {
+        s.ch.number("SELECT count() FROM analytics.flaky_rows") == 1990
+    })
+    .map_err(|e| e.context(host.log_text()))?;
     wait_until("10 dead letters", Duration::from_secs(30), || dead_letters(&mut conn).len() == 10)?;
     wait_until("no pending", Duration::from_secs(30), || {
         total_pending(&mut conn, &["events:flaky.event"]).unwrap_or(-1) == 0
     })?;
     // The retried ones landed on their second attempt, exactly once each.
-    assert_eq!(num(&s.ch, "SELECT countIf(attempt = 2) FROM analytics.flaky_rows WHERE event_id LIKE 'ff-%'"), 1000);
-    assert_eq!(num(&s.ch, "SELECT uniqExact(event_id) FROM analytics.flaky_rows"), 1990);
+    assert_eq!(s.ch.number("SELECT countIf(attempt = 2) FROM analytics.flaky_rows WHERE event_id LIKE 'ff-%'"), 1000);
+    assert_eq!(s.ch.number("SELECT uniqExact(event_id) FROM analytics.flaky_rows"), 1990);
     // Batch-mates of a trapping event were not retried: all on their first attempt.
-    assert_eq!(num(&s.ch, "SELECT countIf(attempt = 1) FROM analytics.flaky_rows WHERE event_id LIKE 'p-%'"), 990);
+    assert_eq!(s.ch.number("SELECT countIf(attempt = 1) FROM analytics.flaky_rows WHERE event_id LIKE 'p-%'"), 990);
     for d in dead_letters(&mut conn) {
         let kind = bad.get(&d["entry_id"]).unwrap_or_else(|| panic!("unexpected dead letter {d:?}"));
         assert_eq!(d["error_kind"], *kind, "{d:?}");
@@ -137,7 +129,7 @@ fn poison_one_percent_is_dead_lettered_exactly_and_the_rest_lands() -> Result<()
     let started = Instant::now();
     let host = s.host()?;
     wait_until("9900 rows", Duration::from_secs(60), || {
-        num(&s.ch, "SELECT count() FROM analytics.promo_code_usages_analytics") == 9900
+        s.ch.number("SELECT count() FROM analytics.promo_code_usages_analytics") == 9900
     })
     .map_err(|e| e.context(host.log_text()))?;
     let took = started.elapsed();
@@ -152,8 +144,8 @@ fn poison_one_percent_is_dead_lettered_exactly_and_the_rest_lands() -> Result<()
         assert_eq!(ids, poison, "{plugin}: exactly the malformed events, once each");
     }
     assert!(dlq.iter().all(|d| d["error_kind"] == "permanent" && d["attempts"] == "1" && !d["error"].is_empty()));
-    assert_eq!(num(&s.ch, "SELECT sum(promo_uses) FROM analytics.users_analytics"), 9900);
-    assert_eq!(num(&s.ch, "SELECT uniqExact(order_id) FROM analytics.promo_code_usages_analytics"), 9900);
+    assert_eq!(s.ch.number("SELECT sum(promo_uses) FROM analytics.users_analytics"), 9900);
+    assert_eq!(s.ch.number("SELECT uniqExact(order_id) FROM analytics.promo_code_usages_analytics"), 9900);
     // Not a benchmark, just a note in the output: the poison did not slow the rest down much.
     eprintln!("poison test: 9,900 good events landed {took:?} after the host started");
     Ok(())
@@ -205,8 +197,8 @@ fn assert_nothing_lost(
     let orders = total as i64 - promo;
     let bad_orders = bad.len() as i64 - bad_promo;
     wait_until("every event accounted for", Duration::from_secs(180), || {
-        num(&s.ch, "SELECT uniqExact(order_id) FROM analytics.orders_analytics") == orders - bad_orders
-            && num(&s.ch, "SELECT uniqExact(order_id) FROM analytics.promo_code_usages_analytics") == promo - bad_promo
+        s.ch.number("SELECT uniqExact(order_id) FROM analytics.orders_analytics") == orders - bad_orders
+            && s.ch.number("SELECT uniqExact(order_id) FROM analytics.promo_code_usages_analytics") == promo - bad_promo
             && total_pending(conn, &ALL_STREAMS).unwrap_or(-1) == 0
     })
     .map_err(|e| e.context(host_log()))?;
@@ -224,7 +216,7 @@ fn assert_nothing_lost(
         );
     }
     // user-stats saw every good event at least once (its table sums; at-least-once may add more).
-    let users = num(&s.ch, "SELECT sum(orders_count) + sum(promo_uses) FROM analytics.users_analytics");
+    let users = s.ch.number("SELECT sum(orders_count) + sum(promo_uses) FROM analytics.users_analytics");
     assert!(users >= total as i64 - bad.len() as i64, "users_analytics has {users} events");
     Ok(())
 }
@@ -312,8 +304,8 @@ fn two_hosts_share_the_work_without_loss() -> Result<()> {
     assert_nothing_lost(&s, &mut conn, 30_000, &bad, &|| format!("{}\n---\n{}", a.log_text(), b.log_text()))?;
     // No crash here, so no duplicates either.
     assert_eq!(
-        num(&s.ch, "SELECT count() FROM analytics.orders_analytics"),
-        num(&s.ch, "SELECT uniqExact(order_id) FROM analytics.orders_analytics")
+        s.ch.number("SELECT count() FROM analytics.orders_analytics"),
+        s.ch.number("SELECT uniqExact(order_id) FROM analytics.orders_analytics")
     );
     // Both consumers read entries.
     let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
@@ -349,12 +341,12 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
         json!({"stream": "events:flaky.event", "fields": {"payload": "{\"n\": 2}", "id": "delayed-2"}}).to_string();
     let _: i64 = redis::cmd("ZADD").arg("sluice:delayed").arg(due).arg(member).query(&mut conn)?;
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(num(&s.ch, "SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'"), 0);
+    assert_eq!(s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'"), 0);
     wait_until("delayed rows", Duration::from_secs(20), || {
-        num(&s.ch, "SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'") == 2
+        s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'") == 2
     })?;
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(num(&s.ch, "SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'"), 2, "once each");
+    assert_eq!(s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'"), 2, "once each");
     let xlen: i64 = redis::cmd("XLEN").arg("events:flaky.event").query(&mut conn)?;
     assert_eq!(xlen, 2);
 
@@ -378,7 +370,7 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     let out = sluice(&["dlq", "reprocess", entry["dlq_id"].as_str().unwrap()], &env)?;
     assert!(out.contains("sluice:replay:flaky:flaky.event"), "{out}");
     wait_until("the reprocessed row", Duration::from_secs(20), || {
-        num(&s.ch, "SELECT count() FROM analytics.flaky_rows WHERE event_id = 'late-1'") == 1
+        s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id = 'late-1'") == 1
     })?;
     assert_eq!(dead_letters(&mut conn).len(), 0);
 
@@ -395,21 +387,21 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
         )?;
     }
     wait_until("100 orders", Duration::from_secs(20), || {
-        num(&s.ch, "SELECT count() FROM analytics.orders_analytics") == 100
+        s.ch.number("SELECT count() FROM analytics.orders_analytics") == 100
     })?;
     let out = sluice(&["replay", "--plugin", "order-analytics", "--from", "-"], &env)?;
     assert!(out.contains("replayed 100 events to plugin order-analytics"), "{out}");
     wait_until("replayed orders", Duration::from_secs(20), || {
-        num(&s.ch, "SELECT count() FROM analytics.orders_analytics") == 200
+        s.ch.number("SELECT count() FROM analytics.orders_analytics") == 200
     })?;
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        num(&s.ch, "SELECT sum(orders_count) FROM analytics.users_analytics"),
+        s.ch.number("SELECT sum(orders_count) FROM analytics.users_analytics"),
         100,
         "other plugins are not re-fed"
     );
     // The replayed events kept their identity (id and time).
-    assert_eq!(num(&s.ch, "SELECT uniqExact(order_id) FROM analytics.orders_analytics"), 100);
+    assert_eq!(s.ch.number("SELECT uniqExact(order_id) FROM analytics.orders_analytics"), 100);
     // Purge.
     let _ = xadd(&mut conn, "events:flaky.event", &[("payload", json!({"n": 4, "permanent": true}).to_string())])?;
     wait_until("a dead letter", Duration::from_secs(20), || dead_letters(&mut conn).len() == 1)?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
-use sluice_tests::{ClickHouse, Host, Redis, plugins_dir, total_pending, wait_until};
+use sluice_tests::{ClickHouse, Host, Redis, dead_letters, plugins_dir, total_pending, wait_until};
 
 const STREAMS: [&str; 3] = ["events:PromoCodeAppliedEvent", "events:OrderCreatedEvent", "events:order.created"];
 
@@ -70,10 +70,6 @@ fn publish_mixed(conn: &mut redis::Connection, from: u64, to: u64, exp: &mut Exp
     Ok(())
 }
 
-fn num(ch: &ClickHouse, sql: &str) -> i64 {
-    ch.query(sql).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
-
 #[test]
 fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
     let redis = Redis::start()?;
@@ -89,9 +85,9 @@ fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
 
     let total_orders = exp.orders_count as i64;
     wait_until("every row to land", Duration::from_secs(60), || {
-        num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics") == exp.promo_count as i64
-            && num(&ch, "SELECT count() FROM analytics.orders_analytics") == total_orders
-            && num(&ch, "SELECT sum(orders_count) + sum(promo_uses) FROM analytics.users_analytics") == 10_000
+        ch.number("SELECT count() FROM analytics.promo_code_usages_analytics") == exp.promo_count as i64
+            && ch.number("SELECT count() FROM analytics.orders_analytics") == total_orders
+            && ch.number("SELECT sum(orders_count) + sum(promo_uses) FROM analytics.users_analytics") == 10_000
     })
     .map_err(|e| e.context(host.log_text()))?;
     wait_until("no pending entries", Duration::from_secs(30), || {
@@ -99,26 +95,26 @@ fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
     })?;
     // Settle, then check nothing more arrives (no duplicates) and the sums are exact.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics"), exp.promo_count as i64);
+    assert_eq!(ch.number("SELECT count() FROM analytics.promo_code_usages_analytics"), exp.promo_count as i64);
     assert_eq!(
-        num(&ch, "SELECT toInt64(round(sum(order_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
+        ch.number("SELECT toInt64(round(sum(order_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
         exp.promo_order_cents
     );
     assert_eq!(
-        num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
+        ch.number("SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.promo_code_usages_analytics"),
         exp.promo_discount_cents
     );
-    assert_eq!(num(&ch, "SELECT count() FROM analytics.orders_analytics"), total_orders);
-    assert_eq!(num(&ch, "SELECT toInt64(round(sum(amount) * 100)) FROM analytics.orders_analytics"), exp.orders_cents);
-    assert_eq!(num(&ch, "SELECT uniqExact(order_id) FROM analytics.orders_analytics"), total_orders);
-    assert_eq!(num(&ch, "SELECT sum(orders_count) FROM analytics.users_analytics"), total_orders);
-    assert_eq!(num(&ch, "SELECT sum(promo_uses) FROM analytics.users_analytics"), exp.promo_count as i64);
+    assert_eq!(ch.number("SELECT count() FROM analytics.orders_analytics"), total_orders);
+    assert_eq!(ch.number("SELECT toInt64(round(sum(amount) * 100)) FROM analytics.orders_analytics"), exp.orders_cents);
+    assert_eq!(ch.number("SELECT uniqExact(order_id) FROM analytics.orders_analytics"), total_orders);
+    assert_eq!(ch.number("SELECT sum(orders_count) FROM analytics.users_analytics"), total_orders);
+    assert_eq!(ch.number("SELECT sum(promo_uses) FROM analytics.users_analytics"), exp.promo_count as i64);
     assert_eq!(
-        num(&ch, "SELECT toInt64(round(sum(orders_amount) * 100)) FROM analytics.users_analytics"),
+        ch.number("SELECT toInt64(round(sum(orders_amount) * 100)) FROM analytics.users_analytics"),
         exp.orders_cents
     );
     assert_eq!(
-        num(&ch, "SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.users_analytics"),
+        ch.number("SELECT toInt64(round(sum(discount_amount) * 100)) FROM analytics.users_analytics"),
         exp.promo_discount_cents
     );
     // The event-bus shape without createdAt took its date from `ts`.
@@ -137,15 +133,6 @@ fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
     let dlq: i64 = redis::cmd("XLEN").arg("sluice:dlq").query(&mut conn)?;
     assert_eq!(dlq, 0, "{}", host.log_text());
     Ok(())
-}
-
-/// Fields of the dead-letter entries, as maps.
-fn dead_letters(conn: &mut redis::Connection) -> Result<Vec<std::collections::HashMap<String, String>>> {
-    let entries: Vec<(String, Vec<(String, String)>)> = {
-        let v: redis::Value = redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn)?;
-        redis::from_redis_value(v)?
-    };
-    Ok(entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect())
 }
 
 #[test]
@@ -172,17 +159,15 @@ fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<(
 
     let host = Host::start(&redis, &ch, &plugins_dir(), &[])?;
     wait_until("good rows to land", Duration::from_secs(60), || {
-        num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics") == 100
+        ch.number("SELECT count() FROM analytics.promo_code_usages_analytics") == 100
     })
     .map_err(|e| e.context(host.log_text()))?;
     // Two plugins read PromoCodeAppliedEvent: each dead-letters each of the 4 bad events once.
-    wait_until("8 dead letters", Duration::from_secs(30), || {
-        dead_letters(&mut conn).map(|d| d.len()).unwrap_or(0) == 8
-    })?;
+    wait_until("8 dead letters", Duration::from_secs(30), || dead_letters(&mut conn).len() == 8)?;
     wait_until("no pending entries", Duration::from_secs(30), || {
         total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0
     })?;
-    let dlq = dead_letters(&mut conn)?;
+    let dlq = dead_letters(&mut conn);
     for d in &dlq {
         assert_eq!(d["stream"], STREAMS[0]);
         for k in ["entry_id", "event_id", "plugin", "plugin_version", "attempts", "error_kind", "error", "failed_at"] {
@@ -211,8 +196,8 @@ fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<(
     let log = host.log_text();
     assert!(log.contains(&not_json) && log.contains("dead-lettered"), "{log}");
     // Nothing else was lost or duplicated.
-    assert_eq!(num(&ch, "SELECT count() FROM analytics.promo_code_usages_analytics"), 100);
-    assert_eq!(num(&ch, "SELECT sum(promo_uses) FROM analytics.users_analytics"), 100);
+    assert_eq!(ch.number("SELECT count() FROM analytics.promo_code_usages_analytics"), 100);
+    assert_eq!(ch.number("SELECT sum(promo_uses) FROM analytics.users_analytics"), 100);
     Ok(())
 }
 
@@ -230,7 +215,7 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped() -> Result<()> {
     let _: String = redis::cmd("XADD").arg(STREAMS[1]).arg("*").arg("payload").arg(p.to_string()).query(&mut conn)?;
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
     wait_until("the good plugin's row", Duration::from_secs(60), || {
-        num(&ch, "SELECT count() FROM analytics.orders_analytics") == 1
+        ch.number("SELECT count() FROM analytics.orders_analytics") == 1
     })
     .map_err(|e| e.context(host.log_text()))?;
     let log = host.log_text();

@@ -44,10 +44,6 @@ fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn count(ch: &ClickHouse, sql: &str) -> i64 {
-    ch.query(sql).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
-
 fn start(redis: &Redis, ch: &ClickHouse, dir: &Path) -> Result<Host> {
     let cfg = tempfile::tempdir()?.keep();
     let config = config_file(&cfg, "insert_linger_ms = 100\nretry_base_ms = 200\nbatch_size = 500\n")?;
@@ -105,8 +101,8 @@ fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one
     }
     publisher.join().unwrap()?;
     wait_until("50,000 rows in each table", Duration::from_secs(120), || {
-        count(&ch, "SELECT count() FROM analytics.hot_a") == 50_000
-            && count(&ch, "SELECT count() FROM analytics.hot_b") == 50_000
+        ch.number("SELECT count() FROM analytics.hot_a") == 50_000
+            && ch.number("SELECT count() FROM analytics.hot_b") == 50_000
     })
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", host.log_text()))?;
     std::thread::sleep(Duration::from_millis(500));
@@ -116,8 +112,7 @@ fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one
         assert_eq!(ch.query(&format!("SELECT count(), uniqExact(k) FROM analytics.{t}"))?, "50000\t50000");
     }
     // ...each event's rows from one version...
-    let mixed = count(
-        &ch,
+    let mixed = ch.number(
         "SELECT count() FROM analytics.hot_a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) USING k WHERE ver != ver_b",
     );
     assert_eq!(mixed, 0, "events whose rows come from two versions");
@@ -164,14 +159,14 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
         Ok(())
     };
     publish(&mut conn, "keep", 100)?;
-    wait_until("100 rows", Duration::from_secs(30), || count(&ch, "SELECT count() FROM analytics.keep_rows") == 100)?;
+    wait_until("100 rows", Duration::from_secs(30), || ch.number("SELECT count() FROM analytics.keep_rows") == 100)?;
 
     // A broken file: the old version keeps serving, and says why.
     std::fs::write(dir.path().join("keep.wasm"), b"\0asm but not really")?;
     host.wait_for_log("new version not started, the running version stays", Duration::from_secs(20))?;
     publish(&mut conn, "keep", 100)?;
     wait_until("200 rows, by v1", Duration::from_secs(30), || {
-        count(&ch, "SELECT count() FROM analytics.keep_rows") == 200
+        ch.number("SELECT count() FROM analytics.keep_rows") == 200
     })?;
     assert_eq!(ch.query("SELECT groupUniqArray(ver) FROM analytics.keep_rows")?, "['v1']");
     let plugins: Value = serde_json::from_str(&host.admin("GET", "/api/plugins", &[])?.1)?;
@@ -191,7 +186,7 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     )?;
     publish(&mut conn, "keep", 100)?;
     wait_until("300 rows, by v1", Duration::from_secs(30), || {
-        count(&ch, "SELECT count() FROM analytics.keep_rows") == 300
+        ch.number("SELECT count() FROM analytics.keep_rows") == 300
     })?;
     assert_eq!(ch.query("SELECT groupUniqArray(ver) FROM analytics.keep_rows")?, "['v1']");
 
@@ -200,7 +195,7 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     std::fs::write(dir.path().join("keep.wasm"), plugin_bytes("v3"))?;
     host.wait_for_log("plugin reloaded", Duration::from_secs(20))?;
     publish(&mut conn, "keep", 100)?;
-    wait_until("400 rows", Duration::from_secs(30), || count(&ch, "SELECT count() FROM analytics.keep_rows") == 400)?;
+    wait_until("400 rows", Duration::from_secs(30), || ch.number("SELECT count() FROM analytics.keep_rows") == 400)?;
     assert_eq!(ch.query("SELECT ver, count() FROM analytics.keep_rows GROUP BY ver ORDER BY ver")?, "v1\t300\nv3\t100");
 
     // A new file is loaded; removing it stops its plugin but keeps its group and backlog.
@@ -210,14 +205,14 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     host.wait_for_log("new plugin loaded", Duration::from_secs(20))?;
     publish(&mut conn, "extra", 10)?;
     wait_until("10 extra rows", Duration::from_secs(30), || {
-        count(&ch, "SELECT count() FROM analytics.extra_rows") == 10
+        ch.number("SELECT count() FROM analytics.extra_rows") == 10
     })?;
     std::fs::remove_file(dir.path().join("extra.wasm"))?;
     host.wait_for_log("plugin file removed", Duration::from_secs(20))?;
     let started = Instant::now();
     publish(&mut conn, "extra", 10)?;
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count(&ch, "SELECT count() FROM analytics.extra_rows"), 10, "a removed plugin kept consuming");
+    assert_eq!(ch.number("SELECT count() FROM analytics.extra_rows"), 10, "a removed plugin kept consuming");
     let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg("events:extra.event").query(&mut conn)?;
     assert_eq!(groups.len(), 1, "the consumer group stays");
     let streams: Value = serde_json::from_str(&host.admin("GET", "/api/streams", &[])?.1)?;

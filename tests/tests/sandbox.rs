@@ -9,18 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 use sluice_tests::{
-    ClickHouse, Host, Redis, config_file, plugin_dir_with, plugins_dir, sluice, test_plugin, wait_until,
+    ClickHouse, Host, Redis, config_file, dead_letters, plugin_dir_with, plugins_dir, sluice, test_plugin, wait_until,
 };
-
-fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
-    let v: redis::Value = redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap();
-    entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect()
-}
-
-fn count(ch: &ClickHouse, table: &str) -> i64 {
-    ch.query(&format!("SELECT count() FROM analytics.{table}")).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
 
 #[test]
 fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_keeps_going() -> Result<()> {
@@ -57,7 +47,7 @@ fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_ke
     let env = [("SLUICE_REDIS_URL", redis.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sluice(&["publish", "OrderCreatedEvent", "--count", "3000"], &env)?;
-    wait_until("3000 order rows", Duration::from_secs(60), || count(&ch, "orders_analytics") == 3000)?;
+    wait_until("3000 order rows", Duration::from_secs(60), || ch.rows("orders_analytics") == 3000)?;
     let good_took = started.elapsed();
 
     wait_until("the hostile events dead-lettered", Duration::from_secs(90), || {
@@ -65,7 +55,7 @@ fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_ke
     })
     .map_err(|e| anyhow::anyhow!("{e:#}\n{:?}\n{}", dead_letters(&mut conn), host.log_text()))?;
     assert_eq!(
-        count(&ch, "hostile_rows"),
+        ch.rows("hostile_rows"),
         100 - hostile.len() as i64,
         "the harmless events of the hostile plugin land too"
     );
@@ -140,7 +130,7 @@ fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api() -> Result<()> 
         .arg("payload")
         .arg(payload.to_string())
         .query::<String>(&mut conn)?;
-    wait_until("the row", Duration::from_secs(30), || count(&ch, "keyed_rows") == 1)?;
+    wait_until("the row", Duration::from_secs(30), || ch.rows("keyed_rows") == 1)?;
     assert_eq!(ch.query("SELECT key FROM analytics.keyed_rows")?, secret, "the plugin read its secret");
     for path in ["/api/plugins", "/ready", "/metrics"] {
         assert!(!host.admin("GET", path, &[])?.1.contains(secret), "{path} shows the secret");
@@ -199,7 +189,7 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
         xadd(&mut conn, "events:picky.b", json!({"rows": [{"table": "picky_rows", "values": [100 + k]}]}))?;
     }
     wait_until("the escape report and the picky rows", Duration::from_secs(30), || {
-        dead_letters(&mut conn).len() == 1 && count(&ch, "staging_picky_rows") == 5
+        dead_letters(&mut conn).len() == 1 && ch.rows("staging_picky_rows") == 5
     })?;
     let passwd_len = std::fs::metadata("/etc/passwd")?.len();
     let report = &dead_letters(&mut conn)[0]["error"];

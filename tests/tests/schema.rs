@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use sluice_tests::{ClickHouse, Host, Redis, config_file, install_plugin, sluice, test_plugin, wait_until};
+use sluice_tests::{
+    ClickHouse, Host, Redis, config_file, dead_letters, install_plugin, sluice, test_plugin, wait_until,
+};
 
 const CONFIG: &str =
     "retry_base_ms = 100\nretry_max_ms = 500\nmax_attempts = 2\ninsert_linger_ms = 50\nblock_ms = 200\n";
@@ -35,16 +37,6 @@ fn publish(conn: &mut redis::Connection, event_type: &str, payloads: &[Value]) -
     }
     pipe.query::<()>(conn)?;
     Ok(())
-}
-
-fn count(ch: &ClickHouse, table: &str) -> i64 {
-    ch.query(&format!("SELECT count() FROM analytics.{table}")).ok().and_then(|s| s.parse().ok()).unwrap_or(-1)
-}
-
-fn dead_letters(conn: &mut redis::Connection) -> Vec<HashMap<String, String>> {
-    let v: redis::Value = redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap();
-    entries.into_iter().map(|(_, f)| f.into_iter().collect()).collect()
 }
 
 fn start_host(redis: &Redis, ch: &ClickHouse, plugins: &Path, config: &Path) -> Result<Host> {
@@ -213,7 +205,7 @@ fn every_type_round_trips_exactly() -> Result<()> {
     let mut conn = redis.conn()?;
     publish(&mut conn, "types.event", &payloads)?;
     let _host = start_host(&redis, &ch, dir.path(), &config)?;
-    wait_until("3 rows in all_types", Duration::from_secs(60), || count(&ch, "all_types") == 3)?;
+    wait_until("3 rows in all_types", Duration::from_secs(60), || ch.rows("all_types") == 3)?;
 
     // Read back with clickhouse-client: strings and floats as the hex of their bytes, so that
     // the comparison is byte for byte (reinterpretAsString drops trailing zero bytes).
@@ -406,7 +398,7 @@ fn bad_rows_fail_only_their_events_and_name_the_column() -> Result<()> {
     publish(&mut conn, "checked.event", &payloads)?;
     let _host = start_host(&redis, &ch, dir.path(), &config)?;
     wait_until("the good rows and the dead letters", Duration::from_secs(60), || {
-        count(&ch, "checked") == good as i64 && dead_letters(&mut conn).len() == bad.len()
+        ch.rows("checked") == good as i64 && dead_letters(&mut conn).len() == bad.len()
     })?;
     let dlq = dead_letters(&mut conn);
     for d in &dlq {
@@ -468,7 +460,7 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
     let mut h1 = start_host(&redis, &ch, d1.path(), &config)?;
     assert!(h1.log_text().contains("table created"), "{}", h1.log_text());
     publish(&mut conn, "evolve.event", &(0..50).map(|i| row(i, false)).collect::<Vec<_>>())?;
-    wait_until("50 rows from v1", Duration::from_secs(60), || count(&ch, "evolving") == 50)?;
+    wait_until("50 rows from v1", Duration::from_secs(60), || ch.rows("evolving") == 50)?;
     h1.stop();
 
     // inspect says what v2 would do, without doing it.
@@ -499,7 +491,7 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
         assert!(h2.log_text().contains(change), "{change}: {}", h2.log_text());
     }
     publish(&mut conn, "evolve.event", &(50..100).map(|i| row(i, true)).collect::<Vec<_>>())?;
-    wait_until("100 rows", Duration::from_secs(60), || count(&ch, "evolving") == 100)?;
+    wait_until("100 rows", Duration::from_secs(60), || ch.rows("evolving") == 100)?;
     assert_eq!(
         ch.query("SELECT countIf(country = 'NL'), countIf(isNull(score)), sum(score), countIf(kind = 'app') FROM analytics.evolving")?,
         "50\t50\t1862.5\t50"
@@ -524,7 +516,7 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
         assert!(log3.contains(reason), "missing `{reason}` in:\n{log3}");
     }
     publish(&mut conn, "evolve.event", &(100..150).map(|i| row(i, true)).collect::<Vec<_>>())?;
-    wait_until("150 rows, all by v2", Duration::from_secs(60), || count(&ch, "evolving") == 150)?;
+    wait_until("150 rows, all by v2", Duration::from_secs(60), || ch.rows("evolving") == 150)?;
     assert_eq!(ch.query("DESCRIBE TABLE analytics.evolving")?, describe_before);
     assert!(dead_letters(&mut conn).is_empty());
     // inspect agrees, and exits with 1.
@@ -578,7 +570,7 @@ fn a_table_sluice_did_not_create_is_checked_but_never_altered() -> Result<()> {
     let mut conn = redis.conn()?;
     publish(&mut conn, "fits.event", &[json!({"rows": [{"table": "handmade", "values": [1, "a"]}]})])?;
     let host = start_host(&redis, &ch, dir.path(), &config)?;
-    wait_until("the row", Duration::from_secs(60), || count(&ch, "handmade") == 1)?;
+    wait_until("the row", Duration::from_secs(60), || ch.rows("handmade") == 1)?;
     assert_eq!(ch.query("SELECT k, s, note FROM analytics.handmade")?, "1\ta\tby hand");
     let log = host.log_text();
     assert!(
@@ -623,7 +615,7 @@ fn rows_clickhouse_refuses_fail_only_their_events_not_the_shared_block() -> Resu
     publish(&mut conn, "mixed.event", &mixed)?;
     let host = start_host(&redis, &ch, dir.path(), &config)?;
     wait_until("297 rows, and the three boom events dead-lettered", Duration::from_secs(90), || {
-        count(&ch, "guarded") == 297 && dead_letters(&mut conn).len() == 3
+        ch.rows("guarded") == 297 && dead_letters(&mut conn).len() == 3
     })
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", host.log_text()))?;
     assert!(
