@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FileSettings, Settings};
-use crate::plugin::{LoadedPlugin, Sandbox, SandboxEngine, wit};
+use crate::plugin::{LoadedPlugin, SandboxEngine, wit};
 use crate::source::streams::{self, redact_url};
 use crate::writer::clickhouse::ChClient;
 
@@ -136,6 +136,15 @@ pub enum PluginCommand {
         clickhouse_user: Option<String>,
         #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true, requires = "clickhouse_url")]
         clickhouse_password: Option<String>,
+    },
+    /// Run fixture files against a plugin (events in, expected rows or errors out) and print a
+    /// readable difference for each that does not match; exit 1 if any fails.
+    Test {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// A fixture file, or a directory of them (*.json).
+        #[arg(long)]
+        fixtures: PathBuf,
     },
     /// Run a plugin's handler on events from a file and print the rows as JSON lines.
     Run {
@@ -578,12 +587,22 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
             })
             .collect::<Result<_>>()?,
     };
+    events_from_values(values, &path.display().to_string(), event_type)
+}
+
+/// Events from JSON objects `{"type", "payload", "id"?, "ts"?, "source"?, "tenant"?}` (or bare
+/// payloads of `event_type`); `label` names where they came from in errors.
+pub fn events_from_values(
+    values: Vec<serde_json::Value>,
+    label: &str,
+    event_type: Option<&str>,
+) -> Result<Vec<wit::Event>> {
     let now = chrono::Utc::now().timestamp_millis();
     values
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            let at = || format!("{} event {}", path.display(), i + 1);
+            let at = || format!("{label} event {}", i + 1);
             if let Some(t) = event_type {
                 return Ok(wit::Event {
                     id: format!("event-{}", i + 1),
@@ -627,10 +646,6 @@ pub fn read_events(path: &Path, event_type: Option<&str>) -> Result<Vec<wit::Eve
 pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> Result<bool> {
     let p = std::sync::Arc::new(load_one(file)?);
     let events = read_events(events_file, event_type)?;
-    let mut sandbox = Sandbox::new(p.clone());
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut all_ok = true;
     for (i, e) in events.iter().enumerate() {
         if !p.manifest.subscriptions.contains(&e.event_type) {
             eprintln!(
@@ -640,21 +655,17 @@ pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> 
                 i + 1
             );
         }
-        let outcome = sandbox.run(std::slice::from_ref(e));
-        for f in &outcome.failures {
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut all_ok = true;
+    for mut o in crate::fixtures::outcomes(&p, &events)? {
+        if o.get("error").is_some() {
             all_ok = false;
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"event": i, "id": e.id, "error": f.message, "permanent": f.permanent})
-            )?;
+            let i = o["event"].as_u64().unwrap_or(0) as usize;
+            o["id"] = serde_json::json!(events[i].id);
         }
-        for (t, rows) in outcome.tables.iter().enumerate() {
-            let schema = &p.tables[t];
-            for row in crate::plugin::rows::rowbinary_to_json(&rows.data, schema).map_err(anyhow::Error::msg)? {
-                writeln!(out, "{}", serde_json::json!({"event": i, "table": schema.name, "row": row}))?;
-            }
-        }
+        writeln!(out, "{o}")?;
     }
     Ok(all_ok)
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod deploy;
 pub mod dlq;
+pub mod fixtures;
 pub mod host;
 pub mod plugin;
 pub mod priority;

@@ -1,0 +1,48 @@
+//! `sluice plugin test`: the first-party plugins' fixtures pass, and a fixture that does not
+//! match fails with a readable difference and a non-zero exit.
+
+use anyhow::Result;
+use serde_json::Value;
+use sluice_tests::{plugins_dir, repo_root, sluice};
+
+#[test]
+fn the_first_party_plugins_pass_their_fixtures() -> Result<()> {
+    for plugin in ["promo-code-analytics", "order-analytics", "user-stats"] {
+        let wasm = plugins_dir().join(format!("{plugin}.wasm")).display().to_string();
+        let fixtures = repo_root().join("plugins").join(plugin).join("fixtures").display().to_string();
+        let out = sluice(&["plugin", "test", &wasm, "--fixtures", &fixtures], &[])?;
+        assert!(out.contains(", 0 failed"), "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_fixture_that_does_not_match_prints_what_differs_and_fails() -> Result<()> {
+    let original = repo_root().join("plugins/order-analytics/fixtures/orders.json");
+    let mut fixture: Value = serde_json::from_str(&std::fs::read_to_string(original)?)?;
+    let expect = fixture["expect"].as_array_mut().unwrap();
+    expect[0]["row"]["amount"] = serde_json::json!(42.0);
+    expect[0]["row"]["coupon"] = serde_json::json!("none");
+    expect[2]["message_contains"] = serde_json::json!("missing field `orderId`");
+    expect.push(serde_json::json!({"event": 2, "table": "orders_analytics", "row": {}}));
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("wrong.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&fixture)?)?;
+    let wasm = plugins_dir().join("order-analytics.wasm").display().to_string();
+    let err = sluice(&["plugin", "test", &wasm, "--fixtures", &path.display().to_string()], &[])
+        .expect_err("a wrong fixture must fail")
+        .to_string();
+    for needle in [
+        "FAIL ",
+        "item 0 (event 0):",
+        "amount: expected 42.0, got 42.5",
+        "coupon: expected \"none\", but the table has no such column",
+        "message does not contain \"missing field `orderId`\"",
+        "item 3: missing:",
+        "1 fixtures: 0 passed, 1 failed (order-analytics)",
+    ] {
+        assert!(err.contains(needle), "`{needle}` not in:\n{err}");
+    }
+    Ok(())
+}
