@@ -137,6 +137,17 @@ pub enum PluginCommand {
         #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true, requires = "clickhouse_url")]
         clickhouse_password: Option<String>,
     },
+    /// Create a ready-to-build plugin project: manifest, one handler, one fixture, one test.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`); also the directory created.
+        name: String,
+        /// The language of the project.
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
+        lang: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Run fixture files against a plugin (events in, expected rows or errors out) and print a
     /// readable difference for each that does not match; exit 1 if any fails.
     Test {

@@ -16,5 +16,6 @@ pub mod plugin;
 pub mod priority;
 pub mod router;
 pub mod sample;
+pub mod scaffold;
 pub mod source;
 pub mod writer;

@@ -45,6 +45,11 @@ fn main() -> ExitCode {
             Command::Dlq(d) => cli::dlq(d).await.map(|_| true),
             Command::Replay(r) => cli::replay(r).await.map(|_| true),
             Command::Health(h) => cli::health(h).await,
+            Command::Plugin(PluginCommand::New { name, lang, dir }) => sluice::scaffold::new_plugin(&name, &lang, &dir)
+                .map(|root| {
+                    println!("{}", sluice::scaffold::next_steps(&root, &name));
+                    true
+                }),
             Command::Plugin(PluginCommand::Test { file, fixtures }) => sluice::fixtures::run(&file, &fixtures),
             Command::Plugin(PluginCommand::Run { file, event, event_type }) => {
                 cli::run_plugin(&file, &event, event_type.as_deref())

@@ -46,3 +46,34 @@ fn a_fixture_that_does_not_match_prints_what_differs_and_fails() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_new_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let printed = sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[])?;
+    let project = dir.path().join("demo");
+    assert!(printed.contains("cargo build --release --target wasm32-wasip2"), "{printed}");
+    let cargo = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("timeout")
+            .arg("900")
+            .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(&project)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(out.status.success(), "cargo {args:?} failed in the new project:\n{text}");
+        Ok(text)
+    };
+    cargo(&["build", "--release", "--target", "wasm32-wasip2"])?;
+    assert!(cargo(&["test"])?.contains("1 passed"));
+    let wasm = project.join("target/wasm32-wasip2/release/demo.wasm").display().to_string();
+    let out = sluice(&["plugin", "test", &wasm, "--fixtures", &project.join("fixtures").display().to_string()], &[])?;
+    assert!(out.contains("1 fixtures: 1 passed, 0 failed (demo)"), "{out}");
+    // Names that cannot name consumer groups, and existing directories, are refused.
+    let bad = sluice(&["plugin", "new", "Bad_Name", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
+    assert!(bad.to_string().contains("use lower-case letters, digits and `-`"), "{bad}");
+    let again = sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
+    assert!(again.to_string().contains("already exists"), "{again}");
+    Ok(())
+}
