@@ -502,7 +502,8 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_one(path: &Path) -> Result<LoadedPlugin> {
+/// Loads a plugin file on its own (no host config), for the commands that run plugins offline.
+pub(crate) fn load_one(path: &Path) -> Result<LoadedPlugin> {
     let engine = SandboxEngine::new()?;
     LoadedPlugin::load(&engine, path, &crate::plugin::PluginDefaults::default())
 }

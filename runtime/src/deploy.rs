@@ -216,15 +216,14 @@ impl Deployer {
             }
         }
         let owner = Owner { plugin: plugin.name(), version: &plugin.manifest.version, hash: &plugin.hash };
-        let prepared = loop {
+        // A retryable error (ClickHouse away) waits; a refusal or a fatal error is the answer.
+        let prepared = crate::host::wait_for("ClickHouse", || async {
             match evolve::prepare_plugin(self.writer.client(), &plugin.tables, owner).await {
-                Err(PrepareError::ClickHouse(e)) if e.retryable() => {
-                    tracing::warn!(plugin = plugin.name(), error = %e, "ClickHouse is not available to prepare the tables; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                other => break other,
+                Err(PrepareError::ClickHouse(e)) if e.retryable() => Err(anyhow::Error::from(e)),
+                other => Ok(other),
             }
-        };
+        })
+        .await;
         if let Err(e) = prepared {
             let why = match e {
                 PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),

@@ -103,11 +103,7 @@ fn difference(expected: &Value, actual: &Value) -> Option<Vec<String>> {
 
 /// Runs every fixture; prints `ok`/`FAIL` per file with the differences. Ok(true) if all pass.
 pub fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
-    let plugin = Arc::new(LoadedPlugin::load(
-        &crate::plugin::SandboxEngine::new()?,
-        plugin_file,
-        &crate::plugin::PluginDefaults::default(),
-    )?);
+    let plugin = Arc::new(crate::cli::load_one(plugin_file)?);
     let (mut passed, mut failed) = (0, 0);
     for file in fixture_files(fixtures)? {
         let label = file.display().to_string();

@@ -42,7 +42,7 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Retries `f` until it succeeds, logging why it did not; returns the error of a fatal
 /// failure (bad configuration) at once.
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,

@@ -292,6 +292,14 @@ pub fn plugins_dir() -> PathBuf {
     dir
 }
 
+/// The three first-party plugin files.
+pub fn first_party_plugins() -> Vec<PathBuf> {
+    ["order-analytics", "promo-code-analytics", "user-stats"]
+        .iter()
+        .map(|p| plugins_dir().join(format!("{p}.wasm")))
+        .collect()
+}
+
 /// A test-only plugin built from plugins/testing/ (target/test-plugins/<name>.wasm).
 pub fn test_plugin(name: &str) -> PathBuf {
     let p = repo_root().join("target/test-plugins").join(format!("{name}.wasm"));

@@ -223,14 +223,7 @@ fn assert_nothing_lost(
 
 #[test]
 fn chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing() -> Result<()> {
-    let mut s = setup(
-        &[
-            plugins_dir().join("order-analytics.wasm"),
-            plugins_dir().join("promo-code-analytics.wasm"),
-            plugins_dir().join("user-stats.wasm"),
-        ],
-        "",
-    )?;
+    let mut s = setup(&first_party_plugins(), "")?;
     let mut conn = s.redis.conn()?;
     let total = 50_000u32;
     let mut bad = HashSet::new();
@@ -411,14 +404,7 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
 
 #[test]
 fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work() -> Result<()> {
-    let mut s = setup(
-        &[
-            plugins_dir().join("order-analytics.wasm"),
-            plugins_dir().join("promo-code-analytics.wasm"),
-            plugins_dir().join("user-stats.wasm"),
-        ],
-        "",
-    )?;
+    let mut s = setup(&first_party_plugins(), "")?;
     let mut host = s.host()?;
     let mut bad = HashSet::new();
     {

@@ -225,11 +225,7 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
 fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
-    let dir = sluice_tests::plugin_dir_with(&[
-        sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
-        sluice_tests::plugins_dir().join("order-analytics.wasm"),
-        sluice_tests::plugins_dir().join("user-stats.wasm"),
-    ])?;
+    let dir = sluice_tests::plugin_dir_with(&sluice_tests::first_party_plugins())?;
     let cache = tempfile::tempdir()?;
     let cache_env = cache.path().display().to_string();
     let compile_ms = |log: &str, cached: bool| -> Vec<u64> {
