@@ -6,7 +6,7 @@ TEST_PLUGINS := flaky echo hostile
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
-.PHONY: deps test-deps build plugins demo test bench fmt clippy clean
+.PHONY: deps test-deps build plugins examples demo test bench fmt clippy clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -27,6 +27,19 @@ plugins: deps
 	@mkdir -p target/test-plugins
 	@for p in $(TEST_PLUGINS); do cp plugins/target/wasm32-wasip2/release/$${p//-/_}.wasm target/test-plugins/$$p.wasm; done
 
+# Builds the Python and JavaScript example plugins (twins of promo-code-analytics) into
+# target/examples/, installing componentize-py and componentize-js first (into the repository).
+# componentize-js resolves imports inside the directory it runs in: run it from the top.
+EXAMPLES_OUT := target/examples
+examples: deps
+	@mkdir -p $(EXAMPLES_OUT)
+	@node_bin=$$(bash scripts/plugin-toolchains.sh) && export PATH="$${node_bin:+$$node_bin:}$$PATH" && set -x && \
+	  timeout 600 target/tools/python/bin/componentize-py -q -d wit -w plugin componentize \
+	    -p examples/python/promo-code-analytics -p sdk/python app \
+	    -o $(EXAMPLES_OUT)/promo-code-analytics-py.wasm && \
+	  timeout 600 examples/js/node_modules/.bin/componentize-js examples/js/promo-code-analytics/plugin.js \
+	    --wit wit -n plugin -d http fetch-event -o $(EXAMPLES_OUT)/promo-code-analytics-js.wasm
+
 build: deps
 	$(CARGO) build --release --locked -p sluice
 
@@ -35,13 +48,16 @@ build: deps
 demo: plugins build
 	@bash scripts/demo.sh
 
-# The whole suite: unit tests of the host and the SDK, plugin fixtures, and end-to-end tests
+# The whole suite: unit tests of the host and the three SDKs, plugin fixtures, and end-to-end tests
 # against real redis-server and clickhouse-server processes started on free ports.
-test: test-deps plugins build
+test: test-deps plugins examples build
 	@mkdir -p target
 	set -o pipefail; { \
 	  (cd plugins && $(CARGO) test --locked -p sluice-sdk) && \
-	  SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
+	  timeout 120 python3 -m unittest discover -s sdk/python/tests && \
+	  timeout 120 node --test sdk/js/test/ && \
+	  SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_EXAMPLES=$(CURDIR)/$(EXAMPLES_OUT) \
+	  SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
 	    $(CARGO) test --release --locked --workspace -- --test-threads=2; \
 	} 2>&1 | tee target/test.log
 	@bash scripts/test-summary.sh target/test.log

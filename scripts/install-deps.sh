@@ -3,8 +3,10 @@
 # whatever is already present. Safe to run repeatedly; used by `make demo` and `make test`.
 #   - redis-server, clickhouse-server/client: the real services the tests and demo start
 #   - the wasm32-wasip2 Rust target: what plugins compile to
+#   - with `languages` (and `test`): python3 with venv, nodejs and npm, which build the Python
+#     and JavaScript plugins (scripts/plugin-toolchains.sh installs the build tools themselves)
 #   - with `test`: chromium, which the test suite drives headless to check the dashboard
-#     usage: install-deps.sh [test]
+#     usage: install-deps.sh [test|languages]
 set -euo pipefail
 
 SUDO=""
@@ -18,6 +20,12 @@ command -v clickhouse-client >/dev/null 2>&1 || need_pkgs+=(clickhouse-client)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+fi
+if [ "${1:-}" = test ] || [ "${1:-}" = languages ]; then
+  command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+  command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need_pkgs+=(npm)
 fi
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

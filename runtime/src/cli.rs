@@ -141,7 +141,8 @@ pub enum PluginCommand {
     New {
         /// The plugin's name (lower-case letters, digits, `-`); also the directory created.
         name: String,
-        /// The language of the project.
+        /// The language of the project: rust (cargo, wasm32-wasip2), python (componentize-py)
+        /// or js (componentize-js, Node.js 20+).
         #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
         lang: String,
         /// Where to create it.
@@ -504,7 +505,16 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
 
 /// Loads a plugin file on its own (no host config), for the commands that run plugins offline.
 pub(crate) fn load_one(path: &Path) -> Result<LoadedPlugin> {
-    let engine = SandboxEngine::new()?;
+    // The host's compiled-code cache, best effort: a Python or JavaScript component takes
+    // seconds to compile, and the edit → build → test loop runs this again and again.
+    let mut engine = SandboxEngine::new()?;
+    let dir = std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from);
+    if dir.as_ref().is_none_or(|d| d.as_os_str() != "off") {
+        let dir = dir.unwrap_or_else(crate::config::default_cache_dir);
+        if let Ok(cached) = engine.clone().with_cache(&dir) {
+            engine = cached;
+        }
+    }
     LoadedPlugin::load(&engine, path, &crate::plugin::PluginDefaults::default())
 }
 

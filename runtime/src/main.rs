@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             Command::Health(h) => cli::health(h).await,
             Command::Plugin(PluginCommand::New { name, lang, dir }) => sluice::scaffold::new_plugin(&name, &lang, &dir)
                 .map(|root| {
-                    println!("{}", sluice::scaffold::next_steps(&root, &name));
+                    println!("{}", sluice::scaffold::next_steps(&root, &name, &lang));
                     true
                 }),
             Command::Plugin(PluginCommand::Test { file, fixtures }) => sluice::fixtures::run(&file, &fixtures),

@@ -1,6 +1,10 @@
 //! `sluice plugin new`: a ready-to-build plugin project — manifest, one handler, one fixture,
-//! one test — that depends on nothing but public crates: the Rust SDK and the WIT contract are
-//! copied into the project (from the ones this binary was built with), so it builds anywhere.
+//! one test — in Rust, Python (componentize-py) or JavaScript (componentize-js). The project
+//! depends on nothing but public packages: the SDK of its language and the WIT contract are
+//! copied into it (from the ones this binary was built with), so it builds anywhere.
+//!
+//! All three languages get the same example (`example.created` events → rows of
+//! `<name>_rows`) and the same fixture, so a project's fixture passes whichever it is in.
 
 use std::path::{Path, PathBuf};
 
@@ -9,15 +13,12 @@ use anyhow::{Context, Result, bail};
 const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
 const SDK_TIME: &str = include_str!("../../plugins/sdk/src/time.rs");
 const SDK_VALUE: &str = include_str!("../../plugins/sdk/src/value.rs");
+const SDK_PYTHON: &str = include_str!("../../sdk/python/sluice_sdk.py");
+const SDK_JS: &str = include_str!("../../sdk/js/sluice_sdk.js");
 const WIT: &str = include_str!("../../wit/sluice.wit");
 
-/// Creates the project `<dir>/<name>`; returns its path.
+/// Creates the project `<dir>/<name>` in `lang` (`rust`, `python` or `js`); returns its path.
 pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
-    if lang != "rust" {
-        bail!(
-            "--lang {lang}: only `rust` scaffolds exist so far; plugins in other languages implement the same WIT (wit/sluice.wit)"
-        );
-    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_lowercase()
@@ -33,32 +34,66 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
     }
     let snake = name.replace('-', "_");
     let table = format!("{snake}_rows");
-    let files: Vec<(String, String)> = vec![
-        ("Cargo.toml".into(), CARGO_TOML.replace("{name}", name)),
-        ("src/lib.rs".into(), PLUGIN_LIB.replace("{name}", name).replace("{table}", &table)),
-        ("fixtures/example.json".into(), FIXTURE.replace("{name}", name).replace("{table}", &table)),
-        ("README.md".into(), README.replace("{name}", name).replace("{snake}", &snake)),
-        (".gitignore".into(), "/target\n".into()),
-        ("sluice-sdk/Cargo.toml".into(), SDK_CARGO_TOML.into()),
-        // The SDK finds the WIT two levels up in the Sluice repository; here it is one level up.
-        ("sluice-sdk/src/lib.rs".into(), SDK_LIB.replace("path: \"../../wit\"", "path: \"../wit\"")),
-        ("sluice-sdk/src/time.rs".into(), SDK_TIME.into()),
-        ("sluice-sdk/src/value.rs".into(), SDK_VALUE.into()),
-        ("wit/sluice.wit".into(), WIT.into()),
-    ];
+    let fill = |t: &str| t.replace("{name}", name).replace("{table}", &table).replace("{snake}", &snake);
+    let mut files: Vec<(&str, String)> = vec![("fixtures/example.json", fill(FIXTURE)), ("wit/sluice.wit", WIT.into())];
+    match lang {
+        "rust" => files.extend([
+            ("Cargo.toml", fill(CARGO_TOML)),
+            ("src/lib.rs", fill(PLUGIN_LIB)),
+            ("README.md", fill(README)),
+            (".gitignore", "/target\n".into()),
+            ("sluice-sdk/Cargo.toml", SDK_CARGO_TOML.into()),
+            // The SDK finds the WIT two levels up in the Sluice repository; here it is one level up.
+            ("sluice-sdk/src/lib.rs", SDK_LIB.replace("path: \"../../wit\"", "path: \"../wit\"")),
+            ("sluice-sdk/src/time.rs", SDK_TIME.into()),
+            ("sluice-sdk/src/value.rs", SDK_VALUE.into()),
+        ]),
+        "python" => files.extend([
+            ("app.py", fill(PY_APP)),
+            ("test_app.py", fill(PY_TEST)),
+            ("sluice_sdk.py", SDK_PYTHON.into()),
+            ("requirements.txt", PY_REQUIREMENTS.into()),
+            ("build.sh", fill(PY_BUILD)),
+            ("README.md", fill(PY_README)),
+            (".gitignore", "/.venv\n/build\n__pycache__/\n*.wasm\n".into()),
+        ]),
+        "js" => files.extend([
+            ("package.json", fill(JS_PACKAGE)),
+            ("plugin.js", fill(JS_ENTRY)),
+            ("handler.js", fill(JS_HANDLER)),
+            ("handler.test.js", fill(JS_TEST)),
+            ("sluice_sdk.js", SDK_JS.into()),
+            ("README.md", fill(JS_README)),
+            (".gitignore", "/node_modules\n*.wasm\n".into()),
+        ]),
+        other => bail!("--lang {other}: choose rust, python or js"),
+    }
     for (path, text) in files {
         let p = root.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).with_context(|| format!("cannot create {}", p.display()))?;
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))?;
     }
+    #[cfg(unix)]
+    if lang == "python" {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root.join("build.sh"), std::fs::Permissions::from_mode(0o755))?;
+    }
     Ok(root)
 }
 
 /// What to run next, printed after the project is made.
-pub fn next_steps(root: &Path, name: &str) -> String {
-    let wasm = format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"));
+pub fn next_steps(root: &Path, name: &str, lang: &str) -> String {
+    let (build, test, wasm) = match lang {
+        "python" => ("./build.sh".to_string(), "python3 -m unittest".to_string(), format!("{name}.wasm")),
+        "js" => ("npm install && npm run build".to_string(), "npm test".to_string(), format!("{name}.wasm")),
+        _ => (
+            "cargo build --release --target wasm32-wasip2".to_string(),
+            "cargo test".to_string(),
+            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+        ),
+    };
     format!(
-        "created {}\n\nbuild:  cd {} && cargo build --release --target wasm32-wasip2\ntest:   cargo test && sluice plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
+        "created {}\n\nbuild:  cd {} && {build}\ntest:   {test} && sluice plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
         root.display(),
         root.display()
     )
@@ -211,4 +246,214 @@ cp target/wasm32-wasip2/release/{snake}.wasm /path/to/plugins/{name}.wasm   # ho
 
 `sluice-sdk/` and `wit/` are copies of the Rust SDK and the WIT contract (`sluice:plugin@0.1.0`)
 from the Sluice release that made this project.
+"#;
+
+const PY_REQUIREMENTS: &str = "componentize-py==0.25.1\n";
+
+const PY_APP: &str = r#""""The `{name}` Sluice plugin: `example.created` events become rows of `{table}`.
+
+Edit the payload fields, the table and `to_row`; keep the plugin's name stable (it names the
+consumer groups). The host checks every row against the declared columns.
+"""
+
+import math
+
+import sluice_sdk
+from sluice_sdk import DateTime, Permanent, Plugin, Table
+
+ROWS = Table(
+    "{table}",
+    [
+        ("event_date", "Date"),
+        ("created_at", "DateTime"),
+        ("id", "String"),
+        ("amount", "Float64"),
+        ("note", "Nullable(String)"),
+    ],
+    partition_by="toYYYYMM(event_date)",
+    order_by=["event_date", "id"],
+)
+
+# The event's payload, as the producer writes it (JSON, camelCase): required fields and types.
+EXAMPLE_CREATED = {"id": str, "amount": float, "createdAt": str}
+
+
+def to_row(p):
+    """Turns one payload into its row; a bad value is a permanent failure that names it."""
+    amount = float(p["amount"])
+    if not math.isfinite(amount) or amount < 0:
+        raise Permanent(f"amount must be a non-negative number, got {p['amount']}")
+    note = p.get("note")
+    if note is not None and not isinstance(note, str):
+        raise Permanent(f"note must be a string, got {note!r}")
+    at = DateTime.parse(p["createdAt"])
+    return {"event_date": at.date(), "created_at": at, "id": p["id"], "amount": amount, "note": note}
+
+
+class Example(Plugin):
+    name = "{name}"
+    version = "0.1.0"
+    subscriptions = ["example.created"]
+    tables = [ROWS]
+
+    def handle(self, event, out):
+        out.row(ROWS, to_row(event.json(EXAMPLE_CREATED)))
+
+
+# What componentize-py exports as the WIT `handler` interface.
+Handler = sluice_sdk.export(Example())
+"#;
+
+const PY_TEST: &str = r#"import unittest
+
+from app import to_row
+from sluice_sdk import Permanent
+
+
+class ToRow(unittest.TestCase):
+    def test_a_payload_becomes_a_row_and_a_negative_amount_fails(self):
+        def p(amount):
+            return {"id": "x1", "amount": amount, "createdAt": "2024-06-01T10:30:00Z"}
+
+        row = to_row(p(12.5))
+        self.assertEqual((row["id"], row["amount"]), ("x1", 12.5))
+        with self.assertRaisesRegex(Permanent, "non-negative"):
+            to_row(p(-1.0))
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const PY_BUILD: &str = r#"#!/bin/sh
+# Builds {name}.wasm with componentize-py, installed on first use into .venv (the version
+# pinned in requirements.txt). Only app.py's own directory is packed into the component.
+set -eu
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/componentize-py ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+fi
+rm -rf build && mkdir -p build && cp app.py sluice_sdk.py build/
+.venv/bin/componentize-py -q -d wit -w plugin componentize -p build app -o {name}.wasm
+echo "built {name}.wasm"
+"#;
+
+const PY_README: &str = r#"# {name}
+
+A Sluice plugin in Python, made by `sluice plugin new {name} --lang python`.
+
+```sh
+./build.sh                                        # -> {name}.wasm (componentize-py in .venv)
+python3 -m unittest                               # the unit test in test_app.py
+sluice plugin test {name}.wasm --fixtures fixtures
+sluice plugin inspect {name}.wasm                 # manifest and DDL
+cp {name}.wasm /path/to/plugins/{name}.wasm       # hot-reloaded
+```
+
+`sluice_sdk.py` and `wit/` are copies of the Python SDK and the WIT contract
+(`sluice:plugin@0.1.0`) from the Sluice release that made this project. Needs python3 with
+venv. The component is about 18 MB (it carries the Python interpreter) and takes a few seconds
+to compile the first time the host loads it; the host caches the compiled code.
+"#;
+
+const JS_PACKAGE: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "description": "A Sluice plugin made by `sluice plugin new {name} --lang js`",
+  "type": "module",
+  "engines": {
+    "node": ">=20"
+  },
+  "scripts": {
+    "build": "componentize-js plugin.js --wit wit -n plugin -d http fetch-event -o {name}.wasm",
+    "test": "node --test"
+  },
+  "devDependencies": {
+    "@bytecodealliance/componentize-js": "0.23.0"
+  }
+}
+"#;
+
+const JS_ENTRY: &str = r#"// The component's entry module: the only one that imports the host interface.
+import * as host from 'sluice:plugin/host@0.1.0';
+import { exportPlugin } from './sluice_sdk.js';
+import { plugin } from './handler.js';
+
+export const handler = exportPlugin(plugin, host);
+"#;
+
+const JS_HANDLER: &str = r#"// The `{name}` Sluice plugin: `example.created` events become rows of `{table}`.
+//
+// Edit the payload fields, the table and `toRow`; keep the plugin's name stable (it names the
+// consumer groups). The host checks every row against the declared columns.
+
+import { Instant, Permanent, Table } from './sluice_sdk.js';
+
+export const rows = new Table(
+  '{table}',
+  [
+    ['event_date', 'Date'],
+    ['created_at', 'DateTime'],
+    ['id', 'String'],
+    ['amount', 'Float64'],
+    ['note', 'Nullable(String)'],
+  ],
+  { partitionBy: 'toYYYYMM(event_date)', orderBy: ['event_date', 'id'] },
+);
+
+// The event's payload, as the producer writes it (JSON, camelCase): required fields and kinds.
+const exampleCreated = { id: 'string', amount: 'number', createdAt: 'string' };
+
+/** Turns one payload into its row; a bad value is a permanent failure that names it. */
+export function toRow(p) {
+  if (!Number.isFinite(p.amount) || p.amount < 0) {
+    throw new Permanent(`amount must be a non-negative number, got ${p.amount}`);
+  }
+  const note = p.note ?? null;
+  if (note !== null && typeof note !== 'string') throw new Permanent(`note must be a string, got ${JSON.stringify(note)}`);
+  const at = Instant.parse(p.createdAt);
+  return { event_date: at.date(), created_at: at, id: p.id, amount: p.amount, note };
+}
+
+export const plugin = {
+  name: '{name}',
+  version: '0.1.0',
+  subscriptions: ['example.created'],
+  tables: [rows],
+  handle(event, out) {
+    out.row(rows, toRow(event.json(exampleCreated)));
+  },
+};
+"#;
+
+const JS_TEST: &str = r#"import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { toRow } from './handler.js';
+
+test('a payload becomes a row and a negative amount fails', () => {
+  const p = (amount) => ({ id: 'x1', amount, createdAt: '2024-06-01T10:30:00Z' });
+  const row = toRow(p(12.5));
+  assert.deepEqual([row.id, row.amount], ['x1', 12.5]);
+  assert.throws(() => toRow(p(-1)), /non-negative/);
+});
+"#;
+
+const JS_README: &str = r#"# {name}
+
+A Sluice plugin in JavaScript, made by `sluice plugin new {name} --lang js`.
+
+```sh
+npm install && npm run build                      # -> {name}.wasm (componentize-js)
+npm test                                          # the unit test in handler.test.js
+sluice plugin test {name}.wasm --fixtures fixtures
+sluice plugin inspect {name}.wasm                 # manifest and DDL
+cp {name}.wasm /path/to/plugins/{name}.wasm       # hot-reloaded
+```
+
+`sluice_sdk.js` and `wit/` are copies of the JavaScript SDK and the WIT contract
+(`sluice:plugin@0.1.0`) from the Sluice release that made this project. Needs Node.js 20 or
+later. componentize-js only resolves imports inside this directory: keep modules here. The
+component is about 12 MB (it carries a JavaScript engine); the host caches the compiled code.
 "#;

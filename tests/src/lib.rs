@@ -300,6 +300,17 @@ pub fn first_party_plugins() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The Python and JavaScript example plugins (`make examples`): `$SLUICE_TEST_EXAMPLES`, else
+/// target/examples/<name>.wasm.
+pub fn example_plugin(name: &str) -> PathBuf {
+    let dir = std::env::var("SLUICE_TEST_EXAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/examples"));
+    let p = dir.join(format!("{name}.wasm"));
+    assert!(p.exists(), "no example plugin {}: run `make examples`", p.display());
+    p
+}
+
 /// A test-only plugin built from plugins/testing/ (target/test-plugins/<name>.wasm).
 pub fn test_plugin(name: &str) -> PathBuf {
     let p = repo_root().join("target/test-plugins").join(format!("{name}.wasm"));

@@ -47,33 +47,62 @@ fn a_fixture_that_does_not_match_prints_what_differs_and_fails() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_new_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+/// `sluice plugin new demo --lang <lang>`, then the build and test commands it printed, run
+/// as printed (with `sluice` on PATH): the project builds, its unit test passes, and its
+/// fixture passes against the built component.
+fn a_new_project_builds_and_passes_its_tests_as_printed(lang: &str, unit_test_passed: &str) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let printed = sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[])?;
-    let project = dir.path().join("demo");
-    assert!(printed.contains("cargo build --release --target wasm32-wasip2"), "{printed}");
-    let cargo = |args: &[&str]| -> Result<String> {
+    let printed = sluice(&["plugin", "new", "demo", "--lang", lang, "--dir", &dir.path().display().to_string()], &[])?;
+    let line = |prefix: &str| -> String {
+        let l = printed
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {printed}"));
+        l.trim().to_string()
+    };
+    let (build, test) = (line("build:"), line("test:"));
+    assert!(test.contains("sluice plugin test") && test.contains("--fixtures fixtures"), "{printed}");
+    // `sluice` and (when the system's is too old) the Node.js 20 of scripts/plugin-toolchains.sh.
+    let mut path = vec![sluice_tests::sluice_bin().parent().unwrap().to_path_buf()];
+    path.push(repo_root().join("target/tools/node/bin"));
+    path.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    let run = |cwd: &std::path::Path, script: &str| -> Result<String> {
         let out = std::process::Command::new("timeout")
-            .arg("900")
-            .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(args)
-            .current_dir(&project)
+            .args(["900", "sh", "-c", script])
+            .current_dir(cwd)
+            .env("PATH", std::env::join_paths(&path)?)
             .env_remove("CARGO_TARGET_DIR")
             .output()?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        anyhow::ensure!(out.status.success(), "cargo {args:?} failed in the new project:\n{text}");
+        anyhow::ensure!(out.status.success(), "`{script}` failed:\n{text}");
         Ok(text)
     };
-    cargo(&["build", "--release", "--target", "wasm32-wasip2"])?;
-    assert!(cargo(&["test"])?.contains("1 passed"));
-    let wasm = project.join("target/wasm32-wasip2/release/demo.wasm").display().to_string();
-    let out = sluice(&["plugin", "test", &wasm, "--fixtures", &project.join("fixtures").display().to_string()], &[])?;
+    run(dir.path(), &build)?;
+    let out = run(&dir.path().join("demo"), &test)?;
+    assert!(out.contains(unit_test_passed), "the unit test did not run:\n{out}");
     assert!(out.contains("1 fixtures: 1 passed, 0 failed (demo)"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn a_new_rust_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+    a_new_project_builds_and_passes_its_tests_as_printed("rust", "1 passed")?;
     // Names that cannot name consumer groups, and existing directories, are refused.
+    let dir = tempfile::tempdir()?;
     let bad = sluice(&["plugin", "new", "Bad_Name", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
     assert!(bad.to_string().contains("use lower-case letters, digits and `-`"), "{bad}");
+    sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[])?;
     let again = sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
     assert!(again.to_string().contains("already exists"), "{again}");
     Ok(())
+}
+
+#[test]
+fn a_new_python_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+    a_new_project_builds_and_passes_its_tests_as_printed("python", "Ran 1 test")
+}
+
+#[test]
+fn a_new_javascript_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+    a_new_project_builds_and_passes_its_tests_as_printed("js", "# pass 1")
 }

@@ -1,0 +1,374 @@
+// The Sluice plugin SDK for JavaScript (componentize-js).
+//
+// A plugin is an object with a name, a version, the event types it subscribes to, the tables
+// it writes, and a `handle(event, out)` method that emits rows for one event or throws
+// `Permanent` / `Transient`. `exportPlugin(plugin, host)` turns it into the `handler` object
+// the component exports.
+//
+// The SDK does what the Rust SDK does, in the same encoding (see `wit/sluice.wit`):
+// - rows are packed into one buffer per batch: u32 event index, u16 table index, u16 value
+//   count, then one tagged value per column;
+// - an event that throws loses the rows it emitted before it threw; its batch-mates go on;
+// - an exception that is not a `Failure` fails its event permanently with its name and
+//   message (a bug in the handler is not fixed by retrying), instead of failing the batch;
+// - timestamps are parsed by the same RFC 3339 rules as the Rust SDK's, so the same payload
+//   gives the same row in either language.
+//
+// This module imports nothing: unit tests run it under Node (`node --test`) without building a
+// component. Only the entry module imports the host interface and passes it to `exportPlugin`.
+
+// ----- failures --------------------------------------------------------------------------------
+
+/** An event the plugin could not handle. Throw `Permanent` or `Transient`. */
+export class Failure extends Error {
+  constructor(message, permanent = true) {
+    super(message);
+    this.name = permanent ? 'Permanent' : 'Transient';
+    this.permanent = permanent;
+  }
+}
+
+/** The event itself is bad: the host dead-letters it at once. */
+export class Permanent extends Failure {
+  constructor(message) {
+    super(message, true);
+  }
+}
+
+/** Something outside the event failed: the host retries it with backoff. */
+export class Transient extends Failure {
+  constructor(message) {
+    super(message, false);
+  }
+}
+
+// ----- dates and times -------------------------------------------------------------------------
+
+/** A ClickHouse `Date`: days since 1970-01-01. */
+export class Day {
+  constructor(days) {
+    this.days = Math.trunc(days);
+  }
+}
+
+/** A ClickHouse `DateTime`: whole seconds since the epoch, UTC. */
+export class Instant {
+  constructor(seconds) {
+    this.seconds = Math.trunc(seconds);
+  }
+  static fromMillis(ms) {
+    return new Instant(Math.floor(ms / 1000));
+  }
+  /** Parses RFC 3339 (`2024-06-01T12:30:00.123Z`, `...+03:00`; no offset means UTC). */
+  static parse(text) {
+    return Instant.fromMillis(parseTimestampMs(text));
+  }
+  /** The UTC calendar date of this instant. */
+  date() {
+    return new Day(Math.floor(this.seconds / 86400));
+  }
+}
+
+function daysFromCivil(y, m, d) {
+  // Howard Hinnant's algorithm, as in the Rust SDK.
+  y = m <= 2 ? y - 1 : y;
+  const era = Math.floor(y / 400);
+  const yoe = y - era * 400;
+  const mp = (m + 9) % 12;
+  const doy = Math.floor((153 * mp + 2) / 5) + d - 1;
+  const doe = yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy;
+  return era * 146097 + doe - 719468;
+}
+
+/**
+ * Milliseconds since the epoch of an RFC 3339 timestamp; throws `Permanent` if it is not one.
+ * Accepts exactly what the Rust SDK accepts: `YYYY-MM-DD`, then optionally `T`/`t`/space,
+ * `hh:mm:ss`, a fraction (milliseconds kept), and `Z` or `±hh:mm` (none means UTC).
+ */
+export function parseTimestampMs(text) {
+  const bad = () => new Permanent(`invalid timestamp \`${text}\`: expected RFC 3339 like 2024-06-01T12:30:00Z`);
+  if (typeof text !== 'string') throw bad();
+  const b = text;
+  const num = (start, len) => {
+    const s = b.slice(start, start + len);
+    if (s.length !== len || !/^[0-9]+$/.test(s)) throw bad();
+    return Number(s);
+  };
+  if (b.length < 10 || b[4] !== '-' || b[7] !== '-') throw bad();
+  const y = num(0, 4), mo = num(5, 2), d = num(8, 2);
+  if (mo < 1 || mo > 12 || d < 1 || d > 31) throw bad();
+  let ms = daysFromCivil(y, mo, d) * 86400000;
+  if (b.length === 10) return ms;
+  if (!'Tt '.includes(b[10]) || b.length < 19 || b[13] !== ':' || b[16] !== ':') throw bad();
+  const h = num(11, 2), mi = num(14, 2), s = num(17, 2);
+  if (h > 23 || mi > 59 || s > 60) throw bad();
+  ms += (h * 3600 + mi * 60 + s) * 1000;
+  let i = 19;
+  if (b[i] === '.') {
+    i += 1;
+    const start = i;
+    while (i < b.length && b[i] >= '0' && b[i] <= '9') i += 1;
+    if (i === start) throw bad();
+    ms += Number((b.slice(start, i) + '00').slice(0, 3));
+  }
+  const rest = b.slice(i);
+  if (rest === '' || rest === 'Z' || rest === 'z') return ms;
+  if (rest.length === 6 && (rest[0] === '+' || rest[0] === '-') && rest[3] === ':') {
+    const off = (num(i + 1, 2) * 60 + num(i + 4, 2)) * 60000;
+    return rest[0] === '+' ? ms - off : ms + off;
+  }
+  throw bad();
+}
+
+// ----- events ----------------------------------------------------------------------------------
+
+const KINDS = { string: 'a string', number: 'a number', integer: 'an integer', boolean: 'a boolean', object: 'an object', array: 'an array' };
+
+function jsonKind(v) {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
+  if (typeof v === 'object') return 'an object';
+  return `${typeof v} \`${v}\``;
+}
+
+function hasKind(v, kind) {
+  switch (kind) {
+    case 'integer': return Number.isInteger(v);
+    case 'array': return Array.isArray(v);
+    case 'object': return v !== null && typeof v === 'object' && !Array.isArray(v);
+    default: return typeof v === kind;
+  }
+}
+
+/** One event, as the host passes it (the WIT `event` record). */
+export class Event {
+  constructor({ id, eventType, payload, timestampMs = 0n, source, tenant, attempt = 1 }) {
+    this.id = id;
+    this.eventType = eventType;
+    this.payload = typeof payload === 'string' ? payload : JSON.stringify(payload);
+    this.timestampMs = BigInt(timestampMs);
+    this.source = source;
+    this.tenant = tenant;
+    this.attempt = attempt;
+  }
+
+  /**
+   * The payload as an object; throws `Permanent` naming the problem if it is not one.
+   * `fields` maps required field names to their kind (`string`, `number`, `integer`,
+   * `boolean`, `object`, `array`); a missing field or a wrong kind fails the event with the
+   * same words the Rust SDK uses: "missing field `promoCodeId`".
+   */
+  json(fields = {}) {
+    const prefix = `invalid ${this.eventType} payload: `;
+    let value;
+    try {
+      // JSON has no infinities: `1e400` is out of range (as serde_json says), not Infinity.
+      value = JSON.parse(this.payload, (key, v) => {
+        if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`number out of range in \`${key}\``);
+        return v;
+      });
+    } catch (e) {
+      throw new Permanent(prefix + e.message);
+    }
+    if (!hasKind(value, 'object')) throw new Permanent(prefix + `expected an object, got ${jsonKind(value)}`);
+    for (const [name, kind] of Object.entries(fields)) {
+      if (!(name in value)) throw new Permanent(prefix + `missing field \`${name}\``);
+      if (!hasKind(value[name], kind)) {
+        throw new Permanent(prefix + `invalid type: ${jsonKind(value[name])}, expected ${KINDS[kind] ?? kind} for field \`${name}\``);
+      }
+    }
+    return value;
+  }
+}
+
+// ----- tables and rows -------------------------------------------------------------------------
+
+/**
+ * A table the plugin writes. `columns` is a list of `[name, ClickHouse type]` pairs; `engine`
+ * is `'MergeTree'`, `'AggregatingMergeTree'`, `['ReplacingMergeTree', versionColumn?]` or
+ * `['SummingMergeTree', [columns]]`.
+ */
+export class Table {
+  constructor(name, columns, { engine = 'MergeTree', partitionBy, orderBy = [], settings = [], comments = {} } = {}) {
+    this.name = name;
+    this.columns = columns;
+    this.engine = engine;
+    this.partitionBy = partitionBy;
+    this.orderBy = orderBy;
+    this.settings = settings;
+    this.comments = comments;
+  }
+}
+
+const TAG = { null: 0, bool: 1, int: 2, uint: 3, float: 4, string: 5, bytes: 6, array: 7 };
+const I64_MIN = -(2n ** 63n), I64_MAX = 2n ** 63n - 1n, U64_MAX = 2n ** 64n - 1n;
+const utf8 = new TextEncoder();
+
+function inner(ty) {
+  // `Nullable(T)` and `LowCardinality(T)` encode as `T`; `Array(T)` elements as `T`.
+  for (const w of ['Nullable(', 'LowCardinality(']) {
+    if (ty.startsWith(w) && ty.endsWith(')')) return inner(ty.slice(w.length, -1));
+  }
+  return ty;
+}
+
+/** A growable little-endian byte buffer. */
+class Writer {
+  constructor() {
+    this.bytes = new Uint8Array(4096);
+    this.view = new DataView(this.bytes.buffer);
+    this.len = 0;
+  }
+  reserve(n) {
+    if (this.len + n <= this.bytes.length) return;
+    const bigger = new Uint8Array(Math.max(this.bytes.length * 2, this.len + n));
+    bigger.set(this.bytes.subarray(0, this.len));
+    this.bytes = bigger;
+    this.view = new DataView(bigger.buffer);
+  }
+  u8(v) { this.reserve(1); this.bytes[this.len++] = v; }
+  u16(v) { this.reserve(2); this.view.setUint16(this.len, v, true); this.len += 2; }
+  u32(v) { this.reserve(4); this.view.setUint32(this.len, v, true); this.len += 4; }
+  i64(v) { this.reserve(8); this.view.setBigInt64(this.len, v, true); this.len += 8; }
+  u64(v) { this.reserve(8); this.view.setBigUint64(this.len, v, true); this.len += 8; }
+  f64(v) { this.reserve(8); this.view.setFloat64(this.len, v, true); this.len += 8; }
+  raw(b) { this.reserve(b.length); this.bytes.set(b, this.len); this.len += b.length; }
+  finish() { return this.bytes.slice(0, this.len); }
+}
+
+function writeValue(w, v, ty) {
+  const base = inner(ty);
+  if (v === null || v === undefined) {
+    w.u8(TAG.null);
+  } else if (typeof v === 'boolean') {
+    w.u8(TAG.bool); w.u8(v ? 1 : 0);
+  } else if (typeof v === 'bigint') {
+    if (v >= I64_MIN && v <= I64_MAX) { w.u8(TAG.int); w.i64(v); }
+    else if (v >= 0n && v <= U64_MAX) { w.u8(TAG.uint); w.u64(v); }
+    else throw new Permanent(`integer ${v} does not fit 64 bits`);
+  } else if (typeof v === 'number') {
+    // JavaScript has one number type: integral numbers go to integer columns as integers,
+    // everything else (and every number for Float and Decimal columns) as a float.
+    if (Number.isSafeInteger(v) && !/^(Float|Decimal)/.test(base)) { w.u8(TAG.int); w.i64(BigInt(v)); }
+    else { w.u8(TAG.float); w.f64(v); }
+  } else if (typeof v === 'string') {
+    const b = utf8.encode(v);
+    w.u8(TAG.string); w.u32(b.length); w.raw(b);
+  } else if (v instanceof Uint8Array) {
+    w.u8(TAG.bytes); w.u32(v.length); w.raw(v);
+  } else if (v instanceof Day) {
+    writeValue(w, base === 'Date' ? v.days : v.days * 86400, ty);
+  } else if (v instanceof Instant) {
+    writeValue(w, base === 'Date' ? v.date().days : v.seconds, ty);
+  } else if (v instanceof Date) {
+    writeValue(w, Instant.fromMillis(v.getTime()), ty);
+  } else if (Array.isArray(v)) {
+    const element = base.startsWith('Array(') ? base.slice(6, -1) : base;
+    w.u8(TAG.array); w.u32(v.length);
+    for (const x of v) writeValue(w, x, element);
+  } else {
+    throw new Permanent(`cannot write a ${typeof v} value`);
+  }
+}
+
+/** Collects the rows of a batch in the packed encoding of the WIT contract. */
+export class Output {
+  constructor(tables) {
+    this.tables = new Map(tables.map((t, i) => [t.name, [i, t]]));
+    this.w = new Writer();
+    this.event = 0;
+  }
+
+  /**
+   * Emits one row of `table` (a `Table` or its name) for the current event. `values` maps
+   * every column name to its value: null, boolean, number, bigint, string, Uint8Array,
+   * `Day`/`Instant`/`Date`, or an array for `Array` columns.
+   */
+  row(table, values) {
+    const name = typeof table === 'string' ? table : table.name;
+    const entry = this.tables.get(name);
+    if (!entry) throw new Permanent(`plugin bug: table \`${name}\` is not declared in the manifest`);
+    const [index, t] = entry;
+    const names = t.columns.map(([c]) => c);
+    const missing = names.filter((c) => !(c in values));
+    const extra = Object.keys(values).filter((c) => !names.includes(c));
+    if (missing.length || extra.length) {
+      throw new Permanent(`plugin bug: row for \`${name}\`: missing columns [${missing}], unknown columns [${extra}]`);
+    }
+    this.w.u32(this.event);
+    this.w.u16(index);
+    this.w.u16(names.length);
+    for (const [c, ty] of t.columns) writeValue(this.w, values[c], ty);
+  }
+}
+
+/**
+ * Handles a batch as the host would: returns `{rows, failures}` with the packed rows and
+ * `[index, Failure]` pairs. Used by `exportPlugin` and by unit tests.
+ */
+export function runBatch(plugin, events) {
+  const out = new Output(plugin.tables);
+  const failures = [];
+  events.forEach((event, i) => {
+    out.event = i;
+    const start = out.w.len;
+    try {
+      plugin.handle(event, out);
+    } catch (e) {
+      out.w.len = start; // drop the rows this event emitted before it failed
+      failures.push([i, e instanceof Failure ? e : new Permanent(`${e?.name ?? 'Error'}: ${e?.message ?? e}`)]);
+    }
+  });
+  return { rows: out.w.finish(), failures };
+}
+
+function engine(e) {
+  const [kind, arg] = Array.isArray(e) ? e : [e, undefined];
+  switch (kind) {
+    case 'MergeTree': return { tag: 'merge-tree' };
+    case 'AggregatingMergeTree': return { tag: 'aggregating-merge-tree' };
+    case 'ReplacingMergeTree': return { tag: 'replacing-merge-tree', val: arg };
+    case 'SummingMergeTree': return { tag: 'summing-merge-tree', val: arg ?? [] };
+    default: throw new Error(`unknown engine ${kind}`);
+  }
+}
+
+/**
+ * The `handler` export for `plugin`. In the entry module:
+ * ```js
+ * import * as host from 'sluice:plugin/host@0.1.0';
+ * export const handler = exportPlugin(myPlugin, host);
+ * ```
+ * `host` gives `plugin.config(key)` (the `[settings]` of the sidecar file) and
+ * `plugin.log(level, message, fields)`.
+ */
+export function exportPlugin(plugin, host) {
+  plugin.config = (key) => host.configGet(key);
+  plugin.log = (level, message, fields = {}) => host.log(level, message, Object.entries(fields).map(([k, v]) => [k, String(v)]));
+  return {
+    describe() {
+      return {
+        name: plugin.name,
+        version: plugin.version,
+        subscriptions: plugin.subscriptions,
+        tables: plugin.tables.map((t) => ({
+          name: t.name,
+          columns: t.columns.map(([name, ty]) => ({ name, ty, comment: t.comments[name] })),
+          engine: engine(t.engine),
+          partitionBy: t.partitionBy,
+          orderBy: t.orderBy,
+          settings: t.settings,
+        })),
+        extensions: [],
+      };
+    },
+    handleBatch(events) {
+      const { rows, failures } = runBatch(plugin, events.map((e) => new Event(e)));
+      return {
+        rows,
+        failures: failures.map(([event, f]) => ({ event, kind: f.permanent ? 'permanent' : 'transient', message: f.message })),
+      };
+    },
+  };
+}

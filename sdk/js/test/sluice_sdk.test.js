@@ -1,0 +1,61 @@
+// Unit tests of the JavaScript SDK under plain Node: `node --test sdk/js/test/`.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Day, Event, Instant, Output, Permanent, Table, Transient, parseTimestampMs, runBatch } from '../sluice_sdk.js';
+
+test('timestamps parse as the Rust SDK parses them', () => {
+  assert.equal(parseTimestampMs('1970-01-01T00:00:00Z'), 0);
+  assert.equal(parseTimestampMs('2024-06-01T12:30:00.123Z'), 1717245000123);
+  assert.equal(parseTimestampMs('2024-06-01T15:30:00+03:00'), 1717245000000);
+  assert.equal(parseTimestampMs('2024-06-01'), 1717200000000);
+  assert.equal(parseTimestampMs('2024-06-01T12:30:00.5'), 1717245000500);
+  assert.equal(parseTimestampMs('1969-12-31T23:59:59.999Z'), -1);
+  for (const bad of ['yesterday', '2024-13-01T00:00:00Z', '2024-06-01T12:30', '2024-06-01T12:30:00+0300', '2024-06-01T12:30:00.Z']) {
+    assert.throws(() => parseTimestampMs(bad), Permanent, bad);
+  }
+  assert.equal(Instant.parse('1969-12-31T23:59:59.999Z').seconds, -1);
+  assert.equal(Instant.parse('2024-06-01T12:30:00Z').date().days, 19875);
+});
+
+test('a row is packed byte for byte as the WIT describes', () => {
+  const t = new Table('t', [['d', 'Date'], ['at', 'DateTime'], ['n', 'UInt8'], ['f', 'Float64'], ['s', 'Nullable(String)'], ['a', 'Array(Int32)']]);
+  const out = new Output([t]);
+  out.event = 3;
+  out.row(t, { d: new Day(2), at: new Instant(7), n: 5, f: 1, s: null, a: [1, -1] });
+  const bytes = Buffer.from(out.w.finish()).toString('hex');
+  const i64 = (n) => Buffer.from(new BigInt64Array([BigInt(n)]).buffer).toString('hex');
+  const expected = '03000000' + '0000' + '0600' +
+    '02' + i64(2) + '02' + i64(7) + '02' + i64(5) +
+    '04' + Buffer.from(new Float64Array([1]).buffer).toString('hex') +
+    '00' + '07' + '02000000' + '02' + i64(1) + '02' + i64(-1);
+  assert.equal(bytes, expected);
+});
+
+test('a failing event loses its rows; a bug fails its event, not the batch', () => {
+  const t = new Table('t', [['k', 'UInt32']]);
+  const plugin = {
+    tables: [t],
+    handle(event, out) {
+      const { k, then } = event.json({ k: 'integer' });
+      out.row(t, { k });
+      if (then === 'permanent') throw new Permanent('bad event');
+      if (then === 'transient') throw new Transient('try later');
+      if (then === 'bug') null.x;
+    },
+  };
+  const events = [{ k: 1 }, { k: 2, then: 'permanent' }, { k: 3, then: 'transient' }, { k: 4, then: 'bug' }, { k: 'x' }, { k: 5 }]
+    .map((payload, i) => new Event({ id: `e${i}`, eventType: 'x', payload }));
+  const { rows, failures } = runBatch(plugin, events);
+  assert.equal(rows.length, 2 * (8 + 9));
+  assert.deepEqual(failures.map(([i, f]) => [i, f.permanent]), [[1, true], [2, false], [3, true], [4, true]]);
+  assert.match(failures[2][1].message, /^TypeError: /);
+  assert.equal(failures[3][1].message, 'invalid x payload: invalid type: string "x", expected an integer for field `k`');
+});
+
+test('payloads that are not JSON objects, or hold non-finite numbers, fail permanently', () => {
+  const e = (payload) => new Event({ id: 'e', eventType: 'T', payload });
+  assert.throws(() => e('{"a": ').json(), /invalid T payload: /);
+  assert.throws(() => e('[1]').json(), /expected an object, got an array/);
+  assert.throws(() => e('{"a": 1e400}').json(), /number out of range/);
+  assert.throws(() => e('{"b": 1}').json({ a: 'string' }), /missing field `a`/);
+});

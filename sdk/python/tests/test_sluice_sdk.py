@@ -1,0 +1,85 @@
+"""Unit tests of the Python SDK under plain Python: `python3 -m unittest discover sdk/python/tests`."""
+
+import os
+import struct
+import sys
+import unittest
+from datetime import date, datetime, timezone
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from sluice_sdk import Date, DateTime, Event, Output, Permanent, Plugin, Table, Transient, parse_timestamp_ms  # noqa: E402
+
+
+class Timestamps(unittest.TestCase):
+    def test_parse_as_the_rust_sdk_parses(self):
+        self.assertEqual(parse_timestamp_ms("1970-01-01T00:00:00Z"), 0)
+        self.assertEqual(parse_timestamp_ms("2024-06-01T12:30:00.123Z"), 1_717_245_000_123)
+        self.assertEqual(parse_timestamp_ms("2024-06-01T15:30:00+03:00"), 1_717_245_000_000)
+        self.assertEqual(parse_timestamp_ms("2024-06-01"), 1_717_200_000_000)
+        self.assertEqual(parse_timestamp_ms("2024-06-01T12:30:00.5"), 1_717_245_000_500)
+        self.assertEqual(DateTime.parse("1969-12-31T23:59:59.999Z").seconds, -1)
+        self.assertEqual(DateTime.parse("2024-06-01T12:30:00Z").date(), Date(19_875))
+        for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-06-01T12:30", "2024-06-01T12:30:00+0300", "x" * 30]:
+            with self.assertRaises(Permanent, msg=bad):
+                parse_timestamp_ms(bad)
+
+
+class Rows(unittest.TestCase):
+    def test_a_row_is_packed_byte_for_byte_as_the_wit_describes(self):
+        t = Table("t", [("d", "Date"), ("at", "DateTime"), ("n", "UInt8"), ("f", "Float64"),
+                        ("s", "Nullable(String)"), ("a", "Array(Int32)"), ("py", "Date")])
+        out = Output([t])
+        out.event = 3
+        at = datetime(1970, 1, 1, 0, 0, 7, tzinfo=timezone.utc)
+        out.row(t, {"d": Date(2), "at": at, "n": 5, "f": 1.0, "s": None, "a": [1, -1], "py": date(1970, 1, 3)})
+        q = lambda n: b"\x02" + struct.pack("<q", n)  # noqa: E731
+        expected = (struct.pack("<IHH", 3, 0, 7) + q(2) + q(7) + q(5) + b"\x04" + struct.pack("<d", 1.0)
+                    + b"\x00" + b"\x07" + struct.pack("<I", 2) + q(1) + q(-1) + q(2))
+        self.assertEqual(bytes(out.buffer), expected)
+
+    def test_undeclared_tables_and_missing_columns_fail_the_event(self):
+        out = Output([Table("t", [("a", "String")])])
+        with self.assertRaisesRegex(Permanent, "not declared"):
+            out.row("u", {"a": "x"})
+        with self.assertRaisesRegex(Permanent, r"missing columns \['a'\], unknown columns \['b'\]"):
+            out.row("t", {"b": "x"})
+
+
+class Batches(unittest.TestCase):
+    def test_a_failing_event_loses_its_rows_and_a_bug_fails_only_its_event(self):
+        t = Table("t", [("k", "UInt32")])
+
+        class P(Plugin):
+            tables = [t]
+
+            def handle(self, event, out):
+                p = event.json({"k": int})
+                out.row(t, {"k": p["k"]})
+                then = p.get("then")
+                if then == "permanent":
+                    raise Permanent("bad event")
+                if then == "transient":
+                    raise Transient("try later")
+                if then == "bug":
+                    return {}["missing"]
+
+        payloads = [{"k": 1}, {"k": 2, "then": "permanent"}, {"k": 3, "then": "transient"},
+                    {"k": 4, "then": "bug"}, {"k": True}, {"k": 5}]
+        rows, failures = P().run([Event(f"e{i}", "x", p) for i, p in enumerate(payloads)])
+        self.assertEqual(len(rows), 2 * (8 + 9))
+        self.assertEqual([(i, f.permanent) for i, f in failures], [(1, True), (2, False), (3, True), (4, True)])
+        self.assertEqual(failures[2][1].message, "KeyError: 'missing'")
+        self.assertEqual(failures[3][1].message,
+                         "invalid x payload: invalid type: boolean `true`, expected an integer for field `k`")
+
+    def test_payloads_that_are_not_json_objects_or_hold_non_finite_numbers_fail(self):
+        e = lambda p: Event("e", "T", p)  # noqa: E731
+        for payload, needle in [('{"a": ', "invalid T payload: "), ("[1]", "expected an object, got an array"),
+                                ('{"a": 1e400}', "number out of range"), ('{"a": NaN}', "invalid JSON value `NaN`")]:
+            with self.assertRaisesRegex(Permanent, needle):
+                e(payload).json()
+
+
+if __name__ == "__main__":
+    unittest.main()
