@@ -371,7 +371,8 @@ const JS_PACKAGE: &str = r#"{
     "test": "node --test"
   },
   "devDependencies": {
-    "@bytecodealliance/componentize-js": "0.23.0"
+    "@bytecodealliance/componentize-js": "0.23.0",
+    "@bytecodealliance/preview2-shim": "0.25.0"
   }
 }
 "#;
@@ -454,6 +455,8 @@ cp {name}.wasm /path/to/plugins/{name}.wasm       # hot-reloaded
 
 `sluice_sdk.js` and `wit/` are copies of the JavaScript SDK and the WIT contract
 (`sluice:plugin@0.1.0`) from the Sluice release that made this project. Needs Node.js 20 or
-later. componentize-js only resolves imports inside this directory: keep modules here. The
+later. componentize-js only resolves imports inside this directory: keep modules here.
+`@bytecodealliance/preview2-shim` is listed because componentize-js 0.23.0 imports it without
+declaring it (a fresh `npm ci` would otherwise leave it out). The
 component is about 12 MB (it carries a JavaScript engine); the host caches the compiled code.
 "#;
