@@ -62,6 +62,11 @@ test: test-deps plugins examples build
 	} 2>&1 | tee target/test.log
 	@bash scripts/test-summary.sh target/test.log
 
+# The benchmark (bench/README.md): Sluice against the pipeline's limit and the seed designs.
+# `make bench BENCH_ARGS=--quick` for 100,000 events instead of 1,000,000.
+bench: plugins build
+	@bash scripts/bench.sh $(BENCH_ARGS)
+
 fmt:
 	$(CARGO) fmt --all && (cd plugins && $(CARGO) fmt --all)
 
