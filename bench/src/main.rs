@@ -98,6 +98,14 @@ fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     Ok((ticks / hz, hwm_kb / 1024.0))
 }
 
+/// Whether process `pid` has exited (a zombie counts: it is our child, not yet reaped).
+fn child_status(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
 fn stop(child: &mut Child) {
     unsafe { kill(child.id() as i32, 15) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -251,14 +259,23 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
     let log = work.path().join("consumer.log");
     let mut child = start(kind, &redis, &ch, work.path(), &log)?;
     let pid = child.id();
+    let exited = move || -> Result<()> {
+        match child_status(pid) {
+            true => bail!("the consumer exited"),
+            false => Ok(()),
+        }
+    };
     let result = (|| -> Result<Figures> {
         let count = |ch: &ClickHouse| ch.number("SELECT count() FROM analytics.promo_code_usages_analytics");
         let t_first = wait_for("the first read", Duration::from_secs(120), Duration::from_millis(2), || {
+            exited()?;
             first_read(kind, &mut conn, n)
         })?;
-        let slowest = Duration::from_secs(120 + n / 100);
-        let t_done =
-            wait_for("every row", slowest, Duration::from_millis(20), || Ok(count(&ch) >= n as i64))?;
+        let slowest = Duration::from_secs((120 + n / 100).min(1800));
+        let t_done = wait_for("every row", slowest, Duration::from_millis(20), || {
+            exited()?;
+            Ok(count(&ch) >= n as i64)
+        })?;
         let per_sec = n as f64 / (t_done - t_first).as_secs_f64();
         let (cpu, _) = proc_usage(pid)?;
         eprintln!("  {}: {n} events in {:.2} s", kind.key(), (t_done - t_first).as_secs_f64());
@@ -285,6 +302,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
         };
         let mut visible: Vec<f64> = Vec::with_capacity(m as usize);
         wait_for("every live row", Duration::from_secs_f64(live_secs * 3.0 + 120.0), Duration::from_millis(10), || {
+            exited()?;
             let c = count(&ch);
             let t = now_ms();
             while c > (n as i64) + visible.len() as i64 && (visible.len() as u64) < m {

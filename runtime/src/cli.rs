@@ -224,7 +224,7 @@ pub struct RunArgs {
     /// Rows per ClickHouse INSERT, at most [default: 200000]
     #[arg(long, env = "SLUICE_INSERT_MAX_ROWS")]
     pub insert_max_rows: Option<usize>,
-    /// Milliseconds a table's rows wait for more before they are inserted [default: 200]
+    /// Milliseconds a table's rows wait for more before they are inserted [default: 100]
     #[arg(long, env = "SLUICE_INSERT_LINGER_MS")]
     pub insert_linger_ms: Option<u64>,
     /// Deliveries of an event before it is dead-lettered [default: 3]
@@ -304,10 +304,10 @@ impl RunArgs {
             block: ms(f.block_ms.unwrap_or(1000)),
             max_inflight_events: f
                 .max_inflight_events
-                .unwrap_or(20_000)
+                .unwrap_or(50_000)
                 .max(self.batch_size.or(f.batch_size).unwrap_or(500)),
             insert_max_rows: self.insert_max_rows.or(f.insert_max_rows).unwrap_or(200_000),
-            insert_linger: ms(self.insert_linger_ms.or(f.insert_linger_ms).unwrap_or(200)),
+            insert_linger: ms(self.insert_linger_ms.or(f.insert_linger_ms).unwrap_or(100)),
             max_attempts: self.max_attempts.or(f.max_attempts).unwrap_or(3),
             retry_base: ms(f.retry_base_ms.unwrap_or(1000)),
             retry_max: ms(f.retry_max_ms.unwrap_or(60_000)),

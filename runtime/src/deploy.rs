@@ -130,9 +130,14 @@ impl Deployer {
     /// Watches the directory until `stop` turns true, applying changes as they settle.
     pub async fn watch(&mut self, mut stop: watch::Receiver<bool>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        // The watcher only wakes the loop; the rescan decides what changed.
-        let watcher = notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-            let _ = tx.send(());
+        // The watcher only wakes the loop; the rescan decides what changed. Access events are
+        // ignored: the rescan itself opens the directory, and inotify reports that open, so
+        // waking on it made the host rescan in a busy loop (a third of a core, found by `make
+        // bench` under perf).
+        let watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if !matches!(e, Ok(notify::Event { kind: notify::EventKind::Access(_), .. })) {
+                let _ = tx.send(());
+            }
         })
         .and_then(|mut w| {
             notify::Watcher::watch(&mut w, &self.settings.plugins_dir, notify::RecursiveMode::NonRecursive)?;

@@ -53,6 +53,12 @@ fn encode(payload: &[u8], out: &mut BytesMut) -> Result<()> {
     Ok(())
 }
 
+async fn insert(ch: &clickhouse::Client, data: Bytes) -> clickhouse::error::Result<()> {
+    let mut insert = ch.insert_formatted_with("INSERT INTO analytics.promo_code_usages_analytics FORMAT RowBinary");
+    insert.send(data).await?;
+    insert.end().await
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -104,9 +110,11 @@ async fn main() -> Result<()> {
         }
         if ids.len() >= 100_000 || (!ids.is_empty() && since.elapsed() >= Duration::from_millis(100)) {
             let data: Bytes = std::mem::take(&mut rows).freeze();
-            let mut insert = ch.insert_formatted_with("INSERT INTO analytics.promo_code_usages_analytics FORMAT RowBinary");
-            insert.send(data).await?;
-            insert.end().await?;
+            // Retried until it lands (ClickHouse under load says "too many parts" at times).
+            while let Err(e) = insert(&ch, data.clone()).await {
+                eprintln!("insert of {} rows failed, retrying: {e}", ids.len());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let _: i64 = acker.xack(STREAM, GROUP, &ids).await?;
             ids.clear();
             since = Instant::now();
