@@ -255,3 +255,29 @@ fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
     assert!(bad.log_text().contains("cannot create the compiled-code cache /proc/no-such-dir"), "{}", bad.log_text());
     Ok(())
 }
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[test]
+fn an_idle_host_watching_its_plugins_does_not_spin() -> Result<()> {
+    // The rescan opens the directory, and inotify reports opens: a watcher that woke on every
+    // event rescanned in a loop, a third of a core with nothing to do.
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(sluice_tests::plugins_dir().join("order-analytics.wasm"), dir.path().join("order-analytics.wasm"))?;
+    let host = Host::start(&redis, &ch, dir.path(), &[])?;
+    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_seconds(host.child.id());
+    std::thread::sleep(Duration::from_secs(5));
+    let used = cpu_seconds(host.child.id()) - before;
+    // Idle work is a few Redis reads per second per pipeline: far below 10% of a core.
+    assert!(used < 0.5, "an idle host used {used:.2} CPU seconds in 5 s");
+    Ok(())
+}
