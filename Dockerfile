@@ -12,6 +12,9 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY wit ./wit
 COPY runtime ./runtime
 COPY tests ./tests
+COPY bench ./bench
+# The Python and JavaScript SDKs: `sluice plugin new --lang python|js` copies them in.
+COPY sdk ./sdk
 COPY plugins ./plugins
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -156,11 +156,14 @@ fn run_quiet(cmd: &mut Command) -> Result<String> {
 /// Pre-loads events `0..n` the way each design's producers write them.
 fn preload(kind: Kind, redis: &Redis, n: u64) -> Result<()> {
     if kind.bullmq() {
-        run_quiet(
-            Command::new(node_bin())
-                .arg(node_dir().join("producer.js"))
-                .args(["--redis-port", &redis.port.to_string(), "--from", "0", "--count", &n.to_string()]),
-        )?;
+        run_quiet(Command::new(node_bin()).arg(node_dir().join("producer.js")).args([
+            "--redis-port",
+            &redis.port.to_string(),
+            "--from",
+            "0",
+            "--count",
+            &n.to_string(),
+        ]))?;
     } else {
         run_quiet(
             Command::new(sluice_bin())
@@ -301,20 +304,22 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
             start_ms
         };
         let mut visible: Vec<f64> = Vec::with_capacity(m as usize);
-        wait_for("every live row", Duration::from_secs_f64(live_secs * 3.0 + 120.0), Duration::from_millis(10), || {
-            exited()?;
-            let c = count(&ch);
-            let t = now_ms();
-            while c > (n as i64) + visible.len() as i64 && (visible.len() as u64) < m {
-                visible.push(t);
-            }
-            Ok(visible.len() as u64 >= m)
-        })?;
-        let mut lat: Vec<f64> = visible
-            .iter()
-            .enumerate()
-            .map(|(k, &t)| (t - (start_ms + k as f64 * 1000.0 / rate)).max(0.0))
-            .collect();
+        wait_for(
+            "every live row",
+            Duration::from_secs_f64(live_secs * 3.0 + 120.0),
+            Duration::from_millis(10),
+            || {
+                exited()?;
+                let c = count(&ch);
+                let t = now_ms();
+                while c > (n as i64) + visible.len() as i64 && (visible.len() as u64) < m {
+                    visible.push(t);
+                }
+                Ok(visible.len() as u64 >= m)
+            },
+        )?;
+        let mut lat: Vec<f64> =
+            visible.iter().enumerate().map(|(k, &t)| (t - (start_ms + k as f64 * 1000.0 / rate)).max(0.0)).collect();
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let (_, rss) = proc_usage(pid)?;
         Ok(Figures {
@@ -378,7 +383,9 @@ fn main() -> Result<()> {
         .filter(|k| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k.key())))
         .collect();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("sluice bench: {n} PromoCodeAppliedEvent events per contender (fewer for the BullMQ seeds), {cores} cores");
+    println!(
+        "sluice bench: {n} PromoCodeAppliedEvent events per contender (fewer for the BullMQ seeds), {cores} cores"
+    );
     let mut all = Vec::new();
     for kind in kinds {
         eprintln!("{}", kind.label());
