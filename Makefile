@@ -64,7 +64,7 @@ test: test-deps plugins examples build
 
 # The benchmark (bench/README.md): Sluice against the pipeline's limit and the seed designs.
 # `make bench BENCH_ARGS=--quick` for 100,000 events instead of 1,000,000.
-bench: plugins build
+bench: plugins examples build
 	@bash scripts/bench.sh $(BENCH_ARGS)
 
 fmt:

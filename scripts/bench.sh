@@ -2,7 +2,7 @@
 # `make bench`: installs the seed baselines' packages (npm: bullmq, @clickhouse/client; PyPI:
 # redis, clickhouse-driver — pinned in bench/seed-baseline/), builds the benchmark and the limit
 # pipeline, and runs them: every contender on its own private Redis and ClickHouse.
-#   usage: bench.sh [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job]
+#   usage: bench.sh [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +23,5 @@ if [ ! -d "$node_dir/node_modules/bullmq" ] || [ "$node_dir/package-lock.json" -
 fi
 
 timeout 1200 cargo build --release --locked -p sluice-bench >&2
-SLUICE_TEST_PLUGINS="$PWD/target/plugins" SLUICE_TEST_BIN="$PWD/target/release/sluice" \
+SLUICE_TEST_PLUGINS="$PWD/target/plugins" SLUICE_TEST_EXAMPLES="$PWD/target/examples" SLUICE_TEST_BIN="$PWD/target/release/sluice" \
   timeout 3600 target/release/sluice-bench "$@"

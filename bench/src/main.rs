@@ -8,7 +8,8 @@
 //! - then, events published live at half that rate for a while: publish → visible latency,
 //!   p50 and p99 (event k is visible when count() first reaches it; one stream, read in order).
 //!
-//! usage: sluice-bench [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job]
+//! usage: sluice-bench [--quick] [--events N]
+//!                     [--only limit,sluice,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ enum Kind {
     Python,
     BullBatched,
     BullPerJob,
+    SluicePython,
+    SluiceJs,
 }
 
 impl Kind {
@@ -40,6 +43,8 @@ impl Kind {
             Kind::Python => "python",
             Kind::BullBatched => "bullmq-batched",
             Kind::BullPerJob => "bullmq-per-job",
+            Kind::SluicePython => "sluice-py",
+            Kind::SluiceJs => "sluice-js",
         }
     }
     fn label(self) -> &'static str {
@@ -49,6 +54,8 @@ impl Kind {
             Kind::Python => "seed: Python Streams, 1,000/insert",
             Kind::BullBatched => "seed: BullMQ worker, 1,000/insert",
             Kind::BullPerJob => "seed: BullMQ worker, 1 row/insert",
+            Kind::SluicePython => "Sluice + the Python twin (wasm)",
+            Kind::SluiceJs => "Sluice + the JavaScript twin (wasm)",
         }
     }
     fn bullmq(self) -> bool {
@@ -60,6 +67,7 @@ impl Kind {
         match self {
             Kind::BullPerJob => n.min(5_000),
             Kind::BullBatched => n.min(100_000),
+            Kind::SluicePython | Kind::SluiceJs => n.min(200_000),
             _ => n,
         }
     }
@@ -136,6 +144,10 @@ fn wait_for(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() 
     }
 }
 
+fn cache_dir() -> PathBuf {
+    repo_root().join("target/bench-cache")
+}
+
 fn node_dir() -> PathBuf {
     repo_root().join("bench/seed-baseline/node")
 }
@@ -182,12 +194,20 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             c.args([redis.url(), ch.url()]);
             c
         }
-        Kind::Sluice => {
+        Kind::Sluice | Kind::SluicePython | Kind::SluiceJs => {
             let plugins = work.join("plugins");
             std::fs::create_dir_all(&plugins)?;
-            std::fs::copy(
-                sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
-                plugins.join("promo-code-analytics.wasm"),
+            // The twins declare the Rust plugin's table: the same rows, the same table.
+            let file = match kind {
+                Kind::SluicePython => sluice_tests::example_plugin("promo-code-analytics-py"),
+                Kind::SluiceJs => sluice_tests::example_plugin("promo-code-analytics-js"),
+                _ => sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
+            };
+            std::fs::copy(&file, plugins.join("promo-code-analytics.wasm"))?;
+            // Compile into the cache first: the figures are of a host at work, not of one
+            // compiling an 18 MB component (which alone takes seconds and ~400 MiB at peak).
+            run_quiet(
+                Command::new(sluice_bin()).arg("plugin").arg("inspect").arg(&file).env("SLUICE_CACHE_DIR", cache_dir()),
             )?;
             let mut c = Command::new(sluice_bin());
             c.arg("run")
@@ -195,7 +215,7 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
                 .env("SLUICE_CLICKHOUSE_URL", ch.url())
                 .env("SLUICE_PLUGINS_DIR", &plugins)
                 .env("SLUICE_ADMIN_ADDR", "off")
-                .env("SLUICE_CACHE_DIR", repo_root().join("target/bench-cache"))
+                .env("SLUICE_CACHE_DIR", cache_dir())
                 .env("SLUICE_LOG", "warn");
             c
         }
@@ -252,7 +272,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
     let redis = Redis::start()?;
     let ch = ClickHouse::start()?;
     let work = tempfile::tempdir()?;
-    if kind != Kind::Sluice {
+    if !matches!(kind, Kind::Sluice | Kind::SluicePython | Kind::SluiceJs) {
         ch.query("CREATE DATABASE IF NOT EXISTS analytics")?;
         ch.query(DDL)?;
     }
@@ -369,7 +389,7 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.next().context("--only a,b")?.split(',').map(String::from).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job]"
+                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
                 );
                 return Ok(());
             }
@@ -378,13 +398,21 @@ fn main() -> Result<()> {
     }
     let n = events.unwrap_or(if quick { 100_000 } else { 1_000_000 });
     let live_secs = if quick { 5.0 } else { 10.0 };
-    let kinds: Vec<Kind> = [Kind::Limit, Kind::Sluice, Kind::Python, Kind::BullBatched, Kind::BullPerJob]
-        .into_iter()
-        .filter(|k| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k.key())))
-        .collect();
+    let kinds: Vec<Kind> = [
+        Kind::Limit,
+        Kind::Sluice,
+        Kind::Python,
+        Kind::BullBatched,
+        Kind::BullPerJob,
+        Kind::SluicePython,
+        Kind::SluiceJs,
+    ]
+    .into_iter()
+    .filter(|k| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k.key())))
+    .collect();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "sluice bench: {n} PromoCodeAppliedEvent events per contender (fewer for the BullMQ seeds), {cores} cores"
+        "sluice bench: {n} PromoCodeAppliedEvent events per contender (fewer for the BullMQ seeds and the Python/JS plugins), {cores} cores"
     );
     let mut all = Vec::new();
     for kind in kinds {
@@ -417,11 +445,11 @@ fn main() -> Result<()> {
     }
     if let Some(s) = all.iter().find(|f| f.kind == Kind::Sluice) {
         println!();
-        for f in all.iter().filter(|f| f.kind != Kind::Sluice) {
+        for f in all.iter().filter(|f| !matches!(f.kind, Kind::Sluice | Kind::SluicePython | Kind::SluiceJs)) {
             println!("Sluice / {:<38} {:>8.2}x", f.kind.label(), s.per_sec / f.per_sec);
         }
     }
-    if all.len() < 5 && only.is_none() {
+    if all.len() < 7 && only.is_none() {
         bail!("some contenders failed (see above)");
     }
     Ok(())
