@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use sluice_tests::{ClickHouse, Redis, repo_root, sluice_bin};
+use sluice_tests::{ClickHouse, Redis, process_usage, repo_root, sluice_bin, stop_child};
 
 const STREAM: &str = "events:PromoCodeAppliedEvent";
 const DDL: &str = "CREATE TABLE analytics.promo_code_usages_analytics (event_date Date, created_at DateTime, \
@@ -88,47 +88,12 @@ fn now_ms() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
 
-/// utime + stime of a process, in seconds, and its peak RSS in MiB.
-fn proc_usage(pid: u32) -> Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime), counted from the state field (3rd) here.
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    let hz = 100.0; // USER_HZ on Linux x86-64
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    Ok((ticks / hz, hwm_kb / 1024.0))
-}
-
 /// Whether process `pid` has exited (a zombie counts: it is our child, not yet reaped).
-fn child_status(pid: u32) -> bool {
+fn has_exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(true),
         Err(_) => true,
     }
-}
-
-fn stop(child: &mut Child) {
-    unsafe { kill(child.id() as i32, 15) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 fn wait_for(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<Instant> {
@@ -282,11 +247,12 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
     let log = work.path().join("consumer.log");
     let mut child = start(kind, &redis, &ch, work.path(), &log)?;
     let pid = child.id();
+    // Every wait below gives up at once if the consumer died, instead of waiting out its timeout.
     let exited = move || -> Result<()> {
-        match child_status(pid) {
-            true => bail!("the consumer exited"),
-            false => Ok(()),
+        if has_exited(pid) {
+            bail!("the consumer exited");
         }
+        Ok(())
     };
     let result = (|| -> Result<Figures> {
         let count = |ch: &ClickHouse| ch.number("SELECT count() FROM analytics.promo_code_usages_analytics");
@@ -300,7 +266,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
             Ok(count(&ch) >= n as i64)
         })?;
         let per_sec = n as f64 / (t_done - t_first).as_secs_f64();
-        let (cpu, _) = proc_usage(pid)?;
+        let (cpu, _) = process_usage(pid)?;
         eprintln!("  {}: {n} events in {:.2} s", kind.key(), (t_done - t_first).as_secs_f64());
 
         // Live: half the measured rate, for `live_secs`.
@@ -341,7 +307,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
         let mut lat: Vec<f64> =
             visible.iter().enumerate().map(|(k, &t)| (t - (start_ms + k as f64 * 1000.0 / rate)).max(0.0)).collect();
         lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let (_, rss) = proc_usage(pid)?;
+        let (_, rss) = process_usage(pid)?;
         Ok(Figures {
             kind,
             events: n,
@@ -353,7 +319,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
             p99_ms: percentile(&lat, 0.99),
         })
     })();
-    stop(&mut child);
+    stop_child(&mut child);
     result.with_context(|| format!("{}: log:\n{}", kind.key(), std::fs::read_to_string(&log).unwrap_or_default()))
 }
 

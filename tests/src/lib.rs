@@ -32,7 +32,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
-fn stop_child(child: &mut Child) {
+/// SIGTERM, up to 10 s to exit, then SIGKILL; the child is reaped.
+pub fn stop_child(child: &mut Child) {
     unsafe { libc_kill(child.id() as i32, 15) };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -48,6 +49,25 @@ fn stop_child(child: &mut Child) {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// A process's CPU time so far (user + system, seconds) and its peak RSS (VmHWM, MiB), from
+/// /proc.
+pub fn process_usage(pid: u32) -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = &stat[stat.rfind(')').context("/proc/<pid>/stat")? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime), counted here from the state field (the 3rd),
+    // in USER_HZ ticks (100 on Linux x86-64).
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok((ticks / 100.0, hwm_kb / 1024.0))
 }
 
 /// Sends a signal to a process.

@@ -256,13 +256,6 @@ fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
     Ok(())
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
-
 #[test]
 fn an_idle_host_watching_its_plugins_does_not_spin() -> Result<()> {
     // The rescan opens the directory, and inotify reports opens: a watcher that woke on every
@@ -274,9 +267,9 @@ fn an_idle_host_watching_its_plugins_does_not_spin() -> Result<()> {
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
     host.wait_for_log("sluice is running", Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(1));
-    let before = cpu_seconds(host.child.id());
+    let before = sluice_tests::process_usage(host.child.id())?.0;
     std::thread::sleep(Duration::from_secs(5));
-    let used = cpu_seconds(host.child.id()) - before;
+    let used = sluice_tests::process_usage(host.child.id())?.0 - before;
     // Idle work is a few Redis reads per second per pipeline: far below 10% of a core.
     assert!(used < 0.5, "an idle host used {used:.2} CPU seconds in 5 s");
     Ok(())
