@@ -5,7 +5,9 @@
 #   - the wasm32-wasip2 Rust target: what plugins compile to
 #   - with `languages` (and `test`): python3 with venv, nodejs and npm, which build the Python
 #     and JavaScript plugins (scripts/plugin-toolchains.sh installs the build tools themselves)
-#   - with `test`: chromium, which the test suite drives headless to check the dashboard
+#   - with `test`: chromium, which the test suite drives headless to check the dashboard, and
+#     zookeeper (with its Java runtime), which the exactly-once tests give ClickHouse for
+#     Replicated tables
 #     usage: install-deps.sh [test|languages]
 set -euo pipefail
 
@@ -20,6 +22,8 @@ command -v clickhouse-client >/dev/null 2>&1 || need_pkgs+=(clickhouse-client)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+  [ -f /usr/share/java/zookeeper.jar ] || need_pkgs+=(zookeeper)
+  [ -f /usr/share/java/slf4j-simple.jar ] || need_pkgs+=(libslf4j-java)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = languages ]; then
   command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)

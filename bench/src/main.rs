@@ -9,7 +9,7 @@
 //!   p50 and p99 (event k is visible when count() first reaches it; one stream, read in order).
 //!
 //! usage: sluice-bench [--quick] [--events N]
-//!                     [--only limit,sluice,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
+//!                     [--only limit,sluice,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ const DDL: &str = "CREATE TABLE analytics.promo_code_usages_analytics (event_dat
 enum Kind {
     Limit,
     Sluice,
+    SluiceExactlyOnce,
     Python,
     BullBatched,
     BullPerJob,
@@ -40,6 +41,7 @@ impl Kind {
         match self {
             Kind::Limit => "limit",
             Kind::Sluice => "sluice",
+            Kind::SluiceExactlyOnce => "sluice-eo",
             Kind::Python => "python",
             Kind::BullBatched => "bullmq-batched",
             Kind::BullPerJob => "bullmq-per-job",
@@ -51,6 +53,7 @@ impl Kind {
         match self {
             Kind::Limit => "limit: Rust reader/writer, no plugin",
             Kind::Sluice => "Sluice + promo-code-analytics (wasm)",
+            Kind::SluiceExactlyOnce => "Sluice, exactly-once (Replicated+ZK)",
             Kind::Python => "seed: Python Streams, 1,000/insert",
             Kind::BullBatched => "seed: BullMQ worker, 1,000/insert",
             Kind::BullPerJob => "seed: BullMQ worker, 1 row/insert",
@@ -159,7 +162,7 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             c.args([redis.url(), ch.url()]);
             c
         }
-        Kind::Sluice | Kind::SluicePython | Kind::SluiceJs => {
+        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs => {
             let plugins = work.join("plugins");
             std::fs::create_dir_all(&plugins)?;
             // The twins declare the Rust plugin's table: the same rows, the same table.
@@ -235,9 +238,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    // Exactly-once on 18.16 needs Replicated tables: a private ZooKeeper for that contender.
+    let zk = if kind == Kind::SluiceExactlyOnce { Some(sluice_tests::ZooKeeper::start()?) } else { None };
+    let ch = match &zk {
+        Some(zk) => ClickHouse::start_replicated(zk, "bench")?,
+        None => ClickHouse::start()?,
+    };
     let work = tempfile::tempdir()?;
-    if !matches!(kind, Kind::Sluice | Kind::SluicePython | Kind::SluiceJs) {
+    if !matches!(kind, Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs) {
         ch.query("CREATE DATABASE IF NOT EXISTS analytics")?;
         ch.query(DDL)?;
     }
@@ -355,7 +363,7 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.next().context("--only a,b")?.split(',').map(String::from).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
+                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
                 );
                 return Ok(());
             }
@@ -367,6 +375,7 @@ fn main() -> Result<()> {
     let kinds: Vec<Kind> = [
         Kind::Limit,
         Kind::Sluice,
+        Kind::SluiceExactlyOnce,
         Kind::Python,
         Kind::BullBatched,
         Kind::BullPerJob,
@@ -411,11 +420,12 @@ fn main() -> Result<()> {
     }
     if let Some(s) = all.iter().find(|f| f.kind == Kind::Sluice) {
         println!();
-        for f in all.iter().filter(|f| !matches!(f.kind, Kind::Sluice | Kind::SluicePython | Kind::SluiceJs)) {
+        let ours = |k: Kind| matches!(k, Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs);
+        for f in all.iter().filter(|f| !ours(f.kind)) {
             println!("Sluice / {:<38} {:>8.2}x", f.kind.label(), s.per_sec / f.per_sec);
         }
     }
-    if all.len() < 7 && only.is_none() {
+    if all.len() < 8 && only.is_none() {
         bail!("some contenders failed (see above)");
     }
     Ok(())

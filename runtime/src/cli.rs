@@ -227,6 +227,11 @@ pub struct RunArgs {
     /// Milliseconds a table's rows wait for more before they are inserted [default: 100]
     #[arg(long, env = "SLUICE_INSERT_LINGER_MS")]
     pub insert_linger_ms: Option<u64>,
+    /// Exactly-once writes where ClickHouse can deduplicate (Replicated tables with ZooKeeper,
+    /// or insert_deduplication_token), at-least-once elsewhere: `auto`; or at-least-once
+    /// everywhere, without batch records in Redis: `off` [default: auto]
+    #[arg(long, env = "SLUICE_EXACTLY_ONCE", value_parser = ["auto", "off"])]
+    pub exactly_once: Option<String>,
     /// Deliveries of an event before it is dead-lettered [default: 3]
     #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
     pub max_attempts: Option<u64>,
@@ -308,6 +313,11 @@ impl RunArgs {
                 .max(self.batch_size.or(f.batch_size).unwrap_or(500)),
             insert_max_rows: self.insert_max_rows.or(f.insert_max_rows).unwrap_or(200_000),
             insert_linger: ms(self.insert_linger_ms.or(f.insert_linger_ms).unwrap_or(100)),
+            exactly_once: match self.exactly_once.clone().or(f.exactly_once).as_deref() {
+                None | Some("auto") => true,
+                Some("off") => false,
+                Some(other) => anyhow::bail!("exactly_once = {other:?}: expected \"auto\" or \"off\""),
+            },
             max_attempts: self.max_attempts.or(f.max_attempts).unwrap_or(3),
             retry_base: ms(f.retry_base_ms.unwrap_or(1000)),
             retry_max: ms(f.retry_max_ms.unwrap_or(60_000)),
@@ -572,22 +582,32 @@ pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
     let mut accepted = true;
     if let Some(l) = &live {
         let ch = ChClient::new(&l.url, &l.database, l.user.as_deref(), l.password.as_deref())?;
+        let server = crate::writer::dedup::ServerDedup::detect(&ch, false)
+            .await
+            .with_context(|| format!("cannot read the server's settings from {}", l.url))?;
         for (schema, json) in p.tables.iter().zip(out["tables"].as_array_mut().into_iter().flatten()) {
             let plan = evolve::plan(&ch, schema)
                 .await
                 .with_context(|| format!("cannot read table {}.{} from {}", l.database, schema.name, l.url))?;
+            let guarantee = match evolve::live_table(&ch, &schema.name).await? {
+                Some(live) => server.guarantee_of(&live),
+                None => {
+                    json["ddl"] = serde_json::json!(server.create_ddl(schema, &l.database));
+                    server.guarantee_of_new()
+                }
+            };
             let (status, detail) = match &plan {
                 Plan::Create => ("create", vec![]),
                 Plan::UpToDate => ("up to date", vec![]),
                 Plan::Alter(changes) => ("alter", changes.iter().map(|c| c.ddl(&l.database, &schema.name)).collect()),
                 Plan::Refused(problems) => ("refused", problems.clone()),
             };
-            eprintln!("table {}.{}: {status}", l.database, schema.name);
+            eprintln!("table {}.{}: {status} ({})", l.database, schema.name, guarantee.name());
             for d in &detail {
                 eprintln!("  {} {d}", if status == "refused" { "-" } else { "+" });
             }
             accepted &= status != "refused";
-            json["live"] = serde_json::json!({"status": status, "changes": detail});
+            json["live"] = serde_json::json!({"status": status, "changes": detail, "guarantee": guarantee.name()});
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

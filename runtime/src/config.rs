@@ -28,6 +28,8 @@ pub struct FileSettings {
     pub max_inflight_events: Option<usize>,
     pub insert_max_rows: Option<usize>,
     pub insert_linger_ms: Option<u64>,
+    /// `auto` | `off`.
+    pub exactly_once: Option<String>,
     pub max_attempts: Option<u64>,
     pub retry_base_ms: Option<u64>,
     pub retry_max_ms: Option<u64>,
@@ -104,6 +106,9 @@ pub struct Settings {
     pub max_inflight_events: usize,
     pub insert_max_rows: usize,
     pub insert_linger: Duration,
+    /// Record batches and create deduplicating tables where the server allows (`auto`), or
+    /// never (`off`). See `writer::dedup`.
+    pub exactly_once: bool,
     /// Deliveries of an event before it is dead-lettered.
     pub max_attempts: u64,
     pub retry_base: Duration,

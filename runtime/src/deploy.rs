@@ -29,6 +29,7 @@ use crate::priority::PriorityGate;
 use crate::router::{InflightIds, Pipeline};
 use crate::source::streams;
 use crate::writer::Writer;
+use crate::writer::dedup::ServerDedup;
 use crate::writer::evolve::{self, Owner, PrepareError};
 
 /// How long a changed file must stay unchanged before it is loaded.
@@ -70,6 +71,8 @@ pub struct Deployer {
     pub consumer: String,
     pub gate: PriorityGate,
     pub writer: Writer,
+    /// What the ClickHouse server offers for deduplication (detected at start).
+    pub server: Arc<ServerDedup>,
     pub control: redis::aio::ConnectionManager,
     pub grace: Duration,
     pub engine: SandboxEngine,
@@ -91,6 +94,7 @@ impl Deployer {
         consumer: String,
         gate: PriorityGate,
         writer: Writer,
+        server: Arc<ServerDedup>,
         control: redis::aio::ConnectionManager,
         grace: Duration,
         engine: SandboxEngine,
@@ -101,6 +105,7 @@ impl Deployer {
             consumer,
             gate,
             writer,
+            server,
             control,
             grace,
             engine,
@@ -205,8 +210,8 @@ impl Deployer {
         let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&engine, &p, &defaults))
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the loader panicked: {e}")));
-        let plugin = match loaded {
-            Ok(p) => Arc::new(p),
+        let mut plugin = match loaded {
+            Ok(p) => p,
             Err(e) => return self.refuse(path, "failed", format!("{e:#}")),
         };
         if let Some((other, _)) =
@@ -220,22 +225,41 @@ impl Deployer {
                 return; // touched, not changed
             }
         }
-        let owner = Owner { plugin: plugin.name(), version: &plugin.manifest.version, hash: &plugin.hash };
+        let (name, version, hash) = (plugin.name().to_string(), plugin.manifest.version.clone(), plugin.hash.clone());
         // A retryable error (ClickHouse away) waits; a refusal or a fatal error is the answer.
-        let prepared = crate::host::wait_for("ClickHouse", || async {
-            match evolve::prepare_plugin(self.writer.client(), &plugin.tables, owner).await {
-                Err(PrepareError::ClickHouse(e)) if e.retryable() => Err(anyhow::Error::from(e)),
-                other => Ok(other),
+        let prepared = crate::host::wait_for("ClickHouse", || {
+            let (client, server, mut tables) =
+                (self.writer.client().clone(), self.server.clone(), plugin.tables.clone());
+            let (name, version, hash) = (&name, &version, &hash);
+            async move {
+                let owner = Owner { plugin: name, version, hash };
+                match evolve::prepare_plugin(&client, &server, &mut tables, owner).await {
+                    Err(PrepareError::ClickHouse(e)) if e.retryable() => Err(anyhow::Error::from(e)),
+                    other => Ok(other.map(|_| tables)),
+                }
             }
         })
         .await;
-        if let Err(e) = prepared {
-            let why = match e {
-                PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
-                PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
-            };
-            return self.refuse(path, "refused", why);
+        match prepared {
+            Ok(tables) => plugin.tables = tables,
+            Err(e) => {
+                let why = match e {
+                    PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
+                    PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
+                };
+                return self.refuse(path, "refused", why);
+            }
         }
+        // Said plainly for every table: what a crash can cost.
+        for t in &plugin.tables {
+            let db = self.writer.client().database();
+            if t.guarantee.exactly_once() {
+                tracing::info!(plugin = %name, table = %format!("{db}.{}", t.name), guarantee = t.guarantee.name(), "{}", t.guarantee.describe());
+            } else {
+                tracing::warn!(plugin = %name, table = %format!("{db}.{}", t.name), guarantee = t.guarantee.name(), "{}", t.guarantee.describe());
+            }
+        }
+        let plugin = Arc::new(plugin);
         // Start the new version, then stop the old: the stream never goes unread, and the old
         // version finishes what it holds.
         let new = self.start(plugin.clone());
@@ -328,7 +352,8 @@ impl Deployer {
         let settings = Arc::new(plugin.delivery_settings(&self.settings));
         for event_type in &plugin.consumed_event_types() {
             let ids = self.inflight.entry((plugin.name().to_string(), event_type.clone())).or_default().clone();
-            let (settings, control, gate) = (settings.clone(), self.control.clone(), self.gate.clone());
+            let (settings, control, gate, writer) =
+                (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
             let (plugin, tables, consumer, grace, rx) =
                 (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
             let event_type = event_type.clone();
@@ -343,7 +368,8 @@ impl Deployer {
                         }
                     }
                 };
-                let p = Pipeline::new(gate, plugin, settings, read_conn, control, &event_type, &consumer, tables);
+                let p =
+                    Pipeline::new(gate, plugin, settings, read_conn, control, &event_type, &consumer, tables, writer);
                 let stream = p.reader.stream().clone();
                 if let Err(e) = p.run(ids, rx, grace).await {
                     tracing::error!(stream = %stream, "pipeline stopped: {e:#}");

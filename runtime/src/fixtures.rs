@@ -30,7 +30,7 @@ pub fn outcomes(plugin: &Arc<LoadedPlugin>, events: &[wit::Event]) -> Result<Vec
     let mut out = Vec::new();
     for (i, e) in events.iter().enumerate() {
         // One event per call, so that each event's output is its own.
-        let outcome = sandbox.run(std::slice::from_ref(e));
+        let outcome = sandbox.run(std::slice::from_ref(e), &[]);
         for f in &outcome.failures {
             let kind = if f.permanent { "permanent" } else { "transient" };
             out.push(json!({"event": i, "error": kind, "message": f.message}));

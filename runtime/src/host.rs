@@ -14,7 +14,8 @@ use crate::deploy::Deployer;
 use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
 use crate::source::streams::{self, redact_url};
 use crate::writer::clickhouse::ChClient;
-use crate::writer::{BatchPolicy, Writer};
+use crate::writer::dedup::ServerDedup;
+use crate::writer::{BatchPolicy, LedgerConn, Writer};
 
 /// A consumer name unique to this process: `<host>-<pid>-<random>`, so that a restarted
 /// host never mistakes a dead instance's pending entries for its own.
@@ -106,14 +107,26 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     let control = wait_for("Redis", || streams::connect(&redis_url, block)).await;
     tracing::info!("connected to Redis");
 
+    let server = wait_for("ClickHouse", || async { Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?) }).await;
+    tracing::info!("{}", server.describe());
     let writer = Writer::new(
         ch,
         BatchPolicy { max_rows: settings.insert_max_rows, linger: settings.insert_linger, ..BatchPolicy::default() },
+        settings.exactly_once.then(|| LedgerConn { conn: control.clone(), owner: Arc::from(consumer.as_str()) }),
     );
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
-    let mut deployer =
-        Deployer::new(settings.clone(), consumer, gate, writer.clone(), control.clone(), grace, engine, defaults);
+    let mut deployer = Deployer::new(
+        settings.clone(),
+        consumer,
+        gate,
+        writer.clone(),
+        Arc::new(server),
+        control.clone(),
+        grace,
+        engine,
+        defaults,
+    );
     deployer.deploy_all().await?;
     if deployer.pipeline_count() == 0 {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");

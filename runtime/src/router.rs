@@ -25,7 +25,8 @@ use crate::plugin::{LoadedPlugin, Sandbox, wit};
 use crate::priority::{Priority, PriorityGate};
 use crate::source::SourceEvent;
 use crate::source::streams::{DeadLetter, StreamReader};
-use crate::writer::{CommitResult, RowChunk};
+use crate::writer::dedup::entry_hash;
+use crate::writer::{ChunkOrigin, CommitResult, RowChunk, Writer, ledger};
 
 /// How often a pipeline looks for entries to retry or recover.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,6 +52,8 @@ pub struct Pipeline {
     /// Plugin calls pass this gate, by the event type's priority.
     pub gate: PriorityGate,
     pub priority: Priority,
+    /// For recovering recorded batches of events delivered again (exactly-once tables).
+    pub writer: Writer,
 }
 
 /// (stream, entry id) of the events a (plugin, event type) pair has in flight on this host,
@@ -76,12 +79,17 @@ impl Pipeline {
         event_type: &str,
         consumer: &str,
         tables: Vec<mpsc::Sender<RowChunk>>,
+        writer: Writer,
     ) -> Self {
         let stream = format!("{}{}", settings.stream_prefix, event_type);
         let group = group_name(plugin.name());
+        let ledger_tables =
+            plugin.tables.iter().filter(|t| t.guarantee.exactly_once()).map(|t| t.name.clone()).collect();
         Pipeline {
             reader: StreamReader::new(read_conn, &stream, plugin.name(), event_type, &group, consumer),
-            control: StreamReader::new(control_conn, &stream, plugin.name(), event_type, &group, consumer),
+            control: StreamReader::new(control_conn, &stream, plugin.name(), event_type, &group, consumer)
+                .with_ledger_tables(ledger_tables),
+            writer,
             priority: settings.priority_of(event_type),
             plugin,
             settings,
@@ -181,15 +189,51 @@ impl Pipeline {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let (claimed, deleted) = self.control.claim(&due, min_idle).await?;
+        let (mut claimed, deleted) = self.control.claim(&due, min_idle).await?;
         if !deleted.is_empty() {
             tracing::warn!(stream = %self.control.stream(), count = deleted.len(), "pending entries were deleted from the stream before they were handled; acknowledging them");
             self.control.ack(deleted.iter().map(|e| (&*e.stream, e.id.as_str()))).await?;
         }
         if !claimed.is_empty() {
             tracing::info!(stream = %self.control.stream(), plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
+            self.find_written(&mut claimed).await?;
         }
         Ok(claimed)
+    }
+
+    /// For events delivered again: which exactly-once tables already hold their rows. A
+    /// recorded batch still open (its writer died, or has not closed it yet) is inserted again
+    /// first — identical, so the table drops it if it had landed — and then counts as written.
+    async fn find_written(&mut self, events: &mut [SourceEvent]) -> Result<()> {
+        let group = self.control.group.clone();
+        for (table_index, table) in self.plugin.tables.iter().enumerate() {
+            if !table.guarantee.exactly_once() {
+                continue;
+            }
+            for stream in self.control.streams.clone() {
+                let idx: Vec<usize> = (0..events.len()).filter(|&i| events[i].stream == stream).collect();
+                let ids: Vec<&str> = idx.iter().map(|&i| events[i].entry_id.as_str()).collect();
+                let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, &table.name).await?;
+                let open: HashSet<String> = batches.iter().flatten().cloned().collect();
+                if open.is_empty() {
+                    continue;
+                }
+                for id in &open {
+                    self.writer.recover(id).await?;
+                }
+                // Recovery drops the fields of rows ClickHouse refused: read them again.
+                batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, &table.name).await?;
+                let mut written = 0;
+                for (&i, batch) in idx.iter().zip(&batches) {
+                    if batch.is_some() {
+                        events[i].written.push(table_index);
+                        written += 1;
+                    }
+                }
+                tracing::info!(stream = %stream, plugin = self.plugin.name(), table = %table.name, events = written, batches = open.len(), "events delivered again already have rows in this table (exactly-once): their new rows for it are dropped");
+            }
+        }
+        Ok(())
     }
 
     /// Handles one batch: plugin call, rows to the writer, then (in a task) acknowledgement.
@@ -206,6 +250,9 @@ impl Pipeline {
         // Events the plugin gets, and where each came from in `batch`.
         let mut events: Vec<wit::Event> = Vec::with_capacity(batch.len());
         let mut origin: Vec<usize> = Vec::with_capacity(batch.len());
+        // The entry column's value per event given to the plugin (tables that have one).
+        let with_entries = self.plugin.tables.iter().any(|t| t.entry_column);
+        let mut entries: Vec<u64> = Vec::new();
         let mut verdicts: Vec<Verdict> = vec![Verdict::Ok; batch.len()];
         for (i, e) in batch.iter().enumerate() {
             match &e.parsed {
@@ -224,6 +271,9 @@ impl Pipeline {
                     ev.attempt = e.deliveries.min(u32::MAX as u64) as u32;
                     events.push(ev);
                     origin.push(i);
+                    if with_entries {
+                        entries.push(entry_hash(&e.stream, &e.entry_id));
+                    }
                 }
             }
         }
@@ -233,7 +283,7 @@ impl Pipeline {
             let events = std::mem::take(&mut events);
             tokio::task::spawn_blocking(move || {
                 let mut sandbox = sandbox;
-                let outcome = sandbox.run(&events);
+                let outcome = sandbox.run(&events, &entries);
                 (sandbox, outcome)
             })
             .await
@@ -259,14 +309,21 @@ impl Pipeline {
             };
         }
         let mut commits: Vec<oneshot::Receiver<CommitResult>> = Vec::new();
-        for (table, rows) in outcome.tables.into_iter().enumerate() {
+        let chunk_origin = Arc::new(ChunkOrigin {
+            group: Arc::from(self.control.group.as_str()),
+            entries: batch.iter().map(|e| (e.stream.clone(), Arc::from(e.entry_id.as_str()))).collect(),
+        });
+        for (table, mut rows) in outcome.tables.into_iter().enumerate() {
+            if batch.iter().any(|e| e.written.contains(&table)) {
+                rows = rows.without(|e| batch[origin[e as usize]].written.contains(&table));
+            }
             if rows.rows == 0 {
                 continue;
             }
             let (done, rx) = oneshot::channel();
             // Events numbered as in `batch`, so that a refused row fails its own event.
             let events = rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
-            let chunk = RowChunk { data: rows.data, rows: rows.rows, events, done };
+            let chunk = RowChunk { data: rows.data, rows: rows.rows, events, origin: chunk_origin.clone(), done };
             if self.tables[table].send(chunk).await.is_err() {
                 tracing::error!(table = %self.plugin.tables[table].name, "writer is gone");
             }

@@ -142,6 +142,70 @@ impl Drop for Redis {
     }
 }
 
+/// A private single-node ZooKeeper (Debian's `zookeeper` package), for ClickHouse's
+/// Replicated tables.
+pub struct ZooKeeper {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl ZooKeeper {
+    pub fn start() -> Result<ZooKeeper> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        std::fs::create_dir_all(dir.path().join("data"))?;
+        std::fs::write(
+            dir.path().join("zoo.cfg"),
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\nmaxSessionTimeout=30000\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let mut zk = ZooKeeper { port, dir, child: None };
+        zk.restart()?;
+        Ok(zk)
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.dir.path().join("zookeeper.log"))?;
+        let child = Command::new("java")
+            .args([
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-cp",
+                "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar",
+            ])
+            .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("cannot start ZooKeeper (run scripts/install-deps.sh test)")?;
+        self.child = Some(child);
+        let port = self.port;
+        // `srvr` is on the default four-letter-word whitelist and answers only when serving.
+        wait_until("ZooKeeper to answer", Duration::from_secs(60), || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut out = String::new();
+            s.write_all(b"srvr").is_ok() && s.read_to_string(&mut out).is_ok() && out.contains("Mode:")
+        })
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
+        }
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A private ClickHouse server.
 pub struct ClickHouse {
     pub http_port: u16,
@@ -152,6 +216,19 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub fn start() -> Result<ClickHouse> {
+        Self::start_with(None)
+    }
+
+    /// A server that keeps Replicated tables in `zk`, as replica `replica` (the `{replica}`
+    /// macro; `{shard}` is `01`).
+    pub fn start_replicated(zk: &ZooKeeper, replica: &str) -> Result<ClickHouse> {
+        Self::start_with(Some(format!(
+            "<yandex>\n  <zookeeper><node><host>127.0.0.1</host><port>{}</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>\n  <macros><shard>01</shard><replica>{replica}</replica></macros>\n</yandex>\n",
+            zk.port
+        )))
+    }
+
+    fn start_with(extra_config: Option<String>) -> Result<ClickHouse> {
         let dir = tempfile::tempdir()?;
         let (http_port, tcp_port) = (free_port(), free_port());
         let tpl = repo_root().join("scripts/clickhouse");
@@ -163,6 +240,10 @@ impl ClickHouse {
             std::fs::create_dir_all(dir.path().join(sub))?;
         }
         std::fs::write(dir.path().join("config.xml"), config)?;
+        if let Some(extra) = extra_config {
+            std::fs::create_dir_all(dir.path().join("config.d"))?;
+            std::fs::write(dir.path().join("config.d/replication.xml"), extra)?;
+        }
         std::fs::copy(tpl.join("users.xml"), dir.path().join("users.xml"))?;
         let mut ch = ClickHouse { http_port, tcp_port, dir, child: None };
         ch.restart()?;

@@ -121,6 +121,8 @@ fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_
     assert_eq!(names, ["promo-code-analytics", "user-stats"]);
     assert!(plugins[0]["hash"].as_str().unwrap().len() == 64 && plugins[0]["status"] == "running");
     assert_eq!(plugins[0]["limits"]["call_timeout_ms"], 5000);
+    // A ClickHouse without ZooKeeper (18.16): said plainly, per table.
+    assert_eq!(plugins[0]["guarantees"]["promo_code_usages_analytics"], "at_least_once", "{plugins}");
     let streams = json(&host.admin("GET", "/api/streams", &[])?.1);
     let s0 = &streams.as_array().unwrap()[0];
     assert_eq!(

@@ -5,7 +5,7 @@
 //! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`, and are refused outright when no token is
 //! configured — an admin port is never writable by accident.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -216,6 +216,10 @@ fn plugin_json(p: &PluginEntry) -> Value {
         v["hash"] = json!(l.hash);
         v["subscriptions"] = json!(m.subscriptions);
         v["tables"] = json!(l.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
+        // What a crash can cost, per table: `exactly_once_replicated`, `exactly_once_token`
+        // or `at_least_once` (see `writer::dedup`).
+        v["guarantees"] =
+            json!(l.tables.iter().map(|t| (t.name.clone(), t.guarantee.name())).collect::<BTreeMap<_, _>>());
         v["limits"] = json!({
             "call_timeout_ms": l.limits.call_timeout.as_millis() as u64,
             "max_memory_bytes": l.limits.max_memory_bytes,

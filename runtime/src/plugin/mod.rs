@@ -566,13 +566,19 @@ impl PluginInstance {
     /// Calls `handle-batch` and checks its rows against the declared tables. A trap (including
     /// a deadline overrun or the memory limit) or a malformed row buffer is a [`CallError`];
     /// the instance must then be dropped.
-    pub fn handle_batch(&mut self, plugin: &LoadedPlugin, events: &[wit::Event]) -> Result<BatchResult, CallError> {
+    /// `entries`: each event's entry-column value (see `writer::dedup`), or empty.
+    pub fn handle_batch(
+        &mut self,
+        plugin: &LoadedPlugin,
+        events: &[wit::Event],
+        entries: &[u64],
+    ) -> Result<BatchResult, CallError> {
         self.store.set_epoch_deadline(SandboxEngine::ticks(plugin.limits.call_timeout));
         let out = self.bindings.sluice_plugin_handler().call_handle_batch(&mut self.store, events).map_err(|e| {
             let panic = self.store.data_mut().last_panic.take();
             CallError::Trap { plugin: plugin.name().to_string(), reason: describe_trap(&e, plugin, panic) }
         })?;
-        let rows = decode_rows(&out.rows, &plugin.tables, events.len(), plugin.limits.output)
+        let rows = decode_rows(&out.rows, &plugin.tables, events.len(), entries, plugin.limits.output)
             .map_err(|e| CallError::Trap { plugin: plugin.name().to_string(), reason: e.to_string() })?;
         let mut failures: Vec<EventFailure> = Vec::with_capacity(out.failures.len() + rows.rejected.len());
         for f in out.failures {
@@ -659,16 +665,17 @@ impl Sandbox {
         Sandbox { plugin, instance: None }
     }
 
-    /// Runs `events` through the plugin. Never fails as a whole.
-    pub fn run(&mut self, events: &[wit::Event]) -> BatchOutcome {
+    /// Runs `events` through the plugin. Never fails as a whole. `entries`: each event's
+    /// entry-column value (see `writer::dedup`), or empty.
+    pub fn run(&mut self, events: &[wit::Event], entries: &[u64]) -> BatchOutcome {
         let mut out =
             BatchOutcome { tables: vec![rows::TableRows::default(); self.plugin.tables.len()], ..Default::default() };
-        self.run_into(events, 0, &mut out);
+        self.run_into(events, entries, 0, &mut out);
         out.failures.sort_by_key(|f| f.event);
         out
     }
 
-    fn run_into(&mut self, events: &[wit::Event], offset: u32, out: &mut BatchOutcome) {
+    fn run_into(&mut self, events: &[wit::Event], entries: &[u64], offset: u32, out: &mut BatchOutcome) {
         if events.is_empty() {
             return;
         }
@@ -682,7 +689,7 @@ impl Sandbox {
             reason: format!("cannot instantiate: {e:#}"),
         })
         .and_then(|mut inst| {
-            let r = inst.handle_batch(&self.plugin, events);
+            let r = inst.handle_batch(&self.plugin, events, entries);
             if r.is_ok() {
                 self.instance = Some(inst);
             }
@@ -708,8 +715,9 @@ impl Sandbox {
             Err(CallError::Trap { reason, .. }) => {
                 tracing::warn!(plugin = self.plugin.name(), events = events.len(), %reason, "plugin call trapped; isolating the culprit");
                 let mid = events.len() / 2;
-                self.run_into(&events[..mid], offset, out);
-                self.run_into(&events[mid..], offset + mid as u32, out);
+                let (head, tail) = entries.split_at(mid.min(entries.len()));
+                self.run_into(&events[..mid], head, offset, out);
+                self.run_into(&events[mid..], tail, offset + mid as u32, out);
             }
         }
     }

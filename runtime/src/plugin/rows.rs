@@ -33,6 +33,21 @@ pub struct TableRows {
 }
 
 impl TableRows {
+    /// These rows without those of the events `drop` picks.
+    pub fn without(self, drop: impl Fn(u32) -> bool) -> TableRows {
+        let mut out = TableRows::default();
+        let mut start = 0;
+        for (e, end, n) in self.events {
+            if !drop(e) {
+                out.data.extend_from_slice(&self.data[start..end]);
+                out.rows += n;
+                out.events.push((e, out.data.len(), n));
+            }
+            start = end;
+        }
+        out
+    }
+
     /// Appends the rows of a call made on a sub-slice of the batch starting at event `offset`.
     pub fn append(&mut self, other: TableRows, offset: u32) {
         let base = self.data.len();
@@ -429,10 +444,13 @@ fn parse_decimal(s: &str, scale: u32) -> Option<i128> {
 }
 
 /// Checks and encodes a plugin call's packed rows. `events` is the batch size.
+/// `entries`: by event, the value of the entry column (see `writer::dedup`) for tables that
+/// have one; 0 where missing.
 pub fn decode_rows(
     buf: &[u8],
     tables: &[TableSchema],
     events: usize,
+    entries: &[u64],
     limits: OutputLimits,
 ) -> Result<DecodedRows, MalformedRows> {
     let mut out = DecodedRows {
@@ -502,6 +520,9 @@ pub fn decode_rows(
                 if let Err(e) = encode(&col.ty, v, buf, dst) {
                     row_error = Some(format!("table `{}`, column `{}`: {e}", schema.name, col.name));
                 }
+            }
+            if schema.entry_column && !current_failed && row_error.is_none() {
+                dst.extend_from_slice(&entries.get(event as usize).copied().unwrap_or(0).to_le_bytes());
             }
         }
         if current_failed {
@@ -599,7 +620,7 @@ mod tests {
         w.row(0, 0, 5).str("2024-06-01").str("a").uint(7).float(1.5).null();
         w.row(1, 0, 5).int(0).str("b").uint(300).float(2.0).str("x"); // 300 does not fit UInt8
         w.row(2, 0, 5).int(1).str("").int(255).int(3).str("y");
-        let d = decode_rows(&w.0, &[t], 3, OutputLimits::default()).unwrap();
+        let d = decode_rows(&w.0, &[t], 3, &[], OutputLimits::default()).unwrap();
         assert_eq!(d.tables[0].rows, 2);
         assert_eq!(d.rejected.len(), 1);
         assert_eq!(d.rejected[0].0, 1);
@@ -625,7 +646,7 @@ mod tests {
         w.row(0, 0, 2).int(5).float(1.0);
         w.row(1, 0, 2).str("x").null();
         w.row(2, 0, 2).str("x").str("1.0");
-        let d = decode_rows(&w.0, &[t], 3, OutputLimits::default()).unwrap();
+        let d = decode_rows(&w.0, &[t], 3, &[], OutputLimits::default()).unwrap();
         assert_eq!(d.tables[0].rows, 0);
         let msgs: Vec<&str> = d.rejected.iter().map(|(_, m)| m.as_str()).collect();
         assert_eq!(msgs[0], "table `t`, column `s`: expected String, got int 5");
@@ -641,7 +662,7 @@ mod tests {
         w.row(1, 0, 1).str("short");
         w.row(2, 0, 3).str("long").uint(2).uint(3);
         w.row(3, 0, 2).str("b").uint(4);
-        let d = decode_rows(&w.0, &[t], 4, OutputLimits::default()).unwrap();
+        let d = decode_rows(&w.0, &[t], 4, &[], OutputLimits::default()).unwrap();
         assert_eq!(d.tables[0].rows, 2);
         let msgs: Vec<(u32, &str)> = d.rejected.iter().map(|(e, m)| (*e, m.as_str())).collect();
         assert_eq!(
@@ -663,7 +684,7 @@ mod tests {
         w.row(1, 0, 1).str("dropped");
         w.row(1, 1, 1).int(1); // wrong type: event 1 fails, its row in table 0 goes too
         w.row(2, 1, 1).str("ok");
-        let d = decode_rows(&w.0, &[a, b], 3, OutputLimits::default()).unwrap();
+        let d = decode_rows(&w.0, &[a, b], 3, &[], OutputLimits::default()).unwrap();
         assert_eq!((d.tables[0].rows, d.tables[1].rows), (1, 1));
         assert_eq!(d.tables[0].data, vec![2, b'o', b'k']);
         // Event boundaries: event 1's row in table 0 is gone with it.
@@ -678,9 +699,9 @@ mod tests {
         w.row(0, 0, 1).str("x");
         let mut truncated = w.0.clone();
         truncated.pop();
-        assert!(decode_rows(&truncated, std::slice::from_ref(&t), 1, OutputLimits::default()).is_err());
+        assert!(decode_rows(&truncated, std::slice::from_ref(&t), 1, &[], OutputLimits::default()).is_err());
         assert!(
-            decode_rows(&w.0, std::slice::from_ref(&t), 0, OutputLimits::default())
+            decode_rows(&w.0, std::slice::from_ref(&t), 0, &[], OutputLimits::default())
                 .unwrap_err()
                 .reason
                 .contains("batch has 0 events")
@@ -688,14 +709,33 @@ mod tests {
         let mut w2 = W(Vec::new());
         w2.row(0, 3, 1).str("x");
         assert!(
-            decode_rows(&w2.0, std::slice::from_ref(&t), 1, OutputLimits::default())
+            decode_rows(&w2.0, std::slice::from_ref(&t), 1, &[], OutputLimits::default())
                 .unwrap_err()
                 .reason
                 .contains("table index 3")
         );
         let mut w3 = W(Vec::new());
         w3.row(1, 0, 1).str("x").row(0, 0, 1).str("y");
-        assert!(decode_rows(&w3.0, &[t], 2, OutputLimits::default()).unwrap_err().reason.contains("come after"));
+        assert!(decode_rows(&w3.0, &[t], 2, &[], OutputLimits::default()).unwrap_err().reason.contains("come after"));
+    }
+
+    #[test]
+    fn entry_column_follows_each_row_and_rows_can_be_dropped_by_event() {
+        let mut t = schema(&[("n", "UInt8")]);
+        t.entry_column = true;
+        let mut w = W(Vec::new());
+        w.row(0, 0, 1).uint(1);
+        w.row(0, 0, 1).uint(2);
+        w.row(1, 0, 1).uint(3);
+        w.row(2, 0, 1).uint(4);
+        let d = decode_rows(&w.0, &[t], 3, &[10, 20, 30], OutputLimits::default()).unwrap();
+        let row = |n: u8, entry: u64| [vec![n], entry.to_le_bytes().to_vec()].concat();
+        let all = [row(1, 10), row(2, 10), row(3, 20), row(4, 30)].concat();
+        assert_eq!(d.tables[0].data, all);
+        assert_eq!(d.tables[0].events, vec![(0, 18, 2), (1, 27, 1), (2, 36, 1)]);
+        let kept = d.tables[0].clone().without(|e| e == 1);
+        assert_eq!(kept.data, [row(1, 10), row(2, 10), row(4, 30)].concat());
+        assert_eq!((kept.rows, kept.events), (3, vec![(0, 18, 2), (2, 27, 1)]));
     }
 
     #[test]
@@ -706,8 +746,8 @@ mod tests {
             w.row(0, 0, 1).str("x");
         }
         w.row(1, 0, 1).str("y");
-        let d =
-            decode_rows(&w.0, &[t], 2, OutputLimits { max_rows_per_event: 2, max_bytes_per_event: 1 << 20 }).unwrap();
+        let d = decode_rows(&w.0, &[t], 2, &[], OutputLimits { max_rows_per_event: 2, max_bytes_per_event: 1 << 20 })
+            .unwrap();
         assert_eq!(d.tables[0].rows, 1);
         assert!(d.rejected[0].1.contains("more than 2 rows"));
     }
@@ -721,7 +761,7 @@ mod tests {
         w.0.push(TAG_ARRAY);
         w.0.extend_from_slice(&2u32.to_le_bytes());
         w.uint(1).uint(65535);
-        let d = decode_rows(&w.0, &[t], 1, OutputLimits::default()).unwrap();
+        let d = decode_rows(&w.0, &[t], 1, &[], OutputLimits::default()).unwrap();
         assert!(d.rejected.is_empty(), "{:?}", d.rejected);
         let mut expect = Vec::new();
         expect.extend_from_slice(&(-1230i32).to_le_bytes());

@@ -25,6 +25,10 @@ pub struct SourceEvent {
     pub fields: Vec<(String, Vec<u8>)>,
     /// The event for the plugin, or why the entry is not a valid event.
     pub parsed: Result<wit::Event, String>,
+    /// Tables (by index in the plugin's declaration) that already hold this event's rows from
+    /// an earlier delivery (exactly-once tables only, see `writer::ledger`): its new rows for
+    /// them are dropped.
+    pub written: Vec<usize>,
 }
 
 /// Milliseconds part of a stream entry id.

@@ -69,6 +69,9 @@ pub struct StreamReader {
     pub event_type: Arc<str>,
     pub group: String,
     pub consumer: String,
+    /// The plugin's exactly-once tables: acknowledging or dead-lettering an entry also
+    /// deletes its batch-ledger fields for them (see `writer::ledger`).
+    pub ledger_tables: Arc<[String]>,
 }
 
 /// An entry of the pending-entries list.
@@ -96,7 +99,19 @@ impl StreamReader {
             event_type: Arc::from(event_type),
             group: group.to_string(),
             consumer: consumer.to_string(),
+            ledger_tables: Arc::from(Vec::new()),
         }
+    }
+
+    /// The same reader, deleting ledger fields of `tables` with every acknowledgement.
+    pub fn with_ledger_tables(mut self, tables: Vec<String>) -> Self {
+        self.ledger_tables = Arc::from(tables);
+        self
+    }
+
+    /// The connection, for other keys of the same consumer group (the batch ledger).
+    pub fn conn(&mut self) -> &mut ConnectionManager {
+        &mut self.conn
     }
 
     /// The event stream.
@@ -112,6 +127,7 @@ impl StreamReader {
             event_type: self.event_type.clone(),
             group: self.group.clone(),
             consumer: self.consumer.clone(),
+            ledger_tables: self.ledger_tables.clone(),
         }
     }
 
@@ -183,7 +199,7 @@ impl StreamReader {
         fields: Vec<(String, Vec<u8>)>,
     ) -> SourceEvent {
         let parsed = parse_entry(stream, &self.event_type, &entry_id, &fields);
-        SourceEvent { stream: stream.clone(), entry_id, deliveries, fields, parsed }
+        SourceEvent { stream: stream.clone(), entry_id, deliveries, fields, parsed, written: Vec::new() }
     }
 
     /// Pending entries of both streams idle for at least `min_idle`, oldest first per stream.
@@ -241,17 +257,20 @@ impl StreamReader {
             }
             let reply: Value =
                 c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {stream} failed"))?;
-            let mut got = std::collections::HashSet::new();
             for (id, fields) in entries_reply(reply)? {
-                got.insert(id.clone());
-                if let Some(fields) = fields {
-                    let deliveries = mine.iter().find(|e| e.id == id).map(|e| e.deliveries + 1).unwrap_or(1);
-                    claimed.push(self.event(&stream, id, deliveries, fields));
+                match fields {
+                    Some(fields) => {
+                        let deliveries = mine.iter().find(|e| e.id == id).map(|e| e.deliveries + 1).unwrap_or(1);
+                        claimed.push(self.event(&stream, id, deliveries, fields));
+                    }
+                    // Redis 6 answers a pending id trimmed from the stream with a nil entry.
+                    None => deleted.extend(mine.iter().filter(|e| e.id == id).map(|e| (*e).clone())),
                 }
             }
-            // Redis 7 answers XCLAIM with only the entries that still exist: ids pending but
-            // trimmed from the stream are absent.
-            deleted.extend(mine.into_iter().filter(|e| !got.contains(&e.id)).cloned());
+            // An id absent from the answer was not claimed: another instance claimed it first
+            // (its idle time is no longer `min_idle`), or — Redis 7 — it was trimmed from the
+            // stream and XCLAIM has already dropped it from the pending list. Either way it
+            // is not this instance's to acknowledge.
         }
         Ok((claimed, deleted))
     }
@@ -285,8 +304,14 @@ impl StreamReader {
             return Ok(());
         }
         let mut p = redis::pipe();
+        // One MULTI with the ledger fields: an entry acknowledged keeps none, and one not
+        // acknowledged keeps all of them.
+        if !self.ledger_tables.is_empty() {
+            p.atomic();
+        }
         for (stream, ids) in &by_stream {
             p.cmd("XACK").arg(*stream).arg(&self.group).arg(ids).ignore();
+            crate::writer::ledger::forget(&mut p, &self.group, stream, ids, &self.ledger_tables);
         }
         let _: () =
             p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {} failed", self.streams[0]))?;
@@ -319,6 +344,13 @@ impl StreamReader {
             }
             p.ignore();
             p.cmd("XACK").arg(&*l.event.stream).arg(&self.group).arg(&l.event.entry_id).ignore();
+            crate::writer::ledger::forget(
+                &mut p,
+                &self.group,
+                &l.event.stream,
+                &[l.event.entry_id.as_str()],
+                &self.ledger_tables,
+            );
         }
         let _: () = p
             .query_async(&mut self.conn)

@@ -100,6 +100,8 @@ pub fn is_retryable_code(code: u32) -> bool {
         | 203 // NO_FREE_CONNECTION
         | 209 // SOCKET_TIMEOUT
         | 210 // NETWORK_ERROR
+        | 225 // NO_ZOOKEEPER: "ZooKeeper session has been expired" (a Replicated table's
+              // ZooKeeper away or reconnecting)
         | 241 // MEMORY_LIMIT_EXCEEDED
         | 242 // TABLE_IS_READ_ONLY
         | 252 // TOO_MANY_PARTS
@@ -209,10 +211,20 @@ impl ChClient {
     }
 
     /// Inserts pre-encoded RowBinary rows with one INSERT.
-    pub async fn insert_rowbinary(&self, sql: &str, data: Bytes, low_cardinality: bool) -> Result<(), ChError> {
+    /// `token`: the block's `insert_deduplication_token` (servers that have it, see `dedup`).
+    pub async fn insert_rowbinary(
+        &self,
+        sql: &str,
+        data: Bytes,
+        low_cardinality: bool,
+        token: Option<&str>,
+    ) -> Result<(), ChError> {
         let mut insert = self.client.insert_formatted_with(sql.to_string());
         if low_cardinality {
             insert = insert.with_setting("allow_experimental_low_cardinality_type", "1");
+        }
+        if let Some(t) = token {
+            insert = insert.with_setting("insert_deduplication_token", t);
         }
         insert.send(data).await.map_err(ChError::from_client)?;
         insert.end().await.map_err(ChError::from_client)

@@ -15,6 +15,7 @@
 //! every added column is a row (plugin, version, file hash, the DDL run, when).
 
 use super::clickhouse::{ChClient, ChError};
+use super::dedup::{ENTRY_COLUMN, ServerDedup};
 use super::schema::{Change, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
 
 /// The plugin version a change is made for, as recorded in the registry.
@@ -96,6 +97,7 @@ pub async fn live_table(client: &ChClient, name: &str) -> Result<Option<LiveTabl
     Ok(Some(LiveTable {
         columns,
         engine: engine_of(&text("engine_full")),
+        engine_full: text("engine_full"),
         partition_key: text("partition_key"),
         sorting_key: text("sorting_key"),
         managed,
@@ -130,15 +132,18 @@ async fn record(client: &ChClient, table: &str, owner: Owner<'_>, change: &str, 
 }
 
 /// Prepares every table of one plugin version: all are planned first, and if any is refused
-/// nothing is changed. Returns what was done per table (for the log).
+/// nothing is changed. New tables are created as `server` allows (Replicated when ZooKeeper
+/// is there, see `dedup`). Then each table's guarantee and entry column are read from the live
+/// table into `tables`. Returns what was done per table (for the log).
 pub async fn prepare_plugin(
     client: &ChClient,
-    tables: &[TableSchema],
+    server: &ServerDedup,
+    tables: &mut [TableSchema],
     owner: Owner<'_>,
 ) -> Result<Vec<(String, Plan)>, PrepareError> {
     ensure_registry(client).await?;
     let mut plans = Vec::with_capacity(tables.len());
-    for t in tables {
+    for t in tables.iter() {
         plans.push(plan(client, t).await?);
     }
     let refused: Vec<String> = tables
@@ -153,16 +158,29 @@ pub async fn prepare_plugin(
         return Err(PrepareError::Refused(refused.join(" | ")));
     }
     for (t, p) in tables.iter().zip(&plans) {
-        apply(client, t, p, owner).await?;
+        apply(client, server, t, p, owner).await?;
+    }
+    for t in tables.iter_mut() {
+        let live = live_table(client, &t.name).await?.ok_or_else(|| {
+            PrepareError::Refused(format!("table {}.{} vanished after it was prepared", client.database(), t.name))
+        })?;
+        t.guarantee = server.guarantee_of(&live);
+        t.entry_column = live.columns.iter().any(|(n, _)| n == ENTRY_COLUMN);
     }
     Ok(tables.iter().map(|t| t.name.clone()).zip(plans).collect())
 }
 
-async fn apply(client: &ChClient, schema: &TableSchema, plan: &Plan, owner: Owner<'_>) -> Result<(), PrepareError> {
+async fn apply(
+    client: &ChClient,
+    server: &ServerDedup,
+    schema: &TableSchema,
+    plan: &Plan,
+    owner: Owner<'_>,
+) -> Result<(), PrepareError> {
     match plan {
         Plan::UpToDate | Plan::Refused(_) => Ok(()),
         Plan::Create => {
-            let ddl = schema.create_ddl(client.database());
+            let ddl = server.create_ddl(schema, client.database());
             // Recorded first, so that another host looking at the new table sees it as ours.
             record(client, &schema.name, owner, "create", &ddl).await?;
             client.execute(&ddl, schema.uses_low_cardinality()).await?;

@@ -15,19 +15,32 @@
 //! split down to single events' rows until only the events at fault fail; one that blames the table
 //! (schema, auth) fails the chunks. Failed chunks' events are retried and finally
 //! dead-lettered by the router.
+//!
+//! Exactly-once tables (see `dedup`): before its INSERT a block is recorded in Redis with the
+//! entries its rows came from (see `ledger`), and closed after. Whoever handles one of those
+//! entries again — a retry here, or another host recovering a dead one's work — first calls
+//! [`Writer::recover`] on the batch, which re-sends the identical block (the same halves, if
+//! it had to be split) with the same deduplication identity, then drops its own new rows for
+//! that table.
 
 pub mod clickhouse;
+pub mod dedup;
 pub mod evolve;
+pub mod ledger;
 pub mod schema;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use self::clickhouse::{ChClient, ChError, ErrorClass};
+use self::ledger::{BatchRecord, RecordedPart};
 use self::schema::TableSchema;
 
 /// The result of committing a chunk: Ok once all its rows are in ClickHouse.
@@ -41,21 +54,22 @@ pub struct ChunkFailure {
     pub events: Vec<u32>,
 }
 
+/// Where the events of a plugin call came from, for the batch ledger: the consumer group and,
+/// by event number, (stream, entry id).
+#[derive(Debug)]
+pub struct ChunkOrigin {
+    pub group: Arc<str>,
+    pub entries: Vec<(Arc<str>, Arc<str>)>,
+}
+
 /// Rows of one plugin call for one table.
 pub struct RowChunk {
     pub data: Vec<u8>,
     pub rows: usize,
     /// Each event's rows in `data`: (event, end offset, row count), in order.
     pub events: Vec<(u32, usize, usize)>,
+    pub origin: Arc<ChunkOrigin>,
     pub done: oneshot::Sender<CommitResult>,
-}
-
-/// The rows of one event within a chunk: the unit a refused block is split down to.
-struct Part {
-    chunk: usize,
-    event: u32,
-    bytes: std::ops::Range<usize>,
-    rows: usize,
 }
 
 /// Batching settings.
@@ -72,17 +86,26 @@ impl Default for BatchPolicy {
     }
 }
 
+/// The Redis side of exactly-once: a connection for batch records and who writes them.
+#[derive(Clone)]
+pub struct LedgerConn {
+    pub conn: ConnectionManager,
+    /// This host's consumer name, recorded as each batch's owner (for operators).
+    pub owner: Arc<str>,
+}
+
 /// Handles to every table's batching task.
 #[derive(Clone)]
 pub struct Writer {
     tables: Arc<std::sync::Mutex<HashMap<String, mpsc::Sender<RowChunk>>>>,
     client: ChClient,
     policy: BatchPolicy,
+    ledger: Option<LedgerConn>,
 }
 
 impl Writer {
-    pub fn new(client: ChClient, policy: BatchPolicy) -> Self {
-        Writer { tables: Default::default(), client, policy }
+    pub fn new(client: ChClient, policy: BatchPolicy, ledger: Option<LedgerConn>) -> Self {
+        Writer { tables: Default::default(), client, policy, ledger }
     }
 
     pub fn client(&self) -> &ChClient {
@@ -93,22 +116,70 @@ impl Writer {
     /// must exist (see [`evolve::prepare_plugin`]).
     pub fn table(&self, schema: &TableSchema) -> mpsc::Sender<RowChunk> {
         let mut tables = self.tables.lock().unwrap();
-        let tx = tables
-            .entry(schema.name.clone())
+        // Keyed by the column list too: a version whose rows have other columns (one added by
+        // schema evolution, or the entry column) gets a task of its own, so that one INSERT
+        // never mixes two row layouts.
+        let key = format!("{}|{}", schema.name, schema.column_list());
+        tables
+            .entry(key)
             .or_insert_with(|| {
                 // Bounded: at most this many chunks wait per table; senders block beyond it.
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(run_table(self.client.clone(), schema.clone(), self.policy, rx));
+                let ledger = if schema.guarantee.exactly_once() { self.ledger.clone() } else { None };
+                let target = Target::of(&self.client, schema);
+                let token = schema.guarantee == dedup::Guarantee::ExactlyOnceToken;
+                tokio::spawn(run_table(self.client.clone(), target, ledger, token, self.policy, rx));
                 tx
             })
-            .clone();
-        tx
+            .clone()
+    }
+
+    /// Makes sure recorded batch `id` is in ClickHouse: if its record is still open, inserts
+    /// its block again (identical, with the same deduplication identity, so the table drops it
+    /// if it had landed) and closes it. Parts ClickHouse refuses lose their ledger fields, so
+    /// their events write those rows again. Waits while ClickHouse is away.
+    pub async fn recover(&self, id: &str) -> Result<()> {
+        let Some(ledger) = &self.ledger else { return Ok(()) };
+        let mut conn = ledger.conn.clone();
+        let Some(record) = ledger::load(&mut conn, id).await? else { return Ok(()) };
+        tracing::info!(batch = id, table = %record.table, events = record.parts.len(), "recovering a recorded batch: inserting it again (the table drops it if it had landed)");
+        let target =
+            Target { table: record.table.clone(), sql: record.sql.clone(), low_cardinality: record.low_cardinality };
+        let token = record.token.then_some(record.id.as_str());
+        let failed = insert_parts(&self.client, &target, &record.data, &record.parts, token).await;
+        let failed: Vec<&RecordedPart> = failed.iter().map(|(i, _)| &record.parts[*i]).collect();
+        ledger::close(&mut conn, &record, &failed).await?;
+        metrics::counter!("sluice_batches_recovered_total", "table" => record.table.clone()).increment(1);
+        Ok(())
     }
 }
 
-async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, mut rx: mpsc::Receiver<RowChunk>) {
-    let insert_sql =
-        format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list());
+/// What an INSERT goes to.
+#[derive(Debug, Clone)]
+struct Target {
+    table: String,
+    sql: String,
+    low_cardinality: bool,
+}
+
+impl Target {
+    fn of(client: &ChClient, schema: &TableSchema) -> Target {
+        Target {
+            table: schema.name.clone(),
+            sql: format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list()),
+            low_cardinality: schema.uses_low_cardinality(),
+        }
+    }
+}
+
+async fn run_table(
+    client: ChClient,
+    target: Target,
+    ledger: Option<LedgerConn>,
+    token: bool,
+    policy: BatchPolicy,
+    mut rx: mpsc::Receiver<RowChunk>,
+) {
     let mut pending: Vec<RowChunk> = Vec::new();
     loop {
         // Wait for the first chunk of a block.
@@ -128,54 +199,148 @@ async fn run_table(client: ChClient, schema: TableSchema, policy: BatchPolicy, m
                 Ok(None) | Err(_) => break,
             }
         }
-        commit(&client, &schema, &insert_sql, std::mem::take(&mut pending)).await;
+        commit(&client, &target, ledger.as_ref(), token, std::mem::take(&mut pending)).await;
     }
 }
 
-/// Inserts `chunks` as one block and tells each chunk's sender how it went. When ClickHouse
-/// blames rows rather than the table, the block is split in halves and the halves inserted
-/// apart, down to the rows of single events, so that only the events whose rows are refused
-/// fail: their batch-mates, and other plugins' rows sharing the block, still land. (A block is
-/// atomic, so a half either lands whole or not at all.)
-async fn commit(client: &ChClient, schema: &TableSchema, sql: &str, chunks: Vec<RowChunk>) {
+/// Inserts `chunks` as one block and tells each chunk's sender how it went. For an
+/// exactly-once table the block is recorded in Redis first and closed after.
+async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>, token: bool, chunks: Vec<RowChunk>) {
+    let total: usize = chunks.iter().map(|c| c.data.len()).sum();
+    let mut data = Vec::with_capacity(total);
     let mut parts = Vec::new();
+    // (chunk, event) of each part.
+    let mut owners = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         let mut start = 0;
         for &(event, end, rows) in &c.events {
-            parts.push(Part { chunk: i, event, bytes: start..end, rows });
+            let (stream, entry_id) = c.origin.entries[event as usize].clone();
+            let at = data.len();
+            data.extend_from_slice(&c.data[start..end]);
+            parts.push(RecordedPart {
+                group: c.origin.group.clone(),
+                stream,
+                entry_id,
+                start: at,
+                end: data.len(),
+                rows,
+            });
+            owners.push((i, event));
             start = end;
         }
     }
-    let mut failed: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
-    let mut groups = vec![parts];
-    while let Some(group) = groups.pop() {
-        let mut block = Vec::with_capacity(group.iter().map(|p| p.bytes.len()).sum());
-        for p in &group {
-            block.extend_from_slice(&chunks[p.chunk].data[p.bytes.clone()]);
+    let data = Bytes::from(data);
+    let mut unrecorded = parts;
+    let record = ledger.map(|_| BatchRecord {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        table: target.table.clone(),
+        sql: target.sql.clone(),
+        low_cardinality: target.low_cardinality,
+        token,
+        data: data.clone(),
+        parts: std::mem::take(&mut unrecorded),
+    });
+    if let (Some(r), Some(l)) = (&record, ledger) {
+        {
+            // Nothing is inserted before it is recorded: keep trying while Redis is away
+            // (the table's channel fills meanwhile, and the pipelines stop reading).
+            let mut conn = l.conn.clone();
+            let mut delay = Duration::from_millis(100);
+            while let Err(e) = ledger::record(&mut conn, r, &l.owner).await {
+                tracing::warn!(table = %target.table, error = format!("{e:#}"), "cannot record a batch before inserting it; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
-        let rows = group.iter().map(|p| p.rows).sum();
-        match insert_with_retry(client, schema, sql, block, rows).await {
+    }
+    let parts: &[RecordedPart] = record.as_ref().map_or(&unrecorded, |r| &r.parts);
+    let token_id = record.as_ref().filter(|r| r.token).map(|r| r.id.as_str());
+    let failed = insert_parts(client, target, &data, parts, token_id).await;
+    if record.is_some() && failed.is_empty() {
+        failpoint_exit_after_insert();
+    }
+    if let (Some(r), Some(l)) = (&record, ledger) {
+        let failed_parts: Vec<&RecordedPart> = failed.iter().map(|(i, _)| &r.parts[*i]).collect();
+        // Closed before the events are acknowledged: an acknowledged event is never handled
+        // again, so nobody else would close its batch. If this host dies first, whoever
+        // handles the events again re-sends the batch (dropped as a duplicate) and closes it.
+        let mut conn = l.conn.clone();
+        let mut delay = Duration::from_millis(100);
+        while let Err(e) = ledger::close(&mut conn, r, &failed_parts).await {
+            tracing::warn!(table = %target.table, batch = %r.id, error = format!("{e:#}"), "cannot close a committed batch in Redis; retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+    let mut failures: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
+    for (part, error) in failed {
+        let (chunk, event) = owners[part];
+        failures[chunk]
+            .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new() })
+            .events
+            .push(event);
+    }
+    for (c, f) in chunks.into_iter().zip(failures) {
+        let _ = c.done.send(f.map_or(Ok(()), Err));
+    }
+}
+
+/// Test-only fault injection: with `SLUICE_FAILPOINT_EXIT_AFTER_INSERT=N`, the process exits
+/// (as if killed) right after the N-th recorded batch landed, before it is closed and its
+/// events acknowledged — the one crash exactly-once exists for, made deterministic.
+fn failpoint_exit_after_insert() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static SEEN: AtomicU64 = AtomicU64::new(0);
+    let after = *AFTER.get_or_init(|| std::env::var("SLUICE_FAILPOINT_EXIT_AFTER_INSERT").ok()?.parse().ok());
+    if let Some(n) = after
+        && SEEN.fetch_add(1, Ordering::SeqCst) + 1 == n
+    {
+        eprintln!("failpoint: exiting after inserting recorded batch {n}, before closing it");
+        std::process::exit(86);
+    }
+}
+
+/// Inserts the block `data` made of `parts` (contiguous, in order). When ClickHouse blames
+/// rows rather than the table, the block is split in halves and the halves inserted apart,
+/// down to the rows of single events, so that only the events whose rows are refused fail:
+/// their batch-mates, and other plugins' rows sharing the block, still land. (A block is
+/// atomic, so a half either lands whole or not at all.) The splits depend only on the parts
+/// and the data, so a recovered batch is split the same way, and each piece carries the token
+/// `<token>:<first part>-<last part>`. Returns the parts that failed, with the error.
+async fn insert_parts(
+    client: &ChClient,
+    target: &Target,
+    data: &Bytes,
+    parts: &[RecordedPart],
+    token: Option<&str>,
+) -> Vec<(usize, Arc<str>)> {
+    let mut failed = Vec::new();
+    // A stack of part ranges still to insert, the whole block first.
+    let mut groups: Vec<Range<usize>> = Vec::new();
+    groups.push(0..parts.len());
+    while let Some(group) = groups.pop() {
+        if group.is_empty() {
+            continue;
+        }
+        let block = data.slice(parts[group.start].start..parts[group.end - 1].end);
+        let rows = parts[group.clone()].iter().map(|p| p.rows).sum();
+        let piece_token = token.map(|t| format!("{t}:{}-{}", group.start, group.end - 1));
+        match insert_with_retry(client, target, block, rows, piece_token.as_deref()).await {
             Ok(()) => {}
             Err(e) if e.class() == ErrorClass::Rows && group.len() > 1 => {
-                tracing::warn!(table = %schema.name, events = group.len(), error = %e, "ClickHouse refused rows of a block; inserting its halves apart to find the events at fault");
-                let mut left = group;
-                let right = left.split_off(left.len() / 2);
-                groups.push(right);
-                groups.push(left);
+                tracing::warn!(table = %target.table, events = group.len(), error = %e, "ClickHouse refused rows of a block; inserting its halves apart to find the events at fault");
+                let mid = group.start + group.len() / 2;
+                groups.push(mid..group.end);
+                groups.push(group.start..mid);
             }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
-                for p in group {
-                    let f = failed[p.chunk]
-                        .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new() });
-                    f.events.push(p.event);
-                }
+                failed.extend(group.map(|i| (i, error.clone())));
             }
         }
     }
-    for (c, f) in chunks.into_iter().zip(failed) {
-        let _ = c.done.send(f.map_or(Ok(()), Err));
-    }
+    failed
 }
 
 /// Inserts one block. Retryable errors (network, timeouts, overload, too many parts) are
@@ -184,51 +349,49 @@ async fn commit(client: &ChClient, schema: &TableSchema, sql: &str, chunks: Vec<
 /// attempts. A fatal error (schema, auth, bad data) fails the block at once.
 async fn insert_with_retry(
     client: &ChClient,
-    schema: &TableSchema,
-    sql: &str,
-    block: Vec<u8>,
+    target: &Target,
+    block: Bytes,
     rows: usize,
+    token: Option<&str>,
 ) -> Result<(), ChError> {
-    let block = bytes::Bytes::from(block);
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u64;
     let started = Instant::now();
+    let table = &target.table;
     loop {
         let t = Instant::now();
-        let result = client.insert_rowbinary(sql, block.clone(), schema.uses_low_cardinality()).await;
+        let result = client.insert_rowbinary(&target.sql, block.clone(), target.low_cardinality, token).await;
         if let Err(e) = &result {
             let class = match e.class() {
                 ErrorClass::Retry => "retry",
                 ErrorClass::Rows => "rows",
                 ErrorClass::Table => "table",
             };
-            metrics::counter!("sluice_insert_errors_total", "table" => schema.name.clone(), "class" => class)
-                .increment(1);
+            metrics::counter!("sluice_insert_errors_total", "table" => table.clone(), "class" => class).increment(1);
         }
         match result {
             Ok(()) => {
-                let table = schema.name.clone();
                 metrics::counter!("sluice_rows_written_total", "table" => table.clone()).increment(rows as u64);
                 metrics::counter!("sluice_bytes_written_total", "table" => table.clone()).increment(block.len() as u64);
-                metrics::histogram!("sluice_insert_duration_seconds", "table" => table)
+                metrics::histogram!("sluice_insert_duration_seconds", "table" => table.clone())
                     .record(t.elapsed().as_secs_f64());
                 if attempt > 1 {
-                    tracing::info!(table = %schema.name, rows, attempts = attempt, outage_s = started.elapsed().as_secs(), "insert succeeded after retries");
+                    tracing::info!(table = %table, rows, attempts = attempt, outage_s = started.elapsed().as_secs(), "insert succeeded after retries");
                 }
-                tracing::debug!(table = %schema.name, rows, bytes = block.len(), ms = t.elapsed().as_millis() as u64, "inserted");
+                tracing::debug!(table = %table, rows, bytes = block.len(), ms = t.elapsed().as_millis() as u64, "inserted");
                 return Ok(());
             }
             Err(e) if e.retryable() => {
                 // Log the first failures, then one line every ~10 attempts.
                 if attempt <= 3 || attempt % 10 == 0 {
-                    tracing::warn!(table = %schema.name, rows, attempt, error = %e, "insert failed; retrying in {delay:?} (reading pauses while ClickHouse is unavailable)");
+                    tracing::warn!(table = %table, rows, attempt, error = %e, "insert failed; retrying in {delay:?} (reading pauses while ClickHouse is unavailable)");
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(e) => {
-                tracing::error!(table = %schema.name, rows, attempt, error = %e, "insert failed with a fatal error; the events will be retried and then dead-lettered");
+                tracing::error!(table = %table, rows, attempt, error = %e, "insert failed with a fatal error; the events will be retried and then dead-lettered");
                 return Err(e);
             }
         }

@@ -335,6 +335,12 @@ pub struct TableSchema {
     pub partition_by: Option<String>,
     pub order_by: Vec<String>,
     pub settings: Vec<(String, String)>,
+    /// Set by the host from the live table, not by the plugin: rows carry the hidden column
+    /// [`ENTRY_COLUMN`](super::dedup::ENTRY_COLUMN) (which event they came from), so that two
+    /// batches of different events never hash alike (see `dedup`).
+    pub entry_column: bool,
+    /// Set by the host from the live table: what a batch inserted twice does.
+    pub guarantee: super::dedup::Guarantee,
 }
 
 impl TableSchema {
@@ -351,6 +357,12 @@ impl TableSchema {
         let mut columns = Vec::with_capacity(t.columns.len());
         for c in &t.columns {
             check_identifier("column name", &c.name).map_err(ctx)?;
+            if c.name.starts_with(RESERVED_PREFIX) {
+                return Err(ctx(format!(
+                    "column name `{}`: names starting with `{RESERVED_PREFIX}` are the host's own",
+                    c.name
+                )));
+            }
             if columns.iter().any(|x: &Column| x.name == c.name) {
                 return Err(ctx(format!("column `{}` is declared twice", c.name)));
             }
@@ -405,31 +417,55 @@ impl TableSchema {
             partition_by: t.partition_by.clone(),
             order_by: t.order_by.clone(),
             settings: t.settings.clone(),
+            entry_column: false,
+            guarantee: Default::default(),
         })
     }
 
     /// The column list of an INSERT, e.g. `(a, b, c)`.
     pub fn column_list(&self) -> String {
-        let names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        let mut names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        if self.entry_column {
+            names.push(super::dedup::ENTRY_COLUMN);
+        }
         format!("({})", names.join(", "))
     }
 
-    /// `CREATE TABLE IF NOT EXISTS` for this table in `database`.
+    /// `CREATE TABLE IF NOT EXISTS` for this table in `database`, as declared.
     pub fn create_ddl(&self, database: &str) -> String {
+        self.create_ddl_as(database, &self.engine_clause(), &[], false)
+    }
+
+    /// `CREATE TABLE IF NOT EXISTS` with the engine clause `engine` (e.g. the Replicated
+    /// variant of the declared one), `extra_settings` the plugin did not set itself, and the
+    /// hidden entry column if `entry_column`.
+    pub fn create_ddl_as(
+        &self,
+        database: &str,
+        engine: &str,
+        extra_settings: &[(&str, String)],
+        entry_column: bool,
+    ) -> String {
         let mut sql = format!("CREATE TABLE IF NOT EXISTS {database}.{} (\n", self.name);
-        for (i, c) in self.columns.iter().enumerate() {
-            sql.push_str(&format!("    {}", c.definition()));
-            sql.push_str(if i + 1 < self.columns.len() { ",\n" } else { "\n" });
+        let mut defs: Vec<String> = self.columns.iter().map(|c| c.definition()).collect();
+        if entry_column {
+            defs.push(format!("{} UInt64", super::dedup::ENTRY_COLUMN));
         }
-        sql.push_str(") ENGINE = ");
-        sql.push_str(&self.engine_clause());
+        sql.push_str(&defs.iter().map(|d| format!("    {d}")).collect::<Vec<_>>().join(",\n"));
+        sql.push_str("\n) ENGINE = ");
+        sql.push_str(engine);
         if let Some(p) = &self.partition_by {
             sql.push_str(&format!("\nPARTITION BY {p}"));
         }
         sql.push_str(&format!("\nORDER BY ({})", self.order_by.join(", ")));
-        if !self.settings.is_empty() {
-            let s: Vec<String> = self.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            sql.push_str(&format!("\nSETTINGS {}", s.join(", ")));
+        let mut settings: Vec<String> = self.settings.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+        for (k, v) in extra_settings {
+            if !self.settings.iter().any(|(name, _)| name == k) {
+                settings.push(format!("{k} = {v}"));
+            }
+        }
+        if !settings.is_empty() {
+            sql.push_str(&format!("\nSETTINGS {}", settings.join(", ")));
         }
         sql
     }
@@ -484,7 +520,8 @@ impl TableSchema {
         }
         if live.managed {
             for (name, ty) in &live.columns {
-                if !self.columns.iter().any(|c| &c.name == name) {
+                // The host's own columns (the entry column) are not the plugin's to declare.
+                if !name.starts_with(RESERVED_PREFIX) && !self.columns.iter().any(|c| &c.name == name) {
                     problems.push(format!(
                         "column `{name}` ({ty}) is in the live table but the plugin no longer declares it: removing a column is refused (drop it by hand with ALTER TABLE ... DROP COLUMN if you mean it)"
                     ));
@@ -575,7 +612,8 @@ fn extends_enum(old: &ColumnType, new: &ColumnType) -> bool {
     }
 }
 
-/// Table names the host keeps for itself (its registry of the tables it created).
+/// Table and column names the host keeps for itself (its registry of the tables it created,
+/// the entry column of exactly-once tables).
 pub const RESERVED_PREFIX: &str = "sluice_";
 
 /// A table as it exists in ClickHouse (from `system.tables` and `system.columns`).
@@ -585,6 +623,8 @@ pub struct LiveTable {
     pub columns: Vec<(String, String)>,
     /// The engine with its arguments, e.g. `SummingMergeTree(n)` (the start of `engine_full`).
     pub engine: String,
+    /// `engine_full`: the engine with its keys and settings.
+    pub engine_full: String,
     pub partition_key: String,
     pub sorting_key: String,
     /// True if Sluice created it (it is in the registry): only then may it add columns.
@@ -754,6 +794,7 @@ mod tests {
         LiveTable {
             columns: cols.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
             engine: engine.into(),
+            engine_full: engine.into(),
             partition_key: "toYYYYMM(d)".into(),
             sorting_key: sorting.into(),
             managed,

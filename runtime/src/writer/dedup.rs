@@ -1,0 +1,280 @@
+//! Which tables drop a batch inserted twice, and how the host creates tables that do.
+//!
+//! Exactly-once rests on two things: the writer records each batch in Redis before inserting
+//! it, so whoever recovers it after a crash inserts the *identical* block again (see
+//! `ledger`); and the table drops a block it has already stored. ClickHouse does the second in
+//! two ways, detected at start:
+//! - **Replicated*MergeTree** (ZooKeeper configured on the server; every release, 18.16
+//!   included): a block whose data hashes like one of the table's last
+//!   `replicated_deduplication_window` blocks is dropped. Because the hash is of the data, two
+//!   *different* batches with identical rows would also collide (e.g. two events with the same
+//!   counts): tables the host creates this way get a hidden column [`ENTRY_COLUMN`], a hash of
+//!   the Redis stream and entry id each row came from, so blocks of different events never hash
+//!   alike and the same event's block always does.
+//! - **`insert_deduplication_token`** (current releases): the writer sends the batch's id as the
+//!   token; MergeTree tables keep a window of tokens with `non_replicated_deduplication_window`,
+//!   Replicated ones anyway.
+//!
+//! Where neither is available (18.16 without ZooKeeper, or `exactly_once = "off"`), tables are
+//! plain MergeTree and the guarantee is at-least-once: said at start for each table.
+//!
+//! The window must cover every block inserted into a table between a batch's first insert and
+//! its recovery (a visibility timeout or a restart later): [`DEDUP_WINDOW`] blocks.
+
+use serde::Serialize;
+
+use super::clickhouse::{ChClient, ChError};
+use super::schema::{LiveTable, TableSchema};
+
+/// The hidden column of exactly-once tables created on servers without deduplication tokens.
+pub const ENTRY_COLUMN: &str = "sluice_entry";
+
+/// Blocks (or tokens) a table remembers. At 10 inserts per second per table and host (the
+/// default linger is 100 ms), 10,000 covers ten hosts for 100 s — more than the default
+/// visibility timeout of 60 s after which a dead host's batches are recovered.
+pub const DEDUP_WINDOW: u64 = 10_000;
+
+/// What happens to rows of a batch that is inserted again (after a crash or a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// The table keeps the rows twice: a batch recovered after a crash may double-count.
+    #[default]
+    AtLeastOnce,
+    /// A Replicated*MergeTree table drops a block whose data it already stored.
+    ExactlyOnceReplicated,
+    /// The table drops a block whose `insert_deduplication_token` it already saw.
+    ExactlyOnceToken,
+}
+
+impl Guarantee {
+    pub fn exactly_once(self) -> bool {
+        self != Guarantee::AtLeastOnce
+    }
+
+    /// For the log, `sluice plugin inspect` and the admin API.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => {
+                "at-least-once: rows of a batch recovered after a crash may be written twice (the table deduplicates nothing)"
+            }
+            Guarantee::ExactlyOnceReplicated => {
+                "exactly-once: batches recorded in Redis, re-inserted identically after a crash, dropped by the Replicated engine's block deduplication"
+            }
+            Guarantee::ExactlyOnceToken => {
+                "exactly-once: batches recorded in Redis, re-inserted after a crash with the same insert_deduplication_token"
+            }
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::AtLeastOnce => "at_least_once",
+            Guarantee::ExactlyOnceReplicated => "exactly_once_replicated",
+            Guarantee::ExactlyOnceToken => "exactly_once_token",
+        }
+    }
+}
+
+/// What the server offers for deduplication, detected once at start.
+#[derive(Debug, Clone, Default)]
+pub struct ServerDedup {
+    /// `exactly_once = "off"`: plain tables, no batch records.
+    pub disabled: bool,
+    /// ZooKeeper (or ClickHouse Keeper) is configured: Replicated engines work.
+    pub zookeeper: bool,
+    /// The `insert_deduplication_token` setting exists (22.2+).
+    pub token: bool,
+    /// The MergeTree setting `non_replicated_deduplication_window` exists.
+    pub non_replicated_window: bool,
+    /// The server defines the `{shard}` / `{replica}` macros.
+    pub shard_macro: bool,
+    pub replica_macro: bool,
+    /// The server's host name: the replica name when there is no `{replica}` macro.
+    pub hostname: String,
+}
+
+impl ServerDedup {
+    /// Asks the server.
+    pub async fn detect(client: &ChClient, disabled: bool) -> Result<ServerDedup, ChError> {
+        let one = |rows: Vec<serde_json::Value>| -> u64 {
+            rows.first()
+                .and_then(|r| r.get("n"))
+                .and_then(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())))
+                .unwrap_or(0)
+        };
+        // Without a <zookeeper> section the table system.zookeeper does not exist (code 60);
+        // with one, a ZooKeeper that is down right now still means Replicated tables work.
+        let zookeeper = match client.query_json("SELECT count() AS n FROM system.zookeeper WHERE path = '/'").await {
+            Ok(_) => true,
+            Err(ChError::Server { code: 60, .. }) => false,
+            Err(ChError::Server { message, .. }) => {
+                let m = message.to_ascii_lowercase();
+                !(m.contains("no zookeeper configuration") || m.contains("no hosts passed"))
+            }
+            Err(e) => return Err(e),
+        };
+        let token = one(client
+            .query_json("SELECT count() AS n FROM system.settings WHERE name = 'insert_deduplication_token'")
+            .await?)
+            > 0;
+        let non_replicated_window = one(client
+            .query_json(
+                "SELECT count() AS n FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'",
+            )
+            .await?)
+            > 0;
+        let macros: Vec<String> = client
+            .query_json("SELECT macro FROM system.macros")
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r.get("macro").and_then(|m| m.as_str()).map(str::to_string))
+            .collect();
+        let hostname = client
+            .query_json("SELECT hostName() AS h")
+            .await?
+            .first()
+            .and_then(|r| r.get("h").and_then(|h| h.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        Ok(ServerDedup {
+            disabled,
+            zookeeper,
+            token,
+            non_replicated_window,
+            shard_macro: macros.iter().any(|m| m == "shard"),
+            replica_macro: macros.iter().any(|m| m == "replica"),
+            hostname,
+        })
+    }
+
+    /// One line for the start-up log.
+    pub fn describe(&self) -> String {
+        if self.disabled {
+            return "exactly-once is off (exactly_once = \"off\"): new tables are plain, every table is at-least-once"
+                .into();
+        }
+        match (self.zookeeper, self.token && self.non_replicated_window) {
+            (true, _) => format!(
+                "ZooKeeper is configured: new tables are Replicated*MergeTree with replicated_deduplication_window = {DEDUP_WINDOW}{}",
+                if self.token { ", inserts carry insert_deduplication_token" } else { "" }
+            ),
+            (false, true) => format!(
+                "no ZooKeeper, but insert_deduplication_token: new tables are MergeTree with non_replicated_deduplication_window = {DEDUP_WINDOW}"
+            ),
+            (false, false) => "neither ZooKeeper nor insert_deduplication_token on this server: new tables are plain MergeTree, at-least-once (configure <zookeeper> in ClickHouse for exactly-once)".into(),
+        }
+    }
+
+    /// The CREATE TABLE for a new table: the Replicated variant of the declared engine when
+    /// ZooKeeper is there, a token window when only tokens are, as declared otherwise.
+    pub fn create_ddl(&self, schema: &TableSchema, database: &str) -> String {
+        let declared = schema.engine_clause();
+        if self.disabled {
+            return schema.create_ddl(database);
+        }
+        if self.zookeeper {
+            let shard = if self.shard_macro { "{shard}/" } else { "" };
+            let path = format!("/clickhouse/tables/{shard}{database}.{}", schema.name);
+            let replica = if self.replica_macro { "{replica}".to_string() } else { self.hostname.clone() };
+            let engine = replicated_engine(&declared, &path, &replica);
+            let settings = [("replicated_deduplication_window", DEDUP_WINDOW.to_string())];
+            return schema.create_ddl_as(database, &engine, &settings, !self.token);
+        }
+        if self.token && self.non_replicated_window {
+            let settings = [("non_replicated_deduplication_window", DEDUP_WINDOW.to_string())];
+            return schema.create_ddl_as(database, &declared, &settings, false);
+        }
+        schema.create_ddl(database)
+    }
+
+    /// The guarantee of a table [`Self::create_ddl`] would create.
+    pub fn guarantee_of_new(&self) -> Guarantee {
+        match (self.disabled, self.zookeeper, self.token) {
+            (true, _, _) => Guarantee::AtLeastOnce,
+            (false, true, true) => Guarantee::ExactlyOnceToken,
+            (false, true, false) => Guarantee::ExactlyOnceReplicated,
+            (false, false, true) if self.non_replicated_window => Guarantee::ExactlyOnceToken,
+            _ => Guarantee::AtLeastOnce,
+        }
+    }
+
+    /// The guarantee a live table gives.
+    pub fn guarantee_of(&self, live: &LiveTable) -> Guarantee {
+        if self.disabled {
+            return Guarantee::AtLeastOnce;
+        }
+        let engine = live.engine.trim_start();
+        if engine.starts_with("Replicated") {
+            return if self.token { Guarantee::ExactlyOnceToken } else { Guarantee::ExactlyOnceReplicated };
+        }
+        if self.token && setting_of(&live.engine_full, "non_replicated_deduplication_window").is_some_and(|n| n > 0) {
+            return Guarantee::ExactlyOnceToken;
+        }
+        Guarantee::AtLeastOnce
+    }
+}
+
+/// `SummingMergeTree((a, b))` → `ReplicatedSummingMergeTree('path', 'replica', (a, b))`.
+pub fn replicated_engine(engine: &str, path: &str, replica: &str) -> String {
+    let (name, args) = match engine.find('(') {
+        Some(i) => (&engine[..i], engine[i + 1..].strip_suffix(')').unwrap_or("")),
+        None => (engine, ""),
+    };
+    let q = super::schema::sql_string;
+    if args.trim().is_empty() {
+        format!("Replicated{name}({}, {})", q(path), q(replica))
+    } else {
+        format!("Replicated{name}({}, {}, {args})", q(path), q(replica))
+    }
+}
+
+/// The value of a numeric `SETTINGS` entry in `engine_full`.
+fn setting_of(engine_full: &str, name: &str) -> Option<u64> {
+    let at = engine_full.find(" SETTINGS ")?;
+    engine_full[at + 10..].split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// A row's entry column value: which Redis entry (stream and id) it came from. FNV-1a, so
+/// that it is the same in every build and on every host.
+pub fn entry_hash(stream: &str, entry_id: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stream.bytes().chain([0u8]).chain(entry_id.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicated_variants() {
+        assert_eq!(replicated_engine("MergeTree()", "/p", "r"), "ReplicatedMergeTree('/p', 'r')");
+        assert_eq!(
+            replicated_engine("SummingMergeTree((n, m))", "/p", "{replica}"),
+            "ReplicatedSummingMergeTree('/p', '{replica}', (n, m))"
+        );
+        assert_eq!(replicated_engine("ReplacingMergeTree(v)", "/p", "r"), "ReplicatedReplacingMergeTree('/p', 'r', v)");
+    }
+
+    #[test]
+    fn settings_in_engine_full() {
+        let e = "MergeTree ORDER BY a SETTINGS non_replicated_deduplication_window = 100, index_granularity = 8192";
+        assert_eq!(setting_of(e, "non_replicated_deduplication_window"), Some(100));
+        assert_eq!(setting_of(e, "index_granularity"), Some(8192));
+        assert_eq!(setting_of("MergeTree ORDER BY a", "x"), None);
+    }
+
+    #[test]
+    fn entry_hashes_differ_by_stream_and_id() {
+        assert_ne!(entry_hash("a", "1-0"), entry_hash("a", "1-1"));
+        assert_ne!(entry_hash("a1", "-0"), entry_hash("a", "1-0"));
+        assert_eq!(entry_hash("events:x", "5-0"), entry_hash("events:x", "5-0"));
+    }
+}

@@ -1,0 +1,208 @@
+//! The batch ledger in Redis: what the writer is about to insert into an exactly-once table,
+//! recorded before the INSERT so that a crash between the INSERT and the acknowledgement of
+//! its events costs no duplicate.
+//!
+//! Keys (every one under `sluice:`):
+//! - `sluice:batch:<id>` — a hash: the table, the INSERT statement, the RowBinary block
+//!   exactly as sent, its parts (which entry's rows are where) and who wrote it. `<id>` is a
+//!   fresh UUID per batch, never reused: it is also the batch's `insert_deduplication_token`.
+//!   Deleted once the block is committed.
+//! - `sluice:written:<group>:<stream>` — a hash with a field `<entry id>\t<table>` per event
+//!   and table, whose value is the id of the batch holding that event's rows for that table.
+//!   Written with the batch record, in one MULTI; deleted with the event's XACK, in one MULTI.
+//!
+//! So for an event delivered again (a retry, or recovered from a dead host), each field says:
+//! its rows for that table are in batch `<id>`; if that batch's record still exists it may
+//! not have landed, and is inserted again — the identical block, which the table drops if it
+//! had landed (see `dedup`) — and if the record is gone, the batch was committed. Either way
+//! the event's new rows for that table are dropped, whichever plugin version made them.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use redis::aio::ConnectionManager;
+
+/// The rows of one event in a recorded block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedPart {
+    /// Consumer group (`sluice:<plugin>`), stream and entry id of the event.
+    pub group: Arc<str>,
+    pub stream: Arc<str>,
+    pub entry_id: Arc<str>,
+    /// Its rows: `data[start..end]`, `rows` of them.
+    pub start: usize,
+    pub end: usize,
+    pub rows: usize,
+}
+
+/// A block as recorded before its INSERT.
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    pub id: String,
+    pub table: String,
+    /// The INSERT statement, with the column list of the version that made the rows.
+    pub sql: String,
+    pub low_cardinality: bool,
+    /// Whether the INSERT carries `insert_deduplication_token` (see `dedup`).
+    pub token: bool,
+    pub data: bytes::Bytes,
+    pub parts: Vec<RecordedPart>,
+}
+
+pub fn batch_key(id: &str) -> String {
+    format!("sluice:batch:{id}")
+}
+
+pub fn written_key(group: &str, stream: &str) -> String {
+    format!("sluice:written:{group}:{stream}")
+}
+
+pub fn written_field(entry_id: &str, table: &str) -> String {
+    format!("{entry_id}\t{table}")
+}
+
+/// Records `b` and its events' fields, atomically.
+pub async fn record(conn: &mut ConnectionManager, b: &BatchRecord, owner: &str) -> Result<()> {
+    let mut parts = String::new();
+    for p in &b.parts {
+        parts.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", p.group, p.stream, p.entry_id, p.start, p.end, p.rows));
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("HSET")
+        .arg(batch_key(&b.id))
+        .arg("table")
+        .arg(&b.table)
+        .arg("sql")
+        .arg(&b.sql)
+        .arg("low_cardinality")
+        .arg(b.low_cardinality as u8)
+        .arg("token")
+        .arg(b.token as u8)
+        .arg("parts")
+        .arg(parts)
+        .arg("owner")
+        .arg(owner)
+        .arg("recorded_at")
+        .arg(chrono::Utc::now().timestamp_millis())
+        .arg("data")
+        .arg(b.data.as_ref())
+        .ignore();
+    for ((group, stream), parts) in by_stream(&b.parts) {
+        let c = pipe.cmd("HSET").arg(written_key(group, stream));
+        for p in parts {
+            c.arg(written_field(&p.entry_id, &b.table)).arg(&b.id);
+        }
+        c.ignore();
+    }
+    pipe.query_async::<()>(conn)
+        .await
+        .with_context(|| format!("cannot record batch {} of table {} in Redis", b.id, b.table))
+}
+
+/// Closes a batch whose INSERT is done: the parts that failed lose their fields (their events
+/// must write those rows again when retried), then the record goes.
+pub async fn close(conn: &mut ConnectionManager, b: &BatchRecord, failed: &[&RecordedPart]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for ((group, stream), parts) in by_stream(failed.iter().copied()) {
+        let c = pipe.cmd("HDEL").arg(written_key(group, stream));
+        for p in parts {
+            c.arg(written_field(&p.entry_id, &b.table));
+        }
+        c.ignore();
+    }
+    pipe.cmd("DEL").arg(batch_key(&b.id)).ignore();
+    pipe.query_async::<()>(conn).await.with_context(|| format!("cannot close batch {} in Redis", b.id))
+}
+
+/// Loads a recorded batch; None if it is closed (committed).
+pub async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<BatchRecord>> {
+    let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        .arg(batch_key(id))
+        .query_async(conn)
+        .await
+        .with_context(|| format!("cannot read batch {id} from Redis"))?;
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let text = |k: &str| -> Result<String> {
+        let v = fields.get(k).with_context(|| format!("batch {id} has no `{k}`"))?;
+        String::from_utf8(v.clone()).with_context(|| format!("batch {id}: `{k}` is not UTF-8"))
+    };
+    let mut parts = Vec::new();
+    for line in text("parts")?.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f.len() != 6 {
+            bail!("batch {id}: unreadable part `{line}`");
+        }
+        let n = |s: &str| s.parse::<usize>().with_context(|| format!("batch {id}: bad number in part `{line}`"));
+        parts.push(RecordedPart {
+            group: Arc::from(f[0]),
+            stream: Arc::from(f[1]),
+            entry_id: Arc::from(f[2]),
+            start: n(f[3])?,
+            end: n(f[4])?,
+            rows: n(f[5])?,
+        });
+    }
+    Ok(Some(BatchRecord {
+        id: id.to_string(),
+        table: text("table")?,
+        sql: text("sql")?,
+        low_cardinality: text("low_cardinality")? == "1",
+        token: text("token")? == "1",
+        data: bytes::Bytes::from(fields.get("data").cloned().unwrap_or_default()),
+        parts,
+    }))
+}
+
+/// For each of `entries` (of one group and stream): the batch holding its rows for `table`,
+/// if any.
+pub async fn written_in(
+    conn: &mut ConnectionManager,
+    group: &str,
+    stream: &str,
+    entries: &[&str],
+    table: &str,
+) -> Result<Vec<Option<String>>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = redis::cmd("HMGET");
+    c.arg(written_key(group, stream));
+    for e in entries {
+        c.arg(written_field(e, table));
+    }
+    c.query_async(conn).await.with_context(|| format!("cannot read batch fields of {stream} from Redis"))
+}
+
+/// Adds to `pipe` the deletion of the fields of `entries` (acknowledged or dead-lettered) for
+/// every table in `tables`.
+pub fn forget(pipe: &mut redis::Pipeline, group: &str, stream: &str, entries: &[&str], tables: &[String]) {
+    if entries.is_empty() || tables.is_empty() {
+        return;
+    }
+    let c = pipe.cmd("HDEL").arg(written_key(group, stream));
+    for e in entries {
+        for t in tables {
+            c.arg(written_field(e, t));
+        }
+    }
+    c.ignore();
+}
+
+/// Parts grouped by (group, stream), in first-seen order.
+fn by_stream<'a>(
+    parts: impl IntoIterator<Item = &'a RecordedPart>,
+) -> Vec<((&'a str, &'a str), Vec<&'a RecordedPart>)> {
+    let mut out: Vec<((&str, &str), Vec<&RecordedPart>)> = Vec::new();
+    for p in parts {
+        let key = (&*p.group, &*p.stream);
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(p),
+            None => out.push((key, vec![p])),
+        }
+    }
+    out
+}
