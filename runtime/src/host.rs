@@ -108,11 +108,20 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     tracing::info!("connected to Redis");
 
     let server = wait_for("ClickHouse", || async { Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?) }).await;
+    // A connection of its own for batch records: a block of megabytes must not hold up the
+    // acknowledgements and heartbeats on the shared one.
+    let ledger = match settings.exactly_once {
+        true => Some(LedgerConn {
+            conn: wait_for("Redis", || streams::connect(&redis_url, block)).await,
+            owner: Arc::from(consumer.as_str()),
+        }),
+        false => None,
+    };
     tracing::info!("{}", server.describe());
     let writer = Writer::new(
         ch,
         BatchPolicy { max_rows: settings.insert_max_rows, linger: settings.insert_linger, ..BatchPolicy::default() },
-        settings.exactly_once.then(|| LedgerConn { conn: control.clone(), owner: Arc::from(consumer.as_str()) }),
+        ledger,
     );
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);

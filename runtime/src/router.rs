@@ -311,6 +311,7 @@ impl Pipeline {
         let mut commits: Vec<oneshot::Receiver<CommitResult>> = Vec::new();
         let chunk_origin = Arc::new(ChunkOrigin {
             group: Arc::from(self.control.group.as_str()),
+            version: Arc::from(self.plugin.hash.as_str()),
             entries: batch.iter().map(|e| (e.stream.clone(), Arc::from(e.entry_id.as_str()))).collect(),
         });
         for (table, mut rows) in outcome.tables.into_iter().enumerate() {

@@ -260,6 +260,7 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins() -> Result<()
     }
     assert!(dom.contains(">running<"), "{dom}");
     assert!(dom.contains("events:OrderCreatedEvent"), "{dom}");
+    assert!(dom.contains("orders_analytics (at-least-once)"), "each table's guarantee: {dom}");
     assert!(dom.contains(">ready<"), "{dom}");
     Ok(())
 }

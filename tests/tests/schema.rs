@@ -472,6 +472,7 @@ fn new_columns_are_added_and_incompatible_versions_are_refused_while_the_old_one
     )?;
     let inspected: Value = serde_json::from_str(&inspect)?;
     assert_eq!(inspected["tables"][0]["live"]["status"], "alter", "{inspect}");
+    assert_eq!(inspected["tables"][0]["live"]["guarantee"], "at_least_once", "no ZooKeeper here: {inspect}");
     assert_eq!(
         inspected["tables"][0]["live"]["changes"],
         json!([

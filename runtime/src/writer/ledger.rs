@@ -4,7 +4,8 @@
 //!
 //! Keys (every one under `sluice:`):
 //! - `sluice:batch:<id>` — a hash: the table, the INSERT statement, the RowBinary block
-//!   exactly as sent, its parts (which entry's rows are where) and who wrote it. `<id>` is a
+//!   exactly as sent, its parts (which entry's rows are where), the plugin versions whose rows
+//!   it holds, and which host recorded it when. `<id>` is a
 //!   fresh UUID per batch, never reused: it is also the batch's `insert_deduplication_token`.
 //!   Deleted once the block is committed.
 //! - `sluice:written:<group>:<stream>` — a hash with a field `<entry id>\t<table>` per event
@@ -45,6 +46,9 @@ pub struct BatchRecord {
     pub low_cardinality: bool,
     /// Whether the INSERT carries `insert_deduplication_token` (see `dedup`).
     pub token: bool,
+    /// `plugin@sha256` of every plugin version whose rows are in the block (for operators:
+    /// recovery re-sends the bytes, it does not run a plugin).
+    pub versions: String,
     pub data: bytes::Bytes,
     pub parts: Vec<RecordedPart>,
 }
@@ -79,6 +83,8 @@ pub async fn record(conn: &mut ConnectionManager, b: &BatchRecord, owner: &str) 
         .arg(b.low_cardinality as u8)
         .arg("token")
         .arg(b.token as u8)
+        .arg("versions")
+        .arg(&b.versions)
         .arg("parts")
         .arg(parts)
         .arg("owner")
@@ -152,6 +158,7 @@ pub async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<Batch
         sql: text("sql")?,
         low_cardinality: text("low_cardinality")? == "1",
         token: text("token")? == "1",
+        versions: text("versions").unwrap_or_default(),
         data: bytes::Bytes::from(fields.get("data").cloned().unwrap_or_default()),
         parts,
     }))

@@ -54,11 +54,12 @@ pub struct ChunkFailure {
     pub events: Vec<u32>,
 }
 
-/// Where the events of a plugin call came from, for the batch ledger: the consumer group and,
-/// by event number, (stream, entry id).
+/// Where the events of a plugin call came from, for the batch ledger: the consumer group, the
+/// plugin version (file SHA-256) that made the rows and, by event number, (stream, entry id).
 #[derive(Debug)]
 pub struct ChunkOrigin {
     pub group: Arc<str>,
+    pub version: Arc<str>,
     pub entries: Vec<(Arc<str>, Arc<str>)>,
 }
 
@@ -231,12 +232,20 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
     }
     let data = Bytes::from(data);
     let mut unrecorded = parts;
+    let mut versions: Vec<String> = Vec::new();
+    for c in &chunks {
+        let v = format!("{}@{}", c.origin.group.trim_start_matches("sluice:"), c.origin.version);
+        if !versions.contains(&v) {
+            versions.push(v);
+        }
+    }
     let record = ledger.map(|_| BatchRecord {
         id: uuid::Uuid::new_v4().simple().to_string(),
         table: target.table.clone(),
         sql: target.sql.clone(),
         low_cardinality: target.low_cardinality,
         token,
+        versions: versions.join(","),
         data: data.clone(),
         parts: std::mem::take(&mut unrecorded),
     });
