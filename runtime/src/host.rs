@@ -117,6 +117,14 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         }),
         false => None,
     };
+    if let Some(l) = &ledger {
+        // An evicted batch record would read as committed. (CONFIG may be disabled: then say nothing.)
+        let policy: redis::RedisResult<Vec<String>> =
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut l.conn.clone()).await;
+        if let Some(p) = policy.ok().and_then(|v| v.get(1).cloned()).filter(|p| p.starts_with("allkeys")) {
+            tracing::warn!(maxmemory_policy = %p, "Redis may evict any key under memory pressure, including exactly-once batch records (sluice:batch:*), whose rows would then be lost after a crash: use noeviction or a volatile-* policy");
+        }
+    }
     tracing::info!("{}", server.describe());
     let writer = Writer::new(
         ch,

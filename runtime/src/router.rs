@@ -120,9 +120,13 @@ impl Pipeline {
             let mut read_error = None;
             if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
                 last_reclaim = Instant::now();
-                match self.reclaim(&inflight).await {
-                    Ok(b) => batch = b,
-                    Err(e) => read_error = Some(e),
+                // Recovering a dead host's batches can wait on ClickHouse: never past a stop.
+                tokio::select! {
+                    r = self.reclaim(&inflight) => match r {
+                        Ok(b) => batch = b,
+                        Err(e) => read_error = Some(e),
+                    },
+                    _ = shutdown.changed() => break,
                 }
             }
             if batch.is_empty() && read_error.is_none() {
@@ -196,7 +200,16 @@ impl Pipeline {
         }
         if !claimed.is_empty() {
             tracing::info!(stream = %self.control.stream(), plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
+            // In flight from now on (heartbeats, and no other version of this plugin on this
+            // host claims them), also while their recorded batches are re-sent.
+            let mut guard = ClaimGuard {
+                ids: inflight.ids.clone(),
+                claimed: claimed.iter().map(|e| (e.stream.clone(), e.entry_id.clone())).collect(),
+                keep: false,
+            };
+            inflight.ids.lock().unwrap().extend(guard.claimed.iter().cloned());
             self.find_written(&mut claimed).await?;
+            guard.keep = true;
         }
         Ok(claimed)
     }
@@ -205,15 +218,27 @@ impl Pipeline {
     /// recorded batch still open (its writer died, or has not closed it yet) is inserted again
     /// first — identical, so the table drops it if it had landed — and then counts as written.
     async fn find_written(&mut self, events: &mut [SourceEvent]) -> Result<()> {
+        if !self.writer.exactly_once() {
+            // Off: at-least-once, the events are handled again in full.
+            return Ok(());
+        }
         let group = self.control.group.clone();
-        for (table_index, table) in self.plugin.tables.iter().enumerate() {
-            if !table.guarantee.exactly_once() {
-                continue;
+        // This version's exactly-once tables, and any table an earlier version recorded
+        // batches for (dropped since, or no longer exactly-once): those batches are re-sent
+        // too, or their rows would be lost.
+        let mut tables: Vec<String> = self.control.ledger_tables.to_vec();
+        for t in ledger::recorded_tables(self.control.conn(), &group).await? {
+            if !tables.contains(&t) {
+                tables.push(t);
             }
+        }
+        for table in &tables {
+            let table_index = self.plugin.tables.iter().position(|t| &t.name == table);
+            let acked_with_fields = self.control.ledger_tables.contains(table);
             for stream in self.control.streams.clone() {
                 let idx: Vec<usize> = (0..events.len()).filter(|&i| events[i].stream == stream).collect();
                 let ids: Vec<&str> = idx.iter().map(|&i| events[i].entry_id.as_str()).collect();
-                let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, &table.name).await?;
+                let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table).await?;
                 let open: HashSet<String> = batches.iter().flatten().cloned().collect();
                 if open.is_empty() {
                     continue;
@@ -222,15 +247,22 @@ impl Pipeline {
                     self.writer.recover(id).await?;
                 }
                 // Recovery drops the fields of rows ClickHouse refused: read them again.
-                batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, &table.name).await?;
+                batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table).await?;
+                if !acked_with_fields {
+                    // Acknowledging will not delete fields of a table this version does not
+                    // write exactly-once: delete them now that their batches are closed.
+                    let mut p = redis::pipe();
+                    ledger::forget(&mut p, &group, &stream, &ids, std::slice::from_ref(table));
+                    p.query_async::<()>(self.control.conn()).await?;
+                }
                 let mut written = 0;
                 for (&i, batch) in idx.iter().zip(&batches) {
-                    if batch.is_some() {
-                        events[i].written.push(table_index);
-                        written += 1;
+                    if let (Some(_), Some(t)) = (batch, table_index) {
+                        events[i].written.push(t);
                     }
+                    written += batch.is_some() as usize;
                 }
-                tracing::info!(stream = %stream, plugin = self.plugin.name(), table = %table.name, events = written, batches = open.len(), "events delivered again already have rows in this table (exactly-once): their new rows for it are dropped");
+                tracing::info!(stream = %stream, plugin = self.plugin.name(), table = %table, events = written, batches = open.len(), "events delivered again already have rows in this table (exactly-once): their new rows for it are dropped");
             }
         }
         Ok(())
@@ -272,7 +304,7 @@ impl Pipeline {
                     events.push(ev);
                     origin.push(i);
                     if with_entries {
-                        entries.push(entry_hash(&e.stream, &e.entry_id));
+                        entries.push(entry_hash(&self.control.group, &e.stream, &e.entry_id));
                     }
                 }
             }
@@ -357,6 +389,26 @@ impl Pipeline {
         );
         tokio::spawn(tracing::Instrument::instrument(ack.run(), span));
         sandbox
+    }
+}
+
+/// Entries claimed for this pipeline, in the in-flight set until handed over (`keep`); taken
+/// out again if the claim is abandoned (an error, or a stop while batches were re-sent), so
+/// that they can be claimed again.
+struct ClaimGuard {
+    ids: InflightIds,
+    claimed: Vec<(Arc<str>, String)>,
+    keep: bool,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            let mut ids = self.ids.lock().unwrap();
+            for c in &self.claimed {
+                ids.remove(c);
+            }
+        }
     }
 }
 

@@ -211,13 +211,15 @@ impl ChClient {
     }
 
     /// Inserts pre-encoded RowBinary rows with one INSERT.
-    /// `token`: the block's `insert_deduplication_token` (servers that have it, see `dedup`).
+    /// `token`: the block's `insert_deduplication_token` (servers that have it, see `dedup`);
+    /// `dedup`: an exactly-once table's INSERT, which must not skip deduplication.
     pub async fn insert_rowbinary(
         &self,
         sql: &str,
         data: Bytes,
         low_cardinality: bool,
         token: Option<&str>,
+        dedup: bool,
     ) -> Result<(), ChError> {
         let mut insert = self.client.insert_formatted_with(sql.to_string());
         if low_cardinality {
@@ -225,6 +227,10 @@ impl ChClient {
         }
         if let Some(t) = token {
             insert = insert.with_setting("insert_deduplication_token", t);
+        }
+        if dedup {
+            // A user profile may have turned deduplication off.
+            insert = insert.with_setting("insert_deduplicate", "1");
         }
         insert.send(data).await.map_err(ChError::from_client)?;
         insert.end().await.map_err(ChError::from_client)

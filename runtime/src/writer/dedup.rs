@@ -238,11 +238,12 @@ fn setting_of(engine_full: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// A row's entry column value: which Redis entry (stream and id) it came from. FNV-1a, so
-/// that it is the same in every build and on every host.
-pub fn entry_hash(stream: &str, entry_id: &str) -> u64 {
+/// A row's entry column value: which consumer group (plugin) and Redis entry (stream and id)
+/// it came from — two plugins writing alike rows of one event into one table must not look
+/// alike either. FNV-1a, so that it is the same in every build and on every host.
+pub fn entry_hash(group: &str, stream: &str, entry_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in stream.bytes().chain([0u8]).chain(entry_id.bytes()) {
+    for b in group.bytes().chain([0u8]).chain(stream.bytes()).chain([0u8]).chain(entry_id.bytes()) {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -273,8 +274,9 @@ mod tests {
 
     #[test]
     fn entry_hashes_differ_by_stream_and_id() {
-        assert_ne!(entry_hash("a", "1-0"), entry_hash("a", "1-1"));
-        assert_ne!(entry_hash("a1", "-0"), entry_hash("a", "1-0"));
-        assert_eq!(entry_hash("events:x", "5-0"), entry_hash("events:x", "5-0"));
+        assert_ne!(entry_hash("g", "a", "1-0"), entry_hash("g", "a", "1-1"));
+        assert_ne!(entry_hash("g", "a1", "-0"), entry_hash("g", "a", "1-0"));
+        assert_ne!(entry_hash("sluice:p", "a", "1-0"), entry_hash("sluice:q", "a", "1-0"));
+        assert_eq!(entry_hash("g", "events:x", "5-0"), entry_hash("g", "events:x", "5-0"));
     }
 }

@@ -11,6 +11,9 @@
 //! - `sluice:written:<group>:<stream>` — a hash with a field `<entry id>\t<table>` per event
 //!   and table, whose value is the id of the batch holding that event's rows for that table.
 //!   Written with the batch record, in one MULTI; deleted with the event's XACK, in one MULTI.
+//! - `sluice:written-tables:<group>` — a set of every table a group's batches were recorded
+//!   for, so that events delivered again are also checked for tables the running plugin version
+//!   no longer declares (or no longer writes exactly-once).
 //!
 //! So for an event delivered again (a retry, or recovered from a dead host), each field says:
 //! its rows for that table are in batch `<id>`; if that batch's record still exists it may
@@ -61,6 +64,10 @@ pub fn written_key(group: &str, stream: &str) -> String {
     format!("sluice:written:{group}:{stream}")
 }
 
+pub fn tables_key(group: &str) -> String {
+    format!("sluice:written-tables:{group}")
+}
+
 pub fn written_field(entry_id: &str, table: &str) -> String {
     format!("{entry_id}\t{table}")
 }
@@ -94,12 +101,19 @@ pub async fn record(conn: &mut ConnectionManager, b: &BatchRecord, owner: &str) 
         .arg("data")
         .arg(b.data.as_ref())
         .ignore();
+    let mut groups: Vec<&str> = Vec::new();
     for ((group, stream), parts) in by_stream(&b.parts) {
         let c = pipe.cmd("HSET").arg(written_key(group, stream));
         for p in parts {
             c.arg(written_field(&p.entry_id, &b.table)).arg(&b.id);
         }
         c.ignore();
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    for group in groups {
+        pipe.cmd("SADD").arg(tables_key(group)).arg(&b.table).ignore();
     }
     pipe.query_async::<()>(conn)
         .await
@@ -162,6 +176,15 @@ pub async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<Batch
         data: bytes::Bytes::from(fields.get("data").cloned().unwrap_or_default()),
         parts,
     }))
+}
+
+/// Every table a group's batches were ever recorded for.
+pub async fn recorded_tables(conn: &mut ConnectionManager, group: &str) -> Result<Vec<String>> {
+    redis::cmd("SMEMBERS")
+        .arg(tables_key(group))
+        .query_async(conn)
+        .await
+        .with_context(|| format!("cannot read {} from Redis", tables_key(group)))
 }
 
 /// For each of `entries` (of one group and stream): the batch holding its rows for `table`,

@@ -120,7 +120,7 @@ impl Writer {
         // Keyed by the column list too: a version whose rows have other columns (one added by
         // schema evolution, or the entry column) gets a task of its own, so that one INSERT
         // never mixes two row layouts.
-        let key = format!("{}|{}", schema.name, schema.column_list());
+        let key = format!("{}|{}|{}", schema.name, schema.column_list(), schema.guarantee.name());
         tables
             .entry(key)
             .or_insert_with(|| {
@@ -135,20 +135,35 @@ impl Writer {
             .clone()
     }
 
+    /// Whether batches are recorded (exactly-once is not off).
+    pub fn exactly_once(&self) -> bool {
+        self.ledger.is_some()
+    }
+
     /// Makes sure recorded batch `id` is in ClickHouse: if its record is still open, inserts
     /// its block again (identical, with the same deduplication identity, so the table drops it
     /// if it had landed) and closes it. Parts ClickHouse refuses lose their ledger fields, so
     /// their events write those rows again. Waits while ClickHouse is away.
     pub async fn recover(&self, id: &str) -> Result<()> {
-        let Some(ledger) = &self.ledger else { return Ok(()) };
+        let Some(ledger) = &self.ledger else { anyhow::bail!("batch {id} is recorded but exactly-once is off") };
         let mut conn = ledger.conn.clone();
         let Some(record) = ledger::load(&mut conn, id).await? else { return Ok(()) };
         tracing::info!(batch = id, table = %record.table, events = record.parts.len(), "recovering a recorded batch: inserting it again (the table drops it if it had landed)");
-        let target =
-            Target { table: record.table.clone(), sql: record.sql.clone(), low_cardinality: record.low_cardinality };
+        let target = Target {
+            table: record.table.clone(),
+            sql: record.sql.clone(),
+            low_cardinality: record.low_cardinality,
+            dedup: true,
+        };
         let token = record.token.then_some(record.id.as_str());
         let failed = insert_parts(&self.client, &target, &record.data, &record.parts, token).await;
-        let failed: Vec<&RecordedPart> = failed.iter().map(|(i, _)| &record.parts[*i]).collect();
+        // Only a success, or ClickHouse refusing the rows themselves, says what became of the
+        // block. Any other failure (a proxy's 502, a cancelled query, the table gone) may
+        // follow a first send that landed: the record stays open and the events pending.
+        if let Some((_, error, _)) = failed.iter().find(|(_, _, class)| *class != ErrorClass::Rows) {
+            anyhow::bail!("cannot re-send recorded batch {id} to {}: {error}; it stays recorded", record.table);
+        }
+        let failed: Vec<&RecordedPart> = failed.iter().map(|(i, _, _)| &record.parts[*i]).collect();
         ledger::close(&mut conn, &record, &failed).await?;
         metrics::counter!("sluice_batches_recovered_total", "table" => record.table.clone()).increment(1);
         Ok(())
@@ -161,6 +176,8 @@ struct Target {
     table: String,
     sql: String,
     low_cardinality: bool,
+    /// An exactly-once table: INSERTs force `insert_deduplicate=1`.
+    dedup: bool,
 }
 
 impl Target {
@@ -169,6 +186,7 @@ impl Target {
             table: schema.name.clone(),
             sql: format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list()),
             low_cardinality: schema.uses_low_cardinality(),
+            dedup: schema.guarantee.exactly_once(),
         }
     }
 }
@@ -268,8 +286,12 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
     if record.is_some() && failed.is_empty() {
         failpoint_exit_after_insert();
     }
-    if let (Some(r), Some(l)) = (&record, ledger) {
-        let failed_parts: Vec<&RecordedPart> = failed.iter().map(|(i, _)| &r.parts[*i]).collect();
+    // A failure other than ClickHouse refusing the rows (an error after the data was committed,
+    // e.g. a materialized view throwing, or a proxy's answer) leaves the record open: the
+    // events are retried, re-send this very block with the same identity, and only then know.
+    let settled = failed.iter().all(|(_, _, class)| *class == ErrorClass::Rows);
+    if let (Some(r), Some(l), true) = (&record, ledger, settled) {
+        let failed_parts: Vec<&RecordedPart> = failed.iter().map(|(i, _, _)| &r.parts[*i]).collect();
         // Closed before the events are acknowledged: an acknowledged event is never handled
         // again, so nobody else would close its batch. If this host dies first, whoever
         // handles the events again re-sends the batch (dropped as a duplicate) and closes it.
@@ -282,7 +304,7 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
         }
     }
     let mut failures: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
-    for (part, error) in failed {
+    for (part, error, _) in failed {
         let (chunk, event) = owners[part];
         failures[chunk]
             .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new() })
@@ -316,14 +338,15 @@ fn failpoint_exit_after_insert() {
 /// their batch-mates, and other plugins' rows sharing the block, still land. (A block is
 /// atomic, so a half either lands whole or not at all.) The splits depend only on the parts
 /// and the data, so a recovered batch is split the same way, and each piece carries the token
-/// `<token>:<first part>-<last part>`. Returns the parts that failed, with the error.
+/// `<token>:<first part>-<last part>`. Returns the parts that failed, with the error and its
+/// class.
 async fn insert_parts(
     client: &ChClient,
     target: &Target,
     data: &Bytes,
     parts: &[RecordedPart],
     token: Option<&str>,
-) -> Vec<(usize, Arc<str>)> {
+) -> Vec<(usize, Arc<str>, ErrorClass)> {
     let mut failed = Vec::new();
     // A stack of part ranges still to insert, the whole block first.
     let mut groups: Vec<Range<usize>> = Vec::new();
@@ -345,7 +368,8 @@ async fn insert_parts(
             }
             Err(e) => {
                 let error: Arc<str> = Arc::from(e.to_string());
-                failed.extend(group.map(|i| (i, error.clone())));
+                let class = e.class();
+                failed.extend(group.map(|i| (i, error.clone(), class)));
             }
         }
     }
@@ -369,7 +393,8 @@ async fn insert_with_retry(
     let table = &target.table;
     loop {
         let t = Instant::now();
-        let result = client.insert_rowbinary(&target.sql, block.clone(), target.low_cardinality, token).await;
+        let result =
+            client.insert_rowbinary(&target.sql, block.clone(), target.low_cardinality, token, target.dedup).await;
         if let Err(e) = &result {
             let class = match e.class() {
                 ErrorClass::Retry => "retry",
