@@ -385,3 +385,54 @@ fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Result<std:
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_batches_of_it() -> Result<()> {
+    let promo = plugins_dir().join("promo-code-analytics.wasm");
+    let mut c = Cluster::start(std::slice::from_ref(&promo), "")?;
+    let mut conn = c.redis.conn()?;
+    let table = "analytics.promo_code_usages_analytics";
+    let mut host = c.host()?;
+    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    let mut e = Expected::default();
+    publish(&mut conn, 0..3000, &mut e)?;
+    wait_until("the first events to land", Duration::from_secs(60), || {
+        c.ch.number(&format!("SELECT count() FROM {table}")) == 1000
+    })?;
+    // Batches recorded, not committed (ZooKeeper away), then the host dies.
+    c.zk.stop();
+    publish(&mut conn, 3000..9000, &mut e)?;
+    wait_until("batches recorded in Redis", Duration::from_secs(30), || {
+        total_pending(&mut conn, &STREAMS[2..]).unwrap_or(0) == 2000
+            && host.log_text().contains("insert failed; retrying")
+    })
+    .map_err(|e| e.context(host.log_text()))?;
+    signal(&host.child, 9);
+    let _ = host.child.wait();
+    // The events in the open records: their rows must land in the old table, once.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:batch:*").query(&mut conn)?;
+    let mut recorded = 0usize;
+    for k in &keys {
+        let parts: String = redis::cmd("HGET").arg(k).arg("parts").query(&mut conn)?;
+        recorded += parts.lines().count();
+    }
+    assert!(recorded > 0, "open batch records at the crash");
+    // The next version writes another table (`table_prefix`), not this one.
+    std::fs::write(c.plugins.path().join("promo-code-analytics.toml"), "[clickhouse]\ntable_prefix = \"v2_\"\n")?;
+    c.zk.restart()?;
+    let host = c.host()?;
+    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    wait_until("every event acknowledged", Duration::from_secs(120), || {
+        total_pending(&mut conn, &STREAMS[2..]).unwrap_or(-1) == 0
+            && c.ch.number("SELECT count() FROM analytics.v2_promo_code_usages_analytics") == 2000
+    })
+    .map_err(|e| e.context(host.log_text()))?;
+    assert_eq!(
+        c.ch.query(&format!("SELECT count(), uniqExact(order_id) FROM {table}"))?,
+        format!("{}\t{}", 1000 + recorded, 1000 + recorded),
+        "the old version's recorded rows landed in its table, once:\n{}",
+        host.log_text()
+    );
+    assert_eq!(ledger_keys(&mut conn), Vec::<String>::new(), "records closed and their fields deleted");
+    Ok(())
+}
