@@ -193,6 +193,18 @@ impl ChClient {
             .collect()
     }
 
+    /// Runs `SELECT count() AS n ...` and returns `n` (a UInt64 comes back as a JSON string
+    /// on current releases, as a number on 18.16); 0 when there is no row.
+    pub async fn query_count(&self, sql: &str) -> Result<u64, ChError> {
+        Ok(self
+            .query_json(sql)
+            .await?
+            .first()
+            .and_then(|r| r.get("n"))
+            .and_then(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())))
+            .unwrap_or(0))
+    }
+
     /// Checks the server answers; returns its version.
     pub async fn ping(&self) -> Result<String, ChError> {
         let mut cursor =

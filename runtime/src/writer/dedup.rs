@@ -97,12 +97,6 @@ pub struct ServerDedup {
 impl ServerDedup {
     /// Asks the server.
     pub async fn detect(client: &ChClient, disabled: bool) -> Result<ServerDedup, ChError> {
-        let one = |rows: Vec<serde_json::Value>| -> u64 {
-            rows.first()
-                .and_then(|r| r.get("n"))
-                .and_then(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())))
-                .unwrap_or(0)
-        };
         // Without a <zookeeper> section the table system.zookeeper does not exist (code 60);
         // with one, a ZooKeeper that is down right now still means Replicated tables work.
         let zookeeper = match client.query_json("SELECT count() AS n FROM system.zookeeper WHERE path = '/'").await {
@@ -114,15 +108,15 @@ impl ServerDedup {
             }
             Err(e) => return Err(e),
         };
-        let token = one(client
-            .query_json("SELECT count() AS n FROM system.settings WHERE name = 'insert_deduplication_token'")
-            .await?)
+        let token = client
+            .query_count("SELECT count() AS n FROM system.settings WHERE name = 'insert_deduplication_token'")
+            .await?
             > 0;
-        let non_replicated_window = one(client
-            .query_json(
+        let non_replicated_window = client
+            .query_count(
                 "SELECT count() AS n FROM system.merge_tree_settings WHERE name = 'non_replicated_deduplication_window'",
             )
-            .await?)
+            .await?
             > 0;
         let macros: Vec<String> = client
             .query_json("SELECT macro FROM system.macros")

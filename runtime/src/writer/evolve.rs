@@ -87,13 +87,8 @@ pub async fn live_table(client: &ChClient, name: &str) -> Result<Option<LiveTabl
             (f("name"), f("type"))
         })
         .collect();
-    let managed = client
-        .query_json(&format!("SELECT count() AS n FROM {} WHERE table_name = {t}", registry(client)))
-        .await?
-        .first()
-        .and_then(|r| r.get("n"))
-        .map(|n| n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())).unwrap_or(0) > 0)
-        .unwrap_or(false);
+    let managed =
+        client.query_count(&format!("SELECT count() AS n FROM {} WHERE table_name = {t}", registry(client))).await? > 0;
     Ok(Some(LiveTable {
         columns,
         engine: engine_of(&text("engine_full")),

@@ -128,8 +128,7 @@ impl Writer {
                 let (tx, rx) = mpsc::channel(64);
                 let ledger = if schema.guarantee.exactly_once() { self.ledger.clone() } else { None };
                 let target = Target::of(&self.client, schema);
-                let token = schema.guarantee == dedup::Guarantee::ExactlyOnceToken;
-                tokio::spawn(run_table(self.client.clone(), target, ledger, token, self.policy, rx));
+                tokio::spawn(run_table(self.client.clone(), target, ledger, self.policy, rx));
                 tx
             })
             .clone()
@@ -154,6 +153,7 @@ impl Writer {
             sql: record.sql.clone(),
             low_cardinality: record.low_cardinality,
             dedup: true,
+            token: record.token,
         };
         let token = record.token.then_some(record.id.as_str());
         let failed = insert_parts(&self.client, &target, &record.data, &record.parts, token).await;
@@ -178,6 +178,8 @@ struct Target {
     low_cardinality: bool,
     /// An exactly-once table: INSERTs force `insert_deduplicate=1`.
     dedup: bool,
+    /// Its blocks carry their batch id as `insert_deduplication_token` (see `dedup`).
+    token: bool,
 }
 
 impl Target {
@@ -187,6 +189,7 @@ impl Target {
             sql: format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list()),
             low_cardinality: schema.uses_low_cardinality(),
             dedup: schema.guarantee.exactly_once(),
+            token: schema.guarantee == dedup::Guarantee::ExactlyOnceToken,
         }
     }
 }
@@ -195,7 +198,6 @@ async fn run_table(
     client: ChClient,
     target: Target,
     ledger: Option<LedgerConn>,
-    token: bool,
     policy: BatchPolicy,
     mut rx: mpsc::Receiver<RowChunk>,
 ) {
@@ -218,13 +220,13 @@ async fn run_table(
                 Ok(None) | Err(_) => break,
             }
         }
-        commit(&client, &target, ledger.as_ref(), token, std::mem::take(&mut pending)).await;
+        commit(&client, &target, ledger.as_ref(), std::mem::take(&mut pending)).await;
     }
 }
 
 /// Inserts `chunks` as one block and tells each chunk's sender how it went. For an
 /// exactly-once table the block is recorded in Redis first and closed after.
-async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>, token: bool, chunks: Vec<RowChunk>) {
+async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>, chunks: Vec<RowChunk>) {
     let total: usize = chunks.iter().map(|c| c.data.len()).sum();
     let mut data = Vec::with_capacity(total);
     let mut parts = Vec::new();
@@ -262,26 +264,22 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
         table: target.table.clone(),
         sql: target.sql.clone(),
         low_cardinality: target.low_cardinality,
-        token,
+        token: target.token,
         versions: versions.join(","),
         data: data.clone(),
         parts: std::mem::take(&mut unrecorded),
     });
     if let (Some(r), Some(l)) = (&record, ledger) {
-        {
-            // Nothing is inserted before it is recorded: keep trying while Redis is away
-            // (the table's channel fills meanwhile, and the pipelines stop reading).
+        // Nothing is inserted before it is recorded: keep trying while Redis is away (the
+        // table's channel fills meanwhile, and the pipelines stop reading).
+        until_redis_answers(&target.table, "cannot record a batch before inserting it", || {
             let mut conn = l.conn.clone();
-            let mut delay = Duration::from_millis(100);
-            while let Err(e) = ledger::record(&mut conn, r, &l.owner).await {
-                tracing::warn!(table = %target.table, error = format!("{e:#}"), "cannot record a batch before inserting it; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+            async move { ledger::record(&mut conn, r, &l.owner).await }
+        })
+        .await;
     }
     let parts: &[RecordedPart] = record.as_ref().map_or(&unrecorded, |r| &r.parts);
-    let token_id = record.as_ref().filter(|r| r.token).map(|r| r.id.as_str());
+    let token_id = record.as_ref().filter(|_| target.token).map(|r| r.id.as_str());
     let failed = insert_parts(client, target, &data, parts, token_id).await;
     if record.is_some() && failed.is_empty() {
         failpoint_exit_after_insert();
@@ -295,13 +293,13 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
         // Closed before the events are acknowledged: an acknowledged event is never handled
         // again, so nobody else would close its batch. If this host dies first, whoever
         // handles the events again re-sends the batch (dropped as a duplicate) and closes it.
-        let mut conn = l.conn.clone();
-        let mut delay = Duration::from_millis(100);
-        while let Err(e) = ledger::close(&mut conn, r, &failed_parts).await {
-            tracing::warn!(table = %target.table, batch = %r.id, error = format!("{e:#}"), "cannot close a committed batch in Redis; retrying in {delay:?}");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        let failed_parts = &failed_parts;
+        let what = format!("cannot close a committed batch in Redis (batch {})", r.id);
+        until_redis_answers(&target.table, &what, || {
+            let mut conn = l.conn.clone();
+            async move { ledger::close(&mut conn, r, failed_parts).await }
+        })
+        .await;
     }
     let mut failures: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
     for (part, error, _) in failed {
@@ -313,6 +311,21 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
     }
     for (c, f) in chunks.into_iter().zip(failures) {
         let _ = c.done.send(f.map_or(Ok(()), Err));
+    }
+}
+
+/// Runs a batch-ledger write until Redis takes it, with backoff (100 ms doubling to 5 s),
+/// logging `what` and the error at each failure.
+async fn until_redis_answers<F, Fut>(table: &str, what: &str, mut write: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(100);
+    while let Err(e) = write().await {
+        tracing::warn!(table, error = format!("{e:#}"), "{what}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
