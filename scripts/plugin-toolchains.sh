@@ -3,6 +3,7 @@
 # into the repository (nothing global besides Debian packages), skipping what is present:
 #   - target/tools/python: a venv with componentize-py (pinned in examples/python/requirements.txt)
 #   - examples/js/node_modules: componentize-js (pinned in examples/js/package-lock.json)
+#   - examples/bullmq/node_modules: bullmq and ioredis for the example BullMQ producer
 #   - target/tools/node: Node.js 20 from the npm registry, only when the system's node is older
 #     (Debian 12 ships 18; componentize-js's parser needs 20)
 # Prints the directory to put first on PATH for `node` (empty when the system's will do).
@@ -38,6 +39,13 @@ if [ ! -x examples/js/node_modules/.bin/componentize-js ] \
   || [ examples/js/package-lock.json -nt examples/js/node_modules/.package-lock.json ]; then
   echo "plugin-toolchains: installing componentize-js into examples/js/node_modules" >&2
   (cd examples/js && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+
+# The BullMQ example producer (used by the BullMQ tests): the real `bullmq` package.
+if [ ! -d examples/bullmq/node_modules/bullmq ] \
+  || [ examples/bullmq/package-lock.json -nt examples/bullmq/node_modules/.package-lock.json ]; then
+  echo "plugin-toolchains: installing bullmq into examples/bullmq/node_modules" >&2
+  (cd examples/bullmq && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
 echo "$node_bin"

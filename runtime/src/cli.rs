@@ -245,6 +245,17 @@ pub struct RunArgs {
     /// environment (e.g. `order.created=high,analytics.track=low`)
     #[arg(long = "priority", env = "SLUICE_PRIORITIES", value_delimiter = ',')]
     pub priorities: Vec<String>,
+    /// BullMQ queues to consume beside the streams, comma-separated (e.g. `events,payments`);
+    /// each job's name is its event type [default: none]
+    #[arg(long, env = "SLUICE_BULLMQ_QUEUES")]
+    pub bullmq_queues: Option<String>,
+    /// BullMQ key prefix of those queues [default: bull]
+    #[arg(long, env = "SLUICE_BULLMQ_PREFIX")]
+    pub bullmq_prefix: Option<String>,
+    /// Jobs per BullMQ queue held at once (each locked until its rows are committed)
+    /// [default: 1000]
+    #[arg(long, env = "SLUICE_BULLMQ_CONCURRENCY")]
+    pub bullmq_concurrency: Option<usize>,
     /// Seconds to finish in-flight events after SIGTERM/SIGINT [default: 30]
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_S", default_value_t = 30)]
     pub shutdown_grace_s: u64,
@@ -338,6 +349,12 @@ impl RunArgs {
                 m
             },
             plugin_sections: f.plugins.clone().unwrap_or_default(),
+            bullmq: crate::source::bullmq::resolve_queues(
+                self.bullmq_queues.as_deref(),
+                self.bullmq_prefix.as_deref(),
+                self.bullmq_concurrency,
+                f.bullmq.as_ref(),
+            )?,
             concurrency: {
                 let c = f.concurrency.unwrap_or_default();
                 if let Some(k) = c.keys().find(|k| !["high", "default", "low"].contains(&k.as_str())) {

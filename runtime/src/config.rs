@@ -44,6 +44,8 @@ pub struct FileSettings {
     /// `[plugins.<file stem>]`: what a plugin's sidecar file may say, set from the host's
     /// config (the sidecar file wins key by key).
     pub plugins: Option<std::collections::HashMap<String, toml::Table>>,
+    /// `[bullmq]`: BullMQ queues to consume beside the streams.
+    pub bullmq: Option<crate::source::bullmq::BullSection>,
 }
 
 impl FileSettings {
@@ -123,6 +125,8 @@ pub struct Settings {
     pub concurrency: [usize; 3],
     /// `[plugins.<stem>]` sections of the config file.
     pub plugin_sections: std::collections::HashMap<String, toml::Table>,
+    /// BullMQ queues consumed beside the streams (none: no BullMQ source).
+    pub bullmq: Vec<crate::source::bullmq::BullQueue>,
 }
 
 impl Settings {

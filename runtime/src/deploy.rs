@@ -13,6 +13,10 @@
 //!   the admin API (`error` of the plugin) and `sluice_plugin_reloads_total{result}`;
 //! - removed file: its pipelines stop after their in-flight work; its consumer groups and
 //!   backlog stay in Redis for when it comes back.
+//!
+//! With BullMQ queues configured, each (plugin, event type) also gets a jobs pipeline, fed by
+//! a channel that outlives versions (`jobs`), and the queue consumers' routes follow the
+//! running plugins (`source::bullmq::Routes`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,7 +30,8 @@ use crate::admin::{PipelineEntry, PluginEntry};
 use crate::config::Settings;
 use crate::plugin::{LoadedPlugin, PluginDefaults, SandboxEngine};
 use crate::priority::PriorityGate;
-use crate::router::{InflightIds, Pipeline};
+use crate::router::{InflightIds, Input, JobInbox, Pipeline};
+use crate::source::bullmq::{Delivery, Route, Routes};
 use crate::source::streams;
 use crate::writer::Writer;
 use crate::writer::dedup::ServerDedup;
@@ -85,7 +90,15 @@ pub struct Deployer {
     settling: HashMap<PathBuf, (Fingerprint, Instant)>,
     /// In-flight ids per (plugin, event type), shared across versions.
     inflight: HashMap<(String, String), InflightIds>,
+    /// BullMQ jobs per (plugin, event type), shared across versions.
+    jobs: HashMap<(String, String), (tokio::sync::mpsc::Sender<Delivery>, JobInbox)>,
+    /// Where the BullMQ queue consumers send each event type's jobs.
+    pub routes: Routes,
 }
+
+/// Jobs waiting for a (plugin, event type) pipeline; when full, the queue consumer waits (its
+/// jobs stay locked and active meanwhile).
+const JOB_CHANNEL: usize = 1024;
 
 impl Deployer {
     #[allow(clippy::too_many_arguments)]
@@ -115,6 +128,8 @@ impl Deployer {
             seen: HashMap::new(),
             settling: HashMap::new(),
             inflight: HashMap::new(),
+            jobs: HashMap::new(),
+            routes: Routes::default(),
         }
     }
 
@@ -351,6 +366,27 @@ impl Deployer {
         let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
         let settings = Arc::new(plugin.delivery_settings(&self.settings));
         for event_type in &plugin.consumed_event_types() {
+            if !self.settings.bullmq.is_empty() {
+                let key = (plugin.name().to_string(), event_type.clone());
+                let (_, inbox) = self.jobs.entry(key.clone()).or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(JOB_CHANNEL);
+                    (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+                });
+                let input = Input::Jobs(inbox.clone());
+                let ids = InflightIds::default();
+                let (settings, control, gate, writer) =
+                    (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
+                let (plugin, tables, consumer, grace, rx) =
+                    (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
+                let event_type = event_type.clone();
+                tasks.spawn(async move {
+                    let p =
+                        Pipeline::new(gate, plugin, settings, input, control, &event_type, &consumer, tables, writer);
+                    if let Err(e) = p.run(ids, rx, grace).await {
+                        tracing::error!(event_type = %event_type, "BullMQ pipeline stopped: {e:#}");
+                    }
+                });
+            }
             let ids = self.inflight.entry((plugin.name().to_string(), event_type.clone())).or_default().clone();
             let (settings, control, gate, writer) =
                 (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
@@ -368,9 +404,18 @@ impl Deployer {
                         }
                     }
                 };
-                let p =
-                    Pipeline::new(gate, plugin, settings, read_conn, control, &event_type, &consumer, tables, writer);
-                let stream = p.reader.stream().clone();
+                let p = Pipeline::new(
+                    gate,
+                    plugin,
+                    settings,
+                    Input::Streams(read_conn),
+                    control,
+                    &event_type,
+                    &consumer,
+                    tables,
+                    writer,
+                );
+                let stream = p.source.clone();
                 if let Err(e) = p.run(ids, rx, grace).await {
                     tracing::error!(stream = %stream, "pipeline stopped: {e:#}");
                 }
@@ -391,8 +436,11 @@ impl Deployer {
         futures::future::join_all(all.into_iter().map(|l| self.stop(l))).await;
     }
 
-    fn refresh_pipelines(&self) {
+    /// The admin API's pipelines, and the BullMQ routes: every running plugin's event types.
+    fn refresh_pipelines(&mut self) {
         let mut pipelines = Vec::new();
+        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        let queues: Vec<String> = self.settings.bullmq.iter().map(|q| q.key()).collect();
         for l in self.live.values() {
             for t in &l.plugin.consumed_event_types() {
                 pipelines.push(PipelineEntry {
@@ -401,8 +449,25 @@ impl Deployer {
                     stream: format!("{}{t}", self.settings.stream_prefix),
                     group: crate::router::group_name(l.plugin.name()),
                 });
+                if let Some((tx, _)) = self.jobs.get(&(l.plugin.name().to_string(), t.clone())) {
+                    pipelines.push(PipelineEntry {
+                        plugin: l.plugin.name().to_string(),
+                        event_type: t.clone(),
+                        stream: format!("bullmq {}", queues.join(",")),
+                        group: crate::router::group_name(l.plugin.name()),
+                    });
+                    routes.entry(t.clone()).or_default().push((l.plugin.name().to_string(), tx.clone()));
+                }
             }
         }
+        // Channels of pairs no longer running go: jobs still queued in them fail for a retry.
+        let live: std::collections::HashSet<(String, String)> = self
+            .live
+            .values()
+            .flat_map(|l| l.plugin.consumed_event_types().into_iter().map(|t| (l.plugin.name().to_string(), t)))
+            .collect();
+        self.jobs.retain(|k, _| live.contains(k));
+        self.routes.set(routes);
         pipelines.sort_by(|a, b| (&a.plugin, &a.event_type).cmp(&(&b.plugin, &b.event_type)));
         self.registry.write().unwrap().pipelines = pipelines;
     }

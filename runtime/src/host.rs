@@ -148,6 +148,16 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     if deployer.pipeline_count() == 0 {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");
     }
+    // BullMQ queues: started once the plugins run, so that the first jobs find their routes.
+    let mut consumers = Vec::new();
+    for queue in &settings.bullmq {
+        let (routes, ledger) = (deployer.routes.clone(), control.clone());
+        let consumer = wait_for("Redis (BullMQ)", || {
+            crate::source::bullmq::QueueConsumer::start(queue.clone(), &redis_url, routes.clone(), ledger.clone())
+        })
+        .await;
+        consumers.push(consumer);
+    }
     // Delayed events are delivered by every host; the move is atomic, so each goes out once.
     let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
     let admin = admin_listener.map(|listener| {
@@ -182,8 +192,13 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         watching
     );
     tracing::info!(grace = ?grace, "stopping: no new reads, finishing in-flight events (a second signal exits at once)");
+    // BullMQ consumers first: the jobs they hold finish in the pipelines, which still run.
+    let stopping = async {
+        futures::future::join_all(consumers.into_iter().map(|c| c.stop(grace))).await;
+        deployer.stop_all().await
+    };
     tokio::select! {
-        _ = deployer.stop_all() => {}
+        _ = stopping => {}
         _ = wait_for_signal() => {
             tracing::warn!("second signal: exiting now; unfinished events stay pending and will be recovered");
             std::process::exit(130);

@@ -1,6 +1,8 @@
 //! The router: one pipeline per (plugin, event type), each reading stream `<prefix><type>`
 //! through group `sluice:<plugin>`, calling the plugin with batches, handing rows to the
-//! writer and acknowledging events once their rows are committed.
+//! writer and acknowledging events once their rows are committed. With BullMQ queues
+//! configured, a second pipeline per (plugin, event type) takes the jobs of that type
+//! (`source::bullmq`) and reports each job's outcome instead of acknowledging.
 //!
 //! Delivery policy, per event of a batch:
 //! - rows committed in every table → XACK;
@@ -8,6 +10,10 @@
 //!   dead-lettered (XADD `sluice:dlq` + XACK in one MULTI);
 //! - transient failure (retryable handler error, trap, failed insert) → left pending; it is
 //!   claimed again after its backoff, and dead-lettered once `max_attempts` deliveries failed.
+//!
+//! A BullMQ job's outcome goes back to its queue consumer instead: committed → completed;
+//! invalid or permanent → failed for good (BullMQ's failed set, with the error); transient →
+//! failed for a retry, which BullMQ schedules by the job's own `attempts` and `backoff`.
 //!
 //! Backpressure: a pipeline holds at most `max_inflight_events` events between read and
 //! acknowledgement; it stops reading while they wait for ClickHouse.
@@ -24,12 +30,15 @@ use crate::config::Settings;
 use crate::plugin::{LoadedPlugin, Sandbox, wit};
 use crate::priority::{Priority, PriorityGate};
 use crate::source::SourceEvent;
+use crate::source::bullmq::{Delivery, Failure, Outcome, Records};
 use crate::source::streams::{DeadLetter, StreamReader};
 use crate::writer::dedup::entry_hash;
 use crate::writer::{ChunkOrigin, CommitResult, RowChunk, Writer, ledger};
 
 /// How often a pipeline looks for entries to retry or recover.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a jobs pipeline waits for more jobs to join a batch once it has one.
+const JOB_LINGER: Duration = Duration::from_millis(5);
 /// Deliveries beyond `max_attempts` that ended with no outcome at all (the host died while
 /// handling them each time) before such an entry is dead-lettered anyway.
 const CRASH_ALLOWANCE: u64 = 2;
@@ -39,13 +48,30 @@ pub fn group_name(plugin: &str) -> String {
     format!("sluice:{plugin}")
 }
 
+/// The jobs of one (plugin, event type) from every BullMQ queue, shared by the plugin's
+/// versions: one version at a time holds it (a new one waits until the old one stopped).
+pub type JobInbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>;
+
+/// Where a pipeline's events come from.
+pub enum Input {
+    /// The event and replay streams, read on this connection (blocking reads only).
+    Streams(ConnectionManager),
+    /// BullMQ jobs.
+    Jobs(JobInbox),
+}
+
 /// One (plugin, event type) pipeline.
 pub struct Pipeline {
     pub plugin: Arc<LoadedPlugin>,
     pub settings: Arc<Settings>,
-    /// Blocking reads only.
-    pub reader: StreamReader,
-    /// Acks, claims and dead letters (a blocked XREADGROUP would hold up a shared connection).
+    /// Blocking reads only (streams pipelines).
+    reader: Option<StreamReader>,
+    /// Jobs (BullMQ pipelines).
+    inbox: Option<JobInbox>,
+    /// Where the events come from, for logs: the stream, or `bullmq`.
+    pub source: Arc<str>,
+    /// Acks, claims and dead letters (a blocked XREADGROUP would hold up a shared connection);
+    /// the group and the batch ledger's connection for both kinds.
     pub control: StreamReader,
     /// The writer's channel for each of the plugin's tables, in declaration order.
     pub tables: Vec<mpsc::Sender<RowChunk>>,
@@ -74,7 +100,7 @@ impl Pipeline {
         gate: PriorityGate,
         plugin: Arc<LoadedPlugin>,
         settings: Arc<Settings>,
-        read_conn: ConnectionManager,
+        input: Input,
         control_conn: ConnectionManager,
         event_type: &str,
         consumer: &str,
@@ -85,8 +111,18 @@ impl Pipeline {
         let group = group_name(plugin.name());
         let ledger_tables =
             plugin.tables.iter().filter(|t| t.guarantee.exactly_once()).map(|t| t.name.clone()).collect();
+        let (reader, inbox, source) = match input {
+            Input::Streams(conn) => (
+                Some(StreamReader::new(conn, &stream, plugin.name(), event_type, &group, consumer)),
+                None,
+                Arc::from(stream.as_str()),
+            ),
+            Input::Jobs(inbox) => (None, Some(inbox), Arc::from("bullmq")),
+        };
         Pipeline {
-            reader: StreamReader::new(read_conn, &stream, plugin.name(), event_type, &group, consumer),
+            reader,
+            inbox,
+            source,
             control: StreamReader::new(control_conn, &stream, plugin.name(), event_type, &group, consumer)
                 .with_ledger_tables(ledger_tables),
             writer,
@@ -100,20 +136,48 @@ impl Pipeline {
 
     /// Runs until `shutdown` turns true, then waits (up to `grace`) for in-flight events.
     pub async fn run(mut self, ids: InflightIds, mut shutdown: watch::Receiver<bool>, grace: Duration) -> Result<()> {
-        self.reader.ensure_group().await?;
         let inflight = Arc::new(Inflight { permits: Arc::new(Semaphore::new(self.settings.max_inflight_events)), ids });
         let mut sandbox = Some(Sandbox::new(self.plugin.clone()));
-        let heartbeat = tokio::spawn(heartbeat(
-            self.control.with_same_connection(),
-            inflight.clone(),
-            self.settings.visibility_timeout / 3,
-        ));
+        let mut heartbeat = None;
+        if let Some(reader) = &mut self.reader {
+            reader.ensure_group().await?;
+            heartbeat = Some(AbortOnDrop(tokio::spawn(heartbeat_loop(
+                self.control.with_same_connection(),
+                inflight.clone(),
+                self.settings.visibility_timeout / 3,
+            ))));
+        }
+        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), source = %self.source, event_type = %self.control.event_type, group = %self.control.group, priority = %self.priority, "pipeline started");
+        match self.inbox.clone() {
+            None => self.read_streams(&inflight, &mut sandbox, &mut shutdown).await,
+            Some(inbox) => self.take_jobs(inbox, &inflight, &mut sandbox, &mut shutdown).await,
+        }
+        // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
+        let _stop_heartbeat_on_return = heartbeat;
+        let all = self.settings.max_inflight_events as u32;
+        match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
+            Ok(_) => {
+                tracing::info!(source = %self.source, event_type = %self.control.event_type, plugin = self.plugin.name(), "pipeline stopped; in-flight events finished")
+            }
+            Err(_) => {
+                tracing::warn!(source = %self.source, event_type = %self.control.event_type, plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered")
+            }
+        }
+        Ok(())
+    }
+
+    /// The streams loop: retries and recoveries first, then new entries.
+    async fn read_streams(
+        &mut self,
+        inflight: &Arc<Inflight>,
+        sandbox: &mut Option<Sandbox>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
         let mut error_backoff = Duration::from_millis(100);
-        tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), stream = %self.reader.stream(), group = %self.reader.group, priority = %self.priority, "pipeline started");
         while !*shutdown.borrow() {
             let permits = tokio::select! {
-                p = inflight.permits.clone().acquire_many_owned(self.settings.batch_size as u32) => p?,
+                p = inflight.permits.clone().acquire_many_owned(self.settings.batch_size as u32) => p.expect("the semaphore is never closed"),
                 _ = shutdown.changed() => break,
             };
             let mut batch = Vec::new();
@@ -122,7 +186,7 @@ impl Pipeline {
                 last_reclaim = Instant::now();
                 // Recovering a dead host's batches can wait on ClickHouse: never past a stop.
                 tokio::select! {
-                    r = self.reclaim(&inflight) => match r {
+                    r = self.reclaim(inflight) => match r {
                         Ok(b) => batch = b,
                         Err(e) => read_error = Some(e),
                     },
@@ -131,8 +195,9 @@ impl Pipeline {
             }
             if batch.is_empty() && read_error.is_none() {
                 let block = self.settings.block.min(RECLAIM_INTERVAL);
+                let reader = self.reader.as_mut().expect("a streams pipeline has a reader");
                 tokio::select! {
-                    r = self.reader.read_new(self.settings.batch_size, block) => match r {
+                    r = reader.read_new(self.settings.batch_size, block) => match r {
                         Ok(b) => batch = b,
                         Err(e) => read_error = Some(e),
                     },
@@ -140,7 +205,7 @@ impl Pipeline {
                 }
             }
             if let Some(e) = read_error {
-                tracing::error!(stream = %self.reader.stream(), error = format!("{e:#}"), "cannot read from Redis; retrying in {error_backoff:?}");
+                tracing::error!(stream = %self.source, error = format!("{e:#}"), "cannot read from Redis; retrying in {error_backoff:?}");
                 tokio::time::sleep(error_backoff).await;
                 error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -154,20 +219,67 @@ impl Pipeline {
                 ids.extend(batch.iter().map(|e| (e.stream.clone(), e.entry_id.clone())));
             }
             let sb = sandbox.take().expect("sandbox is returned after every batch");
-            sandbox = Some(self.process(sb, batch, permits, inflight.clone()).await);
+            *sandbox = Some(self.process(sb, batch, None, permits, inflight.clone()).await);
         }
-        // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
-        let _stop_heartbeat_on_return = AbortOnDrop(heartbeat);
-        let all = self.settings.max_inflight_events as u32;
-        match tokio::time::timeout(grace, inflight.permits.acquire_many(all)).await {
-            Ok(_) => {
-                tracing::info!(stream = %self.reader.stream(), plugin = self.plugin.name(), "pipeline stopped; in-flight events finished")
+    }
+
+    /// The jobs loop: batches of whatever jobs the queue consumers routed here. Retries,
+    /// backoff and stalled jobs are BullMQ's; a job run again only has its batch records
+    /// looked up, so that rows an earlier run committed are not written twice.
+    async fn take_jobs(
+        &mut self,
+        inbox: JobInbox,
+        inflight: &Arc<Inflight>,
+        sandbox: &mut Option<Sandbox>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let batch_size = self.settings.batch_size;
+        let mut rx = tokio::select! {
+            rx = inbox.lock_owned() => rx,
+            _ = shutdown.changed() => return,
+        };
+        while !*shutdown.borrow() {
+            let permits = tokio::select! {
+                p = inflight.permits.clone().acquire_many_owned(batch_size as u32) => p.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => break,
+            };
+            let mut got: Vec<Delivery> = Vec::with_capacity(batch_size);
+            tokio::select! {
+                n = rx.recv_many(&mut got, batch_size) => if n == 0 { break },
+                _ = shutdown.changed() => break,
             }
-            Err(_) => {
-                tracing::warn!(stream = %self.reader.stream(), plugin = self.plugin.name(), "pipeline stopped after the grace period; unfinished events stay pending and will be recovered")
+            let until = tokio::time::Instant::now() + JOB_LINGER;
+            while got.len() < batch_size {
+                let room = batch_size - got.len();
+                match tokio::time::timeout_at(until, rx.recv_many(&mut got, room)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
             }
+            // Jobs run before (a retry, or a lost lock) first, for the batch-record lookup.
+            got.sort_by_key(|d| d.event.deliveries == 1);
+            let again = got.iter().take_while(|d| d.event.deliveries > 1).count();
+            let (mut batch, replies): (Vec<SourceEvent>, Vec<_>) = got.into_iter().map(|d| (d.event, d.reply)).unzip();
+            if again > 0 {
+                tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = again, "jobs started before (a retry, or recovered from a host that stopped): checking their batch records");
+                if let Err(e) = self.find_written(&mut batch[..again]).await {
+                    // Without knowing what an earlier run wrote, the jobs must not run now.
+                    tracing::error!(
+                        plugin = self.plugin.name(),
+                        error = format!("{e:#}"),
+                        "cannot look up the batch records of jobs run before; they fail for a retry"
+                    );
+                    for reply in replies {
+                        let message = format!("cannot look up earlier batch records: {e:#}");
+                        let _ =
+                            reply.send(Outcome { failure: Some(Failure { permanent: false, message }), records: None });
+                    }
+                    continue;
+                }
+            }
+            let sb = sandbox.take().expect("sandbox is returned after every batch");
+            *sandbox = Some(self.process(sb, batch, Some(replies), permits, inflight.clone()).await);
         }
-        Ok(())
     }
 
     /// Entries to retry (this consumer's, after their backoff) or recover (another
@@ -232,10 +344,16 @@ impl Pipeline {
                 tables.push(t);
             }
         }
+        let mut streams: Vec<Arc<str>> = Vec::new();
+        for e in events.iter() {
+            if !streams.contains(&e.stream) {
+                streams.push(e.stream.clone());
+            }
+        }
         for table in &tables {
             let table_index = self.plugin.tables.iter().position(|t| &t.name == table);
             let acked_with_fields = self.control.ledger_tables.contains(table);
-            for stream in self.control.streams.clone() {
+            for stream in streams.iter().cloned() {
                 let idx: Vec<usize> = (0..events.len()).filter(|&i| events[i].stream == stream).collect();
                 let ids: Vec<&str> = idx.iter().map(|&i| events[i].entry_id.as_str()).collect();
                 let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table).await?;
@@ -273,11 +391,14 @@ impl Pipeline {
         &mut self,
         sandbox: Sandbox,
         batch: Vec<SourceEvent>,
+        replies: Option<Vec<oneshot::Sender<Outcome>>>,
         permits: OwnedSemaphorePermit,
         inflight: Arc<Inflight>,
     ) -> Sandbox {
+        // A BullMQ job's attempts are counted by BullMQ, against the job's own `attempts`.
+        let jobs = replies.is_some();
         let s = &self.settings;
-        metrics::counter!("sluice_events_read_total", "plugin" => self.plugin.name().to_string(), "event_type" => self.reader.event_type.to_string())
+        metrics::counter!("sluice_events_read_total", "plugin" => self.plugin.name().to_string(), "event_type" => self.control.event_type.to_string())
             .increment(batch.len() as u64);
         // Events the plugin gets, and where each came from in `batch`.
         let mut events: Vec<wit::Event> = Vec::with_capacity(batch.len());
@@ -289,7 +410,7 @@ impl Pipeline {
         for (i, e) in batch.iter().enumerate() {
             match &e.parsed {
                 Err(reason) => verdicts[i] = Verdict::Dead { kind: "invalid_event", error: reason.clone() },
-                Ok(_) if e.deliveries > s.max_attempts + CRASH_ALLOWANCE => {
+                Ok(_) if !jobs && e.deliveries > s.max_attempts + CRASH_ALLOWANCE => {
                     verdicts[i] = Verdict::Dead {
                         kind: "retries_exhausted",
                         error: format!(
@@ -331,7 +452,7 @@ impl Pipeline {
             let i = origin[f.event as usize];
             verdicts[i] = if f.permanent {
                 Verdict::Dead { kind: "permanent", error: f.message.clone() }
-            } else if batch[i].deliveries >= s.max_attempts {
+            } else if !jobs && batch[i].deliveries >= s.max_attempts {
                 Verdict::Dead {
                     kind: "retries_exhausted",
                     error: format!("failed {} attempts; last error: {}", batch[i].deliveries, f.message),
@@ -362,9 +483,12 @@ impl Pipeline {
             }
             commits.push(rx);
         }
-        tracing::debug!(plugin = self.plugin.name(), stream = %self.reader.stream(), events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
+        tracing::debug!(plugin = self.plugin.name(), source = %self.source, events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
+        let records = (jobs && !self.control.ledger_tables.is_empty())
+            .then(|| Records { group: self.control.group.clone(), tables: self.control.ledger_tables.clone() });
         let ack = AckTask {
             control: self.control.with_same_connection(),
+            replies: replies.map(|r| (r, records)),
             max_attempts: s.max_attempts,
             plugin: self.plugin.clone(),
             batch,
@@ -379,7 +503,7 @@ impl Pipeline {
             "batch",
             plugin = self.plugin.name(),
             version = self.plugin.short_hash(),
-            event_type = %self.reader.event_type,
+            event_type = %self.control.event_type,
             events = ack.batch.len(),
             calls = outcome.calls,
             handled_ms = handled_in.as_millis() as u64,
@@ -423,7 +547,7 @@ impl Drop for AbortOnDrop {
 /// Keeps in-flight entries from looking abandoned: every `every`, their idle time in the PEL is
 /// reset (XCLAIM JUSTID, which does not count a delivery), so other instances only ever claim
 /// entries whose consumer really stopped, however long ClickHouse keeps a batch waiting.
-async fn heartbeat(mut control: StreamReader, inflight: Arc<Inflight>, every: Duration) {
+async fn heartbeat_loop(mut control: StreamReader, inflight: Arc<Inflight>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let ids: Vec<(Arc<str>, String)> = inflight.ids.lock().unwrap().iter().cloned().collect();
@@ -436,6 +560,47 @@ async fn heartbeat(mut control: StreamReader, inflight: Arc<Inflight>, every: Du
     }
 }
 
+impl AckTask {
+    /// Sends each job's outcome to its queue consumer, which completes or fails the job.
+    fn report(
+        self,
+        not_committed: HashMap<usize, Arc<str>>,
+        replies: Vec<oneshot::Sender<Outcome>>,
+        records: Option<Records>,
+    ) {
+        let (mut done, mut retry, mut failed) = (0u64, 0u64, 0u64);
+        let labels = [("plugin", self.plugin.name().to_string()), ("event_type", self.control.event_type.to_string())];
+        for (i, (v, reply)) in self.verdicts.iter().zip(replies).enumerate() {
+            let failure = match (v, not_committed.get(&i)) {
+                (Verdict::Ok, None) => None,
+                (Verdict::Ok, Some(e)) => {
+                    Some(Failure { permanent: false, message: format!("rows not committed: {e}") })
+                }
+                (Verdict::Retry(m), _) => Some(Failure { permanent: false, message: m.clone() }),
+                (Verdict::Dead { kind, error }, _) => {
+                    let mut l = labels.to_vec();
+                    l.push(("kind", kind.to_string()));
+                    metrics::counter!("sluice_events_dead_lettered_total", &l).increment(1);
+                    crate::admin::recent_error(self.plugin.name(), &self.control.event_type, kind, error);
+                    Some(Failure { permanent: true, message: format!("{kind}: {error}") })
+                }
+            };
+            match &failure {
+                None => done += 1,
+                Some(f) if f.permanent => failed += 1,
+                Some(_) => retry += 1,
+            }
+            let _ = reply.send(Outcome { failure, records: records.clone() });
+        }
+        metrics::counter!("sluice_events_handled_total", &labels).increment(done);
+        metrics::counter!("sluice_events_retried_total", &labels).increment(retry);
+        let span = tracing::Span::current();
+        span.record("acked", done);
+        span.record("retried", retry);
+        span.record("dead_lettered", failed);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Verdict {
     Ok,
@@ -443,9 +608,12 @@ enum Verdict {
     Dead { kind: &'static str, error: String },
 }
 
-/// Waits for a batch's rows to be committed, then acknowledges and dead-letters its events.
+/// Waits for a batch's rows to be committed, then acknowledges and dead-letters its events
+/// (streams), or reports each job's outcome (BullMQ).
 struct AckTask {
     control: StreamReader,
+    /// BullMQ jobs: where each job's outcome goes, and its batch records.
+    replies: Option<(Vec<oneshot::Sender<Outcome>>, Option<Records>)>,
     max_attempts: u64,
     plugin: Arc<LoadedPlugin>,
     batch: Vec<SourceEvent>,
@@ -468,6 +636,9 @@ impl AckTask {
                     not_committed.extend((0..self.batch.len()).map(|i| (i, e.clone())));
                 }
             }
+        }
+        if let Some((replies, records)) = self.replies.take() {
+            return self.report(not_committed, replies, records);
         }
         let mut ack: Vec<(&str, &str)> = Vec::new();
         let mut dead: Vec<DeadLetter<'_>> = Vec::new();

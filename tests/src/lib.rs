@@ -34,6 +34,11 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
 
 /// SIGTERM, up to 10 s to exit, then SIGKILL; the child is reaped.
 pub fn stop_child(child: &mut Child) {
+    // Already reaped: its pid may belong to another process by now (pid_max can be 32768),
+    // such as another test's redis-server.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     unsafe { libc_kill(child.id() as i32, 15) };
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -546,4 +551,37 @@ pub fn total_pending(conn: &mut redis::Connection, streams: &[&str]) -> Result<i
         }
     }
     Ok(total)
+}
+
+/// Runs the example BullMQ producer (`examples/bullmq/producer.js`, with the real `bullmq`
+/// package from npm) against `redis`; returns the JSON line it prints.
+pub fn bullmq(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
+    let root = repo_root();
+    assert!(
+        root.join("examples/bullmq/node_modules/bullmq").exists(),
+        "no bullmq in examples/bullmq/node_modules: run `make examples` (scripts/plugin-toolchains.sh)"
+    );
+    // Node.js 20 that scripts/plugin-toolchains.sh fetched when the system's is older.
+    let own = root.join("target/tools/node/bin/node");
+    let node = if own.exists() { own } else { PathBuf::from("node") };
+    // A bound on every wait: a producer whose Redis is gone would retry for ever.
+    let mut cmd = Command::new("timeout");
+    cmd.arg("120")
+        .arg(node)
+        .arg(root.join("examples/bullmq/producer.js"))
+        .args(&args[..1])
+        .arg("--redis-url")
+        .arg(redis.url());
+    cmd.args(&args[1..]);
+    let out = cmd.output().context("cannot run node")?;
+    if !out.status.success() {
+        bail!(
+            "producer.js {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("producer.js printed `{text}`"))
 }

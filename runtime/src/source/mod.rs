@@ -1,10 +1,12 @@
-//! Sources: where events come from. Today: Redis Streams (`streams.rs`).
+//! Sources: where events come from: Redis Streams (`streams.rs`) and BullMQ queues
+//! (`bullmq.rs`).
 //!
 //! The wire format (fixed by DESIGN.md): an event of type `T` is an entry of stream
 //! `<prefix>T` with a JSON `payload` field and optional `id`, `ts`, `source`, `tenant`; or,
 //! as the seed's Python services write it, one JSON envelope `{type, aggregate_id, data,
 //! timestamp, ...}` in a field `event` or `data`, whose `data` becomes the payload.
 
+pub mod bullmq;
 pub mod delayed;
 pub mod streams;
 

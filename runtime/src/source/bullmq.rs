@@ -1,0 +1,442 @@
+//! The BullMQ source: consumes the queues Node.js services already write with `bullmq`, keeping
+//! the job lifecycle exactly as BullMQ's own workers keep it, so that BullMQ's tools (Bull Board,
+//! `queue.getJobCounts()`) keep telling the truth.
+//!
+//! The lifecycle is BullMQ's Rust port (`bullmq-official`, the same Lua scripts as the Node.js
+//! package): jobs move to `active` with a lock (renewed while they wait), complete only after
+//! their rows are committed, are retried with their own `attempts` and `backoff`, land in the
+//! failed set with the error after the last attempt, honour `removeOnComplete` /
+//! `removeOnFail`, and jobs of a dead host (lock expired) are moved back to wait by the stalled
+//! check of any live one.
+//!
+//! Batching: the port's worker hands over one job per processor call and runs up to
+//! `concurrency` of them at once. Each call only routes its job — job name = event type — to the
+//! pipeline of every plugin subscribed to that type (`Routes`, one channel per (plugin, event
+//! type)) and waits for the outcome; the pipelines gather what is queued into batches for the
+//! plugin call and the writer, as for streams. So a job holds its lock until its batch is
+//! committed, however slow ClickHouse is.
+//!
+//! A job run again (a retry, or after its lock expired) first looks up the batch records of
+//! exactly-once tables (`writer::ledger`, keyed by the queue and job id): rows an earlier run
+//! committed are not written twice. Those records are deleted when the job completes or fails
+//! for good.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use bullmq::options::RedisConnectionOptions;
+use bullmq::worker::WorkerEvent;
+use bullmq::{Job, Worker, WorkerOptions};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::SourceEvent;
+use crate::plugin::wit;
+
+/// One queue to consume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BullQueue {
+    pub name: String,
+    /// BullMQ's key prefix: the queue's keys are `<prefix>:<name>:...`.
+    pub prefix: String,
+    /// Jobs of this queue held at once by this host (the batches are made of them).
+    pub concurrency: usize,
+    /// How long a job's lock lasts without renewal (renewed every half of it).
+    pub lock: Duration,
+}
+
+impl BullQueue {
+    /// The queue's key base, `<prefix>:<name>`: the "stream" of its events in logs, metrics and
+    /// batch records.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.prefix, self.name)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        // BullMQ (Node.js since 5.x, and its Rust port) refuses both: the job key
+        // `<prefix>:<queue>:<id>` must parse back unambiguously.
+        if self.name.is_empty() || self.name.contains(':') {
+            bail!("BullMQ queue name `{}`: must be non-empty and without `:` (BullMQ refuses such names)", self.name);
+        }
+        if self.prefix.is_empty() || self.prefix.contains(':') {
+            bail!(
+                "BullMQ prefix `{}` of queue `{}`: must be non-empty and without `:` (Node.js accepts one, BullMQ's Rust port that Sluice uses does not)",
+                self.prefix,
+                self.name
+            );
+        }
+        if self.concurrency == 0 {
+            bail!("BullMQ queue `{}`: concurrency must be at least 1", self.name);
+        }
+        if self.lock < Duration::from_secs(1) {
+            bail!("BullMQ queue `{}`: lock_duration_ms must be at least 1000", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// The `[bullmq]` section of the config file.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BullSection {
+    /// Default prefix of the queues below [bull].
+    pub prefix: Option<String>,
+    /// Default concurrency of the queues below [1000].
+    pub concurrency: Option<usize>,
+    /// Lock duration of every queue, in milliseconds [30000].
+    pub lock_duration_ms: Option<u64>,
+    /// Queue names, or tables `{ name, prefix?, concurrency? }`.
+    #[serde(default)]
+    pub queues: Vec<QueueEntry>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum QueueEntry {
+    Name(String),
+    Table { name: String, prefix: Option<String>, concurrency: Option<usize> },
+}
+
+pub const DEFAULT_PREFIX: &str = "bull";
+pub const DEFAULT_CONCURRENCY: usize = 1000;
+pub const DEFAULT_LOCK_MS: u64 = 30_000;
+
+/// The queues to consume: from the flags/environment (comma-separated names, one prefix and
+/// concurrency for all) if given, else from the file.
+pub fn resolve_queues(
+    names: Option<&str>,
+    prefix: Option<&str>,
+    concurrency: Option<usize>,
+    file: Option<&BullSection>,
+) -> Result<Vec<BullQueue>> {
+    let file = file.cloned().unwrap_or_default();
+    let prefix = prefix.map(str::to_string).or(file.prefix.clone()).unwrap_or_else(|| DEFAULT_PREFIX.into());
+    let concurrency = concurrency.or(file.concurrency).unwrap_or(DEFAULT_CONCURRENCY);
+    let lock = Duration::from_millis(file.lock_duration_ms.unwrap_or(DEFAULT_LOCK_MS));
+    let queues: Vec<BullQueue> = match names {
+        Some(names) => names
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock })
+            .collect(),
+        None => file
+            .queues
+            .iter()
+            .map(|q| match q {
+                QueueEntry::Name(n) => BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock },
+                QueueEntry::Table { name, prefix: p, concurrency: c } => BullQueue {
+                    name: name.clone(),
+                    prefix: p.clone().unwrap_or_else(|| prefix.clone()),
+                    concurrency: c.unwrap_or(concurrency),
+                    lock,
+                },
+            })
+            .collect(),
+    };
+    for (i, q) in queues.iter().enumerate() {
+        q.validate()?;
+        if queues[..i].iter().any(|o| o.key() == q.key()) {
+            bail!("BullMQ queue `{}` is listed twice", q.key());
+        }
+    }
+    Ok(queues)
+}
+
+/// What became of a job in one plugin's pipeline.
+#[derive(Debug)]
+pub struct Outcome {
+    /// `None`: its rows are committed.
+    pub failure: Option<Failure>,
+    /// The plugin's exactly-once batch records of this job, to delete once the job is finished.
+    pub records: Option<Records>,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    /// No further attempt can help (an invalid event, a permanent handler error).
+    pub permanent: bool,
+    pub message: String,
+}
+
+/// Batch-record fields of a job: `(group, tables)`.
+#[derive(Debug, Clone)]
+pub struct Records {
+    pub group: String,
+    pub tables: Arc<[String]>,
+}
+
+/// A job on its way to one plugin's pipeline.
+pub struct Delivery {
+    pub event: SourceEvent,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// Where one plugin takes an event type's jobs: (plugin name, its pipeline's channel).
+pub type Route = (String, mpsc::Sender<Delivery>);
+
+/// The pipelines jobs go to, by event type: one channel per plugin subscribed to it. Kept in
+/// step with the running plugins by the deployer.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<HashMap<String, Vec<Route>>>>);
+
+impl Routes {
+    /// Replaces every route.
+    pub fn set(&self, routes: HashMap<String, Vec<Route>>) {
+        *self.0.write().unwrap() = routes;
+    }
+
+    fn get(&self, event_type: &str) -> Vec<Route> {
+        self.0.read().unwrap().get(event_type).cloned().unwrap_or_default()
+    }
+}
+
+/// The event a job carries. The job name is the event type, its id and timestamp are the
+/// event's; the data is the payload — or, for jobs the seed's NestJS adapter writes
+/// (`queue.add(event, { event, payload })`), its `payload`.
+pub fn job_event(job: &Job) -> Result<wit::Event, String> {
+    let data = job.data();
+    let payload = match data.as_object() {
+        Some(o) if o.len() == 2 && o.get("event").and_then(|e| e.as_str()) == Some(job.name()) => {
+            o.get("payload").ok_or("job data has `event` but no `payload`")?
+        }
+        _ => data,
+    };
+    if !payload.is_object() {
+        return Err(format!("job data is not a JSON object: {}", truncate(&payload.to_string(), 200)));
+    }
+    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    Ok(wit::Event {
+        id: job.id().to_string(),
+        event_type: job.name().to_string(),
+        timestamp_ms: job.timestamp().min(i64::MAX as u64) as i64,
+        payload: payload.to_string(),
+        source: field("source"),
+        tenant: field("tenant"),
+        attempt: job.attempts_made().saturating_add(1),
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Record fields to delete when a job is finished, by job id; `completed` tells which end
+/// was expected (a success is not cleaned up by a failure event: that means the completion
+/// itself failed, e.g. the lock was lost to another host now running the job, which needs them).
+type Cleanup = Arc<Mutex<HashMap<String, (bool, Vec<Records>)>>>;
+
+/// A running consumer of one queue.
+pub struct QueueConsumer {
+    queue: BullQueue,
+    worker: Arc<Worker>,
+    events: tokio::task::JoinHandle<()>,
+}
+
+impl QueueConsumer {
+    /// Starts consuming `queue`, routing its jobs by `routes`.
+    pub async fn start(
+        queue: BullQueue,
+        redis_url: &str,
+        routes: Routes,
+        ledger: redis::aio::ConnectionManager,
+    ) -> Result<QueueConsumer> {
+        let stream: Arc<str> = Arc::from(queue.key().as_str());
+        let cleanup: Cleanup = Default::default();
+        let processor = {
+            let (stream, cleanup) = (stream.clone(), cleanup.clone());
+            move |job: Job, _cancel| {
+                let (stream, routes, cleanup) = (stream.clone(), routes.clone(), cleanup.clone());
+                async move { process(job, stream, routes, cleanup).await }
+            }
+        };
+        let opts = WorkerOptions::new()
+            .connection(RedisConnectionOptions::new().url(redis_url))
+            .prefix(queue.prefix.clone())
+            .concurrency(queue.concurrency)
+            .lock_duration(queue.lock)
+            .stalled_interval(queue.lock);
+        let worker = Worker::with_options(&queue.name, processor, opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the BullMQ worker of queue {}: {e}", queue.key()))?;
+        let worker = Arc::new(worker);
+        let events = tokio::spawn(watch_events(worker.clone(), stream, cleanup, ledger));
+        tracing::info!(queue = %queue.key(), concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, "BullMQ queue consumer started");
+        Ok(QueueConsumer { queue, worker, events })
+    }
+
+    /// Stops fetching jobs and waits (up to `grace`) for the jobs held to finish; jobs still
+    /// held then are recovered by the stalled check once their lock expires.
+    pub async fn stop(self, grace: Duration) {
+        if let Err(e) = self.worker.close(grace.as_millis() as u64).await {
+            tracing::warn!(queue = %self.queue.key(), error = %e, "BullMQ worker did not close cleanly");
+        }
+        // The events of the last completions are still queued: let them be handled.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.events).await;
+        tracing::info!(queue = %self.queue.key(), "BullMQ queue consumer stopped");
+    }
+}
+
+/// One job: handed to every subscribed plugin's pipeline; succeeds when all committed its
+/// rows, fails for good if one failed permanently, else fails for a retry (BullMQ then applies
+/// the job's `attempts` and `backoff`).
+async fn process(job: Job, stream: Arc<str>, routes: Routes, cleanup: Cleanup) -> bullmq::Result<serde_json::Value> {
+    use bullmq::Error::{ProcessingError, Unrecoverable};
+    let targets = routes.get(job.name());
+    if targets.is_empty() {
+        return Err(ProcessingError(format!("no running plugin subscribes to event type `{}`", job.name())));
+    }
+    let event = SourceEvent {
+        stream: stream.clone(),
+        entry_id: job.id().to_string(),
+        // A job started more than once may have rows recorded by an earlier run.
+        deliveries: job.attempts_started().max(job.attempts_made() + 1).max(1) as u64,
+        fields: Vec::new(),
+        parsed: job_event(&job),
+        written: Vec::new(),
+    };
+    let mut waiting = Vec::with_capacity(targets.len());
+    for (plugin, tx) in targets {
+        let (reply, rx) = oneshot::channel();
+        if tx.send(Delivery { event: event.clone(), reply }).await.is_err() {
+            return Err(ProcessingError(format!("plugin {plugin} stopped before the job reached it")));
+        }
+        waiting.push((plugin, rx));
+    }
+    let (mut permanent, mut transient, mut records) = (Vec::new(), Vec::new(), Vec::new());
+    for (plugin, rx) in waiting {
+        match rx.await {
+            Ok(o) => {
+                records.extend(o.records);
+                match o.failure {
+                    None => {}
+                    Some(f) if f.permanent => permanent.push(format!("{plugin}: {}", f.message)),
+                    Some(f) => transient.push(format!("{plugin}: {}", f.message)),
+                }
+            }
+            Err(_) => transient.push(format!("{plugin}: stopped before handling the job")),
+        }
+    }
+    let attempts = job.opts().attempts.unwrap_or(1).max(1);
+    let last = !permanent.is_empty() || job.attempts_made() + 1 >= attempts;
+    let result = if !permanent.is_empty() {
+        Err(Unrecoverable(permanent.join("; ")))
+    } else if !transient.is_empty() {
+        Err(ProcessingError(transient.join("; ")))
+    } else {
+        Ok(serde_json::Value::Null)
+    };
+    if let Err(e) = &result {
+        let (queue, id) = (&*stream, job.id());
+        match last {
+            true => {
+                tracing::error!(queue, job_id = id, event_type = job.name(), attempts_made = job.attempts_made() + 1, error = %e, "job failed for good: it goes to BullMQ's failed set")
+            }
+            false => {
+                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt = job.attempts_made() + 1, error = %e, "job failed; BullMQ retries it after its backoff")
+            }
+        }
+    }
+    if !records.is_empty() && (result.is_ok() || last) {
+        cleanup.lock().unwrap().insert(job.id().to_string(), (result.is_ok(), records));
+    }
+    result
+}
+
+/// Drains the worker's events (its channel is unbounded), deleting the batch records of
+/// finished jobs and logging the worker's own errors.
+async fn watch_events(
+    worker: Arc<Worker>,
+    stream: Arc<str>,
+    cleanup: Cleanup,
+    mut ledger: redis::aio::ConnectionManager,
+) {
+    while let Some(ev) = worker.next_event().await {
+        let (job_id, completed) = match ev {
+            WorkerEvent::Completed { job_id, .. } => (job_id, true),
+            WorkerEvent::Failed { job_id, .. } => (job_id, false),
+            WorkerEvent::Error(e) => {
+                tracing::warn!(queue = %stream, error = %e, "BullMQ worker error");
+                continue;
+            }
+            WorkerEvent::Stalled { job_id } => {
+                tracing::warn!(queue = %stream, job_id, "stalled job (its host stopped renewing the lock) moved back to wait");
+                continue;
+            }
+            WorkerEvent::Closed => break,
+            _ => continue,
+        };
+        let Some((expected, records)) = cleanup.lock().unwrap().remove(&job_id) else { continue };
+        if expected != completed {
+            continue;
+        }
+        let mut p = redis::pipe();
+        for r in &records {
+            crate::writer::ledger::forget(&mut p, &r.group, &stream, &[job_id.as_str()], &r.tables);
+        }
+        if let Err(e) = p.query_async::<()>(&mut ledger).await {
+            // Harmless: a finished job is not run again (unless its id is reused).
+            tracing::warn!(queue = %stream, job_id, error = %e, "cannot delete the batch records of a finished job");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_from_flags_and_file() {
+        let file: BullSection = toml::from_str(
+            r#"prefix = "app"
+               concurrency = 10
+               queues = ["events", { name = "payments", prefix = "pay", concurrency = 2 }]"#,
+        )
+        .unwrap();
+        let q = resolve_queues(None, None, None, Some(&file)).unwrap();
+        assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:events", "pay:payments"]);
+        assert_eq!((q[0].concurrency, q[1].concurrency), (10, 2));
+        let q = resolve_queues(Some("a, b"), None, None, Some(&file)).unwrap();
+        assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:a", "app:b"]);
+        let q = resolve_queues(Some("events"), None, None, None).unwrap();
+        assert_eq!((q[0].key().as_str(), q[0].concurrency), ("bull:events", DEFAULT_CONCURRENCY));
+        assert!(resolve_queues(None, None, None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_queues_say_why() {
+        let e = resolve_queues(Some("events:high"), None, None, None).unwrap_err().to_string();
+        assert!(e.contains("`events:high`") && e.contains("without `:`"), "{e}");
+        let e = resolve_queues(Some("events"), Some("bull:x"), None, None).unwrap_err().to_string();
+        assert!(e.contains("prefix `bull:x`"), "{e}");
+        let e = resolve_queues(Some("a,a"), None, None, None).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = resolve_queues(Some("a"), None, Some(0), None).unwrap_err().to_string();
+        assert!(e.contains("concurrency"), "{e}");
+    }
+
+    #[test]
+    fn job_events() {
+        let job = |name: &str, data: &str| {
+            let f = [("name", name), ("data", data), ("timestamp", "1717245000123"), ("atm", "1")];
+            Job::from_redis_hash("17", &f.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap()
+        };
+        let e = job_event(&job("PromoCodeAppliedEvent", r#"{"promo_code":"A","source":"shop"}"#)).unwrap();
+        assert_eq!((e.timestamp_ms, e.attempt), (1_717_245_000_123, 2));
+        assert_eq!(
+            (e.id.as_str(), e.event_type.as_str(), e.source.as_deref()),
+            ("17", "PromoCodeAppliedEvent", Some("shop"))
+        );
+        assert_eq!(e.payload, r#"{"promo_code":"A","source":"shop"}"#);
+        // The seed's NestJS adapter: { event, payload }.
+        let e = job_event(&job("order.created", r#"{"event":"order.created","payload":{"orderId":"o"}}"#)).unwrap();
+        assert_eq!(e.payload, r#"{"orderId":"o"}"#);
+        assert!(job_event(&job("x", "[1,2]")).unwrap_err().contains("not a JSON object"));
+        assert!(job_event(&job("x", "{not json")).unwrap_err().contains("not a JSON object"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The BullMQ source against the real `bullmq` package: jobs written by the Node.js producer
+//! (`examples/bullmq/producer.js`, the seed's job options) become rows, and BullMQ's own view
+//! (`queue.getJobCounts()`, the failed set) tells the truth afterwards.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::Value;
+use sluice_tests::*;
+
+/// The jobs still to do or being done, by BullMQ's count.
+fn unfinished(counts: &Value) -> i64 {
+    ["waiting", "wait", "active", "delayed", "prioritized", "paused", "waiting-children"]
+        .iter()
+        .map(|k| counts[k].as_i64().unwrap_or(0))
+        .sum()
+}
+
+fn promo_sums(ch: &ClickHouse) -> Result<(i64, i64, i64, i64)> {
+    let r = ch.query(
+        "SELECT count(), uniqExact(order_id), sum(toInt64(round(order_amount * 100))), \
+         sum(toInt64(round(discount_amount * 100))) FROM analytics.promo_code_usages_analytics",
+    )?;
+    let v: Vec<i64> = r.split('\t').map(|x| x.trim().parse().unwrap_or(-1)).collect();
+    Ok((v[0], v[1], v[2], v[3]))
+}
+
+fn counts(redis: &Redis) -> Value {
+    bullmq(redis, &["counts"]).unwrap_or(Value::Null)
+}
+
+#[test]
+fn ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
+    // Half the jobs wait in the queue before the host starts, half arrive while it runs. Every
+    // 10th is delayed, every 7th prioritized, every 2nd wrapped as the NestJS adapter writes it.
+    let shape = ["--delayed-every", "10", "--prioritized-every", "7", "--envelope-every", "2"];
+    let first = bullmq(&redis, &[&["add", "--count", "5000"][..], &shape].concat())?;
+    let mut host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
+    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    let second = bullmq(&redis, &[&["add", "--from", "5000", "--count", "5000"][..], &shape].concat())?;
+    let sum = |k: &str| first[k].as_i64().unwrap() + second[k].as_i64().unwrap();
+    assert_eq!((sum("jobs"), sum("delayed"), sum("prioritized"), sum("envelopes")), (10_000, 1_000, 1_429, 5_000));
+
+    let done = wait_until("10,000 rows", Duration::from_secs(180), || {
+        promo_sums(&ch).map(|(n, ..)| n >= 10_000).unwrap_or(false)
+    });
+    done.map_err(|e| {
+        anyhow::anyhow!("{e}; rows: {:?}; counts: {}\n{}", promo_sums(&ch).ok(), counts(&redis), host.log_text())
+    })?;
+    let (rows, orders, order_cents, discount_cents) = promo_sums(&ch)?;
+    assert_eq!(
+        (rows, orders, order_cents, discount_cents),
+        (10_000, 10_000, sum("order_cents"), sum("discount_cents")),
+        "rows must match what the producer added, exactly"
+    );
+    // BullMQ's view: everything completed, the last 100 kept (removeOnComplete: 100).
+    wait_until("BullMQ to show every job finished", Duration::from_secs(30), || unfinished(&counts(&redis)) == 0)?;
+    let c = counts(&redis);
+    assert_eq!((c["completed"].as_i64(), c["failed"].as_i64()), (Some(100), Some(0)), "counts: {c}");
+    host.stop();
+    let log = host.log_text();
+    assert!(!log.contains("ERROR"), "no errors expected:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
+    let host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
+    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    let add = |data: &str, count: &str| {
+        bullmq(&redis, &["add", "--type", "flaky.event", "--data", data, "--count", count, "--backoff-ms", "300"])
+    };
+    add(r#"{"n":1}"#, "5")?;
+    // Fails every attempt, transiently: retried with backoff, failed after the third attempt.
+    add(r#"{"n":2,"fail_until_ms":99999999999999}"#, "1")?;
+    // Fails permanently: no retry (BullMQ's UnrecoverableError), failed at once.
+    add(r#"{"n":3,"permanent":true}"#, "1")?;
+    // Succeeds on its second attempt.
+    add(r#"{"n":4,"fail_first":true}"#, "1")?;
+    wait_until("two failed jobs and six completed", Duration::from_secs(60), || {
+        let c = counts(&redis);
+        c["failed"] == 2 && c["completed"] == 6
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; counts: {}\n{}", counts(&redis), host.log_text()))?;
+    let failed = bullmq(&redis, &["failed"])?;
+    let failed = failed.as_array().unwrap();
+    let by_n =
+        |needle: &str| failed.iter().find(|j| j["failedReason"].as_str().unwrap_or("").contains(needle)).cloned();
+    let transient = by_n("failing until").unwrap_or_else(|| panic!("failed set: {failed:?}"));
+    assert_eq!(transient["attemptsMade"], 3, "{transient}");
+    assert!(transient["failedReason"].as_str().unwrap().starts_with("flaky: flaky: failing until"), "{transient}");
+    let permanent = by_n("permanently bad").unwrap_or_else(|| panic!("failed set: {failed:?}"));
+    assert_eq!(permanent["attemptsMade"], 1, "{permanent}");
+    assert_eq!(
+        permanent["failedReason"],
+        format!("flaky: permanent: flaky: event {} is permanently bad", permanent["id"].as_str().unwrap())
+    );
+    // Rows: the five good jobs and the one that succeeded on its second attempt (attempt 2).
+    assert_eq!(
+        ch.query("SELECT n, attempt, count() FROM analytics.flaky_rows GROUP BY n, attempt ORDER BY n")?,
+        "1\t1\t5\n4\t2\t1"
+    );
+    assert_eq!(unfinished(&counts(&redis)), 0);
+    Ok(())
+}
+
+/// Hosts that die holding locked jobs — one right after its rows landed and before its jobs were
+/// completed (the failpoint), one SIGKILLed mid-run — lose no job: the other host's stalled
+/// check moves their jobs back once the locks expire, and the batch records keep rows that had
+/// landed from landing twice (Replicated tables, private ZooKeeper).
+#[test]
+fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row() -> Result<()> {
+    let zk = ZooKeeper::start()?;
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start_replicated(&zk, "r1")?;
+    let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
+    let dir = tempfile::tempdir()?;
+    // Locks of 3 s (renewed every 1.5 s) so that a dead host's jobs are recovered in seconds.
+    let config =
+        config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 3000\nconcurrency = 500\n")?;
+    let config = config.to_str().unwrap();
+    let added = bullmq(&redis, &["add", "--count", "20000", "--delayed-every", "50", "--prioritized-every", "9"])?;
+    let env = [("SLUICE_CONFIG", config), ("SLUICE_INSERT_LINGER_MS", "300")];
+    let survivor = Host::start(&redis, &ch, plugins.path(), &env)?;
+    let crashing = [env.as_slice(), &[("SLUICE_FAILPOINT_EXIT_AFTER_INSERT", "2")]].concat();
+    let mut crashed = Host::start(&redis, &ch, plugins.path(), &crashing)?;
+    wait_until("the failpoint host to exit after its second insert", Duration::from_secs(60), || {
+        matches!(crashed.child.try_wait(), Ok(Some(_)))
+    })?;
+    assert_eq!(crashed.child.wait()?.code(), Some(86), "{}", crashed.log_text());
+    let mut killed = Host::start(&redis, &ch, plugins.path(), &env)?;
+    let before = promo_sums(&ch)?.0;
+    wait_until("more rows", Duration::from_secs(60), || {
+        promo_sums(&ch).map(|(n, ..)| n >= before + 3000).unwrap_or(false)
+    })?;
+    signal(&killed.child, 9);
+    let _ = killed.child.wait();
+    let active_at_kill = counts(&redis)["active"].as_i64().unwrap_or(0);
+    wait_until("every job finished", Duration::from_secs(180), || {
+        let c = counts(&redis);
+        unfinished(&c) == 0 && c["completed"].as_i64().is_some()
+    })
+    .map_err(|e| {
+        anyhow::anyhow!("{e}; counts: {}; rows {:?}\n{}", counts(&redis), promo_sums(&ch).ok(), survivor.log_text())
+    })?;
+    let (rows, orders, order_cents, discount_cents) = promo_sums(&ch)?;
+    assert_eq!(
+        (rows, orders, order_cents, discount_cents),
+        (20_000, 20_000, added["order_cents"].as_i64().unwrap(), added["discount_cents"].as_i64().unwrap()),
+        "{active_at_kill} jobs were active when the host was killed\n{}",
+        survivor.log_text()
+    );
+    let c = counts(&redis);
+    assert_eq!((c["completed"].as_i64(), c["failed"].as_i64()), (Some(100), Some(0)), "counts: {c}");
+    let log = survivor.log_text();
+    assert!(log.contains("jobs started before"), "the survivor recovered the dead hosts' jobs:\n{log}");
+    assert!(log.contains("already have rows in this table"), "rows the failpoint host inserted were found:\n{log}");
+    Ok(())
+}
+
+/// Jobs wait for a ClickHouse that is down for several lock durations: their locks are renewed
+/// all along, so no job is taken for stalled, run twice or failed, and they complete once it is
+/// back.
+#[test]
+fn locks_stay_alive_while_clickhouse_is_down() -> Result<()> {
+    let redis = Redis::start()?;
+    let mut ch = ClickHouse::start()?;
+    let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
+    let dir = tempfile::tempdir()?;
+    let config = config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 2000\n")?;
+    let env = [("SLUICE_CONFIG", config.to_str().unwrap())];
+    let host = Host::start(&redis, &ch, plugins.path(), &env)?;
+    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    ch.stop();
+    let added = bullmq(&redis, &["add", "--count", "3000"])?;
+    wait_until("jobs held while ClickHouse is down", Duration::from_secs(30), || {
+        counts(&redis)["active"].as_i64().unwrap_or(0) > 0 && host.log_text().contains("insert failed; retrying")
+    })?;
+    // Four lock durations with no commit possible.
+    std::thread::sleep(Duration::from_secs(8));
+    let c = counts(&redis);
+    assert!(c["active"].as_i64().unwrap_or(0) > 0 && c["failed"] == 0 && c["completed"] == 0, "counts: {c}");
+    ch.restart()?;
+    wait_until("every job finished", Duration::from_secs(120), || unfinished(&counts(&redis)) == 0)
+        .map_err(|e| anyhow::anyhow!("{e}; counts: {}\n{}", counts(&redis), host.log_text()))?;
+    let (rows, orders, order_cents, _) = promo_sums(&ch)?;
+    assert_eq!((rows, orders, order_cents), (3000, 3000, added["order_cents"].as_i64().unwrap()));
+    let c = counts(&redis);
+    assert_eq!((c["completed"].as_i64(), c["failed"].as_i64()), (Some(100), Some(0)), "counts: {c}");
+    let log = host.log_text();
+    assert!(!log.contains("jobs started before"), "no job may have been run twice:\n{log}");
+    Ok(())
+}
