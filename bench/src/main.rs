@@ -9,7 +9,7 @@
 //!   p50 and p99 (event k is visible when count() first reaches it; one stream, read in order).
 //!
 //! usage: sluice-bench [--quick] [--events N]
-//!                     [--only limit,sluice,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
+//!                     [--only limit,sluice,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ enum Kind {
     Limit,
     Sluice,
     SluiceExactlyOnce,
+    SluiceBullmq,
     Python,
     BullBatched,
     BullPerJob,
@@ -42,6 +43,7 @@ impl Kind {
             Kind::Limit => "limit",
             Kind::Sluice => "sluice",
             Kind::SluiceExactlyOnce => "sluice-eo",
+            Kind::SluiceBullmq => "sluice-bullmq",
             Kind::Python => "python",
             Kind::BullBatched => "bullmq-batched",
             Kind::BullPerJob => "bullmq-per-job",
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Limit => "limit: Rust reader/writer, no plugin",
             Kind::Sluice => "Sluice + promo-code-analytics (wasm)",
             Kind::SluiceExactlyOnce => "Sluice, exactly-once (Replicated+ZK)",
+            Kind::SluiceBullmq => "Sluice, BullMQ source (same jobs)",
             Kind::Python => "seed: Python Streams, 1,000/insert",
             Kind::BullBatched => "seed: BullMQ worker, 1,000/insert",
             Kind::BullPerJob => "seed: BullMQ worker, 1 row/insert",
@@ -62,14 +65,14 @@ impl Kind {
         }
     }
     fn bullmq(self) -> bool {
-        matches!(self, Kind::BullBatched | Kind::BullPerJob)
+        matches!(self, Kind::BullBatched | Kind::BullPerJob | Kind::SluiceBullmq)
     }
     /// Events for this contender: the slow seed variants get fewer, so the run stays short
     /// (a rate needs thousands of events, not a million).
     fn events(self, n: u64) -> u64 {
         match self {
             Kind::BullPerJob => n.min(5_000),
-            Kind::BullBatched => n.min(100_000),
+            Kind::BullBatched | Kind::SluiceBullmq => n.min(100_000),
             Kind::SluicePython | Kind::SluiceJs => n.min(200_000),
             _ => n,
         }
@@ -162,7 +165,7 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             c.args([redis.url(), ch.url()]);
             c
         }
-        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs => {
+        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluiceBullmq | Kind::SluicePython | Kind::SluiceJs => {
             let plugins = work.join("plugins");
             std::fs::create_dir_all(&plugins)?;
             // The twins declare the Rust plugin's table: the same rows, the same table.
@@ -185,6 +188,9 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
                 .env("SLUICE_ADMIN_ADDR", "off")
                 .env("SLUICE_CACHE_DIR", cache_dir())
                 .env("SLUICE_LOG", "warn");
+            if kind == Kind::SluiceBullmq {
+                c.env("SLUICE_BULLMQ_QUEUES", "events");
+            }
             c
         }
         Kind::Python => {
@@ -245,7 +251,10 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
         None => ClickHouse::start()?,
     };
     let work = tempfile::tempdir()?;
-    if !matches!(kind, Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs) {
+    if !matches!(
+        kind,
+        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluiceBullmq | Kind::SluicePython | Kind::SluiceJs
+    ) {
         ch.query("CREATE DATABASE IF NOT EXISTS analytics")?;
         ch.query(DDL)?;
     }
@@ -363,7 +372,7 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.next().context("--only a,b")?.split(',').map(String::from).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
+                    "usage: sluice-bench [--quick] [--events N] [--only limit,sluice,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
                 );
                 return Ok(());
             }
@@ -376,6 +385,7 @@ fn main() -> Result<()> {
         Kind::Limit,
         Kind::Sluice,
         Kind::SluiceExactlyOnce,
+        Kind::SluiceBullmq,
         Kind::Python,
         Kind::BullBatched,
         Kind::BullPerJob,
