@@ -102,6 +102,9 @@ pub enum QueueEntry {
 pub const DEFAULT_PREFIX: &str = "bull";
 pub const DEFAULT_CONCURRENCY: usize = 1000;
 pub const DEFAULT_LOCK_MS: u64 = 30_000;
+/// How long a job whose event type no running plugin subscribes to waits before it is looked at
+/// again.
+const UNROUTED_DELAY: Duration = Duration::from_secs(10);
 
 /// The queues to consume: from the flags/environment (comma-separated names, one prefix and
 /// concurrency for all) if given, else from the file.
@@ -289,7 +292,19 @@ async fn process(job: Job, stream: Arc<str>, routes: Routes, cleanup: Cleanup) -
     use bullmq::Error::{ProcessingError, Unrecoverable};
     let targets = routes.get(job.name());
     if targets.is_empty() {
-        return Err(ProcessingError(format!("no running plugin subscribes to event type `{}`", job.name())));
+        // Not a failure of the job: no plugin for its type runs (yet, or any more). It waits in
+        // the delayed set, no attempt counted, and comes back until one does.
+        let due = chrono::Utc::now().timestamp_millis() as u64 + UNROUTED_DELAY.as_millis() as u64;
+        return match job.move_to_delayed(due).await {
+            Ok(()) => {
+                tracing::warn!(queue = %stream, job_id = job.id(), event_type = job.name(), "no running plugin subscribes to this event type: the job waits in the delayed set and comes back in {UNROUTED_DELAY:?}");
+                Err(bullmq::Error::Delayed)
+            }
+            Err(e) => Err(ProcessingError(format!(
+                "no running plugin subscribes to event type `{}` (and the job could not be delayed: {e})",
+                job.name()
+            ))),
+        };
     }
     let event = SourceEvent {
         stream: stream.clone(),
