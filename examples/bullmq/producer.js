@@ -9,7 +9,8 @@
 //     queue.add(event, { event, payload }). Prints one JSON line: the jobs added and the sums
 //     the rows must add up to.
 //   node producer.js add ... --type T --data JSON --count N
-//     Adds N jobs of type T with that data (e.g. flaky.event {"n":1,"permanent":true}).
+//     Adds N jobs of type T with that data (e.g. flaky.event {"n":1,"permanent":true}); `__I__`
+//     in the data is replaced by each job's number.
 //   node producer.js counts --redis-url URL [--queue events]   prints queue.getJobCounts()
 //   node producer.js failed --redis-url URL [--queue events]   prints the failed jobs (id, name,
 //     failedReason, attemptsMade)
@@ -65,7 +66,7 @@ try {
         }
         let name, data;
         if (a.type) {
-          [name, data] = [a.type, JSON.parse(a.data ?? '{}')];
+          [name, data] = [a.type, JSON.parse((a.data ?? '{}').replaceAll('__I__', String(i)))];
         } else {
           [name, data] = ['PromoCodeAppliedEvent', promo(i)];
           summary.order_cents += Math.round(data.orderAmount * 100);

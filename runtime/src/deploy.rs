@@ -280,6 +280,9 @@ impl Deployer {
         let new = self.start(plugin.clone());
         let serving_ms = changed_at.map(|t| t.elapsed().as_millis() as u64);
         let old = self.live.insert(path.to_path_buf(), new);
+        // BullMQ routes follow at once: jobs of a type only the new version takes must not wait
+        // for the old one to drain.
+        self.refresh_pipelines();
         let replaced = old.as_ref().map(|o| o.plugin.short_hash().to_string());
         if let Some(old) = old {
             if old.plugin.name() != plugin.name() {
@@ -382,8 +385,9 @@ impl Deployer {
                 tasks.spawn(async move {
                     let p =
                         Pipeline::new(gate, plugin, settings, input, control, &event_type, &consumer, tables, writer);
+                    let name = p.plugin.name().to_string();
                     if let Err(e) = p.run(ids, rx, grace).await {
-                        tracing::error!(event_type = %event_type, "BullMQ pipeline stopped: {e:#}");
+                        tracing::error!(plugin = %name, event_type = %event_type, "BullMQ pipeline stopped: {e:#}");
                     }
                 });
             }

@@ -192,10 +192,14 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         watching
     );
     tracing::info!(grace = ?grace, "stopping: no new reads, finishing in-flight events (a second signal exits at once)");
-    // BullMQ consumers first: the jobs they hold finish in the pipelines, which still run.
+    // BullMQ: fetch no more jobs; the pipelines finish the batches they hold (their jobs
+    // complete); then the jobs still waiting for a pipeline go back to the queue, unharmed.
     let stopping = async {
-        futures::future::join_all(consumers.into_iter().map(|c| c.stop(grace))).await;
-        deployer.stop_all().await
+        for c in &consumers {
+            c.pause();
+        }
+        deployer.stop_all().await;
+        futures::future::join_all(consumers.into_iter().map(|c| c.stop(Duration::from_secs(10)))).await;
     };
     tokio::select! {
         _ = stopping => {}

@@ -150,7 +150,7 @@ impl Pipeline {
         tracing::info!(plugin = self.plugin.name(), version = self.plugin.short_hash(), source = %self.source, event_type = %self.control.event_type, group = %self.control.group, priority = %self.priority, "pipeline started");
         match self.inbox.clone() {
             None => self.read_streams(&inflight, &mut sandbox, &mut shutdown).await,
-            Some(inbox) => self.take_jobs(inbox, &inflight, &mut sandbox, &mut shutdown).await,
+            Some(inbox) => self.take_jobs(inbox, &inflight, &mut sandbox, &mut shutdown, grace).await,
         }
         // Graceful stop: wait for every in-flight event to be acknowledged (or left pending).
         let _stop_heartbeat_on_return = heartbeat;
@@ -232,6 +232,7 @@ impl Pipeline {
         inflight: &Arc<Inflight>,
         sandbox: &mut Option<Sandbox>,
         shutdown: &mut watch::Receiver<bool>,
+        grace: Duration,
     ) {
         let batch_size = self.settings.batch_size;
         let mut rx = tokio::select! {
@@ -260,25 +261,36 @@ impl Pipeline {
             got.sort_by_key(|d| d.event.deliveries == 1);
             let again = got.iter().take_while(|d| d.event.deliveries > 1).count();
             let (mut batch, replies): (Vec<SourceEvent>, Vec<_>) = got.into_iter().map(|d| (d.event, d.reply)).unzip();
+            let mut replies = replies;
             if again > 0 {
-                tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = again, "jobs started before (a retry, or recovered from a host that stopped): checking their batch records");
+                tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = again, "jobs started before (a retry, a stall, a hand-back): checking their batch records");
                 if let Err(e) = self.find_written(&mut batch[..again]).await {
-                    // Without knowing what an earlier run wrote, the jobs must not run now.
-                    tracing::error!(
-                        plugin = self.plugin.name(),
-                        error = format!("{e:#}"),
-                        "cannot look up the batch records of jobs run before; they fail for a retry"
-                    );
-                    for reply in replies {
+                    // Without knowing what an earlier run wrote, those jobs must not run now.
+                    let ids: Vec<&str> = batch[..again].iter().map(|e| e.entry_id.as_str()).collect();
+                    tracing::error!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = ?ids, error = format!("{e:#}"), "cannot look up the batch records of jobs run before; they fail for a retry");
+                    for reply in replies.drain(..again) {
                         let message = format!("cannot look up earlier batch records: {e:#}");
                         let _ =
                             reply.send(Outcome { failure: Some(Failure { permanent: false, message }), records: None });
                     }
-                    continue;
+                    batch.drain(..again);
+                    if batch.is_empty() {
+                        continue;
+                    }
                 }
             }
             let sb = sandbox.take().expect("sandbox is returned after every batch");
-            *sandbox = Some(self.process(sb, batch, Some(replies), permits, inflight.clone()).await);
+            // A stop waits at most `grace` for a writer that cannot take rows (ClickHouse down,
+            // its channel full): jobs whose rows were not handed over get no outcome, and their
+            // queue consumer hands them back to the queue.
+            let stop_waiting = async {
+                let _ = shutdown.changed().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                sb = self.process(sb, batch, Some(replies), permits, inflight.clone()) => *sandbox = Some(sb),
+                _ = stop_waiting => break,
+            }
         }
     }
 

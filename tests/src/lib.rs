@@ -556,6 +556,11 @@ pub fn total_pending(conn: &mut redis::Connection, streams: &[&str]) -> Result<i
 /// Runs the example BullMQ producer (`examples/bullmq/producer.js`, with the real `bullmq`
 /// package from npm) against `redis`; returns the JSON line it prints.
 pub fn bullmq(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
+    bullmq_at(&redis.url(), args)
+}
+
+/// [`bullmq`] against a Redis URL.
+pub fn bullmq_at(redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
     let root = repo_root();
     assert!(
         root.join("examples/bullmq/node_modules/bullmq").exists(),
@@ -571,7 +576,7 @@ pub fn bullmq(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
         .arg(root.join("examples/bullmq/producer.js"))
         .args(&args[..1])
         .arg("--redis-url")
-        .arg(redis.url());
+        .arg(redis_url);
     cmd.args(&args[1..]);
     let out = cmd.output().context("cannot run node")?;
     if !out.status.success() {

@@ -201,3 +201,107 @@ fn locks_stay_alive_while_clickhouse_is_down() -> Result<()> {
     assert!(!log.contains("jobs started before"), "no job may have been run twice:\n{log}");
     Ok(())
 }
+
+/// SIGTERM while the host holds jobs it cannot commit (ClickHouse down): it stops within its
+/// grace period and hands them back to the queue — not failed, not left to stall — and the next
+/// host does them all.
+#[test]
+fn a_stopping_host_hands_its_jobs_back_to_the_queue() -> Result<()> {
+    let redis = Redis::start()?;
+    let mut ch = ClickHouse::start()?;
+    let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
+    let env = [("SLUICE_BULLMQ_QUEUES", "events"), ("SLUICE_SHUTDOWN_GRACE_S", "2")];
+    let mut host = Host::start(&redis, &ch, plugins.path(), &env)?;
+    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    ch.stop();
+    let added = bullmq(&redis, &["add", "--count", "2000"])?;
+    wait_until("jobs held", Duration::from_secs(30), || counts(&redis)["active"].as_i64().unwrap_or(0) > 0)?;
+    let held = counts(&redis)["active"].as_i64().unwrap_or(0);
+    let stopped = std::time::Instant::now();
+    signal(&host.child, 15);
+    wait_until("the host to exit", Duration::from_secs(30), || matches!(host.child.try_wait(), Ok(Some(_))))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", host.log_text()))?;
+    let took = stopped.elapsed();
+    let c = counts(&redis);
+    assert_eq!(
+        (c["active"].as_i64(), c["failed"].as_i64(), c["completed"].as_i64()),
+        (Some(0), Some(0), Some(0)),
+        "{held} held; counts: {c}\n{}",
+        host.log_text()
+    );
+    assert!(took < Duration::from_secs(20), "stopping took {took:?}");
+    let log = host.log_text();
+    let line = log.lines().find(|l| l.contains("BullMQ queue consumer stopped")).unwrap_or_else(|| panic!("{log}"));
+    assert!(!line.contains("handed_back=0"), "{line}");
+    ch.restart()?;
+    let next = Host::start(&redis, &ch, plugins.path(), &env)?;
+    wait_until("every job finished", Duration::from_secs(120), || unfinished(&counts(&redis)) == 0)
+        .map_err(|e| anyhow::anyhow!("{e}; counts: {}\n{}", counts(&redis), next.log_text()))?;
+    let (rows, orders, order_cents, _) = promo_sums(&ch)?;
+    assert_eq!((rows, orders, order_cents), (2000, 2000, added["order_cents"].as_i64().unwrap()));
+    assert_eq!(counts(&redis)["failed"].as_i64(), Some(0));
+    Ok(())
+}
+
+/// Versions of the plugin replaced while jobs flow: every job completed once, its rows in both
+/// tables from one version.
+#[test]
+fn plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_version() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start()?;
+    let dir = tempfile::tempdir()?;
+    let manifest = r#"{"name": "hot", "version": "1", "subscriptions": ["hot.event"], "tables": [
+        {"name": "hot_a", "columns": [["k", "UInt64"], ["ver", "String"]], "order_by": ["k"]},
+        {"name": "hot_b", "columns": [["k", "UInt64"], ["ver", "String"]], "order_by": ["k"]}]}"#;
+    let install = |version: &str| {
+        install_plugin(dir.path(), &test_plugin("echo"), "hot", &[("manifest", manifest), ("version", version)])
+    };
+    install("v0")?;
+    let host = Host::start(&redis, &ch, dir.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
+    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    let data = r#"{"rows": [{"table": "hot_a", "values": [__I__, {"setting": "version"}]}, {"table": "hot_b", "values": [__I__, {"setting": "version"}]}]}"#;
+    let producer = {
+        let url = redis.url();
+        std::thread::spawn(move || {
+            let redis = RedisAt(url);
+            for part in 0..6 {
+                let from = (part * 5000).to_string();
+                redis.add(&["add", "--type", "hot.event", "--data", data, "--from", &from, "--count", "5000"])?;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            anyhow::Ok(())
+        })
+    };
+    for v in 1..=3 {
+        std::thread::sleep(Duration::from_millis(1000));
+        install(&format!("v{v}"))?;
+    }
+    producer.join().unwrap()?;
+    wait_until("30,000 jobs done", Duration::from_secs(120), || {
+        ch.number("SELECT count() FROM analytics.hot_b") >= 30_000 && unfinished(&counts(&redis)) == 0
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; counts {}\n{}", counts(&redis), host.log_text()))?;
+    for t in ["hot_a", "hot_b"] {
+        assert_eq!(ch.query(&format!("SELECT count(), uniqExact(k) FROM analytics.{t}"))?, "30000\t30000");
+    }
+    let mixed = ch.number(
+        "SELECT count() FROM analytics.hot_a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) USING k WHERE ver != ver_b",
+    );
+    assert_eq!(mixed, 0, "jobs whose rows come from two versions");
+    let c = counts(&redis);
+    assert_eq!((c["completed"].as_i64(), c["failed"].as_i64()), (Some(100), Some(0)), "counts: {c}");
+    let log = host.log_text();
+    assert_eq!(log.matches("plugin reloaded").count(), 3, "{log}");
+    let versions = ch.query("SELECT groupUniqArray(ver) FROM analytics.hot_a")?;
+    assert!(versions.matches('v').count() >= 2, "few versions handled jobs: {versions}");
+    Ok(())
+}
+
+/// The producer against a Redis known by URL (for threads).
+struct RedisAt(String);
+
+impl RedisAt {
+    fn add(&self, args: &[&str]) -> Result<Value> {
+        bullmq_at(&self.0, args)
+    }
+}

@@ -45,6 +45,8 @@ pub struct BullQueue {
     pub concurrency: usize,
     /// How long a job's lock lasts without renewal (renewed every half of it).
     pub lock: Duration,
+    /// Times a job may be found stalled (its host died holding it) before BullMQ fails it.
+    pub max_stalled: u32,
 }
 
 impl BullQueue {
@@ -87,6 +89,8 @@ pub struct BullSection {
     pub concurrency: Option<usize>,
     /// Lock duration of every queue, in milliseconds [30000].
     pub lock_duration_ms: Option<u64>,
+    /// Times a job may stall (its host died holding it) before BullMQ fails it [3].
+    pub max_stalled_count: Option<u32>,
     /// Queue names, or tables `{ name, prefix?, concurrency? }`.
     #[serde(default)]
     pub queues: Vec<QueueEntry>,
@@ -102,6 +106,9 @@ pub enum QueueEntry {
 pub const DEFAULT_PREFIX: &str = "bull";
 pub const DEFAULT_CONCURRENCY: usize = 1000;
 pub const DEFAULT_LOCK_MS: u64 = 30_000;
+/// BullMQ's own default is 1, a guard against jobs that crash their worker; a plugin cannot
+/// crash the host, so a job stalls only when its host dies — twice is bad luck, not a poison job.
+pub const DEFAULT_MAX_STALLED: u32 = 3;
 /// How long a job whose event type no running plugin subscribes to waits before it is looked at
 /// again.
 const UNROUTED_DELAY: Duration = Duration::from_secs(10);
@@ -118,23 +125,27 @@ pub fn resolve_queues(
     let prefix = prefix.map(str::to_string).or(file.prefix.clone()).unwrap_or_else(|| DEFAULT_PREFIX.into());
     let concurrency = concurrency.or(file.concurrency).unwrap_or(DEFAULT_CONCURRENCY);
     let lock = Duration::from_millis(file.lock_duration_ms.unwrap_or(DEFAULT_LOCK_MS));
+    let max_stalled = file.max_stalled_count.unwrap_or(DEFAULT_MAX_STALLED);
     let queues: Vec<BullQueue> = match names {
         Some(names) => names
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock })
+            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock, max_stalled })
             .collect(),
         None => file
             .queues
             .iter()
             .map(|q| match q {
-                QueueEntry::Name(n) => BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock },
+                QueueEntry::Name(n) => {
+                    BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock, max_stalled }
+                }
                 QueueEntry::Table { name, prefix: p, concurrency: c } => BullQueue {
                     name: name.clone(),
                     prefix: p.clone().unwrap_or_else(|| prefix.clone()),
                     concurrency: c.unwrap_or(concurrency),
                     lock,
+                    max_stalled,
                 },
             })
             .collect(),
@@ -202,11 +213,19 @@ impl Routes {
 pub fn job_event(job: &Job) -> Result<wit::Event, String> {
     let data = job.data();
     let payload = match data.as_object() {
-        Some(o) if o.len() == 2 && o.get("event").and_then(|e| e.as_str()) == Some(job.name()) => {
-            o.get("payload").ok_or("job data has `event` but no `payload`")?
+        Some(o)
+            if o.len() == 2
+                && o.contains_key("payload")
+                && o.get("event").and_then(|e| e.as_str()) == Some(job.name()) =>
+        {
+            &o["payload"]
         }
         _ => data,
     };
+    if payload.is_null() {
+        // The port reads data that is not JSON as null.
+        return Err("job data is missing, null or not JSON".into());
+    }
     if !payload.is_object() {
         return Err(format!("job data is not a JSON object: {}", truncate(&payload.to_string(), 200)));
     }
@@ -229,15 +248,26 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// Record fields to delete when a job is finished, by job id; `completed` tells which end
-/// was expected (a success is not cleaned up by a failure event: that means the completion
-/// itself failed, e.g. the lock was lost to another host now running the job, which needs them).
-type Cleanup = Arc<Mutex<HashMap<String, (bool, Vec<Records>)>>>;
+/// What this host's processor answered for each job, until the worker reports the job done
+/// or failed: whether it expected completion, whether a failure was the last attempt, and the
+/// batch records to delete once the job is really finished.
+#[derive(Default)]
+struct Answers(Mutex<HashMap<String, Answer>>, std::sync::atomic::AtomicU64);
+
+struct Answer {
+    completed: bool,
+    last: bool,
+    records: Vec<Records>,
+}
 
 /// A running consumer of one queue.
 pub struct QueueConsumer {
     queue: BullQueue,
     worker: Arc<Worker>,
+    /// Turned true at shutdown, once no pipeline takes jobs any more: jobs still waiting for one
+    /// are handed back to the queue (wait), neither failed nor left to stall.
+    hand_back: tokio::sync::watch::Sender<bool>,
+    answers: Arc<Answers>,
     events: tokio::task::JoinHandle<()>,
 }
 
@@ -250,12 +280,14 @@ impl QueueConsumer {
         ledger: redis::aio::ConnectionManager,
     ) -> Result<QueueConsumer> {
         let stream: Arc<str> = Arc::from(queue.key().as_str());
-        let cleanup: Cleanup = Default::default();
+        let answers: Arc<Answers> = Default::default();
+        let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
         let processor = {
-            let (stream, cleanup) = (stream.clone(), cleanup.clone());
+            let (stream, answers) = (stream.clone(), answers.clone());
             move |job: Job, _cancel| {
-                let (stream, routes, cleanup) = (stream.clone(), routes.clone(), cleanup.clone());
-                async move { process(job, stream, routes, cleanup).await }
+                let (stream, routes, answers) = (stream.clone(), routes.clone(), answers.clone());
+                let hand_back = hand_back_rx.clone();
+                async move { process(job, stream, routes, answers, hand_back).await }
             }
         };
         let opts = WorkerOptions::new()
@@ -263,33 +295,50 @@ impl QueueConsumer {
             .prefix(queue.prefix.clone())
             .concurrency(queue.concurrency)
             .lock_duration(queue.lock)
-            .stalled_interval(queue.lock);
+            .stalled_interval(queue.lock)
+            .max_stalled_count(queue.max_stalled);
         let worker = Worker::with_options(&queue.name, processor, opts)
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the BullMQ worker of queue {}: {e}", queue.key()))?;
         let worker = Arc::new(worker);
-        let events = tokio::spawn(watch_events(worker.clone(), stream, cleanup, ledger));
-        tracing::info!(queue = %queue.key(), concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, "BullMQ queue consumer started");
-        Ok(QueueConsumer { queue, worker, events })
+        let events = tokio::spawn(watch_events(worker.clone(), stream, answers.clone(), ledger, queue.key()));
+        tracing::info!(queue = %queue.key(), concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, max_stalled = queue.max_stalled, "BullMQ queue consumer started");
+        Ok(QueueConsumer { queue, worker, hand_back, answers, events })
     }
 
-    /// Stops fetching jobs and waits (up to `grace`) for the jobs held to finish; jobs still
-    /// held then are recovered by the stalled check once their lock expires.
-    pub async fn stop(self, grace: Duration) {
-        if let Err(e) = self.worker.close(grace.as_millis() as u64).await {
+    /// First step of a stop: fetch no more jobs (those held go on being handled).
+    pub fn pause(&self) {
+        self.worker.pause();
+    }
+
+    /// Last step of a stop, once the pipelines have stopped: jobs still held are handed back to
+    /// the queue, and the worker closes (up to `timeout`).
+    pub async fn stop(self, timeout: Duration) {
+        let _ = self.hand_back.send(true);
+        if let Err(e) = self.worker.close(timeout.as_millis() as u64).await {
             tracing::warn!(queue = %self.queue.key(), error = %e, "BullMQ worker did not close cleanly");
         }
         // The events of the last completions are still queued: let them be handled.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.events).await;
-        tracing::info!(queue = %self.queue.key(), "BullMQ queue consumer stopped");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.events).await;
+        let handed_back = self.answers.1.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(queue = %self.queue.key(), handed_back, "BullMQ queue consumer stopped; jobs not done were handed back to the queue (no attempt counted)");
     }
 }
 
 /// One job: handed to every subscribed plugin's pipeline; succeeds when all committed its
-/// rows, fails for good if one failed permanently, else fails for a retry (BullMQ then applies
-/// the job's `attempts` and `backoff`).
-async fn process(job: Job, stream: Arc<str>, routes: Routes, cleanup: Cleanup) -> bullmq::Result<serde_json::Value> {
-    use bullmq::Error::{ProcessingError, Unrecoverable};
+/// rows. A transient failure of any plugin fails the attempt (BullMQ retries per the job's
+/// `attempts` and `backoff`; rows other plugins committed to exactly-once tables are found in
+/// their records then); only when every failure is permanent, or on the last attempt, does the
+/// job fail for good. A job no plugin could take (none subscribed, a plugin stopping, the host
+/// stopping) is handed back without counting an attempt.
+async fn process(
+    job: Job,
+    stream: Arc<str>,
+    routes: Routes,
+    answers: Arc<Answers>,
+    mut hand_back: tokio::sync::watch::Receiver<bool>,
+) -> bullmq::Result<serde_json::Value> {
+    use bullmq::Error::{ProcessingError, RateLimited, Unrecoverable};
     let targets = routes.get(job.name());
     if targets.is_empty() {
         // Not a failure of the job: no plugin for its type runs (yet, or any more). It waits in
@@ -309,24 +358,33 @@ async fn process(job: Job, stream: Arc<str>, routes: Routes, cleanup: Cleanup) -
     let event = SourceEvent {
         stream: stream.clone(),
         entry_id: job.id().to_string(),
-        // A job started more than once may have rows recorded by an earlier run.
-        deliveries: job.attempts_started().max(job.attempts_made() + 1).max(1) as u64,
+        // Started before (a retry, a stall, a hand-back): its rows may be recorded already.
+        deliveries: job.attempts_started().max(1) as u64,
         fields: Vec::new(),
         parsed: job_event(&job),
         written: Vec::new(),
     };
     let mut waiting = Vec::with_capacity(targets.len());
+    let mut untaken = Vec::new();
     for (plugin, tx) in targets {
         let (reply, rx) = oneshot::channel();
-        if tx.send(Delivery { event: event.clone(), reply }).await.is_err() {
-            return Err(ProcessingError(format!("plugin {plugin} stopped before the job reached it")));
+        tokio::select! {
+            sent = tx.send(Delivery { event: event.clone(), reply }) => match sent {
+                Ok(()) => waiting.push((plugin, rx)),
+                Err(_) => untaken.push(plugin),
+            },
+            _ = hand_back.wait_for(|h| *h) => untaken.push(plugin),
         }
-        waiting.push((plugin, rx));
     }
     let (mut permanent, mut transient, mut records) = (Vec::new(), Vec::new(), Vec::new());
-    for (plugin, rx) in waiting {
-        match rx.await {
-            Ok(o) => {
+    for (plugin, mut rx) in waiting {
+        let outcome = tokio::select! {
+            o = &mut rx => o.ok(),
+            // At shutdown, a job still queued for a pipeline that no longer takes any.
+            _ = hand_back.wait_for(|h| *h) => rx.try_recv().ok(),
+        };
+        match outcome {
+            Some(o) => {
                 records.extend(o.records);
                 match o.failure {
                     None => {}
@@ -334,71 +392,128 @@ async fn process(job: Job, stream: Arc<str>, routes: Routes, cleanup: Cleanup) -
                     Some(f) => transient.push(format!("{plugin}: {}", f.message)),
                 }
             }
-            Err(_) => transient.push(format!("{plugin}: stopped before handling the job")),
+            None => untaken.push(plugin),
         }
     }
     let attempts = job.opts().attempts.unwrap_or(1).max(1);
-    let last = !permanent.is_empty() || job.attempts_made() + 1 >= attempts;
-    let result = if !permanent.is_empty() {
+    let last_attempt = job.attempts_made() + 1 >= attempts;
+    let result = if transient.is_empty() && !permanent.is_empty() || last_attempt && !permanent.is_empty() {
+        permanent.extend(transient);
         Err(Unrecoverable(permanent.join("; ")))
-    } else if !transient.is_empty() {
+    } else if !transient.is_empty() || !permanent.is_empty() {
+        transient.extend(permanent);
         Err(ProcessingError(transient.join("; ")))
+    } else if !untaken.is_empty() {
+        // Back to wait, no attempt counted (the worker's rate-limit path).
+        tracing::debug!(queue = %stream, job_id = job.id(), plugins = ?untaken, "job handed back to the queue: its plugin's pipeline stopped before taking it");
+        answers.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(RateLimited { delay_ms: 0 });
     } else {
         Ok(serde_json::Value::Null)
     };
+    let last = matches!(result, Err(Unrecoverable(_))) || result.is_err() && last_attempt;
     if let Err(e) = &result {
-        let (queue, id) = (&*stream, job.id());
+        let (queue, id, attempt) = (&*stream, job.id(), job.attempts_made() + 1);
         match last {
             true => {
-                tracing::error!(queue, job_id = id, event_type = job.name(), attempts_made = job.attempts_made() + 1, error = %e, "job failed for good: it goes to BullMQ's failed set")
+                tracing::error!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed for good: it goes to BullMQ's failed set")
             }
             false => {
-                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt = job.attempts_made() + 1, error = %e, "job failed; BullMQ retries it after its backoff")
+                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed; BullMQ runs it again (per its attempts and backoff)")
             }
         }
     }
-    if !records.is_empty() && (result.is_ok() || last) {
-        cleanup.lock().unwrap().insert(job.id().to_string(), (result.is_ok(), records));
-    }
+    answers.0.lock().unwrap().insert(job.id().to_string(), Answer { completed: result.is_ok(), last, records });
     result
 }
 
-/// Drains the worker's events (its channel is unbounded), deleting the batch records of
-/// finished jobs and logging the worker's own errors.
+/// Drains the worker's events (its channel is unbounded): deletes the batch records of jobs
+/// that are really finished, says so when BullMQ itself failed a job (a stall limit), and logs
+/// the worker's own errors.
 async fn watch_events(
     worker: Arc<Worker>,
     stream: Arc<str>,
-    cleanup: Cleanup,
+    answers: Arc<Answers>,
     mut ledger: redis::aio::ConnectionManager,
+    key_base: String,
 ) {
-    while let Some(ev) = worker.next_event().await {
-        let (job_id, completed) = match ev {
-            WorkerEvent::Completed { job_id, .. } => (job_id, true),
-            WorkerEvent::Failed { job_id, .. } => (job_id, false),
-            WorkerEvent::Error(e) => {
-                tracing::warn!(queue = %stream, error = %e, "BullMQ worker error");
-                continue;
+    let mut closed = false;
+    while !closed {
+        let Some(first) = worker.next_event().await else { break };
+        // Whatever else is queued, handled with the first in one round trip.
+        let mut events = vec![first];
+        while events.len() < 1000 {
+            match tokio::time::timeout(Duration::ZERO, worker.next_event()).await {
+                Ok(Some(ev)) => events.push(ev),
+                _ => break,
             }
-            WorkerEvent::Stalled { job_id } => {
-                tracing::warn!(queue = %stream, job_id, "stalled job (its host stopped renewing the lock) moved back to wait");
-                continue;
+        }
+        let mut finished: Vec<(String, Vec<Records>)> = Vec::new();
+        for ev in events {
+            let (job_id, completed, error) = match ev {
+                WorkerEvent::Completed { job_id, .. } => (job_id, true, String::new()),
+                WorkerEvent::Failed { job_id, error } => (job_id, false, error),
+                WorkerEvent::Error(e) => {
+                    tracing::warn!(queue = %stream, error = %e, "BullMQ worker error");
+                    continue;
+                }
+                WorkerEvent::Stalled { job_id } => {
+                    tracing::warn!(queue = %stream, job_id, "stalled job (its host stopped renewing the lock) found");
+                    continue;
+                }
+                WorkerEvent::Closed => {
+                    closed = true;
+                    continue;
+                }
+                _ => continue,
+            };
+            let answer = answers.0.lock().unwrap().remove(&job_id);
+            match answer {
+                None if !completed => {
+                    tracing::error!(queue = %stream, job_id, error, "BullMQ failed this job without running it (e.g. it stalled more than max_stalled_count times): it is in the failed set")
+                }
+                None => {}
+                Some(a) if a.completed == completed && (completed || a.last) && !a.records.is_empty() => {
+                    finished.push((job_id, a.records))
+                }
+                Some(_) => {}
             }
-            WorkerEvent::Closed => break,
-            _ => continue,
-        };
-        let Some((expected, records)) = cleanup.lock().unwrap().remove(&job_id) else { continue };
-        if expected != completed {
-            continue;
         }
-        let mut p = redis::pipe();
-        for r in &records {
-            crate::writer::ledger::forget(&mut p, &r.group, &stream, &[job_id.as_str()], &r.tables);
-        }
-        if let Err(e) = p.query_async::<()>(&mut ledger).await {
-            // Harmless: a finished job is not run again (unless its id is reused).
-            tracing::warn!(queue = %stream, job_id, error = %e, "cannot delete the batch records of a finished job");
+        if !finished.is_empty() {
+            if let Err(e) = forget_finished(&mut ledger, &stream, &key_base, &finished).await {
+                // Harmless: a finished job is not run again (unless its id is reused).
+                tracing::warn!(queue = %stream, jobs = finished.len(), error = format!("{e:#}"), "cannot delete the batch records of finished jobs");
+            }
         }
     }
+}
+
+/// Deletes the batch records of jobs BullMQ shows finished (gone, or with `finishedOn`): a
+/// completion or failure that did not go through (this host's lock was lost to another host
+/// now running the job) leaves them for that host.
+async fn forget_finished(
+    ledger: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    key_base: &str,
+    jobs: &[(String, Vec<Records>)],
+) -> Result<()> {
+    let mut p = redis::pipe();
+    for (id, _) in jobs {
+        p.cmd("HEXISTS").arg(format!("{key_base}:{id}")).arg("finishedOn");
+        p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
+    }
+    let answers: Vec<bool> = p.query_async(ledger).await?;
+    let mut p = redis::pipe();
+    for ((id, records), state) in jobs.iter().zip(answers.chunks(2)) {
+        let (finished_on, exists) = (state[0], state[1]);
+        if finished_on || !exists {
+            for r in records {
+                crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables);
+            }
+        }
+    }
+    p.query_async::<()>(ledger).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -452,6 +567,9 @@ mod tests {
         let e = job_event(&job("order.created", r#"{"event":"order.created","payload":{"orderId":"o"}}"#)).unwrap();
         assert_eq!(e.payload, r#"{"orderId":"o"}"#);
         assert!(job_event(&job("x", "[1,2]")).unwrap_err().contains("not a JSON object"));
-        assert!(job_event(&job("x", "{not json")).unwrap_err().contains("not a JSON object"));
+        assert!(job_event(&job("x", "{not json")).unwrap_err().contains("not JSON"));
+        // Two fields, one `event` = the name, but no `payload`: a plain payload, not an envelope.
+        let e = job_event(&job("user.signup", r#"{"event":"user.signup","userId":"u"}"#)).unwrap();
+        assert_eq!(e.payload, r#"{"event":"user.signup","userId":"u"}"#);
     }
 }
