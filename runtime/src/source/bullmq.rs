@@ -479,11 +479,12 @@ async fn watch_events(
                 Some(_) => {}
             }
         }
-        if !finished.is_empty() {
-            if let Err(e) = forget_finished(&mut ledger, &stream, &key_base, &finished).await {
-                // Harmless: a finished job is not run again (unless its id is reused).
-                tracing::warn!(queue = %stream, jobs = finished.len(), error = format!("{e:#}"), "cannot delete the batch records of finished jobs");
-            }
+        if finished.is_empty() {
+            continue;
+        }
+        if let Err(e) = forget_finished(&mut ledger, &stream, &key_base, &finished).await {
+            // Harmless: a finished job is not run again (unless its id is reused).
+            tracing::warn!(queue = %stream, jobs = finished.len(), error = format!("{e:#}"), "cannot delete the batch records of finished jobs");
         }
     }
 }
