@@ -165,6 +165,17 @@ fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row() -> Result<()> {
     let log = survivor.log_text();
     assert!(log.contains("jobs started before"), "the survivor recovered the dead hosts' jobs:\n{log}");
     assert!(log.contains("already have rows in this table"), "rows the failpoint host inserted were found:\n{log}");
+    // Every job finished: no batch record is left behind.
+    let mut conn = redis.conn()?;
+    let mut left = Vec::new();
+    let cleaned = wait_until("the batch records of finished jobs to be deleted", Duration::from_secs(10), || {
+        left = ["sluice:batch:*", "sluice:written:*"]
+            .iter()
+            .flat_map(|p| redis::cmd("KEYS").arg(*p).query::<Vec<String>>(&mut conn).unwrap_or_default())
+            .collect();
+        left.is_empty()
+    });
+    cleaned.map_err(|e| anyhow::anyhow!("{e}: {left:?}"))?;
     Ok(())
 }
 
