@@ -202,6 +202,14 @@ impl Routes {
         *self.0.write().unwrap() = routes;
     }
 
+    /// Every plugin jobs may go to.
+    fn plugins(&self) -> Vec<String> {
+        let mut p: Vec<String> = self.0.read().unwrap().values().flatten().map(|(p, _)| p.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
     fn get(&self, event_type: &str) -> Vec<Route> {
         self.0.read().unwrap().get(event_type).cloned().unwrap_or_default()
     }
@@ -269,6 +277,7 @@ pub struct QueueConsumer {
     hand_back: tokio::sync::watch::Sender<bool>,
     answers: Arc<Answers>,
     events: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl QueueConsumer {
@@ -282,6 +291,7 @@ impl QueueConsumer {
         let stream: Arc<str> = Arc::from(queue.key().as_str());
         let answers: Arc<Answers> = Default::default();
         let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
+        let routes_for_sweeper = routes.clone();
         let processor = {
             let (stream, answers) = (stream.clone(), answers.clone());
             move |job: Job, _cancel| {
@@ -301,9 +311,12 @@ impl QueueConsumer {
             .await
             .map_err(|e| anyhow::anyhow!("cannot start the BullMQ worker of queue {}: {e}", queue.key()))?;
         let worker = Arc::new(worker);
-        let events = tokio::spawn(watch_events(worker.clone(), stream, answers.clone(), ledger, queue.key()));
+        let events =
+            tokio::spawn(watch_events(worker.clone(), stream.clone(), answers.clone(), ledger.clone(), queue.key()));
+        let sweep_every = queue.lock.max(Duration::from_secs(5));
+        let sweeper = tokio::spawn(sweep_records(routes_for_sweeper, stream, ledger, queue.key(), sweep_every));
         tracing::info!(queue = %queue.key(), concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, max_stalled = queue.max_stalled, "BullMQ queue consumer started");
-        Ok(QueueConsumer { queue, worker, hand_back, answers, events })
+        Ok(QueueConsumer { queue, worker, hand_back, answers, events, sweeper })
     }
 
     /// First step of a stop: fetch no more jobs (those held go on being handled).
@@ -315,6 +328,7 @@ impl QueueConsumer {
     /// the queue, and the worker closes (up to `timeout`).
     pub async fn stop(self, timeout: Duration) {
         let _ = self.hand_back.send(true);
+        self.sweeper.abort();
         if let Err(e) = self.worker.close(timeout.as_millis() as u64).await {
             tracing::warn!(queue = %self.queue.key(), error = %e, "BullMQ worker did not close cleanly");
         }
@@ -487,6 +501,66 @@ async fn watch_events(
             tracing::warn!(queue = %stream, jobs = finished.len(), error = format!("{e:#}"), "cannot delete the batch records of finished jobs");
         }
     }
+}
+
+/// Deletes, every `every`, the batch records of finished jobs that no host deleted: a host that
+/// died between a job's completion and the deletion of its records leaves them behind.
+async fn sweep_records(
+    routes: Routes,
+    stream: Arc<str>,
+    mut ledger: redis::aio::ConnectionManager,
+    key_base: String,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        for plugin in routes.plugins() {
+            let group = crate::router::group_name(&plugin);
+            if let Err(e) = sweep_group(&mut ledger, &group, &stream, &key_base).await {
+                tracing::warn!(queue = %stream, group, error = format!("{e:#}"), "cannot sweep the batch records of finished jobs");
+            }
+        }
+    }
+}
+
+async fn sweep_group(
+    ledger: &mut redis::aio::ConnectionManager,
+    group: &str,
+    stream: &str,
+    key_base: &str,
+) -> Result<()> {
+    let key = crate::writer::ledger::written_key(group, stream);
+    let mut cursor = 0u64;
+    let mut swept = 0usize;
+    loop {
+        let (next, fields): (u64, Vec<String>) =
+            redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000).query_async(ledger).await?;
+        // HSCAN answers field, value, field, value...
+        let fields: Vec<&String> = fields.iter().step_by(2).collect();
+        if !fields.is_empty() {
+            let mut p = redis::pipe();
+            for f in &fields {
+                let id = f.split('\t').next().unwrap_or_default();
+                p.cmd("HEXISTS").arg(format!("{key_base}:{id}")).arg("finishedOn");
+                p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
+            }
+            let state: Vec<bool> = p.query_async(ledger).await?;
+            let done: Vec<&&String> =
+                fields.iter().zip(state.chunks(2)).filter(|(_, s)| s[0] || !s[1]).map(|(f, _)| f).collect();
+            if !done.is_empty() {
+                redis::cmd("HDEL").arg(&key).arg(&done).query_async::<()>(ledger).await?;
+                swept += done.len();
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if swept > 0 {
+        tracing::info!(queue = %stream, group, records = swept, "deleted batch records left by finished jobs (a host died before deleting them)");
+    }
+    Ok(())
 }
 
 /// Deletes the batch records of jobs BullMQ shows finished (gone, or with `finishedOn`): a
