@@ -357,6 +357,8 @@ impl Deployer {
         self.registry.write().unwrap().plugins.remove(&file);
         if let Some(old) = self.live.remove(path) {
             tracing::info!(plugin = old.plugin.name(), hash = old.plugin.short_hash(), path = %file, "plugin file removed: stopping its pipelines (its consumer groups and backlog stay)");
+            // Routes first: the queue consumers must not keep filling its channels meanwhile.
+            self.refresh_pipelines();
             self.stop(old).await;
             metrics::counter!("sluice_plugin_reloads_total", "result" => "removed").increment(1);
         }
@@ -464,7 +466,8 @@ impl Deployer {
                 }
             }
         }
-        // Channels of pairs no longer running go: jobs still queued in them fail for a retry.
+        // Channels of pairs no longer running go: jobs still queued in them are handed back to
+        // their queue once the old version has stopped.
         let live: std::collections::HashSet<(String, String)> = self
             .live
             .values()

@@ -193,13 +193,15 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     );
     tracing::info!(grace = ?grace, "stopping: no new reads, finishing in-flight events (a second signal exits at once)");
     // BullMQ: fetch no more jobs; the pipelines finish the batches they hold (their jobs
-    // complete); then the jobs still waiting for a pipeline go back to the queue, unharmed.
+    // complete); then jobs whose rows never reached a writer go back to the queue, unharmed,
+    // and those whose rows did but are not committed are left to stall (recovered by another
+    // host once their lock expires: this one may still have inserted them).
     let stopping = async {
         for c in &consumers {
             c.pause();
         }
         deployer.stop_all().await;
-        futures::future::join_all(consumers.into_iter().map(|c| c.stop(Duration::from_secs(10)))).await;
+        futures::future::join_all(consumers.into_iter().map(|c| c.stop(Duration::from_secs(3)))).await;
     };
     tokio::select! {
         _ = stopping => {}

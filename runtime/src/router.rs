@@ -31,6 +31,10 @@ use crate::plugin::{LoadedPlugin, Sandbox, wit};
 use crate::priority::{Priority, PriorityGate};
 use crate::source::SourceEvent;
 use crate::source::bullmq::{Delivery, Failure, Outcome, Records};
+
+/// Where a job's outcome goes, and the flag telling its queue consumer that the job's rows were
+/// handed to the writer (a job in that state is never handed back: it may yet be committed).
+type JobReply = (oneshot::Sender<Outcome>, Arc<std::sync::atomic::AtomicBool>);
 use crate::source::streams::{DeadLetter, StreamReader};
 use crate::writer::dedup::entry_hash;
 use crate::writer::{ChunkOrigin, CommitResult, RowChunk, Writer, ledger};
@@ -257,18 +261,23 @@ impl Pipeline {
                     _ => break,
                 }
             }
-            // Jobs run before (a retry, or a lost lock) first, for the batch-record lookup.
-            got.sort_by_key(|d| d.event.deliveries == 1);
-            let again = got.iter().take_while(|d| d.event.deliveries > 1).count();
-            let (mut batch, replies): (Vec<SourceEvent>, Vec<_>) = got.into_iter().map(|d| (d.event, d.reply)).unzip();
+            // Every job's batch records are looked up (exactly-once tables): not only jobs started
+            // before (a retry, a stall, a hand-back) — a job retried by hand from the failed set
+            // may have its counters reset, and its records are kept for that.
+            let started_before = got.iter().filter(|d| d.event.deliveries > 1).count();
+            let again = got.len();
+            let (mut batch, replies): (Vec<SourceEvent>, Vec<JobReply>) =
+                got.into_iter().map(|d| (d.event, (d.reply, d.sent))).unzip();
             let mut replies = replies;
+            if started_before > 0 {
+                tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = started_before, "jobs started before (a retry, a stall, a hand-back): checking their batch records");
+            }
             if again > 0 {
-                tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = again, "jobs started before (a retry, a stall, a hand-back): checking their batch records");
                 if let Err(e) = self.find_written(&mut batch[..again]).await {
                     // Without knowing what an earlier run wrote, those jobs must not run now.
                     let ids: Vec<&str> = batch[..again].iter().map(|e| e.entry_id.as_str()).collect();
                     tracing::error!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = ?ids, error = format!("{e:#}"), "cannot look up the batch records of jobs run before; they fail for a retry");
-                    for reply in replies.drain(..again) {
+                    for (reply, _) in replies.drain(..again) {
                         let message = format!("cannot look up earlier batch records: {e:#}");
                         let _ =
                             reply.send(Outcome { failure: Some(Failure { permanent: false, message }), records: None });
@@ -403,7 +412,7 @@ impl Pipeline {
         &mut self,
         sandbox: Sandbox,
         batch: Vec<SourceEvent>,
-        replies: Option<Vec<oneshot::Sender<Outcome>>>,
+        replies: Option<Vec<JobReply>>,
         permits: OwnedSemaphorePermit,
         inflight: Arc<Inflight>,
     ) -> Sandbox {
@@ -433,7 +442,10 @@ impl Pipeline {
                 }
                 Ok(ev) => {
                     let mut ev = ev.clone();
-                    ev.attempt = e.deliveries.min(u32::MAX as u64) as u32;
+                    if !jobs {
+                        // A job's attempt is BullMQ's (`attemptsMade + 1`, set by the source).
+                        ev.attempt = e.deliveries.min(u32::MAX as u64) as u32;
+                    }
                     events.push(ev);
                     origin.push(i);
                     if with_entries {
@@ -479,6 +491,7 @@ impl Pipeline {
             version: Arc::from(self.plugin.hash.as_str()),
             entries: batch.iter().map(|e| (e.stream.clone(), Arc::from(e.entry_id.as_str()))).collect(),
         });
+        let mut chunks = Vec::new();
         for (table, mut rows) in outcome.tables.into_iter().enumerate() {
             if batch.iter().any(|e| e.written.contains(&table)) {
                 rows = rows.without(|e| batch[origin[e as usize]].written.contains(&table));
@@ -489,11 +502,28 @@ impl Pipeline {
             let (done, rx) = oneshot::channel();
             // Events numbered as in `batch`, so that a refused row fails its own event.
             let events = rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
-            let chunk = RowChunk { data: rows.data, rows: rows.rows, events, origin: chunk_origin.clone(), done };
-            if self.tables[table].send(chunk).await.is_err() {
-                tracing::error!(table = %self.plugin.tables[table].name, "writer is gone");
-            }
+            chunks.push((
+                table,
+                RowChunk { data: rows.data, rows: rows.rows, events, origin: chunk_origin.clone(), done },
+            ));
             commits.push(rx);
+        }
+        // Room in every table's channel first, then all chunks at once: a batch abandoned while
+        // a writer is full (a stop) has handed over all of its rows or none.
+        let mut slots = Vec::with_capacity(chunks.len());
+        for (table, _) in &chunks {
+            slots.push(self.tables[*table].reserve().await);
+        }
+        if let Some(replies) = &replies {
+            for (_, sent) in replies {
+                sent.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        for (slot, (table, chunk)) in slots.into_iter().zip(chunks) {
+            match slot {
+                Ok(slot) => slot.send(chunk),
+                Err(_) => tracing::error!(table = %self.plugin.tables[table].name, "writer is gone"),
+            }
         }
         tracing::debug!(plugin = self.plugin.name(), source = %self.source, events = batch.len(), calls = outcome.calls, ms = handled_in.as_millis() as u64, "batch handled");
         let records = (jobs && !self.control.ledger_tables.is_empty())
@@ -574,15 +604,10 @@ async fn heartbeat_loop(mut control: StreamReader, inflight: Arc<Inflight>, ever
 
 impl AckTask {
     /// Sends each job's outcome to its queue consumer, which completes or fails the job.
-    fn report(
-        self,
-        not_committed: HashMap<usize, Arc<str>>,
-        replies: Vec<oneshot::Sender<Outcome>>,
-        records: Option<Records>,
-    ) {
+    fn report(self, not_committed: HashMap<usize, Arc<str>>, replies: Vec<JobReply>, records: Option<Records>) {
         let (mut done, mut retry, mut failed) = (0u64, 0u64, 0u64);
         let labels = [("plugin", self.plugin.name().to_string()), ("event_type", self.control.event_type.to_string())];
-        for (i, (v, reply)) in self.verdicts.iter().zip(replies).enumerate() {
+        for (i, (v, (reply, _))) in self.verdicts.iter().zip(replies).enumerate() {
             let failure = match (v, not_committed.get(&i)) {
                 (Verdict::Ok, None) => None,
                 (Verdict::Ok, Some(e)) => {
@@ -625,7 +650,7 @@ enum Verdict {
 struct AckTask {
     control: StreamReader,
     /// BullMQ jobs: where each job's outcome goes, and its batch records.
-    replies: Option<(Vec<oneshot::Sender<Outcome>>, Option<Records>)>,
+    replies: Option<(Vec<JobReply>, Option<Records>)>,
     max_attempts: u64,
     plugin: Arc<LoadedPlugin>,
     batch: Vec<SourceEvent>,

@@ -186,6 +186,9 @@ pub struct Records {
 pub struct Delivery {
     pub event: SourceEvent,
     pub reply: oneshot::Sender<Outcome>,
+    /// Set by the pipeline once the job's rows are handed to the writer: from then on the job
+    /// is never handed back (its rows may yet be committed); at worst it stalls.
+    pub sent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Where one plugin takes an event type's jobs: (plugin name, its pipeline's channel).
@@ -260,12 +263,18 @@ fn truncate(s: &str, n: usize) -> String {
 /// or failed: whether it expected completion, whether a failure was the last attempt, and the
 /// batch records to delete once the job is really finished.
 #[derive(Default)]
-struct Answers(Mutex<HashMap<String, Answer>>, std::sync::atomic::AtomicU64);
+struct Answers {
+    by_job: Mutex<HashMap<String, Answer>>,
+    /// Jobs handed back to the queue since start (stops and reloads).
+    handed_back: std::sync::atomic::AtomicU64,
+    /// When "no plugin subscribes" was last said, per event type (said once per interval).
+    unrouted_said: Mutex<HashMap<String, std::time::Instant>>,
+}
 
 struct Answer {
     completed: bool,
-    last: bool,
     records: Vec<Records>,
+    at: std::time::Instant,
 }
 
 /// A running consumer of one queue.
@@ -334,8 +343,8 @@ impl QueueConsumer {
         }
         // The events of the last completions are still queued: let them be handled.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.events).await;
-        let handed_back = self.answers.1.load(std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(queue = %self.queue.key(), handed_back, "BullMQ queue consumer stopped; jobs not done were handed back to the queue (no attempt counted)");
+        let handed_back = self.answers.handed_back.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(queue = %self.queue.key(), handed_back, "BullMQ queue consumer stopped (handed_back: jobs given back to the queue unhandled since start, no attempt counted)");
     }
 }
 
@@ -358,15 +367,26 @@ async fn process(
         // Not a failure of the job: no plugin for its type runs (yet, or any more). It waits in
         // the delayed set, no attempt counted, and comes back until one does.
         let due = chrono::Utc::now().timestamp_millis() as u64 + UNROUTED_DELAY.as_millis() as u64;
+        let say = {
+            let mut said = answers.unrouted_said.lock().unwrap();
+            let due = said.get(job.name()).is_none_or(|t| t.elapsed() >= UNROUTED_DELAY);
+            if due {
+                said.insert(job.name().to_string(), std::time::Instant::now());
+            }
+            due
+        };
         return match job.move_to_delayed(due).await {
             Ok(()) => {
-                tracing::warn!(queue = %stream, job_id = job.id(), event_type = job.name(), "no running plugin subscribes to this event type: the job waits in the delayed set and comes back in {UNROUTED_DELAY:?}");
+                if say {
+                    tracing::warn!(queue = %stream, job_id = job.id(), event_type = job.name(), "no running plugin subscribes to this event type: its jobs wait in the delayed set and come back every {UNROUTED_DELAY:?} (said once per interval)");
+                }
                 Err(bullmq::Error::Delayed)
             }
-            Err(e) => Err(ProcessingError(format!(
-                "no running plugin subscribes to event type `{}` (and the job could not be delayed: {e})",
-                job.name()
-            ))),
+            Err(e) => {
+                // Back to wait rather than a failed attempt.
+                tracing::warn!(queue = %stream, job_id = job.id(), event_type = job.name(), error = %e, "no running plugin subscribes to this event type, and the job could not be delayed: handed back");
+                Err(RateLimited { delay_ms: 0 })
+            }
         };
     }
     let event = SourceEvent {
@@ -382,20 +402,27 @@ async fn process(
     let mut untaken = Vec::new();
     for (plugin, tx) in targets {
         let (reply, rx) = oneshot::channel();
+        let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
         tokio::select! {
-            sent = tx.send(Delivery { event: event.clone(), reply }) => match sent {
-                Ok(()) => waiting.push((plugin, rx)),
+            r = tx.send(Delivery { event: event.clone(), reply, sent: sent.clone() }) => match r {
+                Ok(()) => waiting.push((plugin, rx, sent)),
                 Err(_) => untaken.push(plugin),
             },
-            _ = hand_back.wait_for(|h| *h) => untaken.push(plugin),
+            _ = handed_back(&mut hand_back) => untaken.push(plugin),
         }
     }
     let (mut permanent, mut transient, mut records) = (Vec::new(), Vec::new(), Vec::new());
-    for (plugin, mut rx) in waiting {
+    for (plugin, mut rx, sent) in waiting {
         let outcome = tokio::select! {
             o = &mut rx => o.ok(),
-            // At shutdown, a job still queued for a pipeline that no longer takes any.
-            _ = hand_back.wait_for(|h| *h) => rx.try_recv().ok(),
+            // At shutdown: a job whose rows never reached the writer can go back to the queue.
+            // One whose rows did may still be committed: it waits for its outcome (or, if the
+            // worker closes first, stalls and is recovered once this host is gone).
+            _ = handed_back(&mut hand_back) => match rx.try_recv() {
+                Ok(o) => Some(o),
+                Err(_) if sent.load(std::sync::atomic::Ordering::SeqCst) => rx.await.ok(),
+                Err(_) => None,
+            },
         };
         match outcome {
             Some(o) => {
@@ -419,8 +446,8 @@ async fn process(
         Err(ProcessingError(transient.join("; ")))
     } else if !untaken.is_empty() {
         // Back to wait, no attempt counted (the worker's rate-limit path).
-        tracing::debug!(queue = %stream, job_id = job.id(), plugins = ?untaken, "job handed back to the queue: its plugin's pipeline stopped before taking it");
-        answers.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(queue = %stream, job_id = job.id(), plugins = ?untaken, "job handed back to the queue: its rows never reached a writer (a pipeline stopping)");
+        answers.handed_back.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(RateLimited { delay_ms: 0 });
     } else {
         Ok(serde_json::Value::Null)
@@ -437,8 +464,20 @@ async fn process(
             }
         }
     }
-    answers.0.lock().unwrap().insert(job.id().to_string(), Answer { completed: result.is_ok(), last, records });
+    // Records are deleted once the job completes; a job failed for good keeps them, so that a
+    // retry from the failed set (Bull Board) does not write its committed rows again — they go
+    // when the job is removed (`removeOnFail`, by hand), by the sweep.
+    answers
+        .by_job
+        .lock()
+        .unwrap()
+        .insert(job.id().to_string(), Answer { completed: result.is_ok(), records, at: std::time::Instant::now() });
     result
+}
+
+/// Resolves once the host asks for held jobs to be handed back (or the consumer is gone).
+async fn handed_back(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|h| *h).await;
 }
 
 /// Drains the worker's events (its channel is unbounded): deletes the batch records of jobs
@@ -481,16 +520,22 @@ async fn watch_events(
                 }
                 _ => continue,
             };
-            let answer = answers.0.lock().unwrap().remove(&job_id);
+            let answer = answers.by_job.lock().unwrap().remove(&job_id);
             match answer {
                 None if !completed => {
                     tracing::error!(queue = %stream, job_id, error, "BullMQ failed this job without running it (e.g. it stalled more than max_stalled_count times): it is in the failed set")
                 }
                 None => {}
-                Some(a) if a.completed == completed && (completed || a.last) && !a.records.is_empty() => {
-                    finished.push((job_id, a.records))
-                }
+                Some(a) if a.completed && completed && !a.records.is_empty() => finished.push((job_id, a.records)),
                 Some(_) => {}
+            }
+        }
+        // Answers whose event never came (a completion lost to a Redis error, a close timeout):
+        // their records, if any, are left to the sweep.
+        {
+            let mut by_job = answers.by_job.lock().unwrap();
+            if by_job.len() > 10_000 {
+                by_job.retain(|_, a| a.at.elapsed() < Duration::from_secs(600));
             }
         }
         if finished.is_empty() {
@@ -541,12 +586,17 @@ async fn sweep_group(
             let mut p = redis::pipe();
             for f in &fields {
                 let id = f.split('\t').next().unwrap_or_default();
-                p.cmd("HEXISTS").arg(format!("{key_base}:{id}")).arg("finishedOn");
+                p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
                 p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
             }
-            let state: Vec<bool> = p.query_async(ledger).await?;
-            let done: Vec<&&String> =
-                fields.iter().zip(state.chunks(2)).filter(|(_, s)| s[0] || !s[1]).map(|(f, _)| f).collect();
+            // Completed, or removed (removeOnComplete / removeOnFail / by hand): no run to come.
+            let state: Vec<Option<f64>> = p.query_async(ledger).await?;
+            let done: Vec<&&String> = fields
+                .iter()
+                .zip(state.chunks(2))
+                .filter(|(_, s)| s[0].is_some() || s[1] != Some(1.0))
+                .map(|(f, _)| f)
+                .collect();
             if !done.is_empty() {
                 redis::cmd("HDEL").arg(&key).arg(&done).query_async::<()>(ledger).await?;
                 swept += done.len();
@@ -563,9 +613,9 @@ async fn sweep_group(
     Ok(())
 }
 
-/// Deletes the batch records of jobs BullMQ shows finished (gone, or with `finishedOn`): a
-/// completion or failure that did not go through (this host's lock was lost to another host
-/// now running the job) leaves them for that host.
+/// Deletes the batch records of jobs BullMQ shows completed (in the completed set, or removed):
+/// a completion that did not go through (this host's lock was lost to another host now running
+/// the job) leaves them for that host.
 async fn forget_finished(
     ledger: &mut redis::aio::ConnectionManager,
     stream: &str,
@@ -574,14 +624,14 @@ async fn forget_finished(
 ) -> Result<()> {
     let mut p = redis::pipe();
     for (id, _) in jobs {
-        p.cmd("HEXISTS").arg(format!("{key_base}:{id}")).arg("finishedOn");
+        p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
         p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
     }
-    let answers: Vec<bool> = p.query_async(ledger).await?;
+    let answers: Vec<Option<f64>> = p.query_async(ledger).await?;
     let mut p = redis::pipe();
     for ((id, records), state) in jobs.iter().zip(answers.chunks(2)) {
-        let (finished_on, exists) = (state[0], state[1]);
-        if finished_on || !exists {
+        let (completed, exists) = (state[0].is_some(), state[1] == Some(1.0));
+        if completed || !exists {
             for r in records {
                 crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables);
             }
