@@ -265,28 +265,20 @@ impl Pipeline {
             // before (a retry, a stall, a hand-back) — a job retried by hand from the failed set
             // may have its counters reset, and its records are kept for that.
             let started_before = got.iter().filter(|d| d.event.deliveries > 1).count();
-            let again = got.len();
             let (mut batch, replies): (Vec<SourceEvent>, Vec<JobReply>) =
                 got.into_iter().map(|d| (d.event, (d.reply, d.sent))).unzip();
-            let mut replies = replies;
             if started_before > 0 {
                 tracing::info!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = started_before, "jobs started before (a retry, a stall, a hand-back): checking their batch records");
             }
-            if again > 0 {
-                if let Err(e) = self.find_written(&mut batch[..again]).await {
-                    // Without knowing what an earlier run wrote, those jobs must not run now.
-                    let ids: Vec<&str> = batch[..again].iter().map(|e| e.entry_id.as_str()).collect();
-                    tracing::error!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = ?ids, error = format!("{e:#}"), "cannot look up the batch records of jobs run before; they fail for a retry");
-                    for (reply, _) in replies.drain(..again) {
-                        let message = format!("cannot look up earlier batch records: {e:#}");
-                        let _ =
-                            reply.send(Outcome { failure: Some(Failure { permanent: false, message }), records: None });
-                    }
-                    batch.drain(..again);
-                    if batch.is_empty() {
-                        continue;
-                    }
+            if let Err(e) = self.find_written(&mut batch).await {
+                // Without knowing what an earlier run wrote, the jobs must not run now.
+                let ids: Vec<&str> = batch.iter().map(|e| e.entry_id.as_str()).collect();
+                tracing::error!(plugin = self.plugin.name(), event_type = %self.control.event_type, jobs = ?ids, error = format!("{e:#}"), "cannot look up the jobs' batch records; they fail for a retry");
+                for (reply, _) in replies {
+                    let message = format!("cannot look up earlier batch records: {e:#}");
+                    let _ = reply.send(Outcome { failure: Some(Failure { permanent: false, message }), records: None });
                 }
+                continue;
             }
             let sb = sandbox.take().expect("sandbox is returned after every batch");
             // A stop waits at most `grace` for a writer that cannot take rows (ClickHouse down,
