@@ -371,61 +371,44 @@ impl Deployer {
         let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
         let settings = Arc::new(plugin.delivery_settings(&self.settings));
         for event_type in &plugin.consumed_event_types() {
+            let key = (plugin.name().to_string(), event_type.clone());
+            // Streams always; BullMQ jobs too when queues are configured.
+            let mut feeds = vec![(None, self.inflight.entry(key.clone()).or_default().clone())];
             if !self.settings.bullmq.is_empty() {
-                let key = (plugin.name().to_string(), event_type.clone());
-                let (_, inbox) = self.jobs.entry(key.clone()).or_insert_with(|| {
+                let (_, inbox) = self.jobs.entry(key).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(JOB_CHANNEL);
                     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
                 });
-                let input = Input::Jobs(inbox.clone());
-                let ids = InflightIds::default();
+                feeds.push((Some(inbox.clone()), InflightIds::default()));
+            }
+            for (inbox, ids) in feeds {
                 let (settings, control, gate, writer) =
                     (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
                 let (plugin, tables, consumer, grace, rx) =
                     (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
                 let event_type = event_type.clone();
                 tasks.spawn(async move {
+                    let input = match inbox {
+                        Some(inbox) => Input::Jobs(inbox),
+                        // A connection of its own: a blocked XREADGROUP would hold up a shared one.
+                        None => Input::Streams(loop {
+                            match streams::connect(&settings.redis_url, settings.block).await {
+                                Ok(c) => break c,
+                                Err(e) => {
+                                    tracing::warn!(error = format!("{e:#}"), "cannot connect to Redis; retrying in 1 s");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            }
+                        }),
+                    };
                     let p =
                         Pipeline::new(gate, plugin, settings, input, control, &event_type, &consumer, tables, writer);
-                    let name = p.plugin.name().to_string();
+                    let (name, source) = (p.plugin.name().to_string(), p.source.clone());
                     if let Err(e) = p.run(ids, rx, grace).await {
-                        tracing::error!(plugin = %name, event_type = %event_type, "BullMQ pipeline stopped: {e:#}");
+                        tracing::error!(plugin = %name, event_type = %event_type, source = %source, "pipeline stopped: {e:#}");
                     }
                 });
             }
-            let ids = self.inflight.entry((plugin.name().to_string(), event_type.clone())).or_default().clone();
-            let (settings, control, gate, writer) =
-                (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
-            let (plugin, tables, consumer, grace, rx) =
-                (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
-            let event_type = event_type.clone();
-            tasks.spawn(async move {
-                // A connection of its own: a blocked XREADGROUP would hold up a shared one.
-                let read_conn = loop {
-                    match streams::connect(&settings.redis_url, settings.block).await {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            tracing::warn!(error = format!("{e:#}"), "cannot connect to Redis; retrying in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                    }
-                };
-                let p = Pipeline::new(
-                    gate,
-                    plugin,
-                    settings,
-                    Input::Streams(read_conn),
-                    control,
-                    &event_type,
-                    &consumer,
-                    tables,
-                    writer,
-                );
-                let stream = p.source.clone();
-                if let Err(e) = p.run(ids, rx, grace).await {
-                    tracing::error!(stream = %stream, "pipeline stopped: {e:#}");
-                }
-            });
         }
         Live { plugin, stop, tasks }
     }

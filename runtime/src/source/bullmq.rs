@@ -583,20 +583,9 @@ async fn sweep_group(
         // HSCAN answers field, value, field, value...
         let fields: Vec<&String> = fields.iter().step_by(2).collect();
         if !fields.is_empty() {
-            let mut p = redis::pipe();
-            for f in &fields {
-                let id = f.split('\t').next().unwrap_or_default();
-                p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
-                p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
-            }
-            // Completed, or removed (removeOnComplete / removeOnFail / by hand): no run to come.
-            let state: Vec<Option<f64>> = p.query_async(ledger).await?;
-            let done: Vec<&&String> = fields
-                .iter()
-                .zip(state.chunks(2))
-                .filter(|(_, s)| s[0].is_some() || s[1] != Some(1.0))
-                .map(|(f, _)| f)
-                .collect();
+            let ids = fields.iter().map(|f| f.split('\t').next().unwrap_or_default());
+            let over = completed_or_removed(ledger, key_base, ids).await?;
+            let done: Vec<&&String> = fields.iter().zip(over).filter(|(_, o)| *o).map(|(f, _)| f).collect();
             if !done.is_empty() {
                 redis::cmd("HDEL").arg(&key).arg(&done).query_async::<()>(ledger).await?;
                 swept += done.len();
@@ -613,6 +602,22 @@ async fn sweep_group(
     Ok(())
 }
 
+/// For each job id: whether BullMQ shows it completed (in the completed set) or removed
+/// (`removeOnComplete` / `removeOnFail` / by hand) — no run of it is to come.
+async fn completed_or_removed<'a>(
+    ledger: &mut redis::aio::ConnectionManager,
+    key_base: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<Vec<bool>> {
+    let mut p = redis::pipe();
+    for id in ids {
+        p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
+        p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
+    }
+    let state: Vec<Option<f64>> = p.query_async(ledger).await?;
+    Ok(state.chunks(2).map(|s| s[0].is_some() || s[1] != Some(1.0)).collect())
+}
+
 /// Deletes the batch records of jobs BullMQ shows completed (in the completed set, or removed):
 /// a completion that did not go through (this host's lock was lost to another host now running
 /// the job) leaves them for that host.
@@ -622,16 +627,10 @@ async fn forget_finished(
     key_base: &str,
     jobs: &[(String, Vec<Records>)],
 ) -> Result<()> {
+    let over = completed_or_removed(ledger, key_base, jobs.iter().map(|(id, _)| id.as_str())).await?;
     let mut p = redis::pipe();
-    for (id, _) in jobs {
-        p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
-        p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
-    }
-    let answers: Vec<Option<f64>> = p.query_async(ledger).await?;
-    let mut p = redis::pipe();
-    for ((id, records), state) in jobs.iter().zip(answers.chunks(2)) {
-        let (completed, exists) = (state[0].is_some(), state[1] == Some(1.0));
-        if completed || !exists {
+    for ((id, records), over) in jobs.iter().zip(over) {
+        if over {
             for r in records {
                 crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables);
             }
