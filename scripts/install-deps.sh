@@ -7,7 +7,7 @@
 #     and JavaScript plugins (scripts/plugin-toolchains.sh installs the build tools themselves)
 #   - with `test`: chromium, which the test suite drives headless to check the dashboard, and
 #     zookeeper (with its Java runtime), which the exactly-once tests give ClickHouse for
-#     Replicated tables
+#     Replicated tables, and openssl, with which the TLS tests make their certificates
 #     usage: install-deps.sh [test|languages]
 set -euo pipefail
 
@@ -24,6 +24,7 @@ if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
   [ -f /usr/share/java/zookeeper.jar ] || need_pkgs+=(zookeeper)
   [ -f /usr/share/java/slf4j-simple.jar ] || need_pkgs+=(libslf4j-java)
+  command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = languages ]; then
   command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)

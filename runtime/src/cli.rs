@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{FileSettings, Settings};
 use crate::plugin::{LoadedPlugin, SandboxEngine, wit};
-use crate::source::streams::{self, redact_url};
-use crate::writer::clickhouse::ChClient;
+use crate::redis_conn::{RedisConn, RedisOptions};
+use crate::writer::clickhouse::{ChClient, ChOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about = "Redis events -> sandboxed WebAssembly handlers -> ClickHouse rows", long_about = None)]
@@ -179,9 +179,27 @@ pub struct CommonArgs {
     /// TOML file with settings (same names as below, in snake_case); flags and environment win.
     #[arg(long, env = "SLUICE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis URL [default: redis://127.0.0.1:6379]
+    /// Redis URL: redis://, rediss:// (TLS) or unix://; for a Redis Cluster, one or more
+    /// seed nodes, comma-separated (cluster mode is detected) [default: redis://127.0.0.1:6379]
     #[arg(long, env = "SLUICE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis password, when the URL carries none (prefer the environment or a file: flags
+    /// show up in `ps`)
+    #[arg(long, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// File holding the Redis password (a mounted secret)
+    #[arg(long, env = "SLUICE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the Redis servers' certificates (rediss://)
+    /// [default: the system's roots]
+    #[arg(long, env = "SLUICE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate for Redis servers that require one (with --redis-key-file)
+    #[arg(long, env = "SLUICE_REDIS_CERT_FILE")]
+    pub redis_cert_file: Option<PathBuf>,
+    /// PEM private key of --redis-cert-file
+    #[arg(long, env = "SLUICE_REDIS_KEY_FILE")]
+    pub redis_key_file: Option<PathBuf>,
     /// Prefix of event streams: type T is read from `<prefix>T` [default: events:]
     #[arg(long, env = "SLUICE_STREAM_PREFIX")]
     pub stream_prefix: Option<String>,
@@ -191,7 +209,8 @@ pub struct CommonArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// ClickHouse HTTP URL [default: http://127.0.0.1:8123]
+    /// ClickHouse HTTP(S) URL; several comma-separated endpoints (replicas) are used in
+    /// turn, moving on when one fails [default: http://127.0.0.1:8123]
     #[arg(long, env = "SLUICE_CLICKHOUSE_URL")]
     pub clickhouse_url: Option<String>,
     /// ClickHouse database for the plugins' tables, created if missing [default: analytics]
@@ -203,6 +222,17 @@ pub struct RunArgs {
     /// ClickHouse password (prefer the environment variable: flags show up in `ps`)
     #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
+    /// File holding the ClickHouse password (a mounted secret)
+    #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD_FILE")]
+    pub clickhouse_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the ClickHouse servers' certificates (https://)
+    /// [default: the system's roots]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_CA_FILE")]
+    pub clickhouse_ca_file: Option<PathBuf>,
+    /// ClickHouse cluster (from the servers' <remote_servers>) on which tables are created:
+    /// DDL runs ON CLUSTER, Replicated engines use the {shard}/{replica} macros [default: none]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_CLUSTER")]
+    pub clickhouse_cluster: Option<String>,
     /// Directory of plugin .wasm files [default: ./plugins]
     #[arg(long, env = "SLUICE_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -282,6 +312,41 @@ pub struct PublishArgs {
     pub delay: Option<Duration>,
 }
 
+/// A password given directly, or in a file; both is an error.
+fn secret(name: &str, direct: Option<String>, file: Option<PathBuf>) -> Result<Option<crate::config::Secret>> {
+    match (direct.filter(|p| !p.is_empty()), file) {
+        (Some(_), Some(_)) => bail!("{name} and {name}_FILE are both set: give one"),
+        (Some(p), None) => Ok(Some(crate::config::Secret(p))),
+        (None, Some(f)) => crate::tls::read_secret(&format!("{name}_FILE"), &f).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+impl CommonArgs {
+    /// How to reach Redis: flags and environment, then the file, then the default.
+    pub fn redis_options(&self, f: &FileSettings) -> Result<RedisOptions> {
+        let urls = self.redis_url.clone().or(f.redis_url.clone()).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let o = RedisOptions {
+            urls: urls.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect(),
+            password: secret(
+                "SLUICE_REDIS_PASSWORD",
+                self.redis_password.clone(),
+                self.redis_password_file.clone().or(f.redis_password_file.clone()),
+            )?,
+            ca_file: self.redis_ca_file.clone().or(f.redis_ca_file.clone()),
+            cert_file: self.redis_cert_file.clone().or(f.redis_cert_file.clone()),
+            key_file: self.redis_key_file.clone().or(f.redis_key_file.clone()),
+        };
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+/// Connects to Redis for a command-line tool.
+async fn tool_connection(common: &CommonArgs, f: &FileSettings) -> Result<RedisConn> {
+    crate::redis_conn::connect(&common.redis_options(f)?, Duration::from_secs(1)).await
+}
+
 fn file_settings(common: &CommonArgs) -> Result<FileSettings> {
     match &common.config {
         Some(p) => FileSettings::load(p),
@@ -294,19 +359,31 @@ impl RunArgs {
         let f = file_settings(&self.common)?;
         let ms = Duration::from_millis;
         Ok(Settings {
-            redis_url: self.common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
-            clickhouse_url: self
-                .clickhouse_url
-                .clone()
-                .or(f.clickhouse_url)
-                .unwrap_or_else(|| "http://127.0.0.1:8123".into()),
-            clickhouse_database: self
-                .clickhouse_database
-                .clone()
-                .or(f.clickhouse_database)
-                .unwrap_or_else(|| "analytics".into()),
-            clickhouse_user: self.clickhouse_user.clone().or(f.clickhouse_user),
-            clickhouse_password: self.clickhouse_password.clone().or(f.clickhouse_password),
+            redis: self.common.redis_options(&f)?,
+            clickhouse: ChOptions {
+                urls: self
+                    .clickhouse_url
+                    .clone()
+                    .or(f.clickhouse_url.clone())
+                    .unwrap_or_else(|| "http://127.0.0.1:8123".into())
+                    .split(',')
+                    .map(|u| u.trim().to_string())
+                    .filter(|u| !u.is_empty())
+                    .collect(),
+                database: self
+                    .clickhouse_database
+                    .clone()
+                    .or(f.clickhouse_database.clone())
+                    .unwrap_or_else(|| "analytics".into()),
+                user: self.clickhouse_user.clone().or(f.clickhouse_user.clone()),
+                password: secret(
+                    "SLUICE_CLICKHOUSE_PASSWORD",
+                    self.clickhouse_password.clone().or(f.clickhouse_password.clone()),
+                    self.clickhouse_password_file.clone().or(f.clickhouse_password_file.clone()),
+                )?,
+                ca_file: self.clickhouse_ca_file.clone().or(f.clickhouse_ca_file.clone()),
+                cluster: self.clickhouse_cluster.clone().or(f.clickhouse_cluster.clone()).filter(|c| !c.is_empty()),
+            },
             plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
             admin_addr: self.admin_addr.clone().or(f.admin_addr).unwrap_or_else(|| "127.0.0.1:9464".into()),
             cache_dir: match self.cache_dir.clone().or(f.cache_dir) {
@@ -373,10 +450,9 @@ impl RunArgs {
 /// `sluice publish`.
 pub async fn publish(args: PublishArgs) -> Result<()> {
     let f = file_settings(&args.common)?;
-    let url = args.common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let prefix = args.common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into());
+    let prefix = args.common.stream_prefix.clone().or(f.stream_prefix.clone()).unwrap_or_else(|| "events:".into());
     let stream = format!("{prefix}{}", args.event_type);
-    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    let mut conn = tool_connection(&args.common, &f).await?;
     match (args.count, &args.payload) {
         (None, Some(payload)) => {
             serde_json::from_str::<serde_json::Value>(payload).context("the payload is not valid JSON")?;
@@ -404,7 +480,7 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
                 .arg(&id)
                 .query_async(&mut conn)
                 .await
-                .with_context(|| format!("cannot XADD to {stream} at {}", redact_url(&url)))?;
+                .with_context(|| format!("cannot XADD to {stream}"))?;
             println!("{stream} {entry} id={id}");
         }
         (Some(_), None) if args.delay.is_some() => {
@@ -443,17 +519,16 @@ pub async fn publish(args: PublishArgs) -> Result<()> {
     Ok(())
 }
 
-fn redis_of(common: &CommonArgs) -> Result<(String, String)> {
+/// A connection for a tool, and the stream prefix.
+async fn redis_of(common: &CommonArgs) -> Result<(RedisConn, String)> {
     let f = file_settings(common)?;
-    let url = common.redis_url.clone().or(f.redis_url).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    let prefix = common.stream_prefix.clone().or(f.stream_prefix).unwrap_or_else(|| "events:".into());
-    Ok((url, prefix))
+    let prefix = common.stream_prefix.clone().or(f.stream_prefix.clone()).unwrap_or_else(|| "events:".into());
+    Ok((tool_connection(common, &f).await?, prefix))
 }
 
 /// `sluice dlq ...`.
 pub async fn dlq(args: DlqArgs) -> Result<()> {
-    let (url, _) = redis_of(&args.common)?;
-    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    let (mut conn, _) = redis_of(&args.common).await?;
     match args.command {
         DlqCommand::List { plugin, event_type, kind, limit, json } => {
             let filter = crate::dlq::Filter {
@@ -504,8 +579,7 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
 
 /// `sluice replay`.
 pub async fn replay(args: ReplayArgs) -> Result<()> {
-    let (url, prefix) = redis_of(&args.common)?;
-    let mut conn = streams::connect(&url, Duration::from_secs(1)).await?;
+    let (mut conn, prefix) = redis_of(&args.common).await?;
     let (from, to) = (crate::dlq::position(&args.from)?, crate::dlq::position(&args.to)?);
     let types = if args.event_types.is_empty() {
         crate::dlq::subscribed_types(&mut conn, &prefix, &args.plugin).await?
@@ -598,7 +672,13 @@ pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
     let mut out = manifest_json(&p, database);
     let mut accepted = true;
     if let Some(l) = &live {
-        let ch = ChClient::new(&l.url, &l.database, l.user.as_deref(), l.password.as_deref())?;
+        let ch = ChClient::new(&ChOptions {
+            urls: l.url.split(',').map(|u| u.trim().to_string()).collect(),
+            database: l.database.clone(),
+            user: l.user.clone(),
+            password: l.password.clone().map(crate::config::Secret),
+            ..ChOptions::default()
+        })?;
         let server = crate::writer::dedup::ServerDedup::detect(&ch, false)
             .await
             .with_context(|| format!("cannot read the server's settings from {}", l.url))?;

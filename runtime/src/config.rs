@@ -15,10 +15,17 @@ use crate::priority::Priority;
 #[serde(deny_unknown_fields)]
 pub struct FileSettings {
     pub redis_url: Option<String>,
+    pub redis_password_file: Option<PathBuf>,
+    pub redis_ca_file: Option<PathBuf>,
+    pub redis_cert_file: Option<PathBuf>,
+    pub redis_key_file: Option<PathBuf>,
     pub clickhouse_url: Option<String>,
     pub clickhouse_database: Option<String>,
     pub clickhouse_user: Option<String>,
     pub clickhouse_password: Option<String>,
+    pub clickhouse_password_file: Option<PathBuf>,
+    pub clickhouse_ca_file: Option<PathBuf>,
+    pub clickhouse_cluster: Option<String>,
     pub plugins_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub admin_addr: Option<String>,
@@ -87,11 +94,8 @@ impl std::fmt::Debug for Secret {
 /// The resolved settings of `sluice run`.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub redis_url: String,
-    pub clickhouse_url: String,
-    pub clickhouse_database: String,
-    pub clickhouse_user: Option<String>,
-    pub clickhouse_password: Option<String>,
+    pub redis: crate::redis_conn::RedisOptions,
+    pub clickhouse: crate::writer::clickhouse::ChOptions,
     pub plugins_dir: PathBuf,
     /// Compiled plugins, by file hash; None: no cache. `explicit`: set by the user (an error
     /// to be unable to use it) rather than the default (a warning).
@@ -147,14 +151,18 @@ impl Settings {
         if self.max_attempts == 0 {
             bail!("max_attempts must be at least 1");
         }
-        if !(self.redis_url.starts_with("redis://")
-            || self.redis_url.starts_with("rediss://")
-            || self.redis_url.starts_with("unix://"))
-        {
-            bail!("SLUICE_REDIS_URL must start with redis://, rediss:// or unix://, got `{}`", self.redis_url);
+        self.redis.validate()?;
+        if self.clickhouse.urls.is_empty() {
+            bail!("SLUICE_CLICKHOUSE_URL is empty");
         }
-        if !(self.clickhouse_url.starts_with("http://") || self.clickhouse_url.starts_with("https://")) {
-            bail!("SLUICE_CLICKHOUSE_URL must be an http:// or https:// URL, got `{}`", self.clickhouse_url);
+        if let Some(u) = self.clickhouse.urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            bail!(
+                "SLUICE_CLICKHOUSE_URL must be http:// or https:// URLs (comma-separated for several endpoints), got `{u}`"
+            );
+        }
+        if !self.bullmq.is_empty() && self.redis.urls.len() > 1 {
+            bail!("the BullMQ source needs one Redis server: SLUICE_REDIS_URL lists several (a cluster's seeds)");
         }
         if self.concurrency.contains(&0) {
             bail!("concurrency per priority must be at least 1, got {:?}", self.concurrency);

@@ -32,7 +32,7 @@ use crate::plugin::{LoadedPlugin, PluginDefaults, SandboxEngine};
 use crate::priority::PriorityGate;
 use crate::router::{InflightIds, Input, JobInbox, Pipeline};
 use crate::source::bullmq::{Delivery, Route, Routes};
-use crate::source::streams;
+
 use crate::writer::Writer;
 use crate::writer::dedup::ServerDedup;
 use crate::writer::evolve::{self, Owner, PrepareError};
@@ -78,7 +78,7 @@ pub struct Deployer {
     pub writer: Writer,
     /// What the ClickHouse server offers for deduplication (detected at start).
     pub server: Arc<ServerDedup>,
-    pub control: redis::aio::ConnectionManager,
+    pub control: crate::redis_conn::RedisConn,
     pub grace: Duration,
     pub engine: SandboxEngine,
     pub defaults: Arc<PluginDefaults>,
@@ -108,7 +108,7 @@ impl Deployer {
         gate: PriorityGate,
         writer: Writer,
         server: Arc<ServerDedup>,
-        control: redis::aio::ConnectionManager,
+        control: crate::redis_conn::RedisConn,
         grace: Duration,
         engine: SandboxEngine,
         defaults: PluginDefaults,
@@ -392,7 +392,7 @@ impl Deployer {
                         Some(inbox) => Input::Jobs(inbox),
                         // A connection of its own: a blocked XREADGROUP would hold up a shared one.
                         None => Input::Streams(loop {
-                            match streams::connect(&settings.redis_url, settings.block).await {
+                            match crate::redis_conn::connect(&settings.redis, settings.block).await {
                                 Ok(c) => break c,
                                 Err(e) => {
                                     tracing::warn!(error = format!("{e:#}"), "cannot connect to Redis; retrying in 1 s");

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
-use redis::aio::ConnectionManager;
 use redis::{Value, cmd};
 
 use crate::source::entry_id_millis;
@@ -81,7 +81,7 @@ impl Filter<'_> {
 }
 
 /// Dead letters, oldest first, that match `filter`.
-pub async fn list(conn: &mut ConnectionManager, filter: Filter<'_>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
+pub async fn list(conn: &mut RedisConn, filter: Filter<'_>, limit: usize) -> Result<Vec<DeadLetterEntry>> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     loop {
@@ -126,7 +126,7 @@ fn refeed_fields(mut fields: Vec<(String, Vec<u8>)>, stream: &str, entry_id: &st
 }
 
 /// Sends a dead letter back to its plugin. Returns the replay stream and new entry id.
-pub async fn reprocess(conn: &mut ConnectionManager, entry: &DeadLetterEntry) -> Result<Option<(String, String)>> {
+pub async fn reprocess(conn: &mut RedisConn, entry: &DeadLetterEntry) -> Result<Option<(String, String)>> {
     let (Some(plugin), Some(event_type), Some(stream), Some(entry_id)) =
         (entry.get("plugin"), entry.get("event_type"), entry.get("stream"), entry.get("entry_id"))
     else {
@@ -135,6 +135,21 @@ pub async fn reprocess(conn: &mut ConnectionManager, entry: &DeadLetterEntry) ->
     // An entry that failed on the replay stream keeps the id/ts it was given there.
     let fields = refeed_fields(entry.original_fields(), &stream, &entry_id);
     let target = replay_stream(&plugin, &event_type);
+    if conn.is_cluster() {
+        // The dead-letter and replay streams live in different slots: no script can touch
+        // both. Copy, then delete (a failure in between leaves the dead letter to retry).
+        if get(conn, &entry.id).await?.is_none() {
+            return Ok(None);
+        }
+        let mut c = cmd("XADD");
+        c.arg(&target).arg("*");
+        for (k, v) in &fields {
+            c.arg(k).arg(v.as_slice());
+        }
+        let id: String = c.query_async(conn).await.with_context(|| format!("cannot reprocess {}", entry.id))?;
+        let _: () = cmd("XDEL").arg(DLQ_STREAM).arg(&entry.id).query_async(conn).await?;
+        return Ok(Some((target, id)));
+    }
     let script = redis::Script::new(REPROCESS);
     let mut inv = script.prepare_invoke();
     inv.key(DLQ_STREAM).key(&target).arg(&entry.id);
@@ -146,13 +161,13 @@ pub async fn reprocess(conn: &mut ConnectionManager, entry: &DeadLetterEntry) ->
 }
 
 /// Reads one dead letter.
-pub async fn get(conn: &mut ConnectionManager, id: &str) -> Result<Option<DeadLetterEntry>> {
+pub async fn get(conn: &mut RedisConn, id: &str) -> Result<Option<DeadLetterEntry>> {
     let v: Value = cmd("XRANGE").arg(DLQ_STREAM).arg(id).arg(id).query_async(conn).await?;
     Ok(parse_entries(v)?.into_iter().next())
 }
 
 /// Deletes dead letters: all of them, or those of one plugin. Returns how many.
-pub async fn purge(conn: &mut ConnectionManager, plugin: Option<&str>) -> Result<usize> {
+pub async fn purge(conn: &mut RedisConn, plugin: Option<&str>) -> Result<usize> {
     match plugin {
         None => {
             let n: usize = cmd("XLEN").arg(DLQ_STREAM).query_async(conn).await?;
@@ -191,33 +206,16 @@ pub fn position(arg: &str) -> Result<String> {
 }
 
 /// The event types whose streams have the plugin's consumer group (what it subscribes to).
-pub async fn subscribed_types(conn: &mut ConnectionManager, prefix: &str, plugin: &str) -> Result<Vec<String>> {
+pub async fn subscribed_types(conn: &mut RedisConn, prefix: &str, plugin: &str) -> Result<Vec<String>> {
     let group = crate::router::group_name(plugin);
     let mut types = BTreeMap::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{}*", glob_escape(prefix)))
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        for key in keys {
-            let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
-            let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
-            if groups.iter().any(|g| {
-                g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()).as_deref() == Some(&group)
-            }) {
-                types.insert(key[prefix.len()..].to_string(), ());
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+    for key in conn.scan_keys(&format!("{}*", glob_escape(prefix)), "stream").await? {
+        let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
+        let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
+        if groups.iter().any(|g| {
+            g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()).as_deref() == Some(&group)
+        }) {
+            types.insert(key[prefix.len()..].to_string(), ());
         }
     }
     Ok(types.into_keys().collect())
@@ -230,7 +228,7 @@ fn glob_escape(s: &str) -> String {
 /// Copies the entries of `stream` between `from` and `to` (inclusive) to the plugin's replay
 /// stream for `event_type`; `progress` is called with the running count. Returns the count.
 pub async fn replay(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     stream: &str,
     plugin: &str,
     event_type: &str,

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tokio::sync::watch;
 
 use crate::admin::AdminState;
 use crate::config::Settings;
 use crate::deploy::Deployer;
 use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
-use crate::source::streams::{self, redact_url};
+
 use crate::writer::clickhouse::ChClient;
 use crate::writer::dedup::ServerDedup;
 use crate::writer::{BatchPolicy, LedgerConn, Writer};
@@ -66,7 +66,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     settings.validate()?;
     let settings = Arc::new(settings);
     let consumer = consumer_name();
-    tracing::info!(consumer = %consumer, redis = %redact_url(&settings.redis_url), clickhouse = %settings.clickhouse_url, database = %settings.clickhouse_database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
+    tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = %settings.clickhouse.urls.join(","), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
 
     let metrics = crate::admin::install_metrics()?;
     let admin_listener = match settings.admin_addr.as_str() {
@@ -92,27 +92,29 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         },
         sections: settings.plugin_sections.clone(),
     };
-    let ch = ChClient::new(
-        &settings.clickhouse_url,
-        &settings.clickhouse_database,
-        settings.clickhouse_user.as_deref(),
-        settings.clickhouse_password.as_deref(),
-    )?;
+    let ch = ChClient::new(&settings.clickhouse)?;
     let version = wait_for("ClickHouse", || async { Ok(ch.ping().await?) }).await;
     tracing::info!(version = %version, "connected to ClickHouse");
-    ch.create_database().await.with_context(|| format!("cannot create database {}", settings.clickhouse_database))?;
+    ch.create_database()
+        .await
+        .with_context(|| format!("cannot create database {}{}", settings.clickhouse.database, ch.on_cluster()))?;
 
-    let redis_url = settings.redis_url.clone();
+    let redis = settings.redis.clone();
     let block = settings.block;
-    let control = wait_for("Redis", || streams::connect(&redis_url, block)).await;
-    tracing::info!("connected to Redis");
+    let control = wait_for("Redis", || crate::redis_conn::connect(&redis, block)).await;
+    tracing::info!(cluster = control.is_cluster(), "connected to Redis");
+    if control.is_cluster() && !settings.bullmq.is_empty() {
+        bail!(
+            "the BullMQ source does not run on a Redis Cluster yet (SLUICE_BULLMQ_QUEUES is set and SLUICE_REDIS_URL is a cluster)"
+        );
+    }
 
     let server = wait_for("ClickHouse", || async { Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?) }).await;
     // A connection of its own for batch records: a block of megabytes must not hold up the
     // acknowledgements and heartbeats on the shared one.
     let ledger = match settings.exactly_once {
         true => Some(LedgerConn {
-            conn: wait_for("Redis", || streams::connect(&redis_url, block)).await,
+            conn: wait_for("Redis", || crate::redis_conn::connect(&redis, block)).await,
             owner: Arc::from(consumer.as_str()),
         }),
         false => None,
@@ -124,6 +126,11 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         if let Some(p) = policy.ok().and_then(|v| v.get(1).cloned()).filter(|p| p.starts_with("allkeys")) {
             tracing::warn!(maxmemory_policy = %p, "Redis may evict any key under memory pressure, including exactly-once batch records (sluice:batch:*), whose rows would then be lost after a crash: use noeviction or a volatile-* policy");
         }
+    }
+    if ch.cluster().is_some() && server.zookeeper && !server.replica_macro {
+        bail!(
+            "SLUICE_CLICKHOUSE_CLUSTER is set but the server defines no {{replica}} macro: Replicated tables created ON CLUSTER need <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
+        );
     }
     tracing::info!("{}", server.describe());
     let writer = Writer::new(
@@ -150,10 +157,11 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     }
     // BullMQ queues: started once the plugins run, so that the first jobs find their routes.
     let mut consumers = Vec::new();
+    let bull_url = settings.redis.url_with_password();
     for queue in &settings.bullmq {
         let (routes, ledger) = (deployer.routes.clone(), control.clone());
         let consumer = wait_for("Redis (BullMQ)", || {
-            crate::source::bullmq::QueueConsumer::start(queue.clone(), &redis_url, routes.clone(), ledger.clone())
+            crate::source::bullmq::QueueConsumer::start(queue.clone(), &bull_url, routes.clone(), ledger.clone())
         })
         .await;
         consumers.push(consumer);

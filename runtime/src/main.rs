@@ -5,8 +5,13 @@ use clap::Parser;
 use sluice::cli::{self, Cli, Command, PluginCommand};
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    // The Redis Cluster client logs every reconnection attempt while a shard fails over
+    // (hundreds of lines a second); Sluice says what failed itself. Unless asked for.
+    let directives = std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    let directives =
+        if directives.contains("redis") { directives } else { format!("{directives},redis::cluster_handling=error") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,redis::cluster_handling=error".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if format == "json" {
@@ -18,6 +23,8 @@ fn init_logs(format: &str) {
 
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // One TLS crypto provider for the process (the Redis and ClickHouse clients use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_logs(&args.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async move {

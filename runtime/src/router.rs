@@ -22,8 +22,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::redis_conn::RedisConn;
 use anyhow::Result;
-use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::config::Settings;
@@ -59,7 +59,7 @@ pub type JobInbox = Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>;
 /// Where a pipeline's events come from.
 pub enum Input {
     /// The event and replay streams, read on this connection (blocking reads only).
-    Streams(ConnectionManager),
+    Streams(RedisConn),
     /// BullMQ jobs.
     Jobs(JobInbox),
 }
@@ -105,7 +105,7 @@ impl Pipeline {
         plugin: Arc<LoadedPlugin>,
         settings: Arc<Settings>,
         input: Input,
-        control_conn: ConnectionManager,
+        control_conn: RedisConn,
         event_type: &str,
         consumer: &str,
         tables: Vec<mpsc::Sender<RowChunk>>,

@@ -215,6 +215,10 @@ impl Drop for ZooKeeper {
 pub struct ClickHouse {
     pub http_port: u16,
     pub tcp_port: u16,
+    /// Set for servers started with TLS ([`ClickHouse::start_replica_pair`]).
+    pub https_port: Option<u16>,
+    /// The `default` user's password, if it has one.
+    pub password: Option<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -233,9 +237,62 @@ impl ClickHouse {
         )))
     }
 
+    /// Two servers replicating each other through `zk` (replicas `r1` and `r2` of shard `01`
+    /// of the cluster `sluice`, with distributed DDL), HTTPS on `https_port` with the
+    /// certificate of `certs`, and `password` for the `default` user (plain HTTP stays open
+    /// for the harness's own queries, with the password).
+    pub fn start_replica_pair(zk: &ZooKeeper, certs: &Certs, password: &str) -> Result<(ClickHouse, ClickHouse)> {
+        let ports: Vec<(u16, u16, u16, u16)> =
+            (0..2).map(|_| (free_port(), free_port(), free_port(), free_port())).collect();
+        let replicas: String = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "<replica><host>127.0.0.1</host><port>{}</port><user>default</user><password>{password}</password></replica>",
+                    p.1
+                )
+            })
+            .collect();
+        let mut pair = Vec::new();
+        for (i, (http, tcp, https, interserver)) in ports.iter().enumerate() {
+            let extra = format!(
+                "<yandex>
+  <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>
+  <macros><shard>01</shard><replica>r{n}</replica></macros>
+  <remote_servers><sluice><shard><internal_replication>true</internal_replication>{replicas}</shard></sluice></remote_servers>
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <interserver_http_port>{interserver}</interserver_http_port>
+  <https_port>{https}</https_port>
+  <openSSL><server>
+    <certificateFile>{cert}</certificateFile><privateKeyFile>{key}</privateKeyFile>
+    <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>
+    <cacheSessions>true</cacheSessions><disableProtocols>sslv2,sslv3</disableProtocols><preferServerCiphers>true</preferServerCiphers>
+  </server></openSSL>
+</yandex>
+",
+                zk = zk.port,
+                n = i + 1,
+                cert = certs.path("server.crt").display(),
+                key = certs.path("server.key").display(),
+            );
+            pair.push(Self::start_on((*http, *tcp), Some(extra), Some(*https), Some(password))?);
+        }
+        let second = pair.pop().unwrap();
+        Ok((pair.pop().unwrap(), second))
+    }
+
     fn start_with(extra_config: Option<String>) -> Result<ClickHouse> {
+        Self::start_on((free_port(), free_port()), extra_config, None, None)
+    }
+
+    fn start_on(
+        (http_port, tcp_port): (u16, u16),
+        extra_config: Option<String>,
+        https_port: Option<u16>,
+        password: Option<&str>,
+    ) -> Result<ClickHouse> {
         let dir = tempfile::tempdir()?;
-        let (http_port, tcp_port) = (free_port(), free_port());
         let tpl = repo_root().join("scripts/clickhouse");
         let config = std::fs::read_to_string(tpl.join("config.xml"))?
             .replace("@DIR@", &dir.path().display().to_string())
@@ -249,14 +306,38 @@ impl ClickHouse {
             std::fs::create_dir_all(dir.path().join("config.d"))?;
             std::fs::write(dir.path().join("config.d/replication.xml"), extra)?;
         }
-        std::fs::copy(tpl.join("users.xml"), dir.path().join("users.xml"))?;
-        let mut ch = ClickHouse { http_port, tcp_port, dir, child: None };
+        let users = std::fs::read_to_string(tpl.join("users.xml"))?;
+        // A cluster's servers also need LowCardinality allowed in their profile (18.16): they
+        // run ON CLUSTER DDL with their own settings, not the query's.
+        let users = match password {
+            Some(p) => users.replace("<password></password>", &format!("<password>{p}</password>")).replace(
+                "<load_balancing>random</load_balancing>",
+                "<load_balancing>random</load_balancing>\n            <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type>",
+            ),
+            None => users,
+        };
+        std::fs::write(dir.path().join("users.xml"), users)?;
+        let mut ch =
+            ClickHouse { http_port, tcp_port, https_port, password: password.map(str::to_string), dir, child: None };
         ch.restart()?;
         Ok(ch)
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// The HTTPS endpoint of a server started with TLS.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.https_port.expect("a server started with TLS"))
+    }
+
+    /// The HTTP path of a query, with the password when there is one.
+    fn query_path(&self) -> String {
+        match &self.password {
+            Some(p) => format!("/?user=default&password={p}"),
+            None => "/".into(),
+        }
     }
 
     pub fn restart(&mut self) -> Result<()> {
@@ -268,9 +349,9 @@ impl ClickHouse {
             .spawn()
             .context("cannot start clickhouse-server (run scripts/install-deps.sh)")?;
         self.child = Some(child);
-        let port = self.http_port;
+        let (port, path) = (self.http_port, self.query_path());
         wait_until("clickhouse-server to answer", Duration::from_secs(60), || {
-            http_post(port, "/", b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false)
+            http_post(port, &path, b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false)
         })
     }
 
@@ -282,7 +363,7 @@ impl ClickHouse {
 
     /// Runs a query; returns its TabSeparated output, trimmed.
     pub fn query(&self, sql: &str) -> Result<String> {
-        Ok(http_post(self.http_port, "/", sql.as_bytes())?.trim().to_string())
+        Ok(http_post(self.http_port, &self.query_path(), sql.as_bytes())?.trim().to_string())
     }
 
     /// A query answering one number; -1 if it fails or is not a number (for polling).
@@ -306,6 +387,8 @@ impl ClickHouse {
                 "127.0.0.1",
                 "--port",
                 &self.tcp_port.to_string(),
+                "--password",
+                self.password.as_deref().unwrap_or(""),
                 "--query",
                 sql,
             ])
@@ -481,13 +564,20 @@ pub struct Host {
 impl Host {
     /// Starts `sluice run` against `redis` and `ch` with extra environment variables.
     pub fn start(redis: &Redis, ch: &ClickHouse, plugins: &Path, extra_env: &[(&str, &str)]) -> Result<Host> {
+        let mut env = vec![("SLUICE_REDIS_URL", redis.url()), ("SLUICE_CLICKHOUSE_URL", ch.url())];
+        env.extend(extra_env.iter().map(|(k, v)| (*k, v.to_string())));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self::start_env(plugins, &env)
+    }
+
+    /// Starts `sluice run` with `env` saying where Redis and ClickHouse are.
+    pub fn start_env(plugins: &Path, env: &[(&str, &str)]) -> Result<Host> {
+        let extra_env = env;
         let log = tempfile::Builder::new().prefix("sluice-host-").suffix(".log").tempfile()?.keep()?.1;
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(sluice_bin());
         let admin_port = free_port();
         cmd.arg("run")
-            .env("SLUICE_REDIS_URL", redis.url())
-            .env("SLUICE_CLICKHOUSE_URL", ch.url())
             .env("SLUICE_PLUGINS_DIR", plugins)
             .env("SLUICE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
             .env("SLUICE_LOG", "info")
@@ -528,7 +618,7 @@ impl Drop for Host {
 }
 
 /// Every entry of the dead-letter stream `sluice:dlq`, oldest first, as field maps.
-pub fn dead_letters(conn: &mut redis::Connection) -> Vec<std::collections::HashMap<String, String>> {
+pub fn dead_letters(conn: &mut impl redis::ConnectionLike) -> Vec<std::collections::HashMap<String, String>> {
     let v: redis::Value =
         redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(conn).unwrap_or(redis::Value::Nil);
     let entries: Vec<(String, Vec<(String, String)>)> = redis::from_redis_value(v).unwrap_or_default();
@@ -536,7 +626,7 @@ pub fn dead_letters(conn: &mut redis::Connection) -> Vec<std::collections::HashM
 }
 
 /// Total pending entries of every consumer group on `streams`.
-pub fn total_pending(conn: &mut redis::Connection, streams: &[&str]) -> Result<i64> {
+pub fn total_pending(conn: &mut impl redis::ConnectionLike, streams: &[&str]) -> Result<i64> {
     let mut total = 0;
     for s in streams {
         let groups: Vec<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(s).query(conn).unwrap_or_default();
@@ -589,4 +679,291 @@ pub fn bullmq_at(redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("producer.js printed `{text}`"))
+}
+
+/// A CA and, signed by it, a server certificate for 127.0.0.1/localhost and a client
+/// certificate (RSA 2048, two days), made with `openssl` for TLS tests.
+pub struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn make() -> Result<Certs> {
+        let dir = tempfile::tempdir()?;
+        let run = |args: &[&str]| -> Result<()> {
+            let out =
+                Command::new("openssl").args(args).current_dir(dir.path()).output().context("cannot run openssl")?;
+            if !out.status.success() {
+                bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Sluice test CA",
+        ])?;
+        std::fs::write(
+            dir.path().join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )?;
+        for name in ["server", "client"] {
+            let (key, csr, crt) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"));
+            run(&[
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={name}"),
+            ])?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                "ext",
+            ])?;
+        }
+        Ok(Certs { dir })
+    }
+
+    /// `ca.crt`, `server.crt`, `server.key`, `client.crt` or `client.key`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A Redis Cluster of three primaries and three replicas on local ports, over TLS only (also
+/// between the nodes), with a password and client certificates required.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    pub password: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    dirs: Vec<tempfile::TempDir>,
+    children: Vec<Option<Child>>,
+}
+
+/// A port whose cluster-bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start(certs: &Certs, password: &str) -> Result<RedisCluster> {
+        let mut c = RedisCluster {
+            ports: (0..6).map(|_| free_cluster_port()).collect(),
+            password: password.to_string(),
+            ca: certs.path("ca.crt"),
+            cert: certs.path("client.crt"),
+            key: certs.path("client.key"),
+            dirs: Vec::new(),
+            children: Vec::new(),
+        };
+        for i in 0..6 {
+            c.dirs.push(tempfile::tempdir()?);
+            c.children.push(None);
+            c.start_node(i, certs)?;
+        }
+        let nodes: Vec<String> = c.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = c.cli(c.ports[0], &args)?;
+        if !out.contains("All 16384 slots covered") {
+            bail!("redis-cli --cluster create: {out}");
+        }
+        c.wait_healthy(Duration::from_secs(120))?;
+        Ok(c)
+    }
+
+    fn start_node(&mut self, i: usize, certs: &Certs) -> Result<()> {
+        let dir = self.dirs[i].path().to_path_buf();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &self.ports[i].to_string(), "--bind", "127.0.0.1"])
+            .arg("--tls-cert-file")
+            .arg(certs.path("server.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.path("ca.crt"))
+            .args(["--tls-auth-clients", "yes", "--tls-cluster", "yes", "--tls-replication", "yes"])
+            .args(["--requirepass", &self.password, "--masterauth", &self.password])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            .arg("--cluster-config-file")
+            .arg(dir.join("nodes.conf"))
+            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (run scripts/install-deps.sh)")?;
+        self.children[i] = Some(child);
+        let port = self.ports[i];
+        wait_until("a cluster node to answer", Duration::from_secs(20), || {
+            self.cli(port, &["PING"]).map(|o| o.trim() == "PONG").unwrap_or(false)
+        })
+    }
+
+    /// Runs `redis-cli` against the node on `port` (TLS, password); returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Result<String> {
+        let out = Command::new("timeout")
+            .args(["60", "redis-cli", "--tls", "--no-auth-warning", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .arg("--cert")
+            .arg(&self.cert)
+            .arg("--key")
+            .arg(&self.key)
+            .args(["-a", &self.password])
+            .args(args)
+            .output()
+            .context("cannot run redis-cli")?;
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Waits until every running node says `cluster_state:ok` and there are three primaries
+    /// serving every slot.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        wait_until("the Redis Cluster to be healthy", timeout, || {
+            let running = self.running();
+            running.iter().all(|p| self.cli(*p, &["CLUSTER", "INFO"]).is_ok_and(|o| o.contains("cluster_state:ok")))
+                && self.cli(running[0], &["--cluster", "check", &format!("127.0.0.1:{}", running[0])]).is_ok_and(|o| {
+                    o.contains("All nodes agree about slots configuration") && o.contains("All 16384 slots covered")
+                })
+                // Every node knows every other (no handshake left) and replicas are in sync:
+                // failure detection needs the nodes to have met.
+                && running.iter().all(|p| {
+                    self.cli(*p, &["CLUSTER", "NODES"]).is_ok_and(|o| {
+                        o.lines().filter(|l| l.contains("connected") && !l.contains("handshake")).count() >= running.len()
+                    }) && self.cli(*p, &["INFO", "replication"]).is_ok_and(|o| {
+                        o.contains("role:master") || o.contains("master_link_status:up")
+                    })
+                })
+        })
+        .with_context(|| {
+            let at = self.running()[0];
+            format!(
+                "CLUSTER NODES:\n{}\n--cluster check:\n{}",
+                self.cli(at, &["CLUSTER", "NODES"]).unwrap_or_default(),
+                self.cli(at, &["--cluster", "check", &format!("127.0.0.1:{at}")]).unwrap_or_default()
+            )
+        })
+    }
+
+    /// Waits until a primary other than `old` serves `key` (a replica took over).
+    pub fn wait_failover(&self, key: &str, old: u16, timeout: Duration) -> Result<()> {
+        wait_until(&format!("a new primary for {key}"), timeout, || self.primary_of(key).is_ok_and(|p| p != old))
+    }
+
+    fn running(&self) -> Vec<u16> {
+        self.ports.iter().zip(&self.children).filter(|(_, c)| c.is_some()).map(|(p, _)| *p).collect()
+    }
+
+    /// The port of the primary that serves `key` now.
+    pub fn primary_of(&self, key: &str) -> Result<u16> {
+        let at = self.running()[0];
+        let slot: u16 = self.cli(at, &["CLUSTER", "KEYSLOT", key])?.trim().parse()?;
+        let nodes = self.cli(at, &["CLUSTER", "NODES"])?;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            for range in &f[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                    && (a..=b).contains(&slot)
+                {
+                    let port = f[1].split(['@', ':']).nth(1).context("CLUSTER NODES address")?;
+                    return Ok(port.parse()?);
+                }
+            }
+        }
+        bail!("no primary serves slot {slot} of {key}:\n{nodes}")
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).expect("a node of this cluster");
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `SLUICE_REDIS_*` for a host of this cluster.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "SLUICE_REDIS_URL".into(),
+                self.ports[..3].iter().map(|p| format!("rediss://127.0.0.1:{p}")).collect::<Vec<_>>().join(","),
+            ),
+            ("SLUICE_REDIS_PASSWORD".into(), self.password.clone()),
+            ("SLUICE_REDIS_CA_FILE".into(), self.ca.display().to_string()),
+            ("SLUICE_REDIS_CERT_FILE".into(), self.cert.display().to_string()),
+            ("SLUICE_REDIS_KEY_FILE".into(), self.key.display().to_string()),
+        ]
+    }
+
+    /// A connection of the test's own (the `redis` crate's cluster client, TLS).
+    pub fn conn(&self) -> Result<redis::cluster::ClusterConnection> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let seeds: Vec<String> = self.running().iter().map(|p| format!("rediss://127.0.0.1:{p}")).collect();
+        let certs = redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&self.cert)?,
+                client_key: std::fs::read(&self.key)?,
+            }),
+            root_cert: Some(std::fs::read(&self.ca)?),
+        };
+        Ok(redis::cluster::ClusterClientBuilder::new(seeds)
+            .password(self.password.clone())
+            .certs(certs)
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(30))
+            .build()?
+            .get_connection()?)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            stop_child(c);
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::redis_conn::RedisConn;
 use anyhow::Result;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -16,7 +17,6 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -60,7 +60,7 @@ pub struct PipelineEntry {
 /// What the admin server reads.
 pub struct AdminState {
     pub started: Instant,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
     pub clickhouse: ChClient,
     pub stream_prefix: String,
     pub token: Option<String>,
@@ -236,7 +236,7 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
 }
 
 /// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
-async fn stream_info(conn: &mut ConnectionManager, p: &PipelineEntry) -> Value {
+async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
     let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
     let groups: Vec<HashMap<String, redis::Value>> =
         redis::cmd("XINFO").arg("GROUPS").arg(&p.stream).query_async(conn).await.unwrap_or_default();

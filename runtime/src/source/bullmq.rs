@@ -295,7 +295,7 @@ impl QueueConsumer {
         queue: BullQueue,
         redis_url: &str,
         routes: Routes,
-        ledger: redis::aio::ConnectionManager,
+        ledger: crate::redis_conn::RedisConn,
     ) -> Result<QueueConsumer> {
         let stream: Arc<str> = Arc::from(queue.key().as_str());
         let answers: Arc<Answers> = Default::default();
@@ -487,7 +487,7 @@ async fn watch_events(
     worker: Arc<Worker>,
     stream: Arc<str>,
     answers: Arc<Answers>,
-    mut ledger: redis::aio::ConnectionManager,
+    mut ledger: crate::redis_conn::RedisConn,
     key_base: String,
 ) {
     let mut closed = false;
@@ -553,7 +553,7 @@ async fn watch_events(
 async fn sweep_records(
     routes: Routes,
     stream: Arc<str>,
-    mut ledger: redis::aio::ConnectionManager,
+    mut ledger: crate::redis_conn::RedisConn,
     key_base: String,
     every: Duration,
 ) {
@@ -569,7 +569,7 @@ async fn sweep_records(
 }
 
 async fn sweep_group(
-    ledger: &mut redis::aio::ConnectionManager,
+    ledger: &mut crate::redis_conn::RedisConn,
     group: &str,
     stream: &str,
     key_base: &str,
@@ -605,7 +605,7 @@ async fn sweep_group(
 /// For each job id: whether BullMQ shows it completed (in the completed set) or removed
 /// (`removeOnComplete` / `removeOnFail` / by hand) — no run of it is to come.
 async fn completed_or_removed<'a>(
-    ledger: &mut redis::aio::ConnectionManager,
+    ledger: &mut crate::redis_conn::RedisConn,
     key_base: &str,
     ids: impl Iterator<Item = &'a str>,
 ) -> Result<Vec<bool>> {
@@ -622,7 +622,7 @@ async fn completed_or_removed<'a>(
 /// a completion that did not go through (this host's lock was lost to another host now running
 /// the job) leaves them for that host.
 async fn forget_finished(
-    ledger: &mut redis::aio::ConnectionManager,
+    ledger: &mut crate::redis_conn::RedisConn,
     stream: &str,
     key_base: &str,
     jobs: &[(String, Vec<Records>)],

@@ -9,12 +9,13 @@
 //! Policy: every host runs a mover that, every 250 ms, runs one Lua script taking up to 500
 //! due members and, in the same atomic step, XADDs each to its stream and removes it from the
 //! set. Due-ness is judged by Redis's clock (TIME), so hosts' clocks do not matter; a member
-//! that is not valid JSON is moved to `sluice:dlq` instead of blocking the set.
+//! that is not valid JSON is moved to `sluice:dlq` instead of blocking the set. On a Redis
+//! Cluster the move is two steps under a lock (see [`move_due_on_cluster`]).
 
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
-use redis::aio::ConnectionManager;
 
 /// The sorted set of delayed events.
 pub const DELAYED_KEY: &str = "sluice:delayed";
@@ -43,8 +44,20 @@ end
 return moved
 "#;
 
+/// Which host moves delayed events on a cluster, for a few seconds at a time.
+const MOVER_LOCK: &str = "sluice:delayed-mover";
+
+/// Releases [`MOVER_LOCK`] if this host still holds it.
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 /// Moves due events once; returns how many.
-pub async fn move_due(conn: &mut ConnectionManager, limit: usize) -> Result<u64> {
+pub async fn move_due(conn: &mut RedisConn, limit: usize) -> Result<u64> {
+    if conn.is_cluster() {
+        return move_due_on_cluster(conn, limit).await;
+    }
     let n: u64 = redis::Script::new(MOVE_DUE)
         .key(DELAYED_KEY)
         .key(super::streams::DLQ_STREAM)
@@ -55,8 +68,82 @@ pub async fn move_due(conn: &mut ConnectionManager, limit: usize) -> Result<u64>
     Ok(n)
 }
 
+/// On a Redis Cluster a script cannot write streams in other slots than `sluice:delayed`'s.
+/// One host at a time (a lock with a deadline) reads the due members, adds them to their
+/// streams, then removes them from the set: a host dying between the two steps leaves them
+/// to be added again by the next mover — at-least-once here, where one server's script is
+/// exactly-once.
+async fn move_due_on_cluster(conn: &mut RedisConn, limit: usize) -> Result<u64> {
+    let owner = uuid::Uuid::new_v4().to_string();
+    let locked: Option<String> =
+        redis::cmd("SET").arg(MOVER_LOCK).arg(&owner).arg("NX").arg("PX").arg(10_000).query_async(conn).await?;
+    if locked.is_none() {
+        return Ok(0);
+    }
+    let moved = move_locked(conn, limit).await;
+    let _: i64 = redis::Script::new(RELEASE).key(MOVER_LOCK).arg(&owner).invoke_async(conn).await.unwrap_or(0);
+    moved
+}
+
+async fn move_locked(conn: &mut RedisConn, limit: usize) -> Result<u64> {
+    let now: (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    let now_ms = now.0 * 1000 + now.1 / 1000;
+    let due: Vec<Vec<u8>> = redis::cmd("ZRANGEBYSCORE")
+        .arg(DELAYED_KEY)
+        .arg("-inf")
+        .arg(now_ms)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(limit)
+        .query_async(conn)
+        .await
+        .context("cannot read due delayed events")?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut p = redis::pipe();
+    for m in &due {
+        let parsed: Option<(String, serde_json::Map<String, serde_json::Value>)> =
+            serde_json::from_slice::<serde_json::Value>(m).ok().and_then(|v| {
+                let stream = v.get("stream")?.as_str()?.to_string();
+                let fields = v.get("fields")?.as_object()?.clone();
+                Some((stream, fields))
+            });
+        match parsed {
+            Some((stream, fields)) => {
+                let c = p.cmd("XADD").arg(stream).arg("*");
+                for (k, v) in fields {
+                    match v {
+                        serde_json::Value::String(s) => c.arg(k).arg(s),
+                        other => c.arg(k).arg(other.to_string()),
+                    };
+                }
+            }
+            None => {
+                p.cmd("XADD")
+                    .arg(super::streams::DLQ_STREAM)
+                    .arg("*")
+                    .arg("stream")
+                    .arg(DELAYED_KEY)
+                    .arg("entry_id")
+                    .arg("")
+                    .arg("error_kind")
+                    .arg("invalid_event")
+                    .arg("error")
+                    .arg(r#"delayed event is not {"stream": ..., "fields": {...}} JSON"#)
+                    .arg("field:member")
+                    .arg(m.as_slice());
+            }
+        }
+        p.ignore();
+    }
+    let _: () = p.query_async(conn).await.context("cannot add due delayed events to their streams")?;
+    let _: () = redis::cmd("ZREM").arg(DELAYED_KEY).arg(&due).query_async(conn).await?;
+    Ok(due.len() as u64)
+}
+
 /// Runs the mover until the process ends.
-pub async fn run_mover(mut conn: ConnectionManager) {
+pub async fn run_mover(mut conn: RedisConn) {
     let mut failing = false;
     loop {
         match move_due(&mut conn, 500).await {
@@ -81,7 +168,7 @@ pub async fn run_mover(mut conn: ConnectionManager) {
 
 /// Holds an event until `delay` has passed.
 pub async fn publish_delayed(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     stream: &str,
     fields: &[(&str, &str)],
     delay: Duration,

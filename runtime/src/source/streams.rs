@@ -17,28 +17,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Value, cmd};
 
 use super::{SourceEvent, parse_entry};
 
 /// The dead-letter stream.
 pub const DLQ_STREAM: &str = "sluice:dlq";
-
-/// Connects to Redis with timeouts that suit blocking reads of `block`.
-pub async fn connect(url: &str, block: Duration) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL `{}`", redact_url(url)))?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(block + Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .with_context(|| format!("cannot connect to Redis at {}", redact_url(url)))
-}
 
 /// A URL with any password replaced by `***`, for messages.
 pub fn redact_url(url: &str) -> String {
@@ -63,7 +49,7 @@ pub fn replay_stream(plugin: &str, event_type: &str) -> String {
 /// Reads the streams of one (plugin, event type) through the plugin's consumer group: the
 /// event stream itself and the plugin's replay stream for that type.
 pub struct StreamReader {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The event stream (`<prefix><type>`) first, then the replay stream.
     pub streams: [Arc<str>; 2],
     pub event_type: Arc<str>,
@@ -85,14 +71,7 @@ pub struct PendingEntry {
 }
 
 impl StreamReader {
-    pub fn new(
-        conn: ConnectionManager,
-        stream: &str,
-        plugin: &str,
-        event_type: &str,
-        group: &str,
-        consumer: &str,
-    ) -> Self {
+    pub fn new(conn: RedisConn, stream: &str, plugin: &str, event_type: &str, group: &str, consumer: &str) -> Self {
         StreamReader {
             conn,
             streams: [Arc::from(stream), Arc::from(replay_stream(plugin, event_type).as_str())],
@@ -110,7 +89,7 @@ impl StreamReader {
     }
 
     /// The connection, for other keys of the same consumer group (the batch ledger).
-    pub fn conn(&mut self) -> &mut ConnectionManager {
+    pub fn conn(&mut self) -> &mut RedisConn {
         &mut self.conn
     }
 
@@ -155,21 +134,26 @@ impl StreamReader {
 
     /// Reads up to `count` new entries of either stream, waiting up to `block` for the first.
     pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<SourceEvent>> {
-        let reply: redis::RedisResult<Value> = cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&*self.streams[0])
-            .arg(&*self.streams[1])
-            .arg(">")
-            .arg(">")
-            .query_async(&mut self.conn)
-            .await;
+        let mut c = cmd("XREADGROUP");
+        c.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
+        let reply: redis::RedisResult<Value> = if self.conn.is_cluster() {
+            // The two streams may live on different shards: one XREADGROUP cannot name both.
+            // The replay stream is looked at without waiting, then the event stream waits.
+            let mut replay = c.clone();
+            replay.arg("STREAMS").arg(&*self.streams[1]).arg(">");
+            match replay.query_async::<Value>(&mut self.conn).await {
+                Ok(v) if !matches!(v, Value::Nil) => Ok(v),
+                Ok(_) => {
+                    c.arg("BLOCK").arg(block.as_millis() as u64).arg("STREAMS").arg(&*self.streams[0]).arg(">");
+                    c.query_async(&mut self.conn).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            c.arg("BLOCK").arg(block.as_millis() as u64);
+            c.arg("STREAMS").arg(&*self.streams[0]).arg(&*self.streams[1]).arg(">").arg(">");
+            c.query_async(&mut self.conn).await
+        };
         let reply = match reply {
             Ok(v) => v,
             // A group vanished (stream deleted): recreate it and read again next time.
@@ -303,28 +287,34 @@ impl StreamReader {
         if by_stream.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
-        // One MULTI with the ledger fields: an entry acknowledged keeps none, and one not
-        // acknowledged keeps all of them.
-        if !self.ledger_tables.is_empty() {
-            p.atomic();
-        }
+        // One MULTI per stream with its ledger fields (which share the stream's slot, see
+        // `ledger::written_key`): an entry acknowledged keeps none, and one not acknowledged
+        // keeps all of them.
         for (stream, ids) in &by_stream {
+            let mut p = redis::pipe();
+            if !self.ledger_tables.is_empty() {
+                p.atomic();
+            }
             p.cmd("XACK").arg(*stream).arg(&self.group).arg(ids).ignore();
             crate::writer::ledger::forget(&mut p, &self.group, stream, ids, &self.ledger_tables);
+            let _: () = p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {stream} failed"))?;
         }
-        let _: () =
-            p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {} failed", self.streams[0]))?;
         Ok(())
     }
 
-    /// Moves entries to the dead-letter stream and acknowledges them, atomically.
+    /// Moves entries to the dead-letter stream and acknowledges them: atomically on one
+    /// server; on a cluster (where `sluice:dlq` lives in another slot than the streams) the
+    /// dead letters are written first, then the entries acknowledged — a crash in between
+    /// dead-letters them again, never loses them.
     pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<()> {
         if letters.is_empty() {
             return Ok(());
         }
+        let cluster = self.conn.is_cluster();
         let mut p = redis::pipe();
-        p.atomic();
+        if !cluster {
+            p.atomic();
+        }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for l in letters {
             let c = p.cmd("XADD").arg(DLQ_STREAM).arg("*");
@@ -343,19 +333,24 @@ impl StreamReader {
                 c.arg(format!("field:{k}")).arg(v.as_slice());
             }
             p.ignore();
-            p.cmd("XACK").arg(&*l.event.stream).arg(&self.group).arg(&l.event.entry_id).ignore();
-            crate::writer::ledger::forget(
-                &mut p,
-                &self.group,
-                &l.event.stream,
-                &[l.event.entry_id.as_str()],
-                &self.ledger_tables,
-            );
+            if !cluster {
+                p.cmd("XACK").arg(&*l.event.stream).arg(&self.group).arg(&l.event.entry_id).ignore();
+                crate::writer::ledger::forget(
+                    &mut p,
+                    &self.group,
+                    &l.event.stream,
+                    &[l.event.entry_id.as_str()],
+                    &self.ledger_tables,
+                );
+            }
         }
         let _: () = p
             .query_async(&mut self.conn)
             .await
             .with_context(|| format!("cannot dead-letter {} entries of {}", letters.len(), self.streams[0]))?;
+        if cluster {
+            self.ack(letters.iter().map(|l| (&*l.event.stream, l.event.entry_id.as_str()))).await?;
+        }
         Ok(())
     }
 }

@@ -1,8 +1,11 @@
 //! The ClickHouse HTTP client, set up for what works on 18.16 and on current releases:
 //! the `clickhouse` crate with validation off (the host checks rows itself), a hyper client
 //! with TCP_NODELAY (2-4x faster inserts, see DESIGN.md), RowBinary inserts of pre-encoded
-//! rows, `wait_end_of_query=1` on reads so a server error is reported as itself.
+//! rows, `wait_end_of_query=1` on reads so a server error is reported as itself; HTTPS with a
+//! CA of the deployment's own; several endpoints with failover (see [`ChClient`]).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -105,6 +108,9 @@ pub fn is_retryable_code(code: u32) -> bool {
         | 241 // MEMORY_LIMIT_EXCEEDED
         | 242 // TABLE_IS_READ_ONLY
         | 252 // TOO_MANY_PARTS
+        | 285 // TOO_FEW_LIVE_REPLICAS (insert_quorum while a replica is down)
+        | 286 // UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+        | 289 // REPLICA_IS_NOT_IN_QUORUM
         | 319 // UNKNOWN_STATUS_OF_INSERT
         | 425 // SYSTEM_ERROR
         | 999 // KEEPER_EXCEPTION
@@ -126,71 +132,225 @@ pub fn parse_server_error(text: &str) -> ChError {
     ChError::Other(t.chars().take(2000).collect())
 }
 
-/// A ClickHouse connection for one database.
+/// Runs `$op` (an expression using the endpoint `$ep`) on the current endpoint, then on the
+/// others in turn while it fails in a way another replica may not.
+macro_rules! on_endpoints {
+    ($self:ident, $ep:ident => $op:expr) => {{
+        let n = $self.endpoints.len();
+        let start = $self.start();
+        let mut k = 0;
+        loop {
+            let i = (start + k) % n;
+            let $ep = &$self.endpoints[i];
+            match $op {
+                Ok(v) => {
+                    $self.moved(start, i);
+                    break Ok(v);
+                }
+                Err(e) if k + 1 < n && e.retryable() => {
+                    tracing::debug!(endpoint = %$ep.url, error = %e, "ClickHouse endpoint failed; trying the next");
+                    k += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+/// Where and how to reach ClickHouse (`SLUICE_CLICKHOUSE_*`).
+#[derive(Clone, Debug, Default)]
+pub struct ChOptions {
+    /// One or more endpoints (replicas, or load balancers in front of them), tried in order.
+    pub urls: Vec<String>,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<crate::config::Secret>,
+    /// PEM file of the CA that signed the servers' certificates (`https://` endpoints);
+    /// without it, the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The cluster (`<remote_servers>`) on which the host's DDL runs `ON CLUSTER`.
+    pub cluster: Option<String>,
+}
+
+impl ChOptions {
+    /// Options for a single endpoint and no credentials (tools and tests).
+    pub fn single(url: &str, database: &str) -> ChOptions {
+        ChOptions { urls: vec![url.to_string()], database: database.to_string(), ..ChOptions::default() }
+    }
+}
+
+/// One endpoint: a client for the database and one without it (for `CREATE DATABASE`).
+struct Endpoint {
+    url: String,
+    client: ::clickhouse::Client,
+    server: ::clickhouse::Client,
+}
+
+/// A ClickHouse connection for one database, over one or several endpoints. Every request
+/// goes to the current endpoint; one that fails in a way another replica may not (network,
+/// overload, ZooKeeper away, read-only replica) is tried on the next endpoint, which becomes
+/// the current one. Inserts may move too: exactly-once tables are Replicated, whose block
+/// deduplication is shared by the replicas through ZooKeeper, so a block that did land on
+/// the first endpoint is dropped by the second.
 #[derive(Clone)]
 pub struct ChClient {
-    client: ::clickhouse::Client,
-    /// Without a database, for `CREATE DATABASE`.
-    server: ::clickhouse::Client,
+    endpoints: Arc<[Endpoint]>,
+    current: Arc<AtomicUsize>,
     database: String,
-    url: String,
+    cluster: Option<String>,
 }
 
 impl ChClient {
-    pub fn new(url: &str, database: &str, user: Option<&str>, password: Option<&str>) -> anyhow::Result<ChClient> {
-        super::schema::check_identifier("database name", database).map_err(|e| anyhow::anyhow!(e))?;
+    pub fn new(o: &ChOptions) -> anyhow::Result<ChClient> {
+        super::schema::check_identifier("database name", &o.database).map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(c) = &o.cluster {
+            super::schema::check_identifier("ClickHouse cluster name", c).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        if o.urls.is_empty() {
+            anyhow::bail!("no ClickHouse URL given (SLUICE_CLICKHOUSE_URL)");
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let http =
-            HyperClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(2)).build(connector);
-        let mut server = ::clickhouse::Client::with_http_client(http)
-            .with_url(url)
-            .with_validation(false)
-            .with_compression(::clickhouse::Compression::None);
-        if let Some(u) = user {
-            server = server.with_user(u);
+        connector.enforce_http(false);
+        let tls = tls_config(o.ca_file.as_deref())?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = HyperClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(2)).build(https);
+        let mut endpoints = Vec::new();
+        for url in &o.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("SLUICE_CLICKHOUSE_URL: `{url}` is not an http:// or https:// URL");
+            }
+            let mut server = ::clickhouse::Client::with_http_client(http.clone())
+                .with_url(url)
+                .with_validation(false)
+                .with_compression(::clickhouse::Compression::None);
+            if let Some(u) = &o.user {
+                server = server.with_user(u);
+            }
+            if let Some(p) = &o.password {
+                server = server.with_password(&p.0);
+            }
+            let client = server.clone().with_database(&o.database);
+            endpoints.push(Endpoint { url: url.clone(), client, server });
         }
-        if let Some(p) = password {
-            server = server.with_password(p);
-        }
-        let client = server.clone().with_database(database);
-        Ok(ChClient { client, server, database: database.to_string(), url: url.to_string() })
+        Ok(ChClient {
+            endpoints: endpoints.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+            database: o.database.clone(),
+            cluster: o.cluster.clone(),
+        })
     }
 
     pub fn database(&self) -> &str {
         &self.database
     }
 
+    /// The endpoint requests go to now.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].url
     }
 
+    /// Every endpoint, comma-separated (for logs; URLs carry no credentials).
+    pub fn urls(&self) -> String {
+        self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// ` ON CLUSTER <name>` for DDL when a cluster is configured, else "".
+    pub fn on_cluster(&self) -> String {
+        self.cluster.as_ref().map(|c| format!(" ON CLUSTER {c}")).unwrap_or_default()
+    }
+
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// Where a request starts, and the endpoint that answered after others failed.
+    fn start(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.endpoints.len()
+    }
+
+    fn moved(&self, from: usize, to: usize) {
+        if from != to && self.current.compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(from = %self.endpoints[from].url, to = %self.endpoints[to].url, "ClickHouse endpoint failed; moved to the next one");
+        }
+    }
     /// Runs a statement that returns nothing; `low_cardinality` adds the setting 18.16 needs
     /// to create LowCardinality columns (current releases ignore it).
     pub async fn execute(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
-        let mut q = self.client.query(sql).with_setting("wait_end_of_query", "1");
-        if low_cardinality {
-            q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+        on_endpoints!(self, ep => {
+            let mut q = ep.client.query(sql).with_setting("wait_end_of_query", "1");
+            if low_cardinality {
+                q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+            }
+            q.execute().await.map_err(ChError::from_client)
+        })
+    }
+
+    /// Runs a `CREATE TABLE ...` or `ALTER TABLE ...` of the host: `ON CLUSTER` when a
+    /// cluster is configured (see [`with_on_cluster`]).
+    /// Without a cluster but with several endpoints, each endpoint runs it (they are
+    /// replicas of each other and each needs the table); every one must answer.
+    pub async fn execute_ddl(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
+        if let Some(c) = &self.cluster {
+            return self.execute(&with_on_cluster(sql, c), low_cardinality).await.map_err(|e| match e {
+                // The other servers run the task with their own profile's settings (18.16).
+                ChError::Server { code: 44, message } if message.contains("allow_experimental_low_cardinality_type") => {
+                    ChError::Server {
+                        code: 44,
+                        message: format!(
+                            "{message} — ON CLUSTER DDL runs on the other servers with their own settings: add <allow_experimental_low_cardinality_type>1</allow_experimental_low_cardinality_type> to the default profile in users.xml of every server (ClickHouse before 19.x)"
+                        ),
+                    }
+                }
+                other => other,
+            });
         }
-        q.execute().await.map_err(ChError::from_client)
+        if self.endpoints.len() == 1 {
+            return self.execute(sql, low_cardinality).await;
+        }
+        for ep in self.endpoints.iter() {
+            let mut q = ep.client.query(sql).with_setting("wait_end_of_query", "1");
+            if low_cardinality {
+                q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+            }
+            q.execute().await.map_err(|e| match ChError::from_client(e) {
+                ChError::Server { code, message } => {
+                    ChError::Server { code, message: format!("{}: {message}", ep.url) }
+                }
+                ChError::Network(m) => ChError::Network(format!(
+                    "{} (tables are created on every endpoint when SLUICE_CLICKHOUSE_CLUSTER is not set): {m}",
+                    ep.url
+                )),
+                ChError::Other(m) => ChError::Other(format!("{}: {m}", ep.url)),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// How many endpoints there are.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
     }
 
     /// Runs a query and returns its rows as JSON objects (JSONEachRow).
     pub async fn query_json(&self, sql: &str) -> Result<Vec<serde_json::Value>, ChError> {
-        let mut cursor = self
-            .client
-            .query(sql)
-            .with_setting("wait_end_of_query", "1")
-            .fetch_bytes("JSONEachRow")
-            .map_err(ChError::from_client)?;
-        let bytes = cursor.collect().await.map_err(ChError::from_client)?;
-        bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).map_err(|e| ChError::Other(format!("unreadable JSONEachRow row: {e}"))))
-            .collect()
+        on_endpoints!(self, ep => json_rows(&ep.client, sql).await)
+    }
+
+    /// [`Self::query_json`] on every endpoint, each answer or error by URL (the admin API
+    /// and checks that each replica must pass).
+    pub async fn query_json_each(&self, sql: &str) -> Vec<(String, Result<Vec<serde_json::Value>, ChError>)> {
+        let mut out = Vec::new();
+        for ep in self.endpoints.iter() {
+            out.push((ep.url.clone(), json_rows(&ep.client, sql).await));
+        }
+        out
     }
 
     /// Runs `SELECT count() AS n ...` and returns `n` (a UInt64 comes back as a JSON string
@@ -205,21 +365,28 @@ impl ChClient {
             .unwrap_or(0))
     }
 
-    /// Checks the server answers; returns its version.
+    /// Checks a server answers; returns its version.
     pub async fn ping(&self) -> Result<String, ChError> {
-        let mut cursor =
-            self.server.query("SELECT version()").fetch_bytes("TabSeparated").map_err(ChError::from_client)?;
-        let bytes = cursor.collect().await.map_err(ChError::from_client)?;
-        Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+        on_endpoints!(self, ep => version(&ep.server).await)
     }
 
+    /// Creates the database: `ON CLUSTER`, or on every endpoint (see [`Self::execute_ddl`]).
     pub async fn create_database(&self) -> Result<(), ChError> {
-        self.server
-            .query(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database))
-            .with_setting("wait_end_of_query", "1")
-            .execute()
-            .await
-            .map_err(ChError::from_client)
+        let sql = format!("CREATE DATABASE IF NOT EXISTS {}{}", self.database, self.on_cluster());
+        if self.cluster.is_some() || self.endpoints.len() == 1 {
+            return on_endpoints!(self, ep => {
+                ep.server.query(&sql).with_setting("wait_end_of_query", "1").execute().await.map_err(ChError::from_client)
+            });
+        }
+        for ep in self.endpoints.iter() {
+            ep.server.query(&sql).with_setting("wait_end_of_query", "1").execute().await.map_err(|e| {
+                match ChError::from_client(e) {
+                    ChError::Network(m) => ChError::Network(format!("{}: {m}", ep.url)),
+                    other => other,
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// Inserts pre-encoded RowBinary rows with one INSERT.
@@ -233,25 +400,86 @@ impl ChClient {
         token: Option<&str>,
         dedup: bool,
     ) -> Result<(), ChError> {
-        let mut insert = self.client.insert_formatted_with(sql.to_string());
-        if low_cardinality {
-            insert = insert.with_setting("allow_experimental_low_cardinality_type", "1");
-        }
-        if let Some(t) = token {
-            insert = insert.with_setting("insert_deduplication_token", t);
-        }
-        if dedup {
-            // A user profile may have turned deduplication off.
-            insert = insert.with_setting("insert_deduplicate", "1");
-        }
-        insert.send(data).await.map_err(ChError::from_client)?;
-        insert.end().await.map_err(ChError::from_client)
+        on_endpoints!(self, ep => {
+            let mut insert = ep.client.insert_formatted_with(sql.to_string());
+            if low_cardinality {
+                insert = insert.with_setting("allow_experimental_low_cardinality_type", "1");
+            }
+            if let Some(t) = token {
+                insert = insert.with_setting("insert_deduplication_token", t);
+            }
+            if dedup {
+                // A user profile may have turned deduplication off.
+                insert = insert.with_setting("insert_deduplicate", "1");
+            }
+            match insert.send(data.clone()).await {
+                Ok(()) => insert.end().await.map_err(ChError::from_client),
+                Err(e) => Err(ChError::from_client(e)),
+            }
+        })
     }
+}
+
+/// `CREATE TABLE IF NOT EXISTS db.t (...)` → `CREATE TABLE IF NOT EXISTS db.t ON CLUSTER c (...)`,
+/// likewise `ALTER TABLE db.t ...`: every server of the cluster runs it (servers that are down
+/// run it when they are back: the task waits in ZooKeeper).
+pub fn with_on_cluster(sql: &str, cluster: &str) -> String {
+    for head in ["CREATE TABLE IF NOT EXISTS ", "ALTER TABLE "] {
+        if let Some(rest) = sql.strip_prefix(head) {
+            let end = rest.find(|c: char| c.is_whitespace() || c == '(').unwrap_or(rest.len());
+            return format!("{head}{} ON CLUSTER {cluster}{}", &rest[..end], &rest[end..]);
+        }
+    }
+    sql.to_string()
+}
+
+async fn version(server: &::clickhouse::Client) -> Result<String, ChError> {
+    let mut cursor = server.query("SELECT version()").fetch_bytes("TabSeparated").map_err(ChError::from_client)?;
+    let bytes = cursor.collect().await.map_err(ChError::from_client)?;
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+async fn json_rows(client: &::clickhouse::Client, sql: &str) -> Result<Vec<serde_json::Value>, ChError> {
+    let mut cursor = client
+        .query(sql)
+        .with_setting("wait_end_of_query", "1")
+        .fetch_bytes("JSONEachRow")
+        .map_err(ChError::from_client)?;
+    let bytes = cursor.collect().await.map_err(ChError::from_client)?;
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).map_err(|e| ChError::Other(format!("unreadable JSONEachRow row: {e}"))))
+        .collect()
+}
+
+/// The TLS setup for `https://` endpoints: the roots of `ca_file`, or the system's.
+fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context;
+    let roots = crate::tls::root_store(ca_file).context("ClickHouse TLS (SLUICE_CLICKHOUSE_CA_FILE)")?;
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("ClickHouse TLS setup")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ddl_on_cluster() {
+        assert_eq!(
+            with_on_cluster("CREATE TABLE IF NOT EXISTS a.t (\n x UInt8\n) ENGINE = M", "c"),
+            "CREATE TABLE IF NOT EXISTS a.t ON CLUSTER c (\n x UInt8\n) ENGINE = M"
+        );
+        assert_eq!(
+            with_on_cluster("ALTER TABLE a.t ADD COLUMN y UInt8", "c"),
+            "ALTER TABLE a.t ON CLUSTER c ADD COLUMN y UInt8"
+        );
+        assert_eq!(with_on_cluster("SELECT 1", "c"), "SELECT 1");
+    }
 
     #[test]
     fn classifies_server_errors() {

@@ -56,7 +56,7 @@ fn registry(client: &ChClient) -> String {
 /// Creates the registry table if it is missing.
 pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
     client
-        .execute(
+        .execute_ddl(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
                  plugin_hash String, change String, ddl String, changed_at DateTime) \
@@ -178,16 +178,26 @@ async fn apply(
             let ddl = server.create_ddl(schema, client.database());
             // Recorded first, so that another host looking at the new table sees it as ours.
             record(client, &schema.name, owner, "create", &ddl).await?;
-            client.execute(&ddl, schema.uses_low_cardinality()).await?;
+            client.execute_ddl(&ddl, schema.uses_low_cardinality()).await?;
             tracing::info!(table = %schema.name, plugin = owner.plugin, version = owner.version, "table created");
             Ok(())
         }
         Plan::Alter(changes) => {
+            // A Replicated table passes its ALTERs to its replicas itself: ON CLUSTER only
+            // for the others.
+            let replicated = match client.cluster().is_some() || client.endpoint_count() > 1 {
+                true => live_table(client, &schema.name).await?.is_some_and(|t| t.engine.starts_with("Replicated")),
+                false => false,
+            };
             for change in changes {
                 let c = change.column();
                 let ddl = change.ddl(client.database(), &schema.name);
                 record(client, &schema.name, owner, change.kind(), &ddl).await?;
-                if let Err(e) = client.execute(&ddl, c.ty.uses_low_cardinality()).await {
+                let done = match replicated {
+                    true => client.execute(&ddl, c.ty.uses_low_cardinality()).await,
+                    false => client.execute_ddl(&ddl, c.ty.uses_low_cardinality()).await,
+                };
+                if let Err(e) = done {
                     // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just made
                     // the same change; if the column is now as declared, that is fine.
                     match live_table(client, &schema.name).await? {

@@ -8,9 +8,16 @@
 //!   it holds, and which host recorded it when. `<id>` is a
 //!   fresh UUID per batch, never reused: it is also the batch's `insert_deduplication_token`.
 //!   Deleted once the block is committed.
-//! - `sluice:written:<group>:<stream>` — a hash with a field `<entry id>\t<table>` per event
+//! - `sluice:written:<group>:{<stream>}` — a hash with a field `<entry id>\t<table>` per event
 //!   and table, whose value is the id of the batch holding that event's rows for that table.
-//!   Written with the batch record, in one MULTI; deleted with the event's XACK, in one MULTI.
+//!   The braces put it in the stream's Redis Cluster slot (a stream name that has a hash tag
+//!   of its own is used as it is). Written with the batch record; deleted with the event's
+//!   XACK, in one MULTI.
+//!
+//! On one server a batch is recorded (and closed) in one MULTI. On a cluster its keys live in
+//! several slots, so the steps run in an order that is safe at every point of a crash: the
+//! batch hash before the fields that point to it (a field whose batch is missing reads as
+//! "committed"), and at the close, the fields of failed parts before the batch hash.
 //! - `sluice:written-tables:<group>` — a set of every table a group's batches were recorded
 //!   for, so that events delivered again are also checked for tables the running plugin version
 //!   no longer declares (or no longer writes exactly-once).
@@ -23,8 +30,8 @@
 
 use std::sync::Arc;
 
+use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
-use redis::aio::ConnectionManager;
 
 /// The rows of one event in a recorded block.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,8 +67,10 @@ pub fn batch_key(id: &str) -> String {
     format!("sluice:batch:{id}")
 }
 
+/// In the slot of `stream` (Redis Cluster): its XACK and the deletion of its fields are one
+/// MULTI.
 pub fn written_key(group: &str, stream: &str) -> String {
-    format!("sluice:written:{group}:{stream}")
+    format!("sluice:written:{group}:{}", crate::redis_conn::same_slot_as(stream))
 }
 
 pub fn tables_key(group: &str) -> String {
@@ -73,13 +82,12 @@ pub fn written_field(entry_id: &str, table: &str) -> String {
 }
 
 /// Records `b` and its events' fields, atomically.
-pub async fn record(conn: &mut ConnectionManager, b: &BatchRecord, owner: &str) -> Result<()> {
+pub async fn record(conn: &mut RedisConn, b: &BatchRecord, owner: &str) -> Result<()> {
     let mut parts = String::new();
     for p in &b.parts {
         parts.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", p.group, p.stream, p.entry_id, p.start, p.end, p.rows));
     }
     let mut pipe = redis::pipe();
-    pipe.atomic();
     pipe.cmd("HSET")
         .arg(batch_key(&b.id))
         .arg("table")
@@ -115,16 +123,42 @@ pub async fn record(conn: &mut ConnectionManager, b: &BatchRecord, owner: &str) 
     for group in groups {
         pipe.cmd("SADD").arg(tables_key(group)).arg(&b.table).ignore();
     }
-    pipe.query_async::<()>(conn)
-        .await
-        .with_context(|| format!("cannot record batch {} of table {} in Redis", b.id, b.table))
+    let what = || format!("cannot record batch {} of table {} in Redis", b.id, b.table);
+    if !conn.is_cluster() {
+        pipe.atomic();
+        return pipe.query_async::<()>(conn).await.with_context(what);
+    }
+    // Cluster: the batch hash first, then the tables set, then the fields (see the module).
+    let cmds: Vec<redis::Cmd> = pipe.cmd_iter().cloned().collect();
+    let (batch, rest) = cmds.split_first().expect("the batch HSET");
+    batch.query_async::<()>(conn).await.with_context(what)?;
+    let (fields, sets): (Vec<&redis::Cmd>, Vec<&redis::Cmd>) =
+        rest.iter().partition(|c| matches!(c.args_iter().next(), Some(redis::Arg::Simple(b"HSET"))));
+    for step in [sets, fields] {
+        let mut p = redis::pipe();
+        for c in step {
+            p.add_command(c.clone()).ignore();
+        }
+        p.query_async::<()>(conn).await.with_context(what)?;
+    }
+    // Before the INSERT, the record, the fields — and the deliveries of their events, written
+    // earlier on the same shards — must survive a primary's failover.
+    let mut keys = vec![batch_key(&b.id)];
+    keys.extend(by_stream(&b.parts).iter().map(|((group, stream), _)| written_key(group, stream)));
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    if !conn.wait_replicated(&keys, REPLICA_WAIT).await.with_context(what)? {
+        tracing::warn!(batch = %b.id, table = %b.table, "a Redis Cluster shard has no replica answering: this batch's record would not survive its primary's failover");
+    }
+    Ok(())
 }
+
+/// How long recording a batch waits for the replicas on a Redis Cluster.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Closes a batch whose INSERT is done: the parts that failed lose their fields (their events
 /// must write those rows again when retried), then the record goes.
-pub async fn close(conn: &mut ConnectionManager, b: &BatchRecord, failed: &[&RecordedPart]) -> Result<()> {
+pub async fn close(conn: &mut RedisConn, b: &BatchRecord, failed: &[&RecordedPart]) -> Result<()> {
     let mut pipe = redis::pipe();
-    pipe.atomic();
     for ((group, stream), parts) in by_stream(failed.iter().copied()) {
         let c = pipe.cmd("HDEL").arg(written_key(group, stream));
         for p in parts {
@@ -132,12 +166,21 @@ pub async fn close(conn: &mut ConnectionManager, b: &BatchRecord, failed: &[&Rec
         }
         c.ignore();
     }
-    pipe.cmd("DEL").arg(batch_key(&b.id)).ignore();
-    pipe.query_async::<()>(conn).await.with_context(|| format!("cannot close batch {} in Redis", b.id))
+    let what = || format!("cannot close batch {} in Redis", b.id);
+    if !conn.is_cluster() {
+        pipe.atomic();
+        pipe.cmd("DEL").arg(batch_key(&b.id)).ignore();
+        return pipe.query_async::<()>(conn).await.with_context(what);
+    }
+    // Cluster: the failed parts' fields first, then the record (see the module).
+    if !pipe.is_empty() {
+        pipe.query_async::<()>(conn).await.with_context(what)?;
+    }
+    redis::cmd("DEL").arg(batch_key(&b.id)).query_async::<()>(conn).await.with_context(what)
 }
 
 /// Loads a recorded batch; None if it is closed (committed).
-pub async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<BatchRecord>> {
+pub async fn load(conn: &mut RedisConn, id: &str) -> Result<Option<BatchRecord>> {
     let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
         .arg(batch_key(id))
         .query_async(conn)
@@ -179,7 +222,7 @@ pub async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<Batch
 }
 
 /// Every table a group's batches were ever recorded for.
-pub async fn recorded_tables(conn: &mut ConnectionManager, group: &str) -> Result<Vec<String>> {
+pub async fn recorded_tables(conn: &mut RedisConn, group: &str) -> Result<Vec<String>> {
     redis::cmd("SMEMBERS")
         .arg(tables_key(group))
         .query_async(conn)
@@ -190,7 +233,7 @@ pub async fn recorded_tables(conn: &mut ConnectionManager, group: &str) -> Resul
 /// For each of `entries` (of one group and stream): the batch holding its rows for `table`,
 /// if any.
 pub async fn written_in(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     group: &str,
     stream: &str,
     entries: &[&str],

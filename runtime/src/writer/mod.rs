@@ -34,9 +34,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::redis_conn::RedisConn;
 use anyhow::Result;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use self::clickhouse::{ChClient, ChError, ErrorClass};
@@ -90,7 +90,7 @@ impl Default for BatchPolicy {
 /// The Redis side of exactly-once: a connection for batch records and who writes them.
 #[derive(Clone)]
 pub struct LedgerConn {
-    pub conn: ConnectionManager,
+    pub conn: RedisConn,
     /// This host's consumer name, recorded as each batch's owner (for operators).
     pub owner: Arc<str>,
 }
