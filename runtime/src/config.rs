@@ -158,7 +158,13 @@ impl Settings {
         if let Some(u) = self.clickhouse.urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
         {
             bail!(
-                "SLUICE_CLICKHOUSE_URL must be http:// or https:// URLs (comma-separated for several endpoints), got `{u}`"
+                "SLUICE_CLICKHOUSE_URL must be http:// or https:// URLs (comma-separated for several endpoints), got `{}`",
+                crate::source::streams::redact_url(u)
+            );
+        }
+        if !self.bullmq.is_empty() && (self.redis.ca_file.is_some() || self.redis.cert_file.is_some()) {
+            bail!(
+                "the BullMQ source does not take SLUICE_REDIS_CA_FILE / SLUICE_REDIS_CERT_FILE yet: its client trusts the system's roots only"
             );
         }
         if !self.bullmq.is_empty() && self.redis.urls.len() > 1 {

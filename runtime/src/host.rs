@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::deploy::Deployer;
 use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
 
+use crate::source::streams::redact_url;
 use crate::writer::clickhouse::ChClient;
 use crate::writer::dedup::ServerDedup;
 use crate::writer::{BatchPolicy, LedgerConn, Writer};
@@ -66,7 +67,7 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     settings.validate()?;
     let settings = Arc::new(settings);
     let consumer = consumer_name();
-    tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = %settings.clickhouse.urls.join(","), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
+    tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = ?settings.clickhouse.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
 
     let metrics = crate::admin::install_metrics()?;
     let admin_listener = match settings.admin_addr.as_str() {
@@ -127,9 +128,14 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             tracing::warn!(maxmemory_policy = %p, "Redis may evict any key under memory pressure, including exactly-once batch records (sluice:batch:*), whose rows would then be lost after a crash: use noeviction or a volatile-* policy");
         }
     }
-    if ch.cluster().is_some() && server.zookeeper && !server.replica_macro {
+    if (ch.cluster().is_some() || ch.endpoint_count() > 1) && server.zookeeper && !server.replica_macro {
         bail!(
-            "SLUICE_CLICKHOUSE_CLUSTER is set but the server defines no {{replica}} macro: Replicated tables created ON CLUSTER need <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
+            "several ClickHouse servers (SLUICE_CLICKHOUSE_CLUSTER or several SLUICE_CLICKHOUSE_URL endpoints) but the server defines no {{replica}} macro: their Replicated tables need a replica name each — <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
+        );
+    }
+    if ch.endpoint_count() > 1 && !server.zookeeper && !server.disabled {
+        tracing::warn!(
+            "several ClickHouse endpoints but no ZooKeeper: tables are not Replicated, so a batch retried on another endpoint is not recognised there — exactly-once holds per server only (configure <zookeeper> for Replicated tables)"
         );
     }
     tracing::info!("{}", server.describe());

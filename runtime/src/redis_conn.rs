@@ -22,7 +22,7 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use crate::config::Secret;
 
 /// Where and how to reach Redis (`SLUICE_REDIS_*`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RedisOptions {
     /// One URL, or several seeds of a cluster (comma-separated in the setting).
     pub urls: Vec<String>,
@@ -34,6 +34,19 @@ pub struct RedisOptions {
     /// Client certificate and key (PEM), for servers that require them (`tls-auth-clients`).
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+}
+
+/// Without secrets: URLs with `***` for a password (the password is a `Secret`).
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("urls", &self.display())
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish()
+    }
 }
 
 impl RedisOptions {

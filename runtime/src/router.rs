@@ -383,7 +383,8 @@ impl Pipeline {
                     // Acknowledging will not delete fields of a table this version does not
                     // write exactly-once: delete them now that their batches are closed.
                     let mut p = redis::pipe();
-                    ledger::forget(&mut p, &group, &stream, &ids, std::slice::from_ref(table));
+                    let cluster = self.control.conn().is_cluster();
+                    ledger::forget(&mut p, &group, &stream, &ids, std::slice::from_ref(table), cluster);
                     p.query_async::<()>(self.control.conn()).await?;
                 }
                 let mut written = 0;

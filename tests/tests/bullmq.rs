@@ -169,7 +169,7 @@ fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row() -> Result<()> {
     // after a completion could leave (made up here: a job long gone), which the sweeper deletes.
     let mut conn = redis.conn()?;
     redis::cmd("HSET")
-        .arg("sluice:written:sluice:promo-code-analytics:{bull:events}")
+        .arg("sluice:written:sluice:promo-code-analytics:bull:events")
         .arg("999999\tpromo_code_usages_analytics")
         .arg("00000000-0000-0000-0000-000000000000")
         .query::<()>(&mut conn)?;

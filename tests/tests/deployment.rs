@@ -155,7 +155,8 @@ fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_prima
         let replicated =
             "SELECT name FROM system.tables WHERE database = 'analytics' AND engine LIKE 'Replicated%' ORDER BY name";
         wait_until("the tables on both replicas", Duration::from_secs(30), || {
-            ch.query(replicated).is_ok_and(|t| t.lines().count() == 3)
+            // The three tables of the plugins and Sluice's registry `sluice_tables`.
+            ch.query(replicated).is_ok_and(|t| t.lines().count() == 4)
         })
         .map_err(|e| anyhow::anyhow!("{e}: {:?}\n{}", ch.query(replicated), hosts[0].log_text()))?;
     }

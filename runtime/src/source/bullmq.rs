@@ -574,7 +574,7 @@ async fn sweep_group(
     stream: &str,
     key_base: &str,
 ) -> Result<()> {
-    let key = crate::writer::ledger::written_key(group, stream);
+    let key = crate::writer::ledger::written_key(group, stream, ledger.is_cluster());
     let mut cursor = 0u64;
     let mut swept = 0usize;
     loop {
@@ -629,10 +629,11 @@ async fn forget_finished(
 ) -> Result<()> {
     let over = completed_or_removed(ledger, key_base, jobs.iter().map(|(id, _)| id.as_str())).await?;
     let mut p = redis::pipe();
+    let cluster = ledger.is_cluster();
     for ((id, records), over) in jobs.iter().zip(over) {
         if over {
             for r in records {
-                crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables);
+                crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables, cluster);
             }
         }
     }

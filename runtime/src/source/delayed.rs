@@ -69,14 +69,15 @@ pub async fn move_due(conn: &mut RedisConn, limit: usize) -> Result<u64> {
 }
 
 /// On a Redis Cluster a script cannot write streams in other slots than `sluice:delayed`'s.
-/// One host at a time (a lock with a deadline) reads the due members, adds them to their
-/// streams, then removes them from the set: a host dying between the two steps leaves them
-/// to be added again by the next mover — at-least-once here, where one server's script is
-/// exactly-once.
+/// One host at a time (a lock with a 30 s deadline) reads the due members, adds them to their
+/// streams one by one, then removes them from the set: a host dying between the two steps
+/// (or stalling past the lock's deadline) leaves them to be added again by the next mover —
+/// at-least-once here, where one server's script is exactly-once. A member its stream refuses
+/// goes to the dead letters.
 async fn move_due_on_cluster(conn: &mut RedisConn, limit: usize) -> Result<u64> {
     let owner = uuid::Uuid::new_v4().to_string();
     let locked: Option<String> =
-        redis::cmd("SET").arg(MOVER_LOCK).arg(&owner).arg("NX").arg("PX").arg(10_000).query_async(conn).await?;
+        redis::cmd("SET").arg(MOVER_LOCK).arg(&owner).arg("NX").arg("PX").arg(30_000).query_async(conn).await?;
     if locked.is_none() {
         return Ok(0);
     }
@@ -101,7 +102,8 @@ async fn move_locked(conn: &mut RedisConn, limit: usize) -> Result<u64> {
     if due.is_empty() {
         return Ok(0);
     }
-    let mut p = redis::pipe();
+    // One XADD at a time: a member the stream refuses (no fields, a key of another type) goes
+    // to the dead letters with the reason instead of holding up, and re-adding, the others.
     for m in &due {
         let parsed: Option<(String, serde_json::Map<String, serde_json::Value>)> =
             serde_json::from_slice::<serde_json::Value>(m).ok().and_then(|v| {
@@ -109,35 +111,51 @@ async fn move_locked(conn: &mut RedisConn, limit: usize) -> Result<u64> {
                 let fields = v.get("fields")?.as_object()?.clone();
                 Some((stream, fields))
             });
-        match parsed {
-            Some((stream, fields)) => {
-                let c = p.cmd("XADD").arg(stream).arg("*");
+        let refused = match parsed {
+            Some((stream, fields)) if !fields.is_empty() => {
+                let mut c = redis::cmd("XADD");
+                c.arg(&stream).arg("*");
                 for (k, v) in fields {
                     match v {
                         serde_json::Value::String(s) => c.arg(k).arg(s),
                         other => c.arg(k).arg(other.to_string()),
                     };
                 }
+                match c.query_async::<String>(conn).await {
+                    Ok(_) => None,
+                    // Redis refused this member; anything else (connection) is retried whole.
+                    Err(e)
+                        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                            || e.code().is_some_and(|c| c == "WRONGTYPE" || c == "ERR") =>
+                    {
+                        Some(format!("{stream} refused the delayed event: {e}"))
+                    }
+                    Err(e) => return Err(e).context("cannot add a due delayed event to its stream"),
+                }
             }
-            None => {
-                p.cmd("XADD")
-                    .arg(super::streams::DLQ_STREAM)
-                    .arg("*")
-                    .arg("stream")
-                    .arg(DELAYED_KEY)
-                    .arg("entry_id")
-                    .arg("")
-                    .arg("error_kind")
-                    .arg("invalid_event")
-                    .arg("error")
-                    .arg(r#"delayed event is not {"stream": ..., "fields": {...}} JSON"#)
-                    .arg("field:member")
-                    .arg(m.as_slice());
-            }
+            _ => Some(
+                r#"delayed event is not {"stream": ..., "fields": {...}} JSON with at least one field"#.to_string(),
+            ),
+        };
+        if let Some(error) = refused {
+            let _: String = redis::cmd("XADD")
+                .arg(super::streams::DLQ_STREAM)
+                .arg("*")
+                .arg("stream")
+                .arg(DELAYED_KEY)
+                .arg("entry_id")
+                .arg("")
+                .arg("error_kind")
+                .arg("invalid_event")
+                .arg("error")
+                .arg(error)
+                .arg("field:member")
+                .arg(m.as_slice())
+                .query_async(conn)
+                .await
+                .context("cannot dead-letter a delayed event")?;
         }
-        p.ignore();
     }
-    let _: () = p.query_async(conn).await.context("cannot add due delayed events to their streams")?;
     let _: () = redis::cmd("ZREM").arg(DELAYED_KEY).arg(&due).query_async(conn).await?;
     Ok(due.len() as u64)
 }

@@ -290,13 +290,14 @@ impl StreamReader {
         // One MULTI per stream with its ledger fields (which share the stream's slot, see
         // `ledger::written_key`): an entry acknowledged keeps none, and one not acknowledged
         // keeps all of them.
+        let cluster = self.conn.is_cluster();
         for (stream, ids) in &by_stream {
             let mut p = redis::pipe();
             if !self.ledger_tables.is_empty() {
                 p.atomic();
             }
             p.cmd("XACK").arg(*stream).arg(&self.group).arg(ids).ignore();
-            crate::writer::ledger::forget(&mut p, &self.group, stream, ids, &self.ledger_tables);
+            crate::writer::ledger::forget(&mut p, &self.group, stream, ids, &self.ledger_tables, cluster);
             let _: () = p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {stream} failed"))?;
         }
         Ok(())
@@ -341,6 +342,7 @@ impl StreamReader {
                     &l.event.stream,
                     &[l.event.entry_id.as_str()],
                     &self.ledger_tables,
+                    false,
                 );
             }
         }

@@ -129,6 +129,18 @@ pub fn parse_server_error(text: &str) -> ChError {
             return ChError::Server { code, message };
         }
     }
+    // No ClickHouse exception: a load balancer or proxy in front answered that no server
+    // could (502/503/504): another endpoint, or a later try, may succeed.
+    let head: String = t.chars().take(300).collect();
+    if ["502 Bad Gateway", "503 Service", "504 Gateway", "Bad Gateway", "Service Unavailable", "Gateway Time"]
+        .iter()
+        .any(|p| head.contains(p))
+    {
+        return ChError::Network(format!(
+            "a proxy in front of ClickHouse answered: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
     ChError::Other(t.chars().take(2000).collect())
 }
 
@@ -158,7 +170,7 @@ macro_rules! on_endpoints {
 }
 
 /// Where and how to reach ClickHouse (`SLUICE_CLICKHOUSE_*`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ChOptions {
     /// One or more endpoints (replicas, or load balancers in front of them), tried in order.
     pub urls: Vec<String>,
@@ -172,6 +184,21 @@ pub struct ChOptions {
     pub cluster: Option<String>,
 }
 
+/// Without secrets: URLs with `***` for a password (the password is a `Secret`).
+impl std::fmt::Debug for ChOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| crate::source::streams::redact_url(u)).collect();
+        f.debug_struct("ChOptions")
+            .field("urls", &urls)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
 impl ChOptions {
     /// Options for a single endpoint and no credentials (tools and tests).
     pub fn single(url: &str, database: &str) -> ChOptions {
@@ -181,6 +208,7 @@ impl ChOptions {
 
 /// One endpoint: a client for the database and one without it (for `CREATE DATABASE`).
 struct Endpoint {
+    /// For messages (any password replaced by `***`).
     url: String,
     client: ::clickhouse::Client,
     server: ::clickhouse::Client,
@@ -224,7 +252,10 @@ impl ChClient {
         let mut endpoints = Vec::new();
         for url in &o.urls {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                anyhow::bail!("SLUICE_CLICKHOUSE_URL: `{url}` is not an http:// or https:// URL");
+                anyhow::bail!(
+                    "SLUICE_CLICKHOUSE_URL: `{}` is not an http:// or https:// URL",
+                    crate::source::streams::redact_url(url)
+                );
             }
             let mut server = ::clickhouse::Client::with_http_client(http.clone())
                 .with_url(url)
@@ -237,7 +268,8 @@ impl ChClient {
                 server = server.with_password(&p.0);
             }
             let client = server.clone().with_database(&o.database);
-            endpoints.push(Endpoint { url: url.clone(), client, server });
+            // Only for messages: without a password, should the URL carry one.
+            endpoints.push(Endpoint { url: crate::source::streams::redact_url(url), client, server });
         }
         Ok(ChClient {
             endpoints: endpoints.into(),
@@ -343,16 +375,6 @@ impl ChClient {
         on_endpoints!(self, ep => json_rows(&ep.client, sql).await)
     }
 
-    /// [`Self::query_json`] on every endpoint, each answer or error by URL (the admin API
-    /// and checks that each replica must pass).
-    pub async fn query_json_each(&self, sql: &str) -> Vec<(String, Result<Vec<serde_json::Value>, ChError>)> {
-        let mut out = Vec::new();
-        for ep in self.endpoints.iter() {
-            out.push((ep.url.clone(), json_rows(&ep.client, sql).await));
-        }
-        out
-    }
-
     /// Runs `SELECT count() AS n ...` and returns `n` (a UInt64 comes back as a JSON string
     /// on current releases, as a number on 18.16); 0 when there is no row.
     pub async fn query_count(&self, sql: &str) -> Result<u64, ChError> {
@@ -373,6 +395,19 @@ impl ChClient {
     /// Creates the database: `ON CLUSTER`, or on every endpoint (see [`Self::execute_ddl`]).
     pub async fn create_database(&self) -> Result<(), ChError> {
         let sql = format!("CREATE DATABASE IF NOT EXISTS {}{}", self.database, self.on_cluster());
+        // An ON CLUSTER task waits for every server: not at each start, only when needed.
+        let exists = format!(
+            "SELECT count() AS n FROM system.databases WHERE name = {}",
+            super::schema::sql_string(&self.database)
+        );
+        if self.cluster.is_some() {
+            // Without the database in the request: it may not exist yet.
+            let rows = on_endpoints!(self, ep => json_rows(&ep.server, &exists).await)?;
+            let n = rows.first().and_then(|r| r.get("n")).map(|n| n.to_string().trim_matches('"').to_string());
+            if n.as_deref().is_some_and(|n| n != "0") {
+                return Ok(());
+            }
+        }
         if self.cluster.is_some() || self.endpoints.len() == 1 {
             return on_endpoints!(self, ep => {
                 ep.server.query(&sql).with_setting("wait_end_of_query", "1").execute().await.map_err(ChError::from_client)
@@ -498,6 +533,9 @@ mod tests {
         assert_eq!(parse_server_error(old).class(), ErrorClass::Table);
         let throw = "Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero";
         assert_eq!(parse_server_error(throw).class(), ErrorClass::Rows);
+        assert!(parse_server_error("502 Bad Gateway").retryable());
+        assert!(parse_server_error("<html><head><title>503 Service Temporarily Unavailable</title>").retryable());
+        assert!(!parse_server_error("something else").retryable());
         let auth = "Code: 516. DB::Exception: default: Authentication failed. (AUTHENTICATION_FAILED)";
         assert_eq!(parse_server_error(auth).class(), ErrorClass::Table);
     }

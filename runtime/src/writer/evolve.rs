@@ -54,13 +54,31 @@ fn registry(client: &ChClient) -> String {
 }
 
 /// Creates the registry table if it is missing.
+/// On a cluster it is Replicated, so that every replica knows which tables Sluice made.
 pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
+    let engine = match client.cluster() {
+        Some(_) => {
+            // An ON CLUSTER task waits for every server: only when the table is missing.
+            let exists = format!(
+                "SELECT count() AS n FROM system.tables WHERE database = {} AND name = '{RESERVED_PREFIX}tables'",
+                super::schema::sql_string(client.database())
+            );
+            if client.query_count(&exists).await? > 0 {
+                return Ok(());
+            }
+            format!(
+                "ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{}.{RESERVED_PREFIX}tables', '{{replica}}')",
+                client.database()
+            )
+        }
+        None => "MergeTree()".to_string(),
+    };
     client
         .execute_ddl(
             &format!(
                 "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
                  plugin_hash String, change String, ddl String, changed_at DateTime) \
-                 ENGINE = MergeTree() ORDER BY (table_name, changed_at)",
+                 ENGINE = {engine} ORDER BY (table_name, changed_at)",
                 registry(client)
             ),
             false,

@@ -8,10 +8,10 @@
 //!   it holds, and which host recorded it when. `<id>` is a
 //!   fresh UUID per batch, never reused: it is also the batch's `insert_deduplication_token`.
 //!   Deleted once the block is committed.
-//! - `sluice:written:<group>:{<stream>}` — a hash with a field `<entry id>\t<table>` per event
-//!   and table, whose value is the id of the batch holding that event's rows for that table.
-//!   The braces put it in the stream's Redis Cluster slot (a stream name that has a hash tag
-//!   of its own is used as it is). Written with the batch record; deleted with the event's
+//! - `sluice:written:<group>:<stream>` (on a Redis Cluster `sluice:written:<group>:{<stream>}`)
+//!   — a hash with a field `<entry id>\t<table>` per event and table, whose value is the id of
+//!   the batch holding that event's rows for that table. The braces put it in the stream's
+//!   slot (a stream name that has a hash tag of its own is used as it is). Written with the batch record; deleted with the event's
 //!   XACK, in one MULTI.
 //!
 //! On one server a batch is recorded (and closed) in one MULTI. On a cluster its keys live in
@@ -67,10 +67,14 @@ pub fn batch_key(id: &str) -> String {
     format!("sluice:batch:{id}")
 }
 
-/// In the slot of `stream` (Redis Cluster): its XACK and the deletion of its fields are one
-/// MULTI.
-pub fn written_key(group: &str, stream: &str) -> String {
-    format!("sluice:written:{group}:{}", crate::redis_conn::same_slot_as(stream))
+/// On a Redis Cluster, in the slot of `stream`: its XACK and the deletion of its fields are
+/// one MULTI. On one server the key keeps the name it always had (`…:<stream>`), so that
+/// batches recorded by an older version are still found after an upgrade.
+pub fn written_key(group: &str, stream: &str, cluster: bool) -> String {
+    match cluster {
+        true => format!("sluice:written:{group}:{}", crate::redis_conn::same_slot_as(stream)),
+        false => format!("sluice:written:{group}:{stream}"),
+    }
 }
 
 pub fn tables_key(group: &str) -> String {
@@ -83,6 +87,7 @@ pub fn written_field(entry_id: &str, table: &str) -> String {
 
 /// Records `b` and its events' fields, atomically.
 pub async fn record(conn: &mut RedisConn, b: &BatchRecord, owner: &str) -> Result<()> {
+    let cluster = conn.is_cluster();
     let mut parts = String::new();
     for p in &b.parts {
         parts.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", p.group, p.stream, p.entry_id, p.start, p.end, p.rows));
@@ -111,7 +116,7 @@ pub async fn record(conn: &mut RedisConn, b: &BatchRecord, owner: &str) -> Resul
         .ignore();
     let mut groups: Vec<&str> = Vec::new();
     for ((group, stream), parts) in by_stream(&b.parts) {
-        let c = pipe.cmd("HSET").arg(written_key(group, stream));
+        let c = pipe.cmd("HSET").arg(written_key(group, stream, cluster));
         for p in parts {
             c.arg(written_field(&p.entry_id, &b.table)).arg(&b.id);
         }
@@ -124,7 +129,7 @@ pub async fn record(conn: &mut RedisConn, b: &BatchRecord, owner: &str) -> Resul
         pipe.cmd("SADD").arg(tables_key(group)).arg(&b.table).ignore();
     }
     let what = || format!("cannot record batch {} of table {} in Redis", b.id, b.table);
-    if !conn.is_cluster() {
+    if !cluster {
         pipe.atomic();
         return pipe.query_async::<()>(conn).await.with_context(what);
     }
@@ -144,7 +149,7 @@ pub async fn record(conn: &mut RedisConn, b: &BatchRecord, owner: &str) -> Resul
     // Before the INSERT, the record, the fields — and the deliveries of their events, written
     // earlier on the same shards — must survive a primary's failover.
     let mut keys = vec![batch_key(&b.id)];
-    keys.extend(by_stream(&b.parts).iter().map(|((group, stream), _)| written_key(group, stream)));
+    keys.extend(by_stream(&b.parts).iter().map(|((group, stream), _)| written_key(group, stream, true)));
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     if !conn.wait_replicated(&keys, REPLICA_WAIT).await.with_context(what)? {
         tracing::warn!(batch = %b.id, table = %b.table, "a Redis Cluster shard has no replica answering: this batch's record would not survive its primary's failover");
@@ -158,23 +163,31 @@ const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 /// Closes a batch whose INSERT is done: the parts that failed lose their fields (their events
 /// must write those rows again when retried), then the record goes.
 pub async fn close(conn: &mut RedisConn, b: &BatchRecord, failed: &[&RecordedPart]) -> Result<()> {
+    let cluster = conn.is_cluster();
     let mut pipe = redis::pipe();
     for ((group, stream), parts) in by_stream(failed.iter().copied()) {
-        let c = pipe.cmd("HDEL").arg(written_key(group, stream));
+        let c = pipe.cmd("HDEL").arg(written_key(group, stream, cluster));
         for p in parts {
             c.arg(written_field(&p.entry_id, &b.table));
         }
         c.ignore();
     }
     let what = || format!("cannot close batch {} in Redis", b.id);
-    if !conn.is_cluster() {
+    if !cluster {
         pipe.atomic();
         pipe.cmd("DEL").arg(batch_key(&b.id)).ignore();
         return pipe.query_async::<()>(conn).await.with_context(what);
     }
-    // Cluster: the failed parts' fields first, then the record (see the module).
+    // Cluster: the failed parts' fields first (on a replica too: a field of a refused part
+    // that came back after a failover would read as committed), then the record.
     if !pipe.is_empty() {
         pipe.query_async::<()>(conn).await.with_context(what)?;
+        let keys: Vec<String> =
+            by_stream(failed.iter().copied()).iter().map(|((g, s), _)| written_key(g, s, true)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if !conn.wait_replicated(&keys, REPLICA_WAIT).await.with_context(what)? {
+            tracing::warn!(batch = %b.id, "a Redis Cluster shard has no replica answering: the closing of this batch would not survive its primary's failover");
+        }
     }
     redis::cmd("DEL").arg(batch_key(&b.id)).query_async::<()>(conn).await.with_context(what)
 }
@@ -243,7 +256,7 @@ pub async fn written_in(
         return Ok(Vec::new());
     }
     let mut c = redis::cmd("HMGET");
-    c.arg(written_key(group, stream));
+    c.arg(written_key(group, stream, conn.is_cluster()));
     for e in entries {
         c.arg(written_field(e, table));
     }
@@ -252,11 +265,18 @@ pub async fn written_in(
 
 /// Adds to `pipe` the deletion of the fields of `entries` (acknowledged or dead-lettered) for
 /// every table in `tables`.
-pub fn forget(pipe: &mut redis::Pipeline, group: &str, stream: &str, entries: &[&str], tables: &[String]) {
+pub fn forget(
+    pipe: &mut redis::Pipeline,
+    group: &str,
+    stream: &str,
+    entries: &[&str],
+    tables: &[String],
+    cluster: bool,
+) {
     if entries.is_empty() || tables.is_empty() {
         return;
     }
-    let c = pipe.cmd("HDEL").arg(written_key(group, stream));
+    let c = pipe.cmd("HDEL").arg(written_key(group, stream, cluster));
     for e in entries {
         for t in tables {
             c.arg(written_field(e, t));
