@@ -181,7 +181,7 @@ pub struct CommonArgs {
     pub config: Option<PathBuf>,
     /// Redis URL: redis://, rediss:// (TLS) or unix://; for a Redis Cluster, one or more
     /// seed nodes, comma-separated (cluster mode is detected) [default: redis://127.0.0.1:6379]
-    #[arg(long, env = "SLUICE_REDIS_URL")]
+    #[arg(long, env = "SLUICE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Redis password, when the URL carries none (prefer the environment or a file: flags
     /// show up in `ps`)
@@ -211,7 +211,7 @@ pub struct RunArgs {
     pub common: CommonArgs,
     /// ClickHouse HTTP(S) URL; several comma-separated endpoints (replicas) are used in
     /// turn, moving on when one fails [default: http://127.0.0.1:8123]
-    #[arg(long, env = "SLUICE_CLICKHOUSE_URL")]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_URL", hide_env_values = true)]
     pub clickhouse_url: Option<String>,
     /// ClickHouse database for the plugins' tables, created if missing [default: analytics]
     #[arg(long, env = "SLUICE_CLICKHOUSE_DATABASE")]

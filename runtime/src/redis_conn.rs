@@ -254,10 +254,23 @@ pub async fn connect(o: &RedisOptions, block: Duration) -> Result<RedisConn> {
         let mut single = match client.get_connection_manager_with_config(config).await {
             Ok(c) => c,
             Err(e) => {
-                last = Some(
-                    anyhow::Error::new(e)
-                        .context(format!("cannot connect to Redis at {}", crate::source::streams::redact_url(url))),
-                );
+                let hint = match e.to_string() {
+                    m if m.contains("invalid peer certificate") => {
+                        " (is SLUICE_REDIS_CA_FILE the CA that signed the server's certificate, for this host name?)"
+                    }
+                    m if m.contains("CertificateRequired") => {
+                        " (the server requires a client certificate: SLUICE_REDIS_CERT_FILE and SLUICE_REDIS_KEY_FILE)"
+                    }
+                    m if m.contains("AuthenticationFailed") || m.contains("NOAUTH") || m.contains("WRONGPASS") => {
+                        " (check SLUICE_REDIS_PASSWORD / SLUICE_REDIS_PASSWORD_FILE)"
+                    }
+                    _ => "",
+                };
+                last =
+                    Some(anyhow::Error::new(e).context(format!(
+                        "cannot connect to Redis at {}{hint}",
+                        crate::source::streams::redact_url(url)
+                    )));
                 continue;
             }
         };

@@ -248,3 +248,70 @@ fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_prima
         .map_err(|e| anyhow::anyhow!("{e}: {:?}", ledger_keys(&cluster)))?;
     Ok(())
 }
+
+/// Wrong TLS material or credentials stop a command with one message naming the setting to
+/// check, and the passwords never appear in it.
+#[test]
+fn wrong_tls_material_or_passwords_say_which_setting_to_check() -> Result<()> {
+    let certs = Certs::make()?;
+    let other = Certs::make()?; // a CA that signed nothing of this server's
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let mut server = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .arg("--tls-cert-file")
+        .arg(certs.path("server.crt"))
+        .arg("--tls-key-file")
+        .arg(certs.path("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(certs.path("ca.crt"))
+        .args(["--tls-auth-clients", "yes", "--requirepass", "right-secret"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = certs.path("ca.crt").display().to_string();
+    let (cert, key) = (certs.path("client.crt").display().to_string(), certs.path("client.key").display().to_string());
+    let wrong_ca = other.path("ca.crt").display().to_string();
+    let publish = |env: &[(&str, &str)]| -> String {
+        let out = std::process::Command::new("timeout")
+            .arg("30")
+            .arg(sluice_bin())
+            .args(["publish", "order.created", r#"{"orderId":"1","userId":"u","amount":1}"#])
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    let good = [
+        ("SLUICE_REDIS_URL", url.as_str()),
+        ("SLUICE_REDIS_PASSWORD", "right-secret"),
+        ("SLUICE_REDIS_CA_FILE", ca.as_str()),
+        ("SLUICE_REDIS_CERT_FILE", cert.as_str()),
+        ("SLUICE_REDIS_KEY_FILE", key.as_str()),
+    ];
+    wait_until("the TLS redis-server", Duration::from_secs(20), || publish(&good).contains("events:order.created"))?;
+    let with = |k: &str, v: &str| -> Vec<(String, String)> {
+        good.iter().map(|(a, b)| (a.to_string(), if *a == k { v.to_string() } else { b.to_string() })).collect()
+    };
+    let run = |env: Vec<(String, String)>| {
+        let env: Vec<(&str, &str)> =
+            env.iter().filter(|(_, v)| !v.is_empty()).map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        publish(&env)
+    };
+    let out = run(with("SLUICE_REDIS_CA_FILE", &wrong_ca));
+    assert!(out.contains("invalid peer certificate") && out.contains("SLUICE_REDIS_CA_FILE"), "{out}");
+    let out =
+        run(with("SLUICE_REDIS_CERT_FILE", "").into_iter().filter(|(k, _)| k != "SLUICE_REDIS_KEY_FILE").collect());
+    assert!(out.contains("SLUICE_REDIS_CERT_FILE"), "{out}");
+    let out = run(with("SLUICE_REDIS_PASSWORD", "wrong-secret"));
+    assert!(out.contains("SLUICE_REDIS_PASSWORD") && !out.contains("wrong-secret"), "{out}");
+    let out = run(with("SLUICE_REDIS_URL", &format!("rediss://:wrong-secret@127.0.0.1:{port}")));
+    assert!(!out.contains("wrong-secret") && out.contains("***"), "the password in the URL is masked: {out}");
+    let out = run(with("SLUICE_REDIS_URL", &format!("redis://127.0.0.1:{port}")));
+    assert!(out.contains("not rediss://"), "{out}");
+    stop_child(&mut server);
+    Ok(())
+}

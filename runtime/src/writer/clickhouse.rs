@@ -30,7 +30,7 @@ impl ChError {
     fn from_client(e: ::clickhouse::error::Error) -> ChError {
         use ::clickhouse::error::Error as E;
         match e {
-            E::Network(e) => ChError::Network(e.to_string()),
+            E::Network(e) => ChError::Network(with_tls_hint(e.to_string())),
             E::TimedOut => ChError::Network("timed out".into()),
             E::BadResponse(text) => parse_server_error(&text),
             other => ChError::Other(other.to_string()),
@@ -51,6 +51,17 @@ impl ChError {
             ChError::Server { code, .. } if blames_rows(*code) => ErrorClass::Rows,
             ChError::Server { .. } => ErrorClass::Table,
         }
+    }
+}
+
+/// A TLS failure says what to check.
+fn with_tls_hint(m: String) -> String {
+    if m.contains("UnknownIssuer") || m.contains("invalid peer certificate") {
+        format!("{m} (is SLUICE_CLICKHOUSE_CA_FILE the CA that signed the server's certificate?)")
+    } else if m.contains("InvalidCertificate") || m.contains("NotValidForName") {
+        format!("{m} (the server's certificate does not name the host of SLUICE_CLICKHOUSE_URL)")
+    } else {
+        m
     }
 }
 
