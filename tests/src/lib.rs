@@ -753,6 +753,21 @@ impl Certs {
         Ok(Certs { dir })
     }
 
+    /// `redis-server` arguments for TLS only on `port` (127.0.0.1) with the server certificate,
+    /// clients required to show one this CA signed.
+    pub fn redis_server_args(&self, port: u16) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            ["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"].iter().map(Into::into).collect();
+        for (flag, file) in
+            [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key"), ("--tls-ca-cert-file", "ca.crt")]
+        {
+            args.push(flag.into());
+            args.push(self.path(file).into());
+        }
+        args.extend(["--tls-auth-clients", "yes"].map(Into::into));
+        args
+    }
+
     /// `ca.crt`, `server.crt`, `server.key`, `client.crt` or `client.key`.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -812,14 +827,8 @@ impl RedisCluster {
     fn start_node(&mut self, i: usize, certs: &Certs) -> Result<()> {
         let dir = self.dirs[i].path().to_path_buf();
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &self.ports[i].to_string(), "--bind", "127.0.0.1"])
-            .arg("--tls-cert-file")
-            .arg(certs.path("server.crt"))
-            .arg("--tls-key-file")
-            .arg(certs.path("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(certs.path("ca.crt"))
-            .args(["--tls-auth-clients", "yes", "--tls-cluster", "yes", "--tls-replication", "yes"])
+            .args(certs.redis_server_args(self.ports[i]))
+            .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
             .args(["--requirepass", &self.password, "--masterauth", &self.password])
             .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
             .arg("--cluster-config-file")
@@ -966,4 +975,68 @@ impl Drop for RedisCluster {
             stop_child(c);
         }
     }
+}
+
+/// What events of the three seed types (`OrderCreatedEvent`, `order.created`,
+/// `PromoCodeAppliedEvent`) add up to in the first-party plugins' tables. Amounts are
+/// multiples of 0.25 (exact in binary), so float sums are exact in any order.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct SeedSums {
+    pub orders: i64,
+    pub order_amount: f64,
+    pub promos: i64,
+    pub promo_order_amount: f64,
+    pub discount: f64,
+}
+
+impl SeedSums {
+    /// Event `i` of the seed mix (types in turn): its stream and payload, counted in `self`.
+    pub fn event(&mut self, i: u32) -> (String, String) {
+        let ty = ["OrderCreatedEvent", "order.created", "PromoCodeAppliedEvent"][(i % 3) as usize];
+        let amount = (i % 400) as f64 * 0.25 + 1.0;
+        let payload = if ty == "PromoCodeAppliedEvent" {
+            let discount = (i % 40) as f64 * 0.25;
+            self.promos += 1;
+            self.promo_order_amount += amount;
+            self.discount += discount;
+            serde_json::json!({"promoCodeId": format!("p{}", i % 7), "promoCode": format!("CODE{}", i % 7), "userId": format!("u{}", i % 300),
+                "orderId": format!("o-{i}"), "orderAmount": amount, "discountAmount": discount, "createdAt": "2024-06-01T10:00:00Z"})
+        } else {
+            self.orders += 1;
+            self.order_amount += amount;
+            serde_json::json!({"orderId": format!("o-{i}"), "userId": format!("u{}", i % 300), "amount": amount, "createdAt": "2024-06-01T10:00:00Z"})
+        };
+        (format!("events:{ty}"), payload.to_string())
+    }
+
+    /// The tables as a plain query sees them: no FINAL, no GROUP BY event.
+    pub fn in_tables(ch: &ClickHouse) -> Result<SeedSums> {
+        let orders = ch.query("SELECT count(), sum(amount) FROM analytics.orders_analytics")?;
+        let promos = ch.query(
+            "SELECT count(), sum(order_amount), sum(discount_amount) FROM analytics.promo_code_usages_analytics",
+        )?;
+        let o: Vec<&str> = orders.split('\t').collect();
+        let p: Vec<&str> = promos.split('\t').collect();
+        Ok(SeedSums {
+            orders: o[0].parse()?,
+            order_amount: o[1].parse()?,
+            promos: p[0].parse()?,
+            promo_order_amount: p[1].parse()?,
+            discount: p[2].parse()?,
+        })
+    }
+
+    /// `users_analytics`' sums these events must give, as [`user_sums`] prints them.
+    pub fn user_sums_text(&self) -> String {
+        format!("{}\t{}\t{}\t{}", self.orders, self.order_amount, self.promos, self.discount)
+    }
+}
+
+/// `users_analytics`' sums (a SummingMergeTree: its row count shrinks as parts merge, its
+/// sums do not); empty if it cannot be read.
+pub fn user_sums(ch: &ClickHouse) -> String {
+    ch.query(
+        "SELECT sum(orders_count), sum(orders_amount), sum(promo_uses), sum(discount_amount) FROM analytics.users_analytics",
+    )
+    .unwrap_or_default()
 }

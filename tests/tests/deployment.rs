@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::json;
 use sluice_tests::*;
 
 const FAST: &str = "retry_base_ms = 200\nretry_max_ms = 1000\nvisibility_timeout_ms = 3000\ninsert_linger_ms = 100\n";
@@ -14,38 +13,19 @@ const FAST: &str = "retry_base_ms = 200\nretry_max_ms = 1000\nvisibility_timeout
 const STREAMS: [&str; 3] = ["events:OrderCreatedEvent", "events:order.created", "events:PromoCodeAppliedEvent"];
 
 /// What was published, as the tables must sum it.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Expected {
-    orders: i64,
-    order_amount: f64,
-    promos: i64,
-    promo_order_amount: f64,
-    discount: f64,
-}
+type Expected = SeedSums;
 
-/// Events `range` over the three seed types, through the cluster (each stream where its slot
-/// lives). Amounts are multiples of 0.25, so float sums are exact in any order. Entry ids are
+/// Events `range` of the seed mix (see [`SeedSums::event`]), through the cluster (each stream
+/// where its slot lives). Entry ids are
 /// explicit (`base + i`), so that a batch can be sent again after a failover: entries that
 /// made it are refused as not newer than the stream's last.
 fn publish(cluster: &RedisCluster, base: u64, range: std::ops::Range<u32>, e: &mut Expected) -> Result<()> {
-    let mut entries = Vec::new();
-    for i in range {
-        let ty = ["OrderCreatedEvent", "order.created", "PromoCodeAppliedEvent"][(i % 3) as usize];
-        let amount = (i % 400) as f64 * 0.25 + 1.0;
-        let payload = if ty == "PromoCodeAppliedEvent" {
-            let discount = (i % 40) as f64 * 0.25;
-            e.promos += 1;
-            e.promo_order_amount += amount;
-            e.discount += discount;
-            json!({"promoCodeId": format!("p{}", i % 7), "promoCode": format!("CODE{}", i % 7), "userId": format!("u{}", i % 300),
-                "orderId": format!("o-{i}"), "orderAmount": amount, "discountAmount": discount, "createdAt": "2024-06-01T10:00:00Z"})
-        } else {
-            e.orders += 1;
-            e.order_amount += amount;
-            json!({"orderId": format!("o-{i}"), "userId": format!("u{}", i % 300), "amount": amount, "createdAt": "2024-06-01T10:00:00Z"})
-        };
-        entries.push((format!("events:{ty}"), format!("{}-0", base + i as u64), payload.to_string()));
-    }
+    let entries: Vec<(String, String, String)> = range
+        .map(|i| {
+            let (stream, payload) = e.event(i);
+            (stream, format!("{}-0", base + i as u64), payload)
+        })
+        .collect();
     let mut last = None;
     for _ in 0..60 {
         let sent = cluster.conn().and_then(|mut conn| {
@@ -81,28 +61,6 @@ fn publish(cluster: &RedisCluster, base: u64, range: std::ops::Range<u32>, e: &m
         std::thread::sleep(Duration::from_millis(500));
     }
     Err(last.unwrap())
-}
-
-fn actual(ch: &ClickHouse) -> Result<Expected> {
-    let orders = ch.query("SELECT count(), sum(amount) FROM analytics.orders_analytics")?;
-    let promos =
-        ch.query("SELECT count(), sum(order_amount), sum(discount_amount) FROM analytics.promo_code_usages_analytics")?;
-    let o: Vec<&str> = orders.split('\t').collect();
-    let p: Vec<&str> = promos.split('\t').collect();
-    Ok(Expected {
-        orders: o[0].parse()?,
-        order_amount: o[1].parse()?,
-        promos: p[0].parse()?,
-        promo_order_amount: p[1].parse()?,
-        discount: p[2].parse()?,
-    })
-}
-
-fn user_sums(ch: &ClickHouse) -> String {
-    ch.query(
-        "SELECT sum(orders_count), sum(orders_amount), sum(promo_uses), sum(discount_amount) FROM analytics.users_analytics",
-    )
-    .unwrap_or_default()
 }
 
 /// Batch-ledger keys left on any primary (none once everything is acknowledged).
@@ -216,9 +174,9 @@ fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_prima
     // replication is asynchronous; see the deployment guide for insert_quorum).
     ch1.restart()?;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let users = format!("{}\t{}\t{}\t{}", expected.orders, expected.order_amount, expected.promos, expected.discount);
+    let users = expected.user_sums_text();
     while Instant::now() < deadline
-        && ![&ch1, &ch2].iter().all(|ch| actual(ch).is_ok_and(|a| a == expected) && user_sums(ch) == users)
+        && ![&ch1, &ch2].iter().all(|ch| SeedSums::in_tables(ch).is_ok_and(|a| a == expected) && user_sums(ch) == users)
     {
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -233,7 +191,7 @@ fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_prima
         );
     }
     for (name, ch) in [("r1", &ch1), ("r2", &ch2)] {
-        assert_eq!(actual(ch)?, expected, "ClickHouse {name} after 50,000 events; hosts' log:\n{log}");
+        assert_eq!(SeedSums::in_tables(ch)?, expected, "ClickHouse {name} after 50,000 events; hosts' log:\n{log}");
         assert_eq!(user_sums(ch), users, "users_analytics on {name}");
     }
     assert_eq!(total_pending(&mut conn, &STREAMS)?, 0, "nothing pending");
@@ -258,14 +216,8 @@ fn wrong_tls_material_or_passwords_say_which_setting_to_check() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port();
     let mut server = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-        .arg("--tls-cert-file")
-        .arg(certs.path("server.crt"))
-        .arg("--tls-key-file")
-        .arg(certs.path("server.key"))
-        .arg("--tls-ca-cert-file")
-        .arg(certs.path("ca.crt"))
-        .args(["--tls-auth-clients", "yes", "--requirepass", "right-secret"])
+        .args(certs.redis_server_args(port))
+        .args(["--save", "", "--requirepass", "right-secret"])
         .arg("--dir")
         .arg(dir.path())
         .stdout(std::process::Stdio::null())

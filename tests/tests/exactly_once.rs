@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde_json::json;
 use sluice_tests::*;
 
 /// Fast retries and recovery, so the tests take seconds.
@@ -14,66 +13,17 @@ const FAST: &str = "retry_base_ms = 200\nretry_max_ms = 1000\nvisibility_timeout
 const STREAMS: [&str; 3] = ["events:OrderCreatedEvent", "events:order.created", "events:PromoCodeAppliedEvent"];
 
 /// What `publish` wrote, as the tables must sum it.
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Expected {
-    orders: i64,
-    order_amount: f64,
-    promos: i64,
-    promo_order_amount: f64,
-    discount: f64,
-}
+type Expected = SeedSums;
 
-/// Events `range` over the three seed types. Amounts are multiples of 0.25 (exact in binary),
-/// so sums in any order are exact.
+/// Events `range` of the seed mix (see [`SeedSums::event`]).
 fn publish(conn: &mut redis::Connection, range: std::ops::Range<u32>, e: &mut Expected) -> Result<()> {
     let mut pipe = redis::pipe();
     for i in range {
-        let ty = ["OrderCreatedEvent", "order.created", "PromoCodeAppliedEvent"][(i % 3) as usize];
-        let amount = (i % 400) as f64 * 0.25 + 1.0;
-        let payload = if ty == "PromoCodeAppliedEvent" {
-            let discount = (i % 40) as f64 * 0.25;
-            e.promos += 1;
-            e.promo_order_amount += amount;
-            e.discount += discount;
-            json!({"promoCodeId": format!("p{}", i % 7), "promoCode": format!("CODE{}", i % 7), "userId": format!("u{}", i % 300),
-                "orderId": format!("o-{i}"), "orderAmount": amount, "discountAmount": discount, "createdAt": "2024-06-01T10:00:00Z"})
-        } else {
-            e.orders += 1;
-            e.order_amount += amount;
-            json!({"orderId": format!("o-{i}"), "userId": format!("u{}", i % 300), "amount": amount, "createdAt": "2024-06-01T10:00:00Z"})
-        };
-        pipe.cmd("XADD").arg(format!("events:{ty}")).arg("*").arg("payload").arg(payload.to_string()).ignore();
+        let (stream, payload) = e.event(i);
+        pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload).ignore();
     }
     pipe.query::<()>(conn)?;
     Ok(())
-}
-
-/// The tables as a plain query sees them: no FINAL, no GROUP BY event.
-fn actual(ch: &ClickHouse) -> Result<Expected> {
-    let orders = ch.query("SELECT count(), sum(amount) FROM analytics.orders_analytics")?;
-    let promos =
-        ch.query("SELECT count(), sum(order_amount), sum(discount_amount) FROM analytics.promo_code_usages_analytics")?;
-    let o: Vec<&str> = orders.split('\t').collect();
-    let p: Vec<&str> = promos.split('\t').collect();
-    Ok(Expected {
-        orders: o[0].parse()?,
-        order_amount: o[1].parse()?,
-        promos: p[0].parse()?,
-        promo_order_amount: p[1].parse()?,
-        discount: p[2].parse()?,
-    })
-}
-
-/// user-stats is a SummingMergeTree: its row count shrinks as parts merge, its sums do not.
-fn user_sums(ch: &ClickHouse) -> String {
-    ch.query(
-        "SELECT sum(orders_count), sum(orders_amount), sum(promo_uses), sum(discount_amount) FROM analytics.users_analytics",
-    )
-    .unwrap_or_default()
-}
-
-fn expected_user_sums(e: &Expected) -> String {
-    format!("{}\t{}\t{}\t{}", e.orders, e.order_amount, e.promos, e.discount)
 }
 
 /// Keys the batch ledger left behind (there should be none once everything is acknowledged).
@@ -228,16 +178,16 @@ fn three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_
         text
     };
     let done = wait_until("every event written and acknowledged", Duration::from_secs(240), || {
-        actual(&c.ch).is_ok_and(|a| a.orders >= expected.orders && a.promos >= expected.promos)
+        SeedSums::in_tables(&c.ch).is_ok_and(|a| a.orders >= expected.orders && a.promos >= expected.promos)
             && total_pending(&mut conn, &STREAMS).unwrap_or(-1) == 0
     });
     let text = all_logs(&hosts);
     if let Err(e) = done {
-        panic!("{e}; tables {:?}, expected {expected:?}\n{text}", actual(&c.ch));
+        panic!("{e}; tables {:?}, expected {expected:?}\n{text}", SeedSums::in_tables(&c.ch));
     }
     // Let anything in flight settle, then compare exactly.
     std::thread::sleep(Duration::from_secs(2));
-    let got = actual(&c.ch)?;
+    let got = SeedSums::in_tables(&c.ch)?;
     let recoveries = text.matches("recovering a recorded batch").count();
     let claims = text.matches("claimed pending entries").count();
     if std::env::var("SLUICE_TEST_DUMP").is_ok() {
@@ -249,7 +199,7 @@ fn three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_
         started.elapsed()
     );
     assert_eq!(got, expected, "orders and promo tables: a plain count() and sum() equal what was published");
-    assert_eq!(user_sums(&c.ch), expected_user_sums(&expected), "users_analytics sums");
+    assert_eq!(user_sums(&c.ch), expected.user_sums_text(), "users_analytics sums");
     assert_eq!(total_pending(&mut conn, &STREAMS)?, 0, "no group has pending entries");
     assert!(dead_letters(&mut conn).is_empty(), "nothing dead-lettered");
     assert_eq!(ledger_keys(&mut conn), Vec::<String>::new(), "the batch ledger is empty once all is acknowledged");
