@@ -26,7 +26,7 @@ if [ "${1:-}" = test ]; then
   [ -f /usr/share/java/slf4j-simple.jar ] || need_pkgs+=(libslf4j-java)
   command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 fi
-if [ "${1:-}" = test ] || [ "${1:-}" = languages ]; then
+if [ "${1:-}" = test ] || [ "${1:-}" = languages ] || [ "${1:-}" = current-clickhouse ]; then
   command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
   command -v node >/dev/null 2>&1 || need_pkgs+=(nodejs)
@@ -55,4 +55,18 @@ if command -v rustup >/dev/null 2>&1; then
 else
   echo "install-deps: rustup not found; install Rust from https://rustup.rs and re-run" >&2
   exit 1
+fi
+
+# ClickHouse 26.9 (chdb-core's clickhouse-local, served by scripts/clickhouse/serve-current.py).
+CHDB_VERSION=26.9.0
+if [ "${1:-}" = test ] || [ "${1:-}" = current-clickhouse ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  venv="$root/target/tools/chdb"
+  if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('chdb-core') != '$CHDB_VERSION')" 2>/dev/null; then
+    echo "install-deps: installing ClickHouse 26.9 (PyPI chdb-core==$CHDB_VERSION) into $venv" >&2
+    rm -rf "$venv"
+    timeout 300 python3 -m venv "$venv"
+    # --no-deps: the server needs none of its Python dependencies (pandas, pyarrow).
+    timeout 900 "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "chdb-core==$CHDB_VERSION" >&2
+  fi
 fi

@@ -248,7 +248,7 @@ fn run_one(kind: Kind, n: u64, live_secs: f64) -> Result<Figures> {
     let zk = if kind == Kind::SluiceExactlyOnce { Some(sluice_tests::ZooKeeper::start()?) } else { None };
     let ch = match &zk {
         Some(zk) => ClickHouse::start_replicated(zk, "bench")?,
-        None => ClickHouse::start()?,
+        None => ClickHouse::start(sluice_tests::Release::V18)?,
     };
     let work = tempfile::tempdir()?;
     if !matches!(

@@ -127,14 +127,16 @@ pub enum PluginCommand {
         /// The plugin's .wasm file.
         file: PathBuf,
         /// Compare the tables with this ClickHouse server's (read-only: nothing is changed).
+        /// Only this flag turns the comparison on; the database and credentials below come from
+        /// the host's environment as for `sluice run`, and are unused without it.
         #[arg(long)]
         clickhouse_url: Option<String>,
         /// The database the host writes to.
-        #[arg(long, default_value = "analytics", requires = "clickhouse_url")]
+        #[arg(long, env = "SLUICE_CLICKHOUSE_DATABASE", default_value = "analytics")]
         clickhouse_database: String,
-        #[arg(long, env = "SLUICE_CLICKHOUSE_USER", requires = "clickhouse_url")]
+        #[arg(long, env = "SLUICE_CLICKHOUSE_USER")]
         clickhouse_user: Option<String>,
-        #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true, requires = "clickhouse_url")]
+        #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
         clickhouse_password: Option<String>,
     },
     /// Create a ready-to-build plugin project: manifest, one handler, one fixture, one test.
@@ -658,23 +660,21 @@ pub fn manifest_json(p: &LoadedPlugin, database: &str) -> serde_json::Value {
 /// Where `plugin inspect` compares the tables.
 pub struct LiveTarget {
     pub url: String,
-    pub database: String,
     pub user: Option<String>,
     pub password: Option<String>,
 }
 
 /// `sluice plugin inspect`: the manifest, and with a ClickHouse server what starting this
 /// version would do to each table. Ok(false) if it would be refused.
-pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
+pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> Result<bool> {
     use crate::writer::evolve::{self, Plan};
     let p = load_one(file)?;
-    let database = live.as_ref().map(|l| l.database.as_str()).unwrap_or("analytics");
     let mut out = manifest_json(&p, database);
     let mut accepted = true;
     if let Some(l) = &live {
         let ch = ChClient::new(&ChOptions {
             urls: l.url.split(',').map(|u| u.trim().to_string()).collect(),
-            database: l.database.clone(),
+            database: database.to_string(),
             user: l.user.clone(),
             password: l.password.clone().map(crate::config::Secret),
             ..ChOptions::default()
@@ -685,21 +685,21 @@ pub async fn inspect(file: &Path, live: Option<LiveTarget>) -> Result<bool> {
         for (schema, json) in p.tables.iter().zip(out["tables"].as_array_mut().into_iter().flatten()) {
             let plan = evolve::plan(&ch, schema)
                 .await
-                .with_context(|| format!("cannot read table {}.{} from {}", l.database, schema.name, l.url))?;
+                .with_context(|| format!("cannot read table {}.{} from {}", database, schema.name, l.url))?;
             let guarantee = match evolve::live_table(&ch, &schema.name).await? {
                 Some(live) => server.guarantee_of(&live),
                 None => {
-                    json["ddl"] = serde_json::json!(server.create_ddl(schema, &l.database));
+                    json["ddl"] = serde_json::json!(server.create_ddl(schema, &database));
                     server.guarantee_of_new()
                 }
             };
             let (status, detail) = match &plan {
                 Plan::Create => ("create", vec![]),
                 Plan::UpToDate => ("up to date", vec![]),
-                Plan::Alter(changes) => ("alter", changes.iter().map(|c| c.ddl(&l.database, &schema.name)).collect()),
+                Plan::Alter(changes) => ("alter", changes.iter().map(|c| c.ddl(&database, &schema.name)).collect()),
                 Plan::Refused(problems) => ("refused", problems.clone()),
             };
-            eprintln!("table {}.{}: {status} ({})", l.database, schema.name, guarantee.name());
+            eprintln!("table {}.{}: {status} ({})", database, schema.name, guarantee.name());
             for d in &detail {
                 eprintln!("  {} {d}", if status == "refused" { "-" } else { "+" });
             }

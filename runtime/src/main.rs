@@ -43,11 +43,10 @@ fn main() -> ExitCode {
             }) => {
                 let live = clickhouse_url.map(|url| cli::LiveTarget {
                     url,
-                    database: clickhouse_database,
                     user: clickhouse_user,
                     password: clickhouse_password,
                 });
-                cli::inspect(&file, live).await
+                cli::inspect(&file, &clickhouse_database, live).await
             }
             Command::Dlq(d) => cli::dlq(d).await.map(|_| true),
             Command::Replay(r) => cli::replay(r).await.map(|_| true),

@@ -211,8 +211,90 @@ impl Drop for ZooKeeper {
     }
 }
 
-/// A private ClickHouse server.
+/// The ClickHouse releases the end-to-end tests run against: every test that touches
+/// ClickHouse runs once on each ([`on_every_release!`]), and its name ends with the release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12's `clickhouse-server` package, 18.16 (2018).
+    V18,
+    /// ClickHouse 26.9: the PyPI package chdb-core (clickhouse-local) served over HTTP by
+    /// scripts/clickhouse/serve-current.py, installed by `scripts/install-deps.sh test`.
+    V26,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Release::V18, Release::V26];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Release::V18 => "ClickHouse 18.16",
+            Release::V26 => "ClickHouse 26.9",
+        }
+    }
+}
+
+impl Release {
+    /// The guarantee (`writer::dedup::Guarantee`) a new table gets on a server of this release
+    /// started by [`ClickHouse::start`]: 18.16 without ZooKeeper deduplicates nothing, 26.9
+    /// deduplicates by insert_deduplication_token.
+    pub fn plain_guarantee(self) -> &'static str {
+        match self {
+            Release::V18 => "at_least_once",
+            Release::V26 => "exactly_once_token",
+        }
+    }
+}
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the releases here cannot do, in one place: tests that need it run on the other
+/// release only, and say why (`cargo test` lists them as ignored with this reason).
+pub const NO_ZOOKEEPER_ON_26: &str = "ClickHouse 26.9 here is chdb-core's clickhouse-local, which has no ZooKeeper client: Replicated tables stay read-only";
+
+/// Declares, for each function `f(release: Release) -> anyhow::Result<()>` named, one test per
+/// ClickHouse release: `f::clickhouse_18_16` and `f::clickhouse_26_9`.
+#[macro_export]
+macro_rules! on_every_release {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn clickhouse_18_16() -> ::anyhow::Result<()> {
+                super::$test($crate::Release::V18)
+            }
+            #[test]
+            fn clickhouse_26_9() -> ::anyhow::Result<()> {
+                super::$test($crate::Release::V26)
+            }
+        }
+    )+};
+}
+
+/// Like [`on_every_release!`] for tests that need Replicated tables through ZooKeeper, which
+/// only 18.16 has here ([`NO_ZOOKEEPER_ON_26`]): the 26.9 test is declared, and ignored.
+#[macro_export]
+macro_rules! on_releases_with_zookeeper {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn clickhouse_18_16() -> ::anyhow::Result<()> {
+                super::$test($crate::Release::V18)
+            }
+            #[test]
+            #[ignore = "ClickHouse 26.9 here is chdb-core's clickhouse-local, which has no ZooKeeper client: Replicated tables stay read-only (NO_ZOOKEEPER_ON_26)"]
+            fn clickhouse_26_9() -> ::anyhow::Result<()> {
+                super::$test($crate::Release::V26)
+            }
+        }
+    )+};
+}
+
+/// A private ClickHouse server of either release.
 pub struct ClickHouse {
+    pub release: Release,
     pub http_port: u16,
     pub tcp_port: u16,
     /// Set for servers started with TLS ([`ClickHouse::start_replica_pair`]).
@@ -223,21 +305,69 @@ pub struct ClickHouse {
     child: Option<Child>,
 }
 
+/// A ClickHouse that deduplicates re-sent batches, as the exactly-once tests need: 18.16 with
+/// a ZooKeeper (Replicated tables), or 26.9 alone (insert_deduplication_token).
+pub struct DedupClickHouse {
+    pub ch: ClickHouse,
+    pub zookeeper: Option<ZooKeeper>,
+}
+
+impl DedupClickHouse {
+    /// The guarantee the host gives its new tables here (see `writer::dedup::Guarantee`).
+    pub fn guarantee(release: Release) -> &'static str {
+        match release {
+            Release::V18 => "exactly_once_replicated",
+            Release::V26 => "exactly_once_token",
+        }
+    }
+
+    pub fn start(release: Release) -> Result<DedupClickHouse> {
+        Ok(match release {
+            Release::V18 => {
+                let zk = ZooKeeper::start()?;
+                DedupClickHouse { ch: ClickHouse::start_replicated(&zk, "r1")?, zookeeper: Some(zk) }
+            }
+            Release::V26 => DedupClickHouse { ch: ClickHouse::start(release)?, zookeeper: None },
+        })
+    }
+}
+
 impl ClickHouse {
-    pub fn start() -> Result<ClickHouse> {
-        Self::start_with(None)
+    /// A server of `release` on free ports, with its own data directory.
+    pub fn start(release: Release) -> Result<ClickHouse> {
+        match release {
+            Release::V18 => Self::start_on((free_port(), free_port()), None, None, None),
+            Release::V26 => {
+                let mut ch = ClickHouse {
+                    release,
+                    http_port: free_port(),
+                    tcp_port: free_port(),
+                    https_port: None,
+                    password: None,
+                    dir: tempfile::tempdir()?,
+                    child: None,
+                };
+                ch.restart()?;
+                Ok(ch)
+            }
+        }
     }
 
-    /// A server that keeps Replicated tables in `zk`, as replica `replica` (the `{replica}`
-    /// macro; `{shard}` is `01`).
+    /// A server (18.16) that keeps Replicated tables in `zk`, as replica `replica` (the
+    /// `{replica}` macro; `{shard}` is `01`).
     pub fn start_replicated(zk: &ZooKeeper, replica: &str) -> Result<ClickHouse> {
-        Self::start_with(Some(format!(
-            "<yandex>\n  <zookeeper><node><host>127.0.0.1</host><port>{}</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>\n  <macros><shard>01</shard><replica>{replica}</replica></macros>\n</yandex>\n",
-            zk.port
-        )))
+        Self::start_on(
+            (free_port(), free_port()),
+            Some(format!(
+                "<yandex>\n  <zookeeper><node><host>127.0.0.1</host><port>{}</port></node><session_timeout_ms>10000</session_timeout_ms></zookeeper>\n  <macros><shard>01</shard><replica>{replica}</replica></macros>\n</yandex>\n",
+                zk.port
+            )),
+            None,
+            None,
+        )
     }
 
-    /// Two servers replicating each other through `zk` (replicas `r1` and `r2` of shard `01`
+    /// Two servers (18.16) replicating each other through `zk` (replicas `r1` and `r2` of shard `01`
     /// of the cluster `sluice`, with distributed DDL), HTTPS on `https_port` with the
     /// certificate of `certs`, and `password` for the `default` user (plain HTTP stays open
     /// for the harness's own queries, with the password).
@@ -282,10 +412,7 @@ impl ClickHouse {
         Ok((pair.pop().unwrap(), second))
     }
 
-    fn start_with(extra_config: Option<String>) -> Result<ClickHouse> {
-        Self::start_on((free_port(), free_port()), extra_config, None, None)
-    }
-
+    /// An 18.16 server.
     fn start_on(
         (http_port, tcp_port): (u16, u16),
         extra_config: Option<String>,
@@ -317,8 +444,15 @@ impl ClickHouse {
             None => users,
         };
         std::fs::write(dir.path().join("users.xml"), users)?;
-        let mut ch =
-            ClickHouse { http_port, tcp_port, https_port, password: password.map(str::to_string), dir, child: None };
+        let mut ch = ClickHouse {
+            release: Release::V18,
+            http_port,
+            tcp_port,
+            https_port,
+            password: password.map(str::to_string),
+            dir,
+            child: None,
+        };
         ch.restart()?;
         Ok(ch)
     }
@@ -340,19 +474,49 @@ impl ClickHouse {
         }
     }
 
+    /// Starts the server (again, on the same ports and data directory).
     pub fn restart(&mut self) -> Result<()> {
+        std::fs::create_dir_all(self.dir.path().join("log"))?;
         let log = std::fs::File::create(self.dir.path().join("log/stdout.log"))?;
-        let child = Command::new("clickhouse-server")
-            .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("cannot start clickhouse-server (run scripts/install-deps.sh)")?;
+        let child = match self.release {
+            Release::V18 => Command::new("clickhouse-server")
+                .arg(format!("--config-file={}", self.dir.path().join("config.xml").display()))
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .context("cannot start clickhouse-server (run scripts/install-deps.sh)")?,
+            Release::V26 => {
+                let python = repo_root().join("target/tools/chdb/bin/python");
+                if !python.exists() {
+                    bail!("no ClickHouse 26.9 in {}: run `scripts/install-deps.sh test`", python.display());
+                }
+                Command::new(python)
+                    .arg(repo_root().join("scripts/clickhouse/serve-current.py"))
+                    .arg("--dir")
+                    .arg(self.dir.path().join("server"))
+                    .args(["--http-port", &self.http_port.to_string(), "--tcp-port", &self.tcp_port.to_string()])
+                    .stdout(Stdio::from(log.try_clone()?))
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .context("cannot start ClickHouse 26.9 (scripts/clickhouse/serve-current.py)")?
+            }
+        };
         self.child = Some(child);
         let (port, path) = (self.http_port, self.query_path());
-        wait_until("clickhouse-server to answer", Duration::from_secs(60), || {
+        let release = self.release;
+        let log = self.dir.path().join("log/stdout.log");
+        wait_until(&format!("{release} to answer"), Duration::from_secs(60), || {
             http_post(port, &path, b"SELECT 1").map(|r| r.trim() == "1").unwrap_or(false)
         })
+        .with_context(|| format!("{release} log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+    }
+
+    /// SIGKILLs the server (its data stays for [`Self::restart`]).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn stop(&mut self) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use sluice_tests::{ClickHouse, Host, Redis, config_file, plugin_dir_with, plugins_dir, sluice, wait_until};
+use sluice_tests::{
+    ClickHouse, Host, Redis, Release, config_file, on_every_release, plugin_dir_with, plugins_dir, sluice, wait_until,
+};
 
 const TOKEN: &str = "test-admin-token";
 
@@ -67,10 +69,11 @@ fn start(redis: &Redis, ch: &ClickHouse, plugins: &std::path::Path, token: Optio
     Ok(h)
 }
 
-#[test]
-fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_need_the_token() -> Result<()> {
+fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_need_the_token(
+    release: Release,
+) -> Result<()> {
     let redis = Redis::start()?;
-    let mut ch = ClickHouse::start()?;
+    let mut ch = ClickHouse::start(release)?;
     let dir =
         plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm"), plugins_dir().join("user-stats.wasm")])?;
     let host = start(&redis, &ch, dir.path(), Some(TOKEN))?;
@@ -121,8 +124,8 @@ fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_
     assert_eq!(names, ["promo-code-analytics", "user-stats"]);
     assert!(plugins[0]["hash"].as_str().unwrap().len() == 64 && plugins[0]["status"] == "running");
     assert_eq!(plugins[0]["limits"]["call_timeout_ms"], 5000);
-    // A ClickHouse without ZooKeeper (18.16): said plainly, per table.
-    assert_eq!(plugins[0]["guarantees"]["promo_code_usages_analytics"], "at_least_once", "{plugins}");
+    // Said plainly, per table: at-least-once on 18.16 without ZooKeeper, tokens on 26.9.
+    assert_eq!(plugins[0]["guarantees"]["promo_code_usages_analytics"], release.plain_guarantee(), "{plugins}");
     let streams = json(&host.admin("GET", "/api/streams", &[])?.1);
     let s0 = &streams.as_array().unwrap()[0];
     assert_eq!(
@@ -198,10 +201,9 @@ fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_
     Ok(())
 }
 
-#[test]
-fn a_broken_plugin_file_makes_the_host_not_ready_and_says_why() -> Result<()> {
+fn a_broken_plugin_file_makes_the_host_not_ready_and_says_why(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = plugin_dir_with(&[plugins_dir().join("order-analytics.wasm")])?;
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm")?;
     let host = start(&redis, &ch, dir.path(), None)?;
@@ -220,10 +222,9 @@ fn a_broken_plugin_file_makes_the_host_not_ready_and_says_why() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins() -> Result<()> {
+fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = plugin_dir_with(&[plugins_dir().join("order-analytics.wasm"), plugins_dir().join("user-stats.wasm")])?;
     let host = start(&redis, &ch, dir.path(), None)?;
     let env = [("SLUICE_REDIS_URL", redis.url())];
@@ -260,7 +261,14 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins() -> Result<()
     }
     assert!(dom.contains(">running<"), "{dom}");
     assert!(dom.contains("events:OrderCreatedEvent"), "{dom}");
-    assert!(dom.contains("orders_analytics (at-least-once)"), "each table's guarantee: {dom}");
+    let shown = format!("orders_analytics ({})", release.plain_guarantee().replace('_', "-"));
+    assert!(dom.contains(&shown), "each table's guarantee: {dom}");
     assert!(dom.contains(">ready<"), "{dom}");
     Ok(())
 }
+
+on_every_release!(
+    every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_need_the_token,
+    a_broken_plugin_file_makes_the_host_not_ready_and_says_why,
+    the_dashboard_loads_in_headless_chromium_and_shows_the_plugins,
+);

@@ -29,10 +29,9 @@ fn counts(redis: &Redis) -> Value {
     bullmq(redis, &["counts"]).unwrap_or(Value::Null)
 }
 
-#[test]
-fn ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows() -> Result<()> {
+fn ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
     // Half the jobs wait in the queue before the host starts, half arrive while it runs. Every
     // 10th is delayed, every 7th prioritized, every 2nd wrapped as the NestJS adapter writes it.
@@ -66,10 +65,9 @@ fn ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows() -> Re
     Ok(())
 }
 
-#[test]
-fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts() -> Result<()> {
+fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
     let host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
     host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
@@ -118,11 +116,9 @@ fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts() -> R
 /// completed (the failpoint), one SIGKILLed mid-run — lose no job: the other host's stalled
 /// check moves their jobs back once the locks expire, and the batch records keep rows that had
 /// landed from landing twice (Replicated tables, private ZooKeeper).
-#[test]
-fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row() -> Result<()> {
-    let zk = ZooKeeper::start()?;
+fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start_replicated(&zk, "r1")?;
+    let DedupClickHouse { ch, zookeeper: _zk } = DedupClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
     let dir = tempfile::tempdir()?;
     // Locks of 3 s (renewed every 1.5 s) so that a dead host's jobs are recovered in seconds.
@@ -189,10 +185,9 @@ fn hosts_killed_mid_run_lose_no_job_and_duplicate_no_row() -> Result<()> {
 /// Jobs wait for a ClickHouse that is down for several lock durations: their locks are renewed
 /// all along, so no job is taken for stalled, run twice or failed, and they complete once it is
 /// back.
-#[test]
-fn locks_stay_alive_while_clickhouse_is_down() -> Result<()> {
+fn locks_stay_alive_while_clickhouse_is_down(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let mut ch = ClickHouse::start()?;
+    let mut ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
     let dir = tempfile::tempdir()?;
     let config = config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 2000\n")?;
@@ -224,10 +219,9 @@ fn locks_stay_alive_while_clickhouse_is_down() -> Result<()> {
 /// grace period without failing any job — those whose rows never reached its writer are handed
 /// back, those whose rows did are left to stall (it might have inserted them) — and the next host
 /// does them all.
-#[test]
-fn a_stopping_host_fails_no_job_and_the_next_host_does_them_all() -> Result<()> {
+fn a_stopping_host_fails_no_job_and_the_next_host_does_them_all(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let mut ch = ClickHouse::start()?;
+    let mut ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[plugins_dir().join("promo-code-analytics.wasm")])?;
     let dir = tempfile::tempdir()?;
     let config = config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 2000\n")?;
@@ -265,10 +259,9 @@ fn a_stopping_host_fails_no_job_and_the_next_host_does_them_all() -> Result<()> 
 
 /// Versions of the plugin replaced while jobs flow: every job completed once, its rows in both
 /// tables from one version.
-#[test]
-fn plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_version() -> Result<()> {
+fn plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_version(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     let manifest = r#"{"name": "hot", "version": "1", "subscriptions": ["hot.event"], "tables": [
         {"name": "hot_a", "columns": [["k", "UInt64"], ["ver", "String"]], "order_by": ["k"]},
@@ -305,7 +298,7 @@ fn plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_v
         assert_eq!(ch.query(&format!("SELECT count(), uniqExact(k) FROM analytics.{t}"))?, "30000\t30000");
     }
     let mixed = ch.number(
-        "SELECT count() FROM analytics.hot_a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) USING k WHERE ver != ver_b",
+        "SELECT count() FROM analytics.hot_a AS a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) AS b USING k WHERE ver != ver_b",
     );
     assert_eq!(mixed, 0, "jobs whose rows come from two versions");
     let c = counts(&redis);
@@ -325,3 +318,12 @@ impl RedisAt {
         bullmq_at(&self.0, args)
     }
 }
+
+on_every_release!(
+    ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows,
+    a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts,
+    hosts_killed_mid_run_lose_no_job_and_duplicate_no_row,
+    locks_stay_alive_while_clickhouse_is_down,
+    a_stopping_host_fails_no_job_and_the_next_host_does_them_all,
+    plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_version,
+);

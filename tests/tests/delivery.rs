@@ -28,9 +28,9 @@ struct Setup {
     config: String,
 }
 
-fn setup(plugins: &[std::path::PathBuf], extra_config: &str) -> Result<Setup> {
+fn setup(release: Release, plugins: &[std::path::PathBuf], extra_config: &str) -> Result<Setup> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = plugin_dir_with(plugins)?;
     let cfg_dir = tempfile::tempdir()?.keep();
     let config = config_file(&cfg_dir, &format!("{FAST}{extra_config}"))?.display().to_string();
@@ -46,9 +46,8 @@ impl Setup {
     }
 }
 
-#[test]
-fn transient_failures_are_retried_and_traps_fail_only_their_event() -> Result<()> {
-    let s = setup(&[test_plugin("flaky")], "")?;
+fn transient_failures_are_retried_and_traps_fail_only_their_event(release: Release) -> Result<()> {
+    let s = setup(release, &[test_plugin("flaky")], "")?;
     let mut conn = s.redis.conn()?;
     // 1000 events that fail their first attempt, 1000 plain ones with 5 panics and 5
     // permanent failures among them.
@@ -99,9 +98,9 @@ fn transient_failures_are_retried_and_traps_fail_only_their_event() -> Result<()
     Ok(())
 }
 
-#[test]
-fn poison_one_percent_is_dead_lettered_exactly_and_the_rest_lands() -> Result<()> {
-    let s = setup(&[plugins_dir().join("promo-code-analytics.wasm"), plugins_dir().join("user-stats.wasm")], "")?;
+fn poison_one_percent_is_dead_lettered_exactly_and_the_rest_lands(release: Release) -> Result<()> {
+    let s =
+        setup(release, &[plugins_dir().join("promo-code-analytics.wasm"), plugins_dir().join("user-stats.wasm")], "")?;
     let mut conn = s.redis.conn()?;
     let mut poison = HashSet::new();
     let mut pipe = redis::pipe();
@@ -221,9 +220,8 @@ fn assert_nothing_lost(
     Ok(())
 }
 
-#[test]
-fn chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing() -> Result<()> {
-    let mut s = setup(&first_party_plugins(), "")?;
+fn chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing(release: Release) -> Result<()> {
+    let mut s = setup(release, &first_party_plugins(), "")?;
     let mut conn = s.redis.conn()?;
     let total = 50_000u32;
     let mut bad = HashSet::new();
@@ -276,9 +274,9 @@ fn chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing() -> Result<()
     Ok(())
 }
 
-#[test]
-fn two_hosts_share_the_work_without_loss() -> Result<()> {
+fn two_hosts_share_the_work_without_loss(release: Release) -> Result<()> {
     let s = setup(
+        release,
         &[
             plugins_dir().join("order-analytics.wasm"),
             plugins_dir().join("promo-code-analytics.wasm"),
@@ -310,9 +308,11 @@ fn two_hosts_share_the_work_without_loss() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocessed_and_history_replayed() -> Result<()> {
+fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocessed_and_history_replayed(
+    release: Release,
+) -> Result<()> {
     let s = setup(
+        release,
         &[test_plugin("flaky"), plugins_dir().join("order-analytics.wasm"), plugins_dir().join("user-stats.wasm")],
         "",
     )?;
@@ -402,9 +402,8 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     Ok(())
 }
 
-#[test]
-fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work() -> Result<()> {
-    let mut s = setup(&first_party_plugins(), "")?;
+fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work(release: Release) -> Result<()> {
+    let mut s = setup(release, &first_party_plugins(), "")?;
     let mut host = s.host()?;
     let mut bad = HashSet::new();
     {
@@ -437,3 +436,12 @@ fn a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work() -> Result<()
     assert_nothing_lost(&s, &mut conn, 20_000, &bad, &|| format!("{log}\n---\n{}", next.log_text()))?;
     Ok(())
 }
+
+on_every_release!(
+    transient_failures_are_retried_and_traps_fail_only_their_event,
+    poison_one_percent_is_dead_lettered_exactly_and_the_rest_lands,
+    chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing,
+    two_hosts_share_the_work_without_loss,
+    delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocessed_and_history_replayed,
+    a_redis_outage_is_survived_and_sigterm_finishes_in_flight_work,
+);

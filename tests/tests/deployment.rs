@@ -78,9 +78,9 @@ fn ledger_keys(cluster: &RedisCluster) -> Vec<String> {
     keys
 }
 
-#[test]
-fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_primary_and_clickhouse_replicas_losing_one()
--> Result<()> {
+fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_primary_and_clickhouse_replicas_losing_one(
+    _release: Release,
+) -> Result<()> {
     let certs = Certs::make()?;
     let zk = ZooKeeper::start()?;
     let (mut ch1, ch2) = ClickHouse::start_replica_pair(&zk, &certs, "ch-secret")?;
@@ -267,3 +267,7 @@ fn wrong_tls_material_or_passwords_say_which_setting_to_check() -> Result<()> {
     stop_child(&mut server);
     Ok(())
 }
+
+on_releases_with_zookeeper!(
+    fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_primary_and_clickhouse_replicas_losing_one,
+);

@@ -1,6 +1,7 @@
-//! Exactly once: rows of every event land once in Replicated tables (ClickHouse 18.16 with a
-//! private ZooKeeper), however often hosts are SIGKILLed, with several hosts sharing the work,
-//! a ClickHouse restart, and a plugin replaced between a crash and its recovery.
+//! Exactly once: rows of every event land once — in Replicated tables on ClickHouse 18.16 (a
+//! private ZooKeeper), by insert_deduplication_token on plain MergeTree on 26.9 — however often
+//! hosts are SIGKILLed, with several hosts sharing the work, a ClickHouse restart, and a plugin
+//! replaced between a crash and its recovery.
 
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ fn ledger_keys(conn: &mut redis::Connection) -> Vec<String> {
 }
 
 struct Cluster {
-    zk: ZooKeeper,
+    /// 18.16's ZooKeeper (Replicated tables), or none on 26.9 (deduplication tokens).
+    zk: Option<ZooKeeper>,
     ch: ClickHouse,
     redis: Redis,
     plugins: tempfile::TempDir,
@@ -43,14 +45,30 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(plugins: &[std::path::PathBuf], extra_config: &str) -> Result<Cluster> {
-        let zk = ZooKeeper::start()?;
-        let ch = ClickHouse::start_replicated(&zk, "r1")?;
+    fn start(release: Release, plugins: &[std::path::PathBuf], extra_config: &str) -> Result<Cluster> {
+        let DedupClickHouse { ch, zookeeper: zk } = DedupClickHouse::start(release)?;
         let redis = Redis::start()?;
         let plugins = plugin_dir_with(plugins)?;
         let cfg_dir = tempfile::tempdir()?.keep();
         let config = config_file(&cfg_dir, &format!("{FAST}{extra_config}"))?.display().to_string();
         Ok(Cluster { zk, ch, redis, plugins, config })
+    }
+
+    /// Inserts fail from now on, and batches stay recorded but uncommitted: ZooKeeper goes
+    /// away (18.16, a Replicated table cannot take inserts) or ClickHouse does (26.9).
+    fn break_inserts(&mut self) {
+        match &mut self.zk {
+            Some(zk) => zk.stop(),
+            None => self.ch.stop(),
+        }
+    }
+
+    /// Inserts work again.
+    fn heal(&mut self) -> Result<()> {
+        match &mut self.zk {
+            Some(zk) => zk.restart(),
+            None => self.ch.restart(),
+        }
     }
 
     fn host(&self) -> Result<Host> {
@@ -64,23 +82,23 @@ impl Cluster {
     }
 }
 
-#[test]
-fn three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_once() -> Result<()> {
-    let mut c = Cluster::start(&first_party_plugins(), "")?;
+fn three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_once(release: Release) -> Result<()> {
+    let mut c = Cluster::start(release, &first_party_plugins(), "")?;
     let mut hosts: Vec<Host> = (0..3).map(|_| c.host()).collect::<Result<_>>()?;
     for h in &hosts {
         h.wait_for_log("sluice is running", Duration::from_secs(90))?;
     }
     let first = hosts[0].log_text();
+    let guarantee = DedupClickHouse::guarantee(release);
     for table in ["orders_analytics", "promo_code_usages_analytics", "users_analytics"] {
         assert!(
-            first.lines().any(|l| l.contains(table) && l.contains("exactly_once_replicated")),
+            first.lines().any(|l| l.contains(table) && l.contains(guarantee)),
             "the start-up log states the guarantee of {table}:\n{first}"
         );
     }
     let plugins = hosts[0].admin("GET", "/api/plugins", &[])?.1;
     assert_eq!(
-        plugins.matches("\"exactly_once_replicated\"").count(),
+        plugins.matches(&format!("\"{guarantee}\"")).count(),
         3,
         "the admin API shows the guarantee of each table: {plugins}"
     );
@@ -221,10 +239,9 @@ fn new_version_of(wasm: &std::path::Path, dst: &std::path::Path, tag: &str) -> R
     Ok(())
 }
 
-#[test]
-fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version() -> Result<()> {
+fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version(release: Release) -> Result<()> {
     let promo = plugins_dir().join("promo-code-analytics.wasm");
-    let mut c = Cluster::start(std::slice::from_ref(&promo), "")?;
+    let mut c = Cluster::start(release, std::slice::from_ref(&promo), "")?;
     let mut conn = c.redis.conn()?;
     let mut host = c.host()?;
     host.wait_for_log("sluice is running", Duration::from_secs(90))?;
@@ -245,7 +262,7 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version() -> Re
     })?;
     // ZooKeeper goes away: the Replicated table cannot take inserts, so the next batches are
     // recorded in Redis but not committed. Then the host dies.
-    c.zk.stop();
+    c.break_inserts();
     publish_promos(&mut conn, 3000, 2000, &mut expected)?;
     wait_until("batches recorded in Redis", Duration::from_secs(30), || {
         let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:batch:*").query(&mut conn).unwrap_or_default();
@@ -260,7 +277,7 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version() -> Re
     // A new version replaces the plugin while its batches wait; ZooKeeper comes back.
     let file = c.plugins.path().join("promo-code-analytics.wasm");
     new_version_of(&promo, &file, "v2")?;
-    c.zk.restart()?;
+    c.heal()?;
     let mut host = c.host()?;
     host.wait_for_log("sluice is running", Duration::from_secs(90))?;
     publish_promos(&mut conn, 9000, 1000, &mut expected)?;
@@ -285,9 +302,8 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version() -> Re
     Ok(())
 }
 
-#[test]
-fn a_host_dying_after_its_batch_landed_and_before_acknowledging_it_writes_no_duplicate() -> Result<()> {
-    let c = Cluster::start(&[plugins_dir().join("promo-code-analytics.wasm")], "")?;
+fn a_host_dying_after_its_batch_landed_and_before_acknowledging_it_writes_no_duplicate(release: Release) -> Result<()> {
+    let c = Cluster::start(release, &[plugins_dir().join("promo-code-analytics.wasm")], "")?;
     let mut conn = c.redis.conn()?;
     let mut expected = Expected::default();
     // Promo events only: every third index of `publish`.
@@ -336,10 +352,11 @@ fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Result<std:
     }
 }
 
-#[test]
-fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_batches_of_it() -> Result<()> {
+fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_batches_of_it(
+    release: Release,
+) -> Result<()> {
     let promo = plugins_dir().join("promo-code-analytics.wasm");
-    let mut c = Cluster::start(std::slice::from_ref(&promo), "")?;
+    let mut c = Cluster::start(release, std::slice::from_ref(&promo), "")?;
     let mut conn = c.redis.conn()?;
     let table = "analytics.promo_code_usages_analytics";
     let mut host = c.host()?;
@@ -350,7 +367,7 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
         c.ch.number(&format!("SELECT count() FROM {table}")) == 1000
     })?;
     // Batches recorded, not committed (ZooKeeper away), then the host dies.
-    c.zk.stop();
+    c.break_inserts();
     publish(&mut conn, 3000..9000, &mut e)?;
     wait_until("batches recorded in Redis", Duration::from_secs(30), || {
         total_pending(&mut conn, &STREAMS[2..]).unwrap_or(0) == 2000
@@ -369,7 +386,7 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
     assert!(recorded > 0, "open batch records at the crash");
     // The next version writes another table (`table_prefix`), not this one.
     std::fs::write(c.plugins.path().join("promo-code-analytics.toml"), "[clickhouse]\ntable_prefix = \"v2_\"\n")?;
-    c.zk.restart()?;
+    c.heal()?;
     let host = c.host()?;
     host.wait_for_log("sluice is running", Duration::from_secs(90))?;
     wait_until("every event acknowledged", Duration::from_secs(120), || {
@@ -386,3 +403,10 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
     assert_eq!(ledger_keys(&mut conn), Vec::<String>::new(), "records closed and their fields deleted");
     Ok(())
 }
+
+on_every_release!(
+    three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_once,
+    batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version,
+    a_host_dying_after_its_batch_landed_and_before_acknowledging_it_writes_no_duplicate,
+    a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_batches_of_it,
+);

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use sluice_tests::{ClickHouse, Host, Redis, dead_letters, example_plugin, plugins_dir, repo_root, sluice, wait_until};
+use sluice_tests::{
+    ClickHouse, Host, Redis, Release, dead_letters, example_plugin, on_every_release, plugins_dir, repo_root, sluice,
+    wait_until,
+};
 
 const TWINS: [(&str, &str); 2] = [("promo-code-analytics-py", "py_"), ("promo-code-analytics-js", "js_")];
 
@@ -61,10 +64,9 @@ fn payload(k: u64) -> Value {
     })
 }
 
-#[test]
-fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin() -> Result<()> {
+fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     std::fs::copy(plugins_dir().join("promo-code-analytics.wasm"), dir.path().join("promo-code-analytics.wasm"))?;
     for (twin, prefix) in TWINS {
@@ -148,3 +150,5 @@ fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin() -> Resul
     }
     Ok(())
 }
+
+on_every_release!(python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin,);

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
-use sluice_tests::{ClickHouse, Host, Redis, dead_letters, plugins_dir, total_pending, wait_until};
+use sluice_tests::{
+    ClickHouse, Host, Redis, Release, dead_letters, on_every_release, plugins_dir, total_pending, wait_until,
+};
 
 const STREAMS: [&str; 3] = ["events:PromoCodeAppliedEvent", "events:OrderCreatedEvent", "events:order.created"];
 
@@ -70,10 +72,9 @@ fn publish_mixed(conn: &mut redis::Connection, from: u64, to: u64, exp: &mut Exp
     Ok(())
 }
 
-#[test]
-fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
+fn ten_thousand_mixed_events_land_exactly_once(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let mut conn = redis.conn()?;
     let mut exp = Expected::default();
     // Half before the host starts (groups are created at the start of the stream)...
@@ -135,10 +136,9 @@ fn ten_thousand_mixed_events_land_exactly_once() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<()> {
+fn malformed_events_are_dead_lettered_with_stream_entry_and_reason(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let mut conn = redis.conn()?;
     let good = json!({"promoCodeId": "p", "promoCode": "C", "userId": "u", "orderId": "o", "orderAmount": 10.5, "discountAmount": 1.0, "createdAt": "2024-06-01T00:00:00Z"});
     for _ in 0..100 {
@@ -201,10 +201,9 @@ fn malformed_events_are_dead_lettered_with_stream_entry_and_reason() -> Result<(
     Ok(())
 }
 
-#[test]
-fn a_broken_plugin_file_is_reported_by_path_and_skipped() -> Result<()> {
+fn a_broken_plugin_file_is_reported_by_path_and_skipped(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     std::fs::copy(plugins_dir().join("order-analytics.wasm"), dir.path().join("order-analytics.wasm"))?;
     std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm")?;
@@ -229,3 +228,9 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped() -> Result<()> {
     assert!(log.contains(&format!("{} is not a valid WebAssembly component: failed to parse WebAssembly module: attempted to parse a wasm module with a component parser", dir.path().join("core-module.wasm").display())), "{log}");
     Ok(())
 }
+
+on_every_release!(
+    ten_thousand_mixed_events_land_exactly_once,
+    malformed_events_are_dead_lettered_with_stream_entry_and_reason,
+    a_broken_plugin_file_is_reported_by_path_and_skipped,
+);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use sluice_tests::{ClickHouse, Host, Redis, config_file, test_plugin, wait_until};
+use sluice_tests::{ClickHouse, Host, Redis, Release, config_file, on_every_release, test_plugin, wait_until};
 
 fn manifest(name: &str, tables: &[&str], ver_type: &str) -> String {
     let tables: Vec<Value> = tables
@@ -52,10 +52,11 @@ fn start(redis: &Redis, ch: &ClickHouse, dir: &Path) -> Result<Host> {
     Ok(h)
 }
 
-#[test]
-fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one_version() -> Result<()> {
+fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one_version(
+    release: Release,
+) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     let m = manifest("hot", &["hot_a", "hot_b"], "String");
     let wasm = dir.path().join("hot.wasm");
@@ -113,7 +114,7 @@ fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one
     }
     // ...each event's rows from one version...
     let mixed = ch.number(
-        "SELECT count() FROM analytics.hot_a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) USING k WHERE ver != ver_b",
+        "SELECT count() FROM analytics.hot_a AS a ANY INNER JOIN (SELECT k, ver AS ver_b FROM analytics.hot_b) AS b USING k WHERE ver != ver_b",
     );
     assert_eq!(mixed, 0, "events whose rows come from two versions");
     // ...and the versions really changed under load, the half-copied file included.
@@ -134,10 +135,9 @@ fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one
     Ok(())
 }
 
-#[test]
-fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and_go() -> Result<()> {
+fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and_go(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     let keep = manifest("keep", &["keep_rows"], "String");
     std::fs::write(dir.path().join("keep.toml"), sidecar(&keep, "v1"))?;
@@ -221,10 +221,9 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     Ok(())
 }
 
-#[test]
-fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
+fn a_restart_loads_compiled_code_from_the_cache(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = sluice_tests::plugin_dir_with(&sluice_tests::first_party_plugins())?;
     let cache = tempfile::tempdir()?;
     let cache_env = cache.path().display().to_string();
@@ -256,12 +255,11 @@ fn a_restart_loads_compiled_code_from_the_cache() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_idle_host_watching_its_plugins_does_not_spin() -> Result<()> {
+fn an_idle_host_watching_its_plugins_does_not_spin(release: Release) -> Result<()> {
     // The rescan opens the directory, and inotify reports opens: a watcher that woke on every
     // event rescanned in a loop, a third of a core with nothing to do.
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     std::fs::copy(sluice_tests::plugins_dir().join("order-analytics.wasm"), dir.path().join("order-analytics.wasm"))?;
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
@@ -274,3 +272,10 @@ fn an_idle_host_watching_its_plugins_does_not_spin() -> Result<()> {
     assert!(used < 0.5, "an idle host used {used:.2} CPU seconds in 5 s");
     Ok(())
 }
+
+on_every_release!(
+    ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one_version,
+    broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and_go,
+    a_restart_loads_compiled_code_from_the_cache,
+    an_idle_host_watching_its_plugins_does_not_spin,
+);

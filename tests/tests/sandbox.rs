@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::json;
 use sluice_tests::{
-    ClickHouse, Host, Redis, config_file, dead_letters, plugin_dir_with, plugins_dir, sluice, test_plugin, wait_until,
+    ClickHouse, Host, Redis, Release, config_file, dead_letters, on_every_release, plugin_dir_with, plugins_dir,
+    sluice, test_plugin, wait_until,
 };
 
-#[test]
-fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_keeps_going() -> Result<()> {
+fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_keeps_going(
+    release: Release,
+) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = plugin_dir_with(&[test_plugin("hostile"), plugins_dir().join("order-analytics.wasm")])?;
     // Tighter limits for the hostile plugin alone, in its sidecar file.
     std::fs::write(dir.path().join("hostile.toml"), "[limits]\ncall_timeout_ms = 1000\nmax_memory_mb = 64\n")?;
@@ -107,10 +109,9 @@ fn action_id(k: u64, action: &str) -> String {
     format!("{action}-{k}")
 }
 
-#[test]
-fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api() -> Result<()> {
+fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     let manifest = json!({"name": "keyed", "version": "1", "subscriptions": ["keyed.event"],
         "tables": [{"name": "keyed_rows", "columns": [["k", "UInt64"], ["key", "String"]], "order_by": ["k"]}]});
@@ -149,10 +150,9 @@ fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api() -> Result<()> 
     Ok(())
 }
 
-#[test]
-fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_plugin() -> Result<()> {
+fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_plugin(release: Release) -> Result<()> {
     let redis = Redis::start()?;
-    let ch = ClickHouse::start()?;
+    let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     // The hostile plugin may read /etc and see HOME, and nothing else: the directory is granted
     // in the host's config, the variable in the plugin's sidecar (merged key by key).
@@ -210,3 +210,9 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
     assert!(err.to_string().contains("grants.read_dirs: relative/dir is not an absolute path to a directory"), "{err}");
     Ok(())
 }
+
+on_every_release!(
+    each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_keeps_going,
+    secrets_reach_only_their_plugin_and_never_the_log_or_the_api,
+    grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_plugin,
+);

@@ -13,6 +13,8 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::server::ServerCaps;
+
 /// A ClickHouse error, classified.
 #[derive(Debug, thiserror::Error)]
 pub enum ChError {
@@ -237,6 +239,8 @@ pub struct ChClient {
     current: Arc<AtomicUsize>,
     database: String,
     cluster: Option<String>,
+    /// What the server offers, asked on first need (see `server`).
+    caps: Arc<tokio::sync::OnceCell<ServerCaps>>,
 }
 
 impl ChClient {
@@ -287,7 +291,23 @@ impl ChClient {
             current: Arc::new(AtomicUsize::new(0)),
             database: o.database.clone(),
             cluster: o.cluster.clone(),
+            caps: Default::default(),
         })
+    }
+
+    /// What the server offers (version, types, settings): asked once, on first need.
+    pub async fn caps(&self) -> Result<&ServerCaps, ChError> {
+        self.caps
+            .get_or_try_init(|| async {
+                let version = self.ping().await?;
+                let names = |rows: Vec<serde_json::Value>, key: &str| -> Vec<String> {
+                    rows.iter().filter_map(|r| r.get(key).and_then(|v| v.as_str()).map(str::to_string)).collect()
+                };
+                let types = on_endpoints!(self, ep => json_rows(&ep.server, "SELECT name FROM system.data_type_families").await)?;
+                let settings = on_endpoints!(self, ep => json_rows(&ep.server, &ServerCaps::settings_query()).await)?;
+                Ok(ServerCaps::new(version, names(types, "name"), names(settings, "name")))
+            })
+            .await
     }
 
     pub fn database(&self) -> &str {
@@ -323,13 +343,14 @@ impl ChClient {
             tracing::warn!(from = %self.endpoints[from].url, to = %self.endpoints[to].url, "ClickHouse endpoint failed; moved to the next one");
         }
     }
-    /// Runs a statement that returns nothing; `low_cardinality` adds the setting 18.16 needs
-    /// to create LowCardinality columns (current releases ignore it).
-    pub async fn execute(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
+    /// Runs a statement of the host's that returns nothing (DDL, registry rows), with the
+    /// settings its declarations may need where the server has them (see `server`).
+    pub async fn execute(&self, sql: &str) -> Result<(), ChError> {
+        let settings = self.caps().await?.ddl_settings();
         on_endpoints!(self, ep => {
             let mut q = ep.client.query(sql).with_setting("wait_end_of_query", "1");
-            if low_cardinality {
-                q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+            for (k, v) in &settings {
+                q = q.with_setting(*k, *v);
             }
             q.execute().await.map_err(ChError::from_client)
         })
@@ -339,9 +360,9 @@ impl ChClient {
     /// cluster is configured (see [`with_on_cluster`]).
     /// Without a cluster but with several endpoints, each endpoint runs it (they are
     /// replicas of each other and each needs the table); every one must answer.
-    pub async fn execute_ddl(&self, sql: &str, low_cardinality: bool) -> Result<(), ChError> {
+    pub async fn execute_ddl(&self, sql: &str) -> Result<(), ChError> {
         if let Some(c) = &self.cluster {
-            return self.execute(&with_on_cluster(sql, c), low_cardinality).await.map_err(|e| match e {
+            return self.execute(&with_on_cluster(sql, c)).await.map_err(|e| match e {
                 // The other servers run the task with their own profile's settings (18.16).
                 ChError::Server { code: 44, message } if message.contains("allow_experimental_low_cardinality_type") => {
                     ChError::Server {
@@ -355,12 +376,13 @@ impl ChClient {
             });
         }
         if self.endpoints.len() == 1 {
-            return self.execute(sql, low_cardinality).await;
+            return self.execute(sql).await;
         }
+        let settings = self.caps().await?.ddl_settings();
         for ep in self.endpoints.iter() {
             let mut q = ep.client.query(sql).with_setting("wait_end_of_query", "1");
-            if low_cardinality {
-                q = q.with_setting("allow_experimental_low_cardinality_type", "1");
+            for (k, v) in &settings {
+                q = q.with_setting(*k, *v);
             }
             q.execute().await.map_err(|e| match ChError::from_client(e) {
                 ChError::Server { code, message } => {
@@ -435,28 +457,24 @@ impl ChClient {
         Ok(())
     }
 
-    /// Inserts pre-encoded RowBinary rows with one INSERT.
+    /// Inserts pre-encoded RowBinary rows with one INSERT (one block).
     /// `token`: the block's `insert_deduplication_token` (servers that have it, see `dedup`);
     /// `dedup`: an exactly-once table's INSERT, which must not skip deduplication.
     pub async fn insert_rowbinary(
         &self,
         sql: &str,
         data: Bytes,
-        low_cardinality: bool,
         token: Option<&str>,
         dedup: bool,
     ) -> Result<(), ChError> {
+        let settings = self.caps().await?.insert_settings(dedup);
         on_endpoints!(self, ep => {
             let mut insert = ep.client.insert_formatted_with(sql.to_string());
-            if low_cardinality {
-                insert = insert.with_setting("allow_experimental_low_cardinality_type", "1");
+            for (k, v) in &settings {
+                insert = insert.with_setting(*k, *v);
             }
             if let Some(t) = token {
                 insert = insert.with_setting("insert_deduplication_token", t);
-            }
-            if dedup {
-                // A user profile may have turned deduplication off.
-                insert = insert.with_setting("insert_deduplicate", "1");
             }
             match insert.send(data.clone()).await {
                 Ok(()) => insert.end().await.map_err(ChError::from_client),

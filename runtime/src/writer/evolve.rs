@@ -74,15 +74,12 @@ pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
         None => "MergeTree()".to_string(),
     };
     client
-        .execute_ddl(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
+        .execute_ddl(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (table_name String, plugin String, plugin_version String, \
                  plugin_hash String, change String, ddl String, changed_at DateTime) \
                  ENGINE = {engine} ORDER BY (table_name, changed_at)",
-                registry(client)
-            ),
-            false,
-        )
+            registry(client)
+        ))
         .await
 }
 
@@ -127,8 +124,18 @@ fn engine_of(engine_full: &str) -> String {
     engine_full[..cut].trim().to_string()
 }
 
-/// What preparing `schema` takes, without changing anything.
+/// What preparing `schema` takes, without changing anything. A column type the server
+/// lacks refuses it, naming the type and the server's version.
 pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChError> {
+    let caps = client.caps().await?;
+    let lacking: Vec<String> = schema
+        .columns
+        .iter()
+        .filter_map(|c| caps.lacks(&c.ty).map(|why| format!("column `{}` {}: {why}", c.name, c.ty)))
+        .collect();
+    if !lacking.is_empty() {
+        return Ok(Plan::Refused(lacking));
+    }
     Ok(match live_table(client, &schema.name).await? {
         None => Plan::Create,
         Some(live) => match schema.compare(&live) {
@@ -141,7 +148,7 @@ pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChErr
 
 async fn record(client: &ChClient, table: &str, owner: Owner<'_>, change: &str, ddl: &str) -> Result<(), ChError> {
     let values = [table, owner.plugin, owner.version, owner.hash, change, ddl].map(sql_string).join(", ");
-    client.execute(&format!("INSERT INTO {} VALUES ({values}, now())", registry(client)), false).await
+    client.execute(&format!("INSERT INTO {} VALUES ({values}, now())", registry(client))).await
 }
 
 /// Prepares every table of one plugin version: all are planned first, and if any is refused
@@ -196,7 +203,7 @@ async fn apply(
             let ddl = server.create_ddl(schema, client.database());
             // Recorded first, so that another host looking at the new table sees it as ours.
             record(client, &schema.name, owner, "create", &ddl).await?;
-            client.execute_ddl(&ddl, schema.uses_low_cardinality()).await?;
+            client.execute_ddl(&ddl).await?;
             tracing::info!(table = %schema.name, plugin = owner.plugin, version = owner.version, "table created");
             Ok(())
         }
@@ -212,8 +219,8 @@ async fn apply(
                 let ddl = change.ddl(client.database(), &schema.name);
                 record(client, &schema.name, owner, change.kind(), &ddl).await?;
                 let done = match replicated {
-                    true => client.execute(&ddl, c.ty.uses_low_cardinality()).await,
-                    false => client.execute_ddl(&ddl, c.ty.uses_low_cardinality()).await,
+                    true => client.execute(&ddl).await,
+                    false => client.execute_ddl(&ddl).await,
                 };
                 if let Err(e) = done {
                     // 18.16 has no ADD COLUMN IF NOT EXISTS: another host may have just made

@@ -28,6 +28,7 @@ pub mod dedup;
 pub mod evolve;
 pub mod ledger;
 pub mod schema;
+pub mod server;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -175,6 +176,8 @@ impl Writer {
 struct Target {
     table: String,
     sql: String,
+    /// Recorded with a batch for hosts of earlier versions, which pass the setting by it; the
+    /// client now sends it wherever the server has it.
     low_cardinality: bool,
     /// An exactly-once table: INSERTs force `insert_deduplicate=1`.
     dedup: bool,
@@ -406,8 +409,7 @@ async fn insert_with_retry(
     let table = &target.table;
     loop {
         let t = Instant::now();
-        let result =
-            client.insert_rowbinary(&target.sql, block.clone(), target.low_cardinality, token, target.dedup).await;
+        let result = client.insert_rowbinary(&target.sql, block.clone(), token, target.dedup).await;
         if let Err(e) = &result {
             let class = match e.class() {
                 ErrorClass::Retry => "retry",
