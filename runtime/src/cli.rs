@@ -235,6 +235,10 @@ pub struct RunArgs {
     /// DDL runs ON CLUSTER, Replicated engines use the {shard}/{replica} macros [default: none]
     #[arg(long, env = "SLUICE_CLICKHOUSE_CLUSTER")]
     pub clickhouse_cluster: Option<String>,
+    /// Compression of INSERT bodies: `lz4` (ClickHouse's own block compression) or `none`
+    /// [default: none]
+    #[arg(long, env = "SLUICE_CLICKHOUSE_COMPRESSION", value_parser = ["none", "lz4"])]
+    pub clickhouse_compression: Option<String>,
     /// Directory of plugin .wasm files [default: ./plugins]
     #[arg(long, env = "SLUICE_PLUGINS_DIR")]
     pub plugins_dir: Option<PathBuf>,
@@ -385,6 +389,11 @@ impl RunArgs {
                 )?,
                 ca_file: self.clickhouse_ca_file.clone().or(f.clickhouse_ca_file.clone()),
                 cluster: self.clickhouse_cluster.clone().or(f.clickhouse_cluster.clone()).filter(|c| !c.is_empty()),
+                lz4: match self.clickhouse_compression.clone().or(f.clickhouse_compression.clone()).as_deref() {
+                    None | Some("none") => false,
+                    Some("lz4") => true,
+                    Some(other) => bail!("clickhouse_compression must be `none` or `lz4`, got `{other}`"),
+                },
             },
             plugins_dir: self.plugins_dir.clone().or(f.plugins_dir).unwrap_or_else(|| PathBuf::from("./plugins")),
             admin_addr: self.admin_addr.clone().or(f.admin_addr).unwrap_or_else(|| "127.0.0.1:9464".into()),
@@ -686,11 +695,14 @@ pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> R
             let plan = evolve::plan(&ch, schema)
                 .await
                 .with_context(|| format!("cannot read table {}.{} from {}", database, schema.name, l.url))?;
-            let guarantee = match evolve::live_table(&ch, &schema.name).await? {
-                Some(live) => server.guarantee_of(&live),
+            let (guarantee, window) = match evolve::live_table(&ch, &schema.name).await? {
+                Some(live) => {
+                    let g = server.guarantee_of(&live);
+                    (g, server.window_of(&live, g))
+                }
                 None => {
-                    json["ddl"] = serde_json::json!(server.create_ddl(schema, &database));
-                    server.guarantee_of_new()
+                    json["ddl"] = serde_json::json!(server.create_ddl(schema, database));
+                    (server.guarantee_of_new(), server.window_of_new())
                 }
             };
             let (status, detail) = match &plan {
@@ -704,7 +716,7 @@ pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> R
                 eprintln!("  {} {d}", if status == "refused" { "-" } else { "+" });
             }
             accepted &= status != "refused";
-            json["live"] = serde_json::json!({"status": status, "changes": detail, "guarantee": guarantee.name()});
+            json["live"] = serde_json::json!({"status": status, "changes": detail, "guarantee": guarantee.name(), "dedup_window": window});
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -26,6 +26,8 @@ pub struct FileSettings {
     pub clickhouse_password_file: Option<PathBuf>,
     pub clickhouse_ca_file: Option<PathBuf>,
     pub clickhouse_cluster: Option<String>,
+    /// `none` | `lz4`.
+    pub clickhouse_compression: Option<String>,
     pub plugins_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub admin_addr: Option<String>,

@@ -269,7 +269,8 @@ impl Deployer {
         for t in &plugin.tables {
             let db = self.writer.client().database();
             if t.guarantee.exactly_once() {
-                tracing::info!(plugin = %name, table = %format!("{db}.{}", t.name), guarantee = t.guarantee.name(), "{}", t.guarantee.describe());
+                let window = t.window.map(|w| w.to_string()).unwrap_or_default();
+                tracing::info!(plugin = %name, table = %format!("{db}.{}", t.name), guarantee = t.guarantee.name(), %window, "{} (a batch recovered after its block left the window is written twice)", t.guarantee.describe());
             } else {
                 tracing::warn!(plugin = %name, table = %format!("{db}.{}", t.name), guarantee = t.guarantee.name(), "{}", t.guarantee.describe());
             }

@@ -69,6 +69,43 @@ export class Instant {
   }
 }
 
+/**
+ * A point in time with nanosecond precision: nanoseconds since the epoch (a `bigint`), UTC.
+ * Fills a `DateTime64(p)` column of any precision (and a `DateTime` one with its seconds).
+ */
+export class Timestamp {
+  constructor(nanos) {
+    this.nanos = BigInt(nanos);
+  }
+  /** Parses RFC 3339 keeping up to nine fractional digits; no offset means UTC. */
+  static parse(text) {
+    return new Timestamp(parseTimestampNs(text));
+  }
+  static fromMillis(ms) {
+    return new Timestamp(BigInt(Math.trunc(ms)) * 1000000n);
+  }
+  /** From a `Timestamp`, an `Instant`, a `Day` or a JavaScript `Date`. */
+  static of(v) {
+    if (v instanceof Timestamp) return v;
+    if (v instanceof Instant) return new Timestamp(BigInt(v.seconds) * 1000000000n);
+    if (v instanceof Day) return new Timestamp(BigInt(v.days) * 86400000000000n);
+    if (v instanceof Date) return Timestamp.fromMillis(v.getTime());
+    throw new TypeError(`not a timestamp: ${v}`);
+  }
+  /** Ticks of 10^-precision seconds (a `DateTime64(precision)`), toward the past. */
+  ticks(precision) {
+    const unit = 10n ** BigInt(9 - Math.min(precision, 9));
+    const q = this.nanos / unit;
+    return this.nanos < 0n && q * unit !== this.nanos ? q - 1n : q;
+  }
+  get seconds() {
+    return Number(this.ticks(0));
+  }
+  date() {
+    return new Day(Math.floor(this.seconds / 86400));
+  }
+}
+
 function daysFromCivil(y, m, d) {
   // Howard Hinnant's algorithm, as in the Rust SDK.
   y = m <= 2 ? y - 1 : y;
@@ -86,6 +123,17 @@ function daysFromCivil(y, m, d) {
  * `hh:mm:ss`, a fraction (milliseconds kept), and `Z` or `±hh:mm` (none means UTC).
  */
 export function parseTimestampMs(text) {
+  return Number(floorDiv(parseTimestampNs(text), 1000000n));
+}
+
+function floorDiv(a, b) {
+  const q = a / b;
+  return a < 0n && q * b !== a ? q - 1n : q;
+}
+
+/** Nanoseconds (a `bigint`) since the epoch of an RFC 3339 timestamp, up to nine fractional
+ * digits kept; the same rules as `parseTimestampMs`. */
+export function parseTimestampNs(text) {
   const bad = () => new Permanent(`invalid timestamp \`${text}\`: expected RFC 3339 like 2024-06-01T12:30:00Z`);
   if (typeof text !== 'string') throw bad();
   const b = text;
@@ -97,25 +145,25 @@ export function parseTimestampMs(text) {
   if (b.length < 10 || b[4] !== '-' || b[7] !== '-') throw bad();
   const y = num(0, 4), mo = num(5, 2), d = num(8, 2);
   if (mo < 1 || mo > 12 || d < 1 || d > 31) throw bad();
-  let ms = daysFromCivil(y, mo, d) * 86400000;
-  if (b.length === 10) return ms;
+  let ns = BigInt(daysFromCivil(y, mo, d)) * 86400000000000n;
+  if (b.length === 10) return ns;
   if (!'Tt '.includes(b[10]) || b.length < 19 || b[13] !== ':' || b[16] !== ':') throw bad();
   const h = num(11, 2), mi = num(14, 2), s = num(17, 2);
   if (h > 23 || mi > 59 || s > 60) throw bad();
-  ms += (h * 3600 + mi * 60 + s) * 1000;
+  ns += BigInt(h * 3600 + mi * 60 + s) * 1000000000n;
   let i = 19;
   if (b[i] === '.') {
     i += 1;
     const start = i;
     while (i < b.length && b[i] >= '0' && b[i] <= '9') i += 1;
     if (i === start) throw bad();
-    ms += Number((b.slice(start, i) + '00').slice(0, 3));
+    ns += BigInt((b.slice(start, i) + '00000000').slice(0, 9));
   }
   const rest = b.slice(i);
-  if (rest === '' || rest === 'Z' || rest === 'z') return ms;
+  if (rest === '' || rest === 'Z' || rest === 'z') return ns;
   if (rest.length === 6 && (rest[0] === '+' || rest[0] === '-') && rest[3] === ':') {
-    const off = (num(i + 1, 2) * 60 + num(i + 4, 2)) * 60000;
-    return rest[0] === '+' ? ms - off : ms + off;
+    const off = BigInt(num(i + 1, 2) * 60 + num(i + 4, 2)) * 60000000000n;
+    return rest[0] === '+' ? ns - off : ns + off;
   }
   throw bad();
 }
@@ -206,11 +254,41 @@ const I64_MIN = -(2n ** 63n), I64_MAX = 2n ** 63n - 1n, U64_MAX = 2n ** 64n - 1n
 const utf8 = new TextEncoder();
 
 function inner(ty) {
-  // `Nullable(T)` and `LowCardinality(T)` encode as `T`; `Array(T)` elements as `T`.
+  // `Nullable(T)` and `LowCardinality(T)` encode as `T`.
+  ty = (ty || '').trim();
   for (const w of ['Nullable(', 'LowCardinality(']) {
     if (ty.startsWith(w) && ty.endsWith(')')) return inner(ty.slice(w.length, -1));
   }
   return ty;
+}
+
+/** The argument types of `name(a, b, ...)` (top-level commas, quoted Enum names skipped), a
+ * tuple element's name dropped (`a UInt8` -> `UInt8`); [] if `ty` is not that type. */
+function typeArgs(ty, name) {
+  ty = inner(ty);
+  if (!ty.startsWith(name + '(') || !ty.endsWith(')')) return [];
+  const body = ty.slice(name.length + 1, -1);
+  const out = [];
+  let depth = 0, start = 0, quoted = false, escaped = false;
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i];
+    if (escaped) escaped = false;
+    else if (c === '\\' && quoted) escaped = true;
+    else if (c === "'") quoted = !quoted;
+    else if (c === '(' && !quoted) depth++;
+    else if (c === ')' && !quoted) depth--;
+    else if (c === ',' && !quoted && depth === 0) { out.push(body.slice(start, i).trim()); start = i + 1; }
+  }
+  out.push(body.slice(start).trim());
+  return out.map((a) => {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)\s+(\S.*)$/.exec(a);
+    return m ? m[2] : a;
+  });
+}
+
+function datetime64Precision(ty) {
+  const m = /^DateTime64\(\s*(\d+)/.exec(inner(ty));
+  return m ? Math.min(Number(m[1]), 9) : null;
 }
 
 /** A growable little-endian byte buffer. */
@@ -246,7 +324,8 @@ function writeValue(w, v, ty) {
   } else if (typeof v === 'bigint') {
     if (v >= I64_MIN && v <= I64_MAX) { w.u8(TAG.int); w.i64(v); }
     else if (v >= 0n && v <= U64_MAX) { w.u8(TAG.uint); w.u64(v); }
-    else throw new Permanent(`integer ${v} does not fit 64 bits`);
+    // Wider integers travel as decimal text (Int128/256, UInt128/256, Decimal).
+    else writeValue(w, v.toString(), ty);
   } else if (typeof v === 'number') {
     // JavaScript has one number type: integral numbers go to integer columns as integers,
     // everything else (and every number for Float and Decimal columns) as a float.
@@ -257,16 +336,29 @@ function writeValue(w, v, ty) {
     w.u8(TAG.string); w.u32(b.length); w.raw(b);
   } else if (v instanceof Uint8Array) {
     w.u8(TAG.bytes); w.u32(v.length); w.raw(v);
-  } else if (v instanceof Day) {
-    writeValue(w, base === 'Date' ? v.days : v.days * 86400, ty);
-  } else if (v instanceof Instant) {
-    writeValue(w, base === 'Date' ? v.date().days : v.seconds, ty);
-  } else if (v instanceof Date) {
-    writeValue(w, Instant.fromMillis(v.getTime()), ty);
+  } else if (v instanceof Day || v instanceof Instant || v instanceof Timestamp || v instanceof Date) {
+    const t = Timestamp.of(v);
+    const precision = datetime64Precision(ty);
+    if (precision !== null) writeValue(w, t.ticks(precision), ty);
+    else if (base === 'Date' || base === 'Date32') writeValue(w, v instanceof Day ? v.days : t.date().days, ty);
+    else writeValue(w, t.seconds, ty);
+  } else if (v instanceof Map || (typeof v === 'object' && !Array.isArray(v) && base.startsWith('Map('))) {
+    // A Map(K, V) column takes [key, value] pairs.
+    const [kt, vt] = typeArgs(ty, 'Map');
+    const entries = v instanceof Map ? [...v.entries()] : Object.entries(v);
+    w.u8(TAG.array); w.u32(entries.length);
+    for (const [k, x] of entries) {
+      w.u8(TAG.array); w.u32(2);
+      writeValue(w, k, kt);
+      writeValue(w, x, vt);
+    }
+  } else if (typeof v === 'object' && !Array.isArray(v) && base === 'JSON') {
+    writeValue(w, JSON.stringify(v), ty);
   } else if (Array.isArray(v)) {
-    const element = base.startsWith('Array(') ? base.slice(6, -1) : base;
+    const tupleTypes = typeArgs(ty, 'Tuple');
+    const element = typeArgs(ty, 'Array')[0] || '';
     w.u8(TAG.array); w.u32(v.length);
-    for (const x of v) writeValue(w, x, element);
+    v.forEach((x, i) => writeValue(w, x, tupleTypes.length ? tupleTypes[i] || '' : element));
   } else {
     throw new Permanent(`cannot write a ${typeof v} value`);
   }

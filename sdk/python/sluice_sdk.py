@@ -34,11 +34,13 @@ __all__ = [
     "Permanent",
     "Plugin",
     "Table",
+    "Timestamp",
     "Transient",
     "config",
     "export",
     "log",
     "parse_timestamp_ms",
+    "parse_timestamp_ns",
 ]
 
 EPOCH = _datetime(1970, 1, 1, tzinfo=_timezone.utc)
@@ -136,6 +138,54 @@ class DateTime:
         return f"DateTime({(EPOCH + _timedelta(seconds=self.seconds)).isoformat()})"
 
 
+class Timestamp:
+    """A point in time with nanosecond precision: nanoseconds since the epoch, UTC. Fills a
+    `DateTime64(p)` column of any precision (and a `DateTime` one with its seconds)."""
+
+    __slots__ = ("nanos",)
+
+    def __init__(self, nanos):
+        self.nanos = int(nanos)
+
+    @staticmethod
+    def parse(text):
+        """Parses RFC 3339 keeping up to nine fractional digits; no offset means UTC."""
+        return Timestamp(parse_timestamp_ns(text))
+
+    @staticmethod
+    def of(value):
+        if isinstance(value, Timestamp):
+            return value
+        if isinstance(value, DateTime):
+            return Timestamp(value.seconds * 1_000_000_000)
+        if isinstance(value, _datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=_timezone.utc)
+            delta = value - EPOCH
+            micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            return Timestamp(micros * 1_000)
+        if isinstance(value, (Date, _date)):
+            return Timestamp(Date.of(value).days * 86_400 * 1_000_000_000)
+        raise TypeError(f"not a timestamp: {value!r}")
+
+    def ticks(self, precision):
+        """Ticks of 10^-precision seconds (a `DateTime64(precision)`), toward the past."""
+        return self.nanos // 10 ** (9 - min(precision, 9))
+
+    @property
+    def seconds(self):
+        return self.nanos // 1_000_000_000
+
+    def date(self):
+        return Date(self.seconds // 86_400)
+
+    def __eq__(self, other):
+        return isinstance(other, Timestamp) and other.nanos == self.nanos
+
+    def __repr__(self):
+        return f"Timestamp({self.nanos}ns)"
+
+
 def _days_from_civil(y, m, d):
     # Howard Hinnant's algorithm, as in the Rust SDK.
     y = y - 1 if m <= 2 else y
@@ -153,6 +203,12 @@ def parse_timestamp_ms(text):
     Accepts exactly what the Rust SDK accepts: `YYYY-MM-DD`, then optionally `T`/`t`/space,
     `hh:mm:ss`, a fraction (milliseconds kept), and `Z` or `±hh:mm` (none means UTC).
     """
+    return parse_timestamp_ns(text) // 1_000_000
+
+
+def parse_timestamp_ns(text):
+    """Nanoseconds since the epoch of an RFC 3339 timestamp (up to nine fractional digits
+    kept); `Permanent` if it is not one. The same rules as `parse_timestamp_ms`."""
 
     def bad():
         return Permanent(f"invalid timestamp `{text}`: expected RFC 3339 like 2024-06-01T12:30:00Z")
@@ -172,15 +228,15 @@ def parse_timestamp_ms(text):
     y, mo, d = num(0, 4), num(5, 2), num(8, 2)
     if not 1 <= mo <= 12 or not 1 <= d <= 31:
         raise bad()
-    ms = _days_from_civil(y, mo, d) * 86_400_000
+    ns = _days_from_civil(y, mo, d) * 86_400_000_000_000
     if len(b) == 10:
-        return ms
+        return ns
     if b[10] not in "Tt " or len(b) < 19 or b[13] != ":" or b[16] != ":":
         raise bad()
     h, mi, s = num(11, 2), num(14, 2), num(17, 2)
     if h > 23 or mi > 59 or s > 60:
         raise bad()
-    ms += (h * 3600 + mi * 60 + s) * 1000
+    ns += (h * 3600 + mi * 60 + s) * 1_000_000_000
     i = 19
     if i < len(b) and b[i] == ".":
         i += 1
@@ -189,13 +245,13 @@ def parse_timestamp_ms(text):
             i += 1
         if i == start:
             raise bad()
-        ms += int((b[start:i] + "00")[:3])
+        ns += int((b[start:i] + "00000000")[:9])
     rest = b[i:]
     if rest == "" or rest in ("Z", "z"):
-        return ms
+        return ns
     if len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        off = (num(i + 1, 2) * 60 + num(i + 4, 2)) * 60_000
-        return ms - off if rest[0] == "+" else ms + off
+        off = (num(i + 1, 2) * 60 + num(i + 4, 2)) * 60_000_000_000
+        return ns - off if rest[0] == "+" else ns + off
     raise bad()
 
 
@@ -296,16 +352,58 @@ _I64_MIN, _I64_MAX, _U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 
 def _inner(ty):
-    # `Nullable(T)` and `LowCardinality(T)` encode as `T`; `Array(T)` elements as `T`.
+    # `Nullable(T)` and `LowCardinality(T)` encode as `T`.
+    ty = ty.strip()
     for wrapper in ("Nullable(", "LowCardinality("):
         if ty.startswith(wrapper) and ty.endswith(")"):
             return _inner(ty[len(wrapper) : -1])
     return ty
 
 
+def _type_args(ty, name):
+    """The argument types of `name(a, b, ...)` (top-level commas, quoted Enum names skipped),
+    a tuple element's name dropped (`a UInt8` -> `UInt8`); [] if `ty` is not that type."""
+    ty = _inner(ty)
+    if not (ty.startswith(name + "(") and ty.endswith(")")):
+        return []
+    inner, out, depth, start, quoted, escaped = ty[len(name) + 1 : -1], [], 0, 0, False, False
+    for i, c in enumerate(inner):
+        if escaped:
+            escaped = False
+        elif c == "\\" and quoted:
+            escaped = True
+        elif c == "'":
+            quoted = not quoted
+        elif c == "(" and not quoted:
+            depth += 1
+        elif c == ")" and not quoted:
+            depth -= 1
+        elif c == "," and not quoted and depth == 0:
+            out.append(inner[start:i].strip())
+            start = i + 1
+    out.append(inner[start:].strip())
+    named = []
+    for a in out:
+        head, _, rest = a.partition(" ")
+        named.append(rest.strip() if rest and "(" not in head and head.replace("_", "").isalnum() else a)
+    return named
+
+
+def _datetime64_precision(ty):
+    base = _inner(ty)
+    if base.startswith("DateTime64("):
+        digits = ""
+        for c in base[len("DateTime64(") :].lstrip():
+            if not c.isdigit():
+                break
+            digits += c
+        return min(int(digits or 3), 9)
+    return None
+
+
 def _write_value(buf, value, ty):
-    """Appends one tagged value; `ty` (the column's ClickHouse type) only decides how dates,
-    datetimes and array elements are written. The host checks the value against the column."""
+    """Appends one tagged value; `ty` (the column's ClickHouse type) decides how dates, times,
+    maps, tuples and array elements are written. The host checks the value against the column."""
     if value is None:
         buf.append(_TAG_NULL)
     elif isinstance(value, bool):
@@ -318,7 +416,8 @@ def _write_value(buf, value, ty):
             buf.append(_TAG_UINT)
             buf += _struct.pack("<Q", value)
         else:
-            raise Permanent(f"integer {value} does not fit 64 bits")
+            # Wider integers travel as decimal text (Int128/256, UInt128/256, Decimal).
+            _write_value(buf, str(value), ty)
     elif isinstance(value, float):
         buf.append(_TAG_FLOAT)
         buf += _struct.pack("<d", value)
@@ -331,22 +430,40 @@ def _write_value(buf, value, ty):
         buf.append(_TAG_BYTES)
         buf += _struct.pack("<I", len(value))
         buf += value
-    elif isinstance(value, (Date, DateTime, _date)):
-        if _inner(ty) == "Date":
-            _write_value(buf, value.date().days if isinstance(value, DateTime) else Date.of(value).days, ty)
-        elif isinstance(value, Date):
-            _write_value(buf, value.days * 86_400, ty)
-        elif isinstance(value, (DateTime, _datetime)):
-            _write_value(buf, DateTime.of(value).seconds, ty)
-        else:  # a datetime.date into a DateTime column: its midnight, UTC
-            _write_value(buf, Date.of(value).days * 86_400, ty)
-    elif isinstance(value, (list, tuple)):
+    elif isinstance(value, (Date, DateTime, Timestamp, _date)):
         base = _inner(ty)
-        element = base[len("Array(") : -1] if base.startswith("Array(") else base
+        precision = _datetime64_precision(ty)
+        if precision is not None:
+            _write_value(buf, Timestamp.of(value).ticks(precision), ty)
+        elif base in ("Date", "Date32"):
+            _write_value(buf, value.days if isinstance(value, Date) else Timestamp.of(value).date().days, ty)
+        elif isinstance(value, Date) or (isinstance(value, _date) and not isinstance(value, _datetime)):
+            _write_value(buf, Date.of(value).days * 86_400, ty)  # its midnight, UTC
+        else:
+            _write_value(buf, Timestamp.of(value).seconds, ty)
+    elif isinstance(value, dict):
+        # A Map(K, V) column takes [key, value] pairs.
+        kt, vt = (_type_args(ty, "Map") + ["", ""])[:2]
         buf.append(_TAG_ARRAY)
         buf += _struct.pack("<I", len(value))
-        for v in value:
-            _write_value(buf, v, element)
+        for k, v in value.items():
+            buf.append(_TAG_ARRAY)
+            buf += _struct.pack("<I", 2)
+            _write_value(buf, k, kt)
+            _write_value(buf, v, vt)
+    elif isinstance(value, (list, tuple)):
+        tuple_types = _type_args(ty, "Tuple")
+        if tuple_types:
+            types = tuple_types + [""] * max(0, len(value) - len(tuple_types))
+        else:
+            element = (_type_args(ty, "Array") + [""])[0]
+            types = [element] * len(value)
+        buf.append(_TAG_ARRAY)
+        buf += _struct.pack("<I", len(value))
+        for v, t in zip(value, types):
+            _write_value(buf, v, t)
+    elif type(value).__name__ in ("IPv4Address", "IPv6Address"):
+        _write_value(buf, str(value), ty)
     else:
         raise Permanent(f"cannot write a {type(value).__name__} value")
 

@@ -41,7 +41,7 @@
 mod time;
 mod value;
 
-pub use time::{Date, DateTime, parse_rfc3339_millis};
+pub use time::{Date, DateTime, Timestamp, parse_rfc3339_millis, parse_rfc3339_nanos};
 pub use value::{Value, ValueWriter};
 
 use std::cell::RefCell;
@@ -388,7 +388,7 @@ macro_rules! table {
             const TABLE: &'static str = $table;
             const COLUMNS: &'static [(&'static str, &'static str)] = &[ $( (stringify!($field), $chty) ),* ];
             fn write_values(&self, w: &mut $crate::ValueWriter) {
-                $( $crate::Value::write(&self.$field, w); )*
+                $( $crate::Value::write_for(&self.$field, w, $chty); )*
             }
         }
     };

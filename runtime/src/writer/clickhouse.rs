@@ -195,6 +195,8 @@ pub struct ChOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// The cluster (`<remote_servers>`) on which the host's DDL runs `ON CLUSTER`.
     pub cluster: Option<String>,
+    /// Compress INSERT bodies with ClickHouse's LZ4 block compression (`decompress=1`).
+    pub lz4: bool,
 }
 
 /// Without secrets: URLs with `***` for a password (the password is a `Secret`).
@@ -272,10 +274,11 @@ impl ChClient {
                     crate::source::streams::redact_url(url)
                 );
             }
+            let compression = if o.lz4 { ::clickhouse::Compression::Lz4 } else { ::clickhouse::Compression::None };
             let mut server = ::clickhouse::Client::with_http_client(http.clone())
                 .with_url(url)
                 .with_validation(false)
-                .with_compression(::clickhouse::Compression::None);
+                .with_compression(compression);
             if let Some(u) = &o.user {
                 server = server.with_user(u);
             }

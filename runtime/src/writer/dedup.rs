@@ -19,7 +19,12 @@
 //! plain MergeTree and the guarantee is at-least-once: said at start for each table.
 //!
 //! The window must cover every block inserted into a table between a batch's first insert and
-//! its recovery (a visibility timeout or a restart later): [`DEDUP_WINDOW`] blocks.
+//! its recovery (a visibility timeout or a restart later): [`DEDUP_WINDOW`] blocks. Replicated
+//! tables also forget blocks older than `replicated_deduplication_window_seconds` (7 days on
+//! 18.16, one hour on current releases since 25.10): tables the host creates keep
+//! [`DEDUP_WINDOW_SECONDS`]. MergeTree's token window counts blocks only. A batch recovered
+//! after its block left the window is inserted again and its rows are doubled: what a table
+//! remembers is logged at start for each table ([`DedupWindow`]) and shown by `plugin inspect`.
 
 use serde::Serialize;
 
@@ -33,6 +38,38 @@ pub const ENTRY_COLUMN: &str = "sluice_entry";
 /// default linger is 100 ms), 10,000 covers ten hosts for 100 s — more than the default
 /// visibility timeout of 60 s after which a dead host's batches are recovered.
 pub const DEDUP_WINDOW: u64 = 10_000;
+
+/// How long a Replicated table the host creates remembers a block: a week, so that a batch
+/// recorded before an outage of days is still recognised when it is re-sent.
+pub const DEDUP_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
+
+/// What a table remembers of the blocks inserted into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DedupWindow {
+    /// The last this many blocks (or tokens).
+    pub blocks: u64,
+    /// ...and only those inserted within this many seconds (Replicated tables).
+    pub seconds: Option<u64>,
+}
+
+impl std::fmt::Display for DedupWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seconds {
+            Some(s) => write!(f, "the last {} blocks inserted within {}", self.blocks, human_seconds(s)),
+            None => write!(f, "the last {} blocks", self.blocks),
+        }
+    }
+}
+
+fn human_seconds(s: u64) -> String {
+    match s {
+        86_400 => "1 day".into(),
+        3600 => "1 hour".into(),
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{s} s"),
+    }
+}
 
 /// What happens to rows of a batch that is inserted again (after a crash or a retry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -92,6 +129,9 @@ pub struct ServerDedup {
     pub replica_macro: bool,
     /// The server's host name: the replica name when there is no `{replica}` macro.
     pub hostname: String,
+    /// The server's defaults of the MergeTree settings that bound deduplication windows
+    /// (`replicated_deduplication_window`, `..._seconds`, `non_replicated_deduplication_window`).
+    pub window_defaults: std::collections::HashMap<String, u64>,
 }
 
 impl ServerDedup {
@@ -125,6 +165,19 @@ impl ServerDedup {
             .iter()
             .filter_map(|r| r.get("macro").and_then(|m| m.as_str()).map(str::to_string))
             .collect();
+        let window_defaults = client
+            .query_json(
+                "SELECT name, value FROM system.merge_tree_settings WHERE name IN \
+                 ('replicated_deduplication_window', 'replicated_deduplication_window_seconds', 'non_replicated_deduplication_window')",
+            )
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let name = r.get("name")?.as_str()?.to_string();
+                let value = r.get("value")?.as_str()?.parse().ok()?;
+                Some((name, value))
+            })
+            .collect();
         let hostname = client
             .query_json("SELECT hostName() AS h")
             .await?
@@ -139,6 +192,7 @@ impl ServerDedup {
             shard_macro: macros.iter().any(|m| m == "shard"),
             replica_macro: macros.iter().any(|m| m == "replica"),
             hostname,
+            window_defaults,
         })
     }
 
@@ -150,7 +204,12 @@ impl ServerDedup {
         }
         match (self.zookeeper, self.token && self.non_replicated_window) {
             (true, _) => format!(
-                "ZooKeeper is configured: new tables are Replicated*MergeTree with replicated_deduplication_window = {DEDUP_WINDOW}{}",
+                "ZooKeeper is configured: new tables are Replicated*MergeTree with replicated_deduplication_window = {DEDUP_WINDOW}{}{}",
+                if self.window_defaults.contains_key("replicated_deduplication_window_seconds") {
+                    format!(" and replicated_deduplication_window_seconds = {DEDUP_WINDOW_SECONDS}")
+                } else {
+                    String::new()
+                },
                 if self.token { ", inserts carry insert_deduplication_token" } else { "" }
             ),
             (false, true) => format!(
@@ -172,7 +231,10 @@ impl ServerDedup {
             let path = format!("/clickhouse/tables/{shard}{database}.{}", schema.name);
             let replica = if self.replica_macro { "{replica}".to_string() } else { self.hostname.clone() };
             let engine = replicated_engine(&declared, &path, &replica);
-            let settings = [("replicated_deduplication_window", DEDUP_WINDOW.to_string())];
+            let mut settings = vec![("replicated_deduplication_window", DEDUP_WINDOW.to_string())];
+            if self.window_defaults.contains_key("replicated_deduplication_window_seconds") {
+                settings.push(("replicated_deduplication_window_seconds", DEDUP_WINDOW_SECONDS.to_string()));
+            }
             return schema.create_ddl_as(database, &engine, &settings, !self.token);
         }
         if self.token && self.non_replicated_window {
@@ -190,6 +252,38 @@ impl ServerDedup {
             (false, true, false) => Guarantee::ExactlyOnceReplicated,
             (false, false, true) if self.non_replicated_window => Guarantee::ExactlyOnceToken,
             _ => Guarantee::AtLeastOnce,
+        }
+    }
+
+    /// What a live table of guarantee `g` remembers: its own settings, else the server's
+    /// defaults. None for an at-least-once table.
+    pub fn window_of(&self, live: &LiveTable, g: Guarantee) -> Option<DedupWindow> {
+        let get = |name: &str| setting_of(&live.engine_full, name).or_else(|| self.window_defaults.get(name).copied());
+        if !g.exactly_once() {
+            return None;
+        }
+        if live.engine.trim_start().starts_with("Replicated") {
+            Some(DedupWindow {
+                blocks: get("replicated_deduplication_window").unwrap_or(100),
+                seconds: get("replicated_deduplication_window_seconds"),
+            })
+        } else {
+            Some(DedupWindow { blocks: get("non_replicated_deduplication_window").unwrap_or(0), seconds: None })
+        }
+    }
+
+    /// What a table [`Self::create_ddl`] would create remembers.
+    pub fn window_of_new(&self) -> Option<DedupWindow> {
+        match self.guarantee_of_new() {
+            Guarantee::AtLeastOnce => None,
+            _ if self.zookeeper => Some(DedupWindow {
+                blocks: DEDUP_WINDOW,
+                seconds: self
+                    .window_defaults
+                    .contains_key("replicated_deduplication_window_seconds")
+                    .then_some(DEDUP_WINDOW_SECONDS),
+            }),
+            _ => Some(DedupWindow { blocks: DEDUP_WINDOW, seconds: None }),
         }
     }
 
@@ -264,6 +358,51 @@ mod tests {
         assert_eq!(setting_of(e, "non_replicated_deduplication_window"), Some(100));
         assert_eq!(setting_of(e, "index_granularity"), Some(8192));
         assert_eq!(setting_of("MergeTree ORDER BY a", "x"), None);
+    }
+
+    #[test]
+    fn what_tables_remember() {
+        let t =
+            crate::writer::schema::test_table(&[("k", "UInt64")], crate::plugin::wit::Engine::MergeTree, None, &["k"]);
+        let defaults = [("replicated_deduplication_window_seconds", 3600), ("replicated_deduplication_window", 10_000)];
+        let server = ServerDedup {
+            zookeeper: true,
+            token: true,
+            replica_macro: true,
+            window_defaults: defaults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        };
+        let ddl = server.create_ddl(&t, "db");
+        assert!(
+            ddl.contains(
+                "SETTINGS replicated_deduplication_window = 10000, replicated_deduplication_window_seconds = 604800"
+            ),
+            "{ddl}"
+        );
+        assert_eq!(server.window_of_new(), Some(DedupWindow { blocks: 10_000, seconds: Some(604_800) }));
+        let live = |engine_full: &str| LiveTable {
+            columns: vec![],
+            engine: engine_full.split(' ').next().unwrap().into(),
+            engine_full: engine_full.into(),
+            partition_key: String::new(),
+            sorting_key: "k".into(),
+            managed: true,
+        };
+        // A table made elsewhere with the server's default: one hour, as 26.x gives it.
+        let made_elsewhere = live("ReplicatedMergeTree('/p', 'r') ORDER BY k SETTINGS index_granularity = 8192");
+        let g = server.guarantee_of(&made_elsewhere);
+        assert_eq!(server.window_of(&made_elsewhere, g), Some(DedupWindow { blocks: 10_000, seconds: Some(3600) }));
+        assert_eq!(
+            server.window_of(&made_elsewhere, g).unwrap().to_string(),
+            "the last 10000 blocks inserted within 1 hour"
+        );
+        let tokens = ServerDedup { zookeeper: false, token: true, non_replicated_window: true, ..Default::default() };
+        let mergetree =
+            live("MergeTree ORDER BY k SETTINGS non_replicated_deduplication_window = 10000, index_granularity = 8192");
+        let g = tokens.guarantee_of(&mergetree);
+        assert_eq!(g, Guarantee::ExactlyOnceToken);
+        assert_eq!(tokens.window_of(&mergetree, g), Some(DedupWindow { blocks: 10_000, seconds: None }));
+        assert_eq!(tokens.window_of(&live("MergeTree ORDER BY k"), Guarantee::AtLeastOnce), None);
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub async fn prepare_plugin(
             PrepareError::Refused(format!("table {}.{} vanished after it was prepared", client.database(), t.name))
         })?;
         t.guarantee = server.guarantee_of(&live);
+        t.window = server.window_of(&live, t.guarantee);
         t.entry_column = live.columns.iter().any(|(n, _)| n == ENTRY_COLUMN);
     }
     Ok(tables.iter().map(|t| t.name.clone()).zip(plans).collect())

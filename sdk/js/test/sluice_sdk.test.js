@@ -1,7 +1,7 @@
 // Unit tests of the JavaScript SDK under plain Node: `node --test sdk/js/test/`.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Day, Event, Instant, Output, Permanent, Table, Transient, parseTimestampMs, runBatch } from '../sluice_sdk.js';
+import { Day, Event, Instant, Output, Permanent, Table, Timestamp, Transient, parseTimestampMs, parseTimestampNs, runBatch } from '../sluice_sdk.js';
 
 test('timestamps parse as the Rust SDK parses them', () => {
   assert.equal(parseTimestampMs('1970-01-01T00:00:00Z'), 0);
@@ -58,4 +58,24 @@ test('payloads that are not JSON objects, or hold non-finite numbers, fail perma
   assert.throws(() => e('[1]').json(), /expected an object, got an array/);
   assert.throws(() => e('{"a": 1e400}').json(), /number out of range/);
   assert.throws(() => e('{"b": 1}').json({ a: 'string' }), /missing field `a`/);
+});
+
+test('nanoseconds and the types of current releases', () => {
+  assert.equal(parseTimestampNs('2024-06-01T12:30:00.123456789Z'), 1717245000123456789n);
+  const t = Timestamp.parse('1969-12-31T23:59:59.5Z');
+  assert.equal(t.seconds, -1);
+  assert.equal(t.ticks(1), -5n);
+  const ts = new Table('t', [['t3', "Nullable(DateTime64(3, 'UTC'))"], ['dt', 'DateTime'], ['m', 'Map(String, DateTime64(1))'],
+    ['tu', 'Tuple(a UInt8, b DateTime64(6))'], ['big', 'Int256'], ['js', 'JSON'], ['d32', 'Date32']]);
+  const out = new Output([ts]);
+  const at = Timestamp.parse('2024-06-01T12:30:00.123456Z');
+  out.row(ts, { t3: new Date(1717245000123), dt: at, m: { k: new Instant(10) }, tu: [7, at], big: -(2n ** 200n), js: { a: [1] }, d32: new Day(-25567) });
+  const hex = Buffer.from(out.w.finish()).toString('hex');
+  const i64 = (n) => '02' + Buffer.from(new BigInt64Array([BigInt(n)]).buffer).toString('hex');
+  const str = (s) => '05' + Buffer.from(new Uint32Array([Buffer.byteLength(s)]).buffer).toString('hex') + Buffer.from(s).toString('hex');
+  const arr = (n) => '07' + Buffer.from(new Uint32Array([n]).buffer).toString('hex');
+  const expected = '00000000' + '0000' + '0700' + i64(1717245000123) + i64(1717245000) +
+    arr(1) + arr(2) + str('k') + i64(100) + arr(2) + i64(7) + i64(1717245000123456n) +
+    str((-(2n ** 200n)).toString()) + str('{"a":[1]}') + i64(-25567);
+  assert.equal(hex, expected);
 });

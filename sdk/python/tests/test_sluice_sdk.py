@@ -8,7 +8,9 @@ from datetime import date, datetime, timezone
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from sluice_sdk import Date, DateTime, Event, Output, Permanent, Plugin, Table, Transient, parse_timestamp_ms  # noqa: E402
+from sluice_sdk import (  # noqa: E402
+    Date, DateTime, Event, Output, Permanent, Plugin, Table, Timestamp, Transient, parse_timestamp_ms, parse_timestamp_ns,
+)
 
 
 class Timestamps(unittest.TestCase):
@@ -23,6 +25,28 @@ class Timestamps(unittest.TestCase):
         for bad in ["yesterday", "2024-13-01T00:00:00Z", "2024-06-01T12:30", "2024-06-01T12:30:00+0300", "x" * 30]:
             with self.assertRaises(Permanent, msg=bad):
                 parse_timestamp_ms(bad)
+
+
+class CurrentTypes(unittest.TestCase):
+    def test_nanoseconds_and_the_types_of_current_releases(self):
+        self.assertEqual(parse_timestamp_ns("2024-06-01T12:30:00.123456789Z"), 1_717_245_000_123_456_789)
+        t = Timestamp.parse("1969-12-31T23:59:59.5Z")
+        self.assertEqual((t.seconds, t.ticks(1)), (-1, -5))
+        ts = Table("t", [("t3", "Nullable(DateTime64(3, 'UTC'))"), ("dt", "DateTime"), ("m", "Map(String, DateTime64(1))"),
+                         ("tu", "Tuple(a UInt8, b DateTime64(6))"), ("big", "Int256"), ("ip", "IPv6"), ("d32", "Date32")])
+        out = Output([ts])
+        at = datetime(2024, 6, 1, 12, 30, 0, 123456, tzinfo=timezone.utc)
+        import ipaddress
+        out.row(ts, {"t3": at, "dt": Timestamp.of(at), "m": {"k": DateTime(10)}, "tu": (7, at), "big": -(2**200),
+                     "ip": ipaddress.ip_address("::1"), "d32": date(1900, 1, 1)})
+        q = lambda n: b"\x02" + struct.pack("<q", n)  # noqa: E731
+        s = lambda t: b"\x05" + struct.pack("<I", len(t.encode())) + t.encode()  # noqa: E731
+        arr = lambda n: b"\x07" + struct.pack("<I", n)  # noqa: E731
+        expected = (struct.pack("<IHH", 0, 0, 7) + q(1_717_245_000_123) + q(1_717_245_000)
+                    + arr(1) + arr(2) + s("k") + q(100)
+                    + arr(2) + q(7) + q(1_717_245_000_123_456)
+                    + s(str(-(2**200))) + s("::1") + q(-25_567))
+        self.assertEqual(bytes(out.buffer), expected)
 
 
 class Rows(unittest.TestCase):

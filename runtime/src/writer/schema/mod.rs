@@ -75,6 +75,8 @@ pub struct TableSchema {
     pub entry_column: bool,
     /// Set by the host from the live table: what a batch inserted twice does.
     pub guarantee: super::dedup::Guarantee,
+    /// Set by the host from the live table: what it remembers of inserted blocks.
+    pub window: Option<super::dedup::DedupWindow>,
 }
 
 impl TableSchema {
@@ -153,6 +155,7 @@ impl TableSchema {
             settings: t.settings.clone(),
             entry_column: false,
             guarantee: Default::default(),
+            window: None,
         })
     }
 
