@@ -195,6 +195,11 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             if kind == Kind::SluiceBullmq {
                 c.env("SLUICE_BULLMQ_QUEUES", "events");
             }
+            // Every contender but `sluice-eo` is at-least-once, whatever the server offers (26.9
+            // would make its tables exactly-once by default).
+            if kind != Kind::SluiceExactlyOnce {
+                c.env("SLUICE_EXACTLY_ONCE", "off");
+            }
             c
         }
         Kind::Python => {
