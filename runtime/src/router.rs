@@ -41,6 +41,9 @@ use crate::writer::{ChunkOrigin, CommitResult, RowChunk, Writer, ledger};
 
 /// How often a pipeline looks for entries to retry or recover.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a streams pipeline deletes the ledger fields dead hosts left (see
+/// `ledger::collect_garbage`).
+const LEDGER_GC_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a jobs pipeline waits for more jobs to join a batch once it has one.
 const JOB_LINGER: Duration = Duration::from_millis(5);
 /// Deliveries beyond `max_attempts` that ended with no outcome at all (the host died while
@@ -178,6 +181,7 @@ impl Pipeline {
         shutdown: &mut watch::Receiver<bool>,
     ) {
         let mut last_reclaim = Instant::now() - RECLAIM_INTERVAL;
+        let mut last_ledger_gc = Instant::now();
         let mut error_backoff = Duration::from_millis(100);
         while !*shutdown.borrow() {
             let permits = tokio::select! {
@@ -186,6 +190,10 @@ impl Pipeline {
             };
             let mut batch = Vec::new();
             let mut read_error = None;
+            if self.writer.exactly_once() && last_ledger_gc.elapsed() >= LEDGER_GC_INTERVAL {
+                last_ledger_gc = Instant::now();
+                self.collect_ledger_garbage().await;
+            }
             if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
                 last_reclaim = Instant::now();
                 // Recovering a dead host's batches can wait on ClickHouse: never past a stop.
@@ -295,6 +303,24 @@ impl Pipeline {
         }
     }
 
+    /// Deletes the ledger's chunk fields a dead host left behind once their events were handled
+    /// (see `ledger::collect_garbage`): those older than a few visibility timeouts.
+    async fn collect_ledger_garbage(&mut self) {
+        let older_than = (self.settings.visibility_timeout * 3).max(LEDGER_GC_INTERVAL);
+        let group = self.control.group.clone();
+        for stream in self.control.streams.clone() {
+            match ledger::collect_garbage(self.control.conn(), &group, &stream, older_than).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(stream = %stream, group = %group, fields = n, "deleted the ledger fields of chunks whose events were all handled after their host stopped")
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = format!("{e:#}"), "cannot clean the batch ledger; trying again later")
+                }
+            }
+        }
+    }
+
     /// Entries to retry (this consumer's, after their backoff) or recover (another
     /// consumer's, after the visibility timeout), claimed for this consumer.
     async fn reclaim(&mut self, inflight: &Inflight) -> Result<Vec<SourceEvent>> {
@@ -321,7 +347,7 @@ impl Pipeline {
         let (mut claimed, deleted) = self.control.claim(&due, min_idle).await?;
         if !deleted.is_empty() {
             tracing::warn!(stream = %self.control.stream(), count = deleted.len(), "pending entries were deleted from the stream before they were handled; acknowledging them");
-            self.control.ack(deleted.iter().map(|e| (&*e.stream, e.id.as_str()))).await?;
+            self.control.ack(deleted.iter().map(|e| (&*e.stream, e.id.as_str(), true, &[][..])), &[]).await?;
         }
         if !claimed.is_empty() {
             tracing::info!(stream = %self.control.stream(), plugin = self.plugin.name(), count = claimed.len(), "claimed pending entries for retry or recovery");
@@ -369,8 +395,9 @@ impl Pipeline {
             for stream in streams.iter().cloned() {
                 let idx: Vec<usize> = (0..events.len()).filter(|&i| events[i].stream == stream).collect();
                 let ids: Vec<&str> = idx.iter().map(|&i| events[i].entry_id.as_str()).collect();
-                let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table).await?;
-                let open: HashSet<String> = batches.iter().flatten().cloned().collect();
+                let chunks = self.inbox.is_none();
+                let mut batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table, chunks).await?;
+                let open: HashSet<String> = batches.iter().flatten().map(|f| f.batch.clone()).collect();
                 if open.is_empty() {
                     continue;
                 }
@@ -378,7 +405,7 @@ impl Pipeline {
                     self.writer.recover(id).await?;
                 }
                 // Recovery drops the fields of rows ClickHouse refused: read them again.
-                batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table).await?;
+                batches = ledger::written_in(self.control.conn(), &group, &stream, &ids, table, chunks).await?;
                 if !acked_with_fields {
                     // Acknowledging will not delete fields of a table this version does not
                     // write exactly-once: delete them now that their batches are closed.
@@ -388,11 +415,16 @@ impl Pipeline {
                     p.query_async::<()>(self.control.conn()).await?;
                 }
                 let mut written = 0;
-                for (&i, batch) in idx.iter().zip(&batches) {
-                    if let (Some(_), Some(t)) = (batch, table_index) {
+                for (&i, found) in idx.iter().zip(&batches) {
+                    if let (Some(_), Some(t)) = (found, table_index) {
                         events[i].written.push(t);
                     }
-                    written += batch.is_some() as usize;
+                    if let Some(f) = found.as_ref().and_then(|f| f.chunk_field.clone()) {
+                        if !events[i].chunk_refs.contains(&f) {
+                            events[i].chunk_refs.push(f);
+                        }
+                    }
+                    written += found.is_some() as usize;
                 }
                 tracing::info!(stream = %stream, plugin = self.plugin.name(), table = %table, events = written, batches = open.len(), "events delivered again already have rows in this table (exactly-once): their new rows for it are dropped");
             }
@@ -478,11 +510,16 @@ impl Pipeline {
                 Verdict::Retry(f.message.clone())
             };
         }
-        let mut commits: Vec<oneshot::Receiver<CommitResult>> = Vec::new();
+        // Per table written: its commit notice, and which events (by index in `batch`) it holds.
+        let mut commits: Vec<(usize, Vec<usize>, oneshot::Receiver<CommitResult>)> = Vec::new();
+        // A streams batch is acknowledged as one: the ledger indexes its rows by it (one field
+        // per table instead of one per event; see `writer::ledger`).
+        let ack_unit = (!jobs).then(|| Arc::from(&uuid::Uuid::new_v4().simple().to_string()[..16]));
         let chunk_origin = Arc::new(ChunkOrigin {
             group: Arc::from(self.control.group.as_str()),
             version: Arc::from(self.plugin.hash.as_str()),
             entries: batch.iter().map(|e| (e.stream.clone(), Arc::from(e.entry_id.as_str()))).collect(),
+            ack_unit: ack_unit.clone(),
         });
         let mut chunks = Vec::new();
         for (table, mut rows) in outcome.tables.into_iter().enumerate() {
@@ -494,12 +531,13 @@ impl Pipeline {
             }
             let (done, rx) = oneshot::channel();
             // Events numbered as in `batch`, so that a refused row fails its own event.
-            let events = rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
+            let events: Vec<(u32, usize, usize)> =
+                rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
+            commits.push((table, events.iter().map(|(e, _, _)| *e as usize).collect(), rx));
             chunks.push((
                 table,
                 RowChunk { data: rows.data, rows: rows.rows, events, origin: chunk_origin.clone(), done },
             ));
-            commits.push(rx);
         }
         // Room in every table's channel first, then all chunks at once: a batch abandoned while
         // a writer is full (a stop) has handed over all of its rows or none.
@@ -523,6 +561,7 @@ impl Pipeline {
             .then(|| Records { group: self.control.group.clone(), tables: self.control.ledger_tables.clone() });
         let ack = AckTask {
             control: self.control.with_same_connection(),
+            ack_unit,
             replies: replies.map(|r| (r, records)),
             max_attempts: s.max_attempts,
             plugin: self.plugin.clone(),
@@ -642,25 +681,67 @@ enum Verdict {
 /// (streams), or reports each job's outcome (BullMQ).
 struct AckTask {
     control: StreamReader,
+    /// The batch's chunk id in the ledger (streams), see `ChunkOrigin::ack_unit`.
+    ack_unit: Option<Arc<str>>,
     /// BullMQ jobs: where each job's outcome goes, and its batch records.
     replies: Option<(Vec<JobReply>, Option<Records>)>,
     max_attempts: u64,
     plugin: Arc<LoadedPlugin>,
     batch: Vec<SourceEvent>,
     verdicts: Vec<Verdict>,
-    commits: Vec<oneshot::Receiver<CommitResult>>,
+    /// Per table written: its index, the events whose rows it holds, and its commit notice.
+    commits: Vec<(usize, Vec<usize>, oneshot::Receiver<CommitResult>)>,
     _permits: OwnedSemaphorePermit,
     inflight: Arc<Inflight>,
 }
 
 impl AckTask {
+    /// What acknowledging `acked` does to this batch's chunk fields in the ledger: for each
+    /// exactly-once table written, the field goes, or keeps the events not acknowledged now.
+    fn chunk_marks(
+        &self,
+        recorded: &[(usize, Vec<usize>, Arc<str>)],
+        acked: &[(&str, &str, bool, &[String])],
+    ) -> Vec<ledger::ChunkMark> {
+        let Some(chunk) = &self.ack_unit else { return Vec::new() };
+        let acked: HashSet<(&str, &str)> = acked.iter().map(|(s, id, _, _)| (*s, *id)).collect();
+        let mut marks = Vec::new();
+        for (table, events, batch) in recorded {
+            let mut streams: Vec<&Arc<str>> = events.iter().map(|&i| &self.batch[i].stream).collect();
+            streams.sort();
+            streams.dedup();
+            for stream in streams {
+                let remaining = events
+                    .iter()
+                    .map(|&i| &self.batch[i])
+                    .filter(|e| &e.stream == stream && !acked.contains(&(&*e.stream, e.entry_id.as_str())))
+                    .map(|e| Arc::from(e.entry_id.as_str()))
+                    .collect();
+                marks.push(ledger::ChunkMark {
+                    group: Arc::from(self.control.group.as_str()),
+                    stream: stream.clone(),
+                    chunk: chunk.clone(),
+                    table: self.plugin.tables[*table].name.clone(),
+                    batch: batch.clone(),
+                    remaining,
+                });
+            }
+        }
+        marks
+    }
+
     async fn run(mut self) {
         // Events (by index in `batch`) whose rows were not committed, and why.
         let mut not_committed: HashMap<usize, Arc<str>> = HashMap::new();
-        for rx in self.commits.drain(..) {
+        // Per exactly-once table written: the recorded batch and the events it holds.
+        let mut recorded: Vec<(usize, Vec<usize>, Arc<str>)> = Vec::new();
+        for (table, events, rx) in std::mem::take(&mut self.commits) {
             match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(f)) => not_committed.extend(f.events.iter().map(|&e| (e as usize, f.error.clone()))),
+                Ok(Ok(c)) => recorded.extend(c.batch.map(|b| (table, events, b))),
+                Ok(Err(f)) => {
+                    not_committed.extend(f.events.iter().map(|&e| (e as usize, f.error.clone())));
+                    recorded.extend(f.batch.map(|b| (table, events, b)));
+                }
                 Err(_) => {
                     let e: Arc<str> = Arc::from("the writer stopped before committing");
                     not_committed.extend((0..self.batch.len()).map(|i| (i, e.clone())));
@@ -670,14 +751,17 @@ impl AckTask {
         if let Some((replies, records)) = self.replies.take() {
             return self.report(not_committed, replies, records);
         }
-        let mut ack: Vec<(&str, &str)> = Vec::new();
+        let mut ack: Vec<(&str, &str, bool, &[String])> = Vec::new();
         let mut dead: Vec<DeadLetter<'_>> = Vec::new();
         let mut retry = 0usize;
         let mut first_commit_error = None;
         for (i, (e, v)) in self.batch.iter().zip(&self.verdicts).enumerate() {
             let commit_error = not_committed.get(&i);
             match v {
-                Verdict::Ok if commit_error.is_none() => ack.push((&e.stream, &e.entry_id)),
+                // Only an event delivered before may have fields of its own in the ledger.
+                Verdict::Ok if commit_error.is_none() => {
+                    ack.push((&e.stream, &e.entry_id, e.deliveries > 1, &e.chunk_refs))
+                }
                 Verdict::Ok if e.deliveries >= self.max_attempts => {
                     let error = commit_error.map(|e| &**e).unwrap_or_default();
                     tracing::error!(stream = %e.stream, entry_id = %e.entry_id, plugin = self.plugin.name(), kind = "insert_failed", error, "event dead-lettered to sluice:dlq");
@@ -727,10 +811,11 @@ impl AckTask {
         span.record("dead_lettered", dead.len());
         tracing::debug!("batch done");
         // Redis may be briefly unreachable: keep trying, the events stay pending meanwhile.
+        let marks = self.chunk_marks(&recorded, &ack);
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=20 {
             let r = async {
-                self.control.ack(ack.iter().copied()).await?;
+                self.control.ack(ack.iter().copied(), &marks).await?;
                 self.control.dead_letter(&dead).await
             }
             .await;

@@ -397,6 +397,7 @@ async fn process(
         fields: Vec::new(),
         parsed: job_event(&job),
         written: Vec::new(),
+        chunk_refs: Vec::new(),
     };
     let mut waiting = Vec::with_capacity(targets.len());
     let mut untaken = Vec::new();

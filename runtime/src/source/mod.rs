@@ -31,6 +31,9 @@ pub struct SourceEvent {
     /// an earlier delivery (exactly-once tables only, see `writer::ledger`): its new rows for
     /// them are dropped.
     pub written: Vec<usize>,
+    /// The ledger's chunk fields (see `writer::ledger`) that list this event, found when it
+    /// was delivered again: it leaves them when it is acknowledged or dead-lettered.
+    pub chunk_refs: Vec<String>,
 }
 
 /// Milliseconds part of a stream entry id.

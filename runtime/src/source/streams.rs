@@ -183,7 +183,15 @@ impl StreamReader {
         fields: Vec<(String, Vec<u8>)>,
     ) -> SourceEvent {
         let parsed = parse_entry(stream, &self.event_type, &entry_id, &fields);
-        SourceEvent { stream: stream.clone(), entry_id, deliveries, fields, parsed, written: Vec::new() }
+        SourceEvent {
+            stream: stream.clone(),
+            entry_id,
+            deliveries,
+            fields,
+            parsed,
+            written: Vec::new(),
+            chunk_refs: Vec::new(),
+        }
     }
 
     /// Pending entries of both streams idle for at least `min_idle`, oldest first per stream.
@@ -275,29 +283,66 @@ impl StreamReader {
         Ok(())
     }
 
-    /// Acknowledges entries, grouped by stream, in one round trip.
-    pub async fn ack<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<()> {
-        let mut by_stream: Vec<(&str, Vec<&str>)> = Vec::new();
-        for (stream, id) in entries {
-            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
-                Some((_, ids)) => ids.push(id),
-                None => by_stream.push((stream, vec![id])),
-            }
+    /// Acknowledges entries, grouped by stream, in one round trip, with their ledger fields
+    /// (see `writer::ledger`): each entry's own (when `.2`: an entry delivered before may have
+    /// one from a batch indexed event by event), the chunk fields that list it (`.3`, found when
+    /// it was delivered again), and the chunk fields of `marks` (this batch's own).
+    pub async fn ack<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a str, bool, &'a [String])>,
+        marks: &[crate::writer::ledger::ChunkMark],
+    ) -> Result<()> {
+        /// What one stream's MULTI does.
+        #[derive(Default)]
+        struct Step<'a> {
+            ids: Vec<&'a str>,
+            own_fields: Vec<&'a str>,
+            chunk_refs: Vec<(&'a str, &'a [String])>,
         }
-        if by_stream.is_empty() {
-            return Ok(());
+        let mut steps: Vec<(Arc<str>, Step<'a>)> = Vec::new();
+        let mut step = |stream: &str| -> usize {
+            match steps.iter().position(|(s, _)| &**s == stream) {
+                Some(i) => i,
+                None => {
+                    steps.push((Arc::from(stream), Step::default()));
+                    steps.len() - 1
+                }
+            }
+        };
+        let mut plan: Vec<(usize, &'a str, bool, &'a [String])> = Vec::new();
+        for (stream, id, own_fields, chunks) in entries {
+            plan.push((step(stream), id, own_fields, chunks));
+        }
+        for m in marks {
+            step(&m.stream);
+        }
+        for (i, id, own_fields, chunks) in plan {
+            let s = &mut steps[i].1;
+            s.ids.push(id);
+            if own_fields {
+                s.own_fields.push(id);
+            }
+            if !chunks.is_empty() {
+                s.chunk_refs.push((id, chunks));
+            }
         }
         // One MULTI per stream with its ledger fields (which share the stream's slot, see
         // `ledger::written_key`): an entry acknowledged keeps none, and one not acknowledged
         // keeps all of them.
         let cluster = self.conn.is_cluster();
-        for (stream, ids) in &by_stream {
+        for (stream, s) in &steps {
             let mut p = redis::pipe();
-            if !self.ledger_tables.is_empty() {
+            if !s.ids.is_empty() {
+                p.cmd("XACK").arg(&**stream).arg(&self.group).arg(&s.ids).ignore();
+            }
+            crate::writer::ledger::forget(&mut p, &self.group, stream, &s.own_fields, &self.ledger_tables, cluster);
+            crate::writer::ledger::leave_chunks(&mut p, &self.group, stream, s.chunk_refs.iter().copied(), cluster);
+            for m in marks.iter().filter(|m| m.stream == *stream) {
+                m.apply(&mut p, cluster);
+            }
+            if p.cmd_iter().count() > 1 {
                 p.atomic();
             }
-            p.cmd("XACK").arg(*stream).arg(&self.group).arg(ids).ignore();
-            crate::writer::ledger::forget(&mut p, &self.group, stream, ids, &self.ledger_tables, cluster);
             let _: () = p.query_async(&mut self.conn).await.with_context(|| format!("XACK on {stream} failed"))?;
         }
         Ok(())
@@ -344,6 +389,13 @@ impl StreamReader {
                     &self.ledger_tables,
                     false,
                 );
+                crate::writer::ledger::leave_chunks(
+                    &mut p,
+                    &self.group,
+                    &l.event.stream,
+                    [(l.event.entry_id.as_str(), l.event.chunk_refs.as_slice())],
+                    false,
+                );
             }
         }
         let _: () = p
@@ -351,7 +403,13 @@ impl StreamReader {
             .await
             .with_context(|| format!("cannot dead-letter {} entries of {}", letters.len(), self.streams[0]))?;
         if cluster {
-            self.ack(letters.iter().map(|l| (&*l.event.stream, l.event.entry_id.as_str()))).await?;
+            self.ack(
+                letters
+                    .iter()
+                    .map(|l| (&*l.event.stream, l.event.entry_id.as_str(), true, l.event.chunk_refs.as_slice())),
+                &[],
+            )
+            .await?;
         }
         Ok(())
     }

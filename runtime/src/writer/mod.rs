@@ -45,7 +45,15 @@ use self::ledger::{BatchRecord, RecordedPart};
 use self::schema::TableSchema;
 
 /// The result of committing a chunk: Ok once all its rows are in ClickHouse.
-pub type CommitResult = Result<(), ChunkFailure>;
+pub type CommitResult = Result<Committed, ChunkFailure>;
+
+/// A chunk whose rows are all in ClickHouse.
+#[derive(Debug, Clone, Default)]
+pub struct Committed {
+    /// The recorded batch that held them (exactly-once tables): its chunk field (see
+    /// `ledger`) goes with the chunk's acknowledgement.
+    pub batch: Option<Arc<str>>,
+}
 
 /// Some events of a chunk whose rows were not committed (the other events' rows were).
 #[derive(Debug, Clone)]
@@ -53,6 +61,8 @@ pub struct ChunkFailure {
     pub error: Arc<str>,
     /// The events (as numbered in the chunk's `events`) whose rows are not in ClickHouse.
     pub events: Vec<u32>,
+    /// The recorded batch that held the chunk, if it was recorded.
+    pub batch: Option<Arc<str>>,
 }
 
 /// Where the events of a plugin call came from, for the batch ledger: the consumer group, the
@@ -62,6 +72,10 @@ pub struct ChunkOrigin {
     pub group: Arc<str>,
     pub version: Arc<str>,
     pub entries: Vec<(Arc<str>, Arc<str>)>,
+    /// The pipeline batch these rows come from, when its events are acknowledged together (a
+    /// streams pipeline): the ledger indexes them by it, one field per chunk (see `ledger`).
+    /// None: one field per event (BullMQ jobs).
+    pub ack_unit: Option<Arc<str>>,
 }
 
 /// Rows of one plugin call for one table.
@@ -248,6 +262,7 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
                 start: at,
                 end: data.len(),
                 rows,
+                chunk: c.origin.ack_unit.clone(),
             });
             owners.push((i, event));
             start = end;
@@ -304,16 +319,17 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
         })
         .await;
     }
+    let batch: Option<Arc<str>> = record.as_ref().map(|r| Arc::from(r.id.as_str()));
     let mut failures: Vec<Option<ChunkFailure>> = vec![None; chunks.len()];
     for (part, error, _) in failed {
         let (chunk, event) = owners[part];
         failures[chunk]
-            .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new() })
+            .get_or_insert_with(|| ChunkFailure { error: error.clone(), events: Vec::new(), batch: batch.clone() })
             .events
             .push(event);
     }
     for (c, f) in chunks.into_iter().zip(failures) {
-        let _ = c.done.send(f.map_or(Ok(()), Err));
+        let _ = c.done.send(f.map_or_else(|| Ok(Committed { batch: batch.clone() }), Err));
     }
 }
 
