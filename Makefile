@@ -49,7 +49,8 @@ demo: plugins build
 	@bash scripts/demo.sh
 
 # The whole suite: unit tests of the host and the three SDKs, plugin fixtures, and end-to-end tests
-# against real redis-server and clickhouse-server processes started on free ports.
+# against real redis-server and ClickHouse processes started on free ports — each test once on
+# ClickHouse 18.16 (Debian) and once on 26.9 (chdb-core, see docs/clickhouse.md).
 test: test-deps plugins examples build
 	@mkdir -p target
 	set -o pipefail; { \
