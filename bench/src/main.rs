@@ -178,7 +178,8 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
                 Kind::SluiceJs => sluice_tests::example_plugin("promo-code-analytics-js"),
                 _ => sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
             };
-            std::fs::copy(&file, plugins.join("promo-code-analytics.wasm"))?;
+            // Under its own name: a plugin's file is named after the plugin (`plugin::identity`).
+            std::fs::copy(&file, plugins.join(file.file_name().context("a plugin file name")?))?;
             // Compile into the cache first: the figures are of a host at work, not of one
             // compiling an 18 MB component (which alone takes seconds and ~400 MiB at peak).
             run_quiet(

@@ -437,6 +437,7 @@ impl RunArgs {
                 m
             },
             plugin_sections: f.plugins.clone().unwrap_or_default(),
+            table_shares: f.tables.clone().unwrap_or_default().into_iter().map(|(t, s)| (t, s.shared_with)).collect(),
             bullmq: crate::source::bullmq::resolve_queues(
                 self.bullmq_queues.as_deref(),
                 self.bullmq_prefix.as_deref(),
@@ -616,7 +617,7 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
 }
 
 /// Loads a plugin file on its own (no host config), for the commands that run plugins offline.
-pub(crate) fn load_one(path: &Path) -> Result<LoadedPlugin> {
+pub(crate) async fn load_one(path: &Path) -> Result<LoadedPlugin> {
     // The host's compiled-code cache, best effort: a Python or JavaScript component takes
     // seconds to compile, and the edit → build → test loop runs this again and again.
     let mut engine = SandboxEngine::new()?;
@@ -627,7 +628,7 @@ pub(crate) fn load_one(path: &Path) -> Result<LoadedPlugin> {
             engine = cached;
         }
     }
-    LoadedPlugin::load(&engine, path, &crate::plugin::PluginDefaults::default())
+    LoadedPlugin::load(&engine, path, &crate::plugin::PluginDefaults::default()).await
 }
 
 /// The manifest of a loaded plugin as JSON.
@@ -677,7 +678,7 @@ pub struct LiveTarget {
 /// version would do to each table. Ok(false) if it would be refused.
 pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> Result<bool> {
     use crate::writer::evolve::{self, Plan};
-    let p = load_one(file)?;
+    let p = load_one(file).await?;
     let mut out = manifest_json(&p, database);
     let mut accepted = true;
     if let Some(l) = &live {
@@ -692,7 +693,7 @@ pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> R
             .await
             .with_context(|| format!("cannot read the server's settings from {}", l.url))?;
         for (schema, json) in p.tables.iter().zip(out["tables"].as_array_mut().into_iter().flatten()) {
-            let plan = evolve::plan(&ch, schema)
+            let plan = evolve::plan(&ch, schema, p.name(), &Default::default())
                 .await
                 .with_context(|| format!("cannot read table {}.{} from {}", database, schema.name, l.url))?;
             let (guarantee, window) = match evolve::live_table(&ch, &schema.name).await? {
@@ -708,6 +709,7 @@ pub async fn inspect(file: &Path, database: &str, live: Option<LiveTarget>) -> R
             let (status, detail) = match &plan {
                 Plan::Create => ("create", vec![]),
                 Plan::UpToDate => ("up to date", vec![]),
+                Plan::Adopt => ("adopt", vec![]),
                 Plan::Alter(changes) => ("alter", changes.iter().map(|c| c.ddl(&database, &schema.name)).collect()),
                 Plan::Refused(problems) => ("refused", problems.clone()),
             };
@@ -794,8 +796,8 @@ pub fn events_from_values(
 
 /// `sluice plugin run`: prints `{"event": i, "table": t, "row": {...}}` per row and
 /// `{"event": i, "error": ..., "permanent": ...}` per failed event. Exits non-zero if any failed.
-pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> Result<bool> {
-    let p = std::sync::Arc::new(load_one(file)?);
+pub async fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> Result<bool> {
+    let p = std::sync::Arc::new(load_one(file).await?);
     let events = read_events(events_file, event_type)?;
     for (i, e) in events.iter().enumerate() {
         if !p.manifest.subscriptions.contains(&e.event_type) {
@@ -810,7 +812,7 @@ pub fn run_plugin(file: &Path, events_file: &Path, event_type: Option<&str>) -> 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut all_ok = true;
-    for mut o in crate::fixtures::outcomes(&p, &events)? {
+    for mut o in crate::fixtures::outcomes(&p, &events).await? {
         if o.get("error").is_some() {
             all_ok = false;
             let i = o["event"].as_u64().unwrap_or(0) as usize;

@@ -55,6 +55,17 @@ pub struct FileSettings {
     pub plugins: Option<std::collections::HashMap<String, toml::Table>>,
     /// `[bullmq]`: BullMQ queues to consume beside the streams.
     pub bullmq: Option<crate::source::bullmq::BullSection>,
+    /// `[tables.<name>]`: what the operator says about a table (see `writer::evolve`).
+    pub tables: Option<std::collections::HashMap<String, TableSection>>,
+}
+
+/// `[tables.<name>]` of the host config.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TableSection {
+    /// Plugins besides its owner that may declare, write and evolve the table.
+    #[serde(default)]
+    pub shared_with: Vec<String>,
 }
 
 impl FileSettings {
@@ -131,6 +142,8 @@ pub struct Settings {
     pub concurrency: [usize; 3],
     /// `[plugins.<stem>]` sections of the config file.
     pub plugin_sections: std::collections::HashMap<String, toml::Table>,
+    /// `[tables.<name>] shared_with`: tables shared beyond their owner.
+    pub table_shares: crate::writer::evolve::Shares,
     /// BullMQ queues consumed beside the streams (none: no BullMQ source).
     pub bullmq: Vec<crate::source::bullmq::BullQueue>,
 }

@@ -48,6 +48,8 @@ pub struct Registry {
     /// By file path.
     pub plugins: BTreeMap<String, PluginEntry>,
     pub pipelines: Vec<PipelineEntry>,
+    /// The plugins directory is being loaded at start (the host is not ready yet).
+    pub loading: bool,
 }
 
 /// A file's identity for change detection: size and modification time of the `.wasm` and of
@@ -135,12 +137,28 @@ impl Deployer {
 
     /// Deploys every file of the directory (at start-up: no waiting for files to settle).
     pub async fn deploy_all(&mut self) -> anyhow::Result<()> {
-        for path in crate::host::plugin_files(&self.settings.plugins_dir)? {
-            if let Some(fp) = fingerprint(&path) {
-                self.apply(&path, fp, None).await;
-            }
-        }
+        let files: Vec<(PathBuf, Fingerprint)> = crate::host::plugin_files(&self.settings.plugins_dir)?
+            .into_iter()
+            .filter_map(|p| fingerprint(&p).map(|fp| (p, fp)))
+            .collect();
+        self.registry.write().unwrap().loading = true;
+        self.apply_all(files.into_iter().map(|(p, fp)| (p, fp, None)).collect()).await;
+        self.registry.write().unwrap().loading = false;
         Ok(())
+    }
+
+    /// Loads the files at once (compiling and `describe` run in parallel, each within its
+    /// deadline, so that a slow or stuck plugin delays the others by no more than that), then
+    /// starts them one by one in file order, so that what runs does not depend on timing.
+    async fn apply_all(&mut self, files: Vec<(PathBuf, Fingerprint, Option<Instant>)>) {
+        let loads = files.iter().map(|(path, _, _)| {
+            let (engine, defaults, path) = (self.engine.clone(), self.defaults.clone(), path.clone());
+            async move { LoadedPlugin::load(&engine, &path, &defaults).await }
+        });
+        let loaded = futures::future::join_all(loads).await;
+        for ((path, fp, changed_at), plugin) in files.into_iter().zip(loaded) {
+            self.apply(&path, fp, changed_at, plugin).await;
+        }
     }
 
     pub fn pipeline_count(&self) -> usize {
@@ -191,6 +209,7 @@ impl Deployer {
                 return;
             }
         };
+        let mut ready = Vec::new();
         for path in &files {
             let Some(fp) = fingerprint(path) else { continue };
             if self.seen.get(path) == Some(&fp) {
@@ -202,7 +221,7 @@ impl Deployer {
                     if since.elapsed() >= STABLE_FOR {
                         let detected = *since;
                         self.settling.remove(path);
-                        self.apply(path, fp, Some(detected)).await;
+                        ready.push((path.clone(), fp, Some(detected)));
                     }
                 }
                 _ => {
@@ -210,29 +229,36 @@ impl Deployer {
                 }
             }
         }
+        self.apply_all(ready).await;
         let gone: Vec<PathBuf> = self.seen.keys().filter(|p| !files.contains(p)).cloned().collect();
         for path in gone {
             self.remove(&path).await;
         }
     }
 
-    /// Loads, checks and starts the version in `path`, replacing the running one if any.
-    async fn apply(&mut self, path: &Path, fp: Fingerprint, changed_at: Option<Instant>) {
+    /// Checks and starts the version loaded from `path`, replacing the running one if any.
+    async fn apply(
+        &mut self,
+        path: &Path,
+        fp: Fingerprint,
+        changed_at: Option<Instant>,
+        loaded: anyhow::Result<LoadedPlugin>,
+    ) {
         self.seen.insert(path.to_path_buf(), fp);
         let file = path.display().to_string();
-        let (engine, defaults, p) = (self.engine.clone(), self.defaults.clone(), path.to_path_buf());
-        // Compiling takes a while: off the async threads, while the old version keeps serving.
-        let loaded = tokio::task::spawn_blocking(move || LoadedPlugin::load(&engine, &p, &defaults))
-            .await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("the loader panicked: {e}")));
         let mut plugin = match loaded {
             Ok(p) => p,
             Err(e) => return self.refuse(path, "failed", format!("{e:#}")),
         };
+        // Two files bound to one name (see `plugin::identity`): the one running keeps it.
         if let Some((other, _)) =
             self.live.iter().find(|(f, l)| f.as_path() != path && l.plugin.name() == plugin.name())
         {
-            let why = format!("its name `{}` is already used by {}", plugin.name(), other.display());
+            let why = format!(
+                "its name `{}` is already the plugin of {}: two files cannot be one plugin (bind at most one file to a name)",
+                plugin.name(),
+                other.display()
+            );
             return self.refuse(path, "failed", why);
         }
         if let Some(old) = self.live.get(path) {
@@ -245,10 +271,10 @@ impl Deployer {
         let prepared = crate::host::wait_for("ClickHouse", || {
             let (client, server, mut tables) =
                 (self.writer.client().clone(), self.server.clone(), plugin.tables.clone());
-            let (name, version, hash) = (&name, &version, &hash);
+            let (name, version, hash, shares) = (&name, &version, &hash, &self.settings.table_shares);
             async move {
                 let owner = Owner { plugin: name, version, hash };
-                match evolve::prepare_plugin(&client, &server, &mut tables, owner).await {
+                match evolve::prepare_plugin(&client, &server, &mut tables, owner, shares).await {
                     Err(PrepareError::ClickHouse(e)) if e.retryable() => Err(anyhow::Error::from(e)),
                     other => Ok(other.map(|_| tables)),
                 }

@@ -25,12 +25,12 @@ use serde_json::{Value, json};
 use crate::plugin::{LoadedPlugin, Sandbox, wit};
 
 /// What each event produced, in order: failures first, then rows table by table.
-pub fn outcomes(plugin: &Arc<LoadedPlugin>, events: &[wit::Event]) -> Result<Vec<Value>> {
+pub async fn outcomes(plugin: &Arc<LoadedPlugin>, events: &[wit::Event]) -> Result<Vec<Value>> {
     let mut sandbox = Sandbox::new(plugin.clone());
     let mut out = Vec::new();
     for (i, e) in events.iter().enumerate() {
         // One event per call, so that each event's output is its own.
-        let outcome = sandbox.run(std::slice::from_ref(e), &[]);
+        let outcome = sandbox.run(std::slice::from_ref(e), &[]).await;
         for f in &outcome.failures {
             let kind = if f.permanent { "permanent" } else { "transient" };
             out.push(json!({"event": i, "error": kind, "message": f.message}));
@@ -102,8 +102,8 @@ fn difference(expected: &Value, actual: &Value) -> Option<Vec<String>> {
 }
 
 /// Runs every fixture; prints `ok`/`FAIL` per file with the differences. Ok(true) if all pass.
-pub fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
-    let plugin = Arc::new(crate::cli::load_one(plugin_file)?);
+pub async fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
+    let plugin = Arc::new(crate::cli::load_one(plugin_file).await?);
     let (mut passed, mut failed) = (0, 0);
     for file in fixture_files(fixtures)? {
         let label = file.display().to_string();
@@ -112,7 +112,7 @@ pub fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
         let events = fixture["events"].as_array().with_context(|| format!("{label}: no \"events\" array"))?;
         let expect = fixture["expect"].as_array().with_context(|| format!("{label}: no \"expect\" array"))?;
         let events = crate::cli::events_from_values(events.clone(), &label, None)?;
-        let actual = outcomes(&plugin, &events)?;
+        let actual = outcomes(&plugin, &events).await?;
         let mut problems = Vec::new();
         for i in 0..expect.len().max(actual.len()) {
             match (expect.get(i), actual.get(i)) {

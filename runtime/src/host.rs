@@ -157,6 +157,23 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         engine,
         defaults,
     );
+    // The admin API answers while the plugins load: a slow or stuck one cannot hold it up.
+    let admin = admin_listener.map(|listener| {
+        let state = Arc::new(AdminState {
+            started: std::time::Instant::now(),
+            redis: control.clone(),
+            clickhouse: writer.client().clone(),
+            stream_prefix: settings.stream_prefix.clone(),
+            token: settings.admin_token.as_ref().map(|t| t.0.clone()),
+            registry: deployer.registry.clone(),
+            metrics,
+        });
+        tokio::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, state).await {
+                tracing::error!("admin API stopped: {e:#}");
+            }
+        })
+    });
     deployer.deploy_all().await?;
     if deployer.pipeline_count() == 0 {
         tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");
@@ -174,22 +191,6 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
     }
     // Delayed events are delivered by every host; the move is atomic, so each goes out once.
     let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
-    let admin = admin_listener.map(|listener| {
-        let state = Arc::new(AdminState {
-            started: std::time::Instant::now(),
-            redis: control.clone(),
-            clickhouse: writer.client().clone(),
-            stream_prefix: settings.stream_prefix.clone(),
-            token: settings.admin_token.as_ref().map(|t| t.0.clone()),
-            registry: deployer.registry.clone(),
-            metrics,
-        });
-        tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, state).await {
-                tracing::error!("admin API stopped: {e:#}");
-            }
-        })
-    });
     tracing::info!(pipelines = deployer.pipeline_count(), "sluice is running");
 
     // Hot reload until a signal; then stop every plugin, letting in-flight work finish.

@@ -56,9 +56,9 @@ fn main() -> ExitCode {
                     println!("{}", sluice::scaffold::next_steps(&root, &name, &lang));
                     true
                 }),
-            Command::Plugin(PluginCommand::Test { file, fixtures }) => sluice::fixtures::run(&file, &fixtures),
+            Command::Plugin(PluginCommand::Test { file, fixtures }) => sluice::fixtures::run(&file, &fixtures).await,
             Command::Plugin(PluginCommand::Run { file, event, event_type }) => {
-                cli::run_plugin(&file, &event, event_type.as_deref())
+                cli::run_plugin(&file, &event, event_type.as_deref()).await
             }
         }
     });

@@ -479,17 +479,16 @@ impl Pipeline {
                 }
             }
         }
-        let slot = self.gate.acquire(self.priority).await;
+        let slot = self.gate.acquire(self.priority, self.plugin.name()).await;
         let started = Instant::now();
         let (sandbox, outcome) = {
             let events = std::mem::take(&mut events);
-            tokio::task::spawn_blocking(move || {
+            crate::plugin::off_reactor(async move {
                 let mut sandbox = sandbox;
-                let outcome = sandbox.run(&events, &entries);
+                let outcome = sandbox.run(&events, &entries).await;
                 (sandbox, outcome)
             })
             .await
-            .expect("plugin calls do not panic the host")
         };
         let handled_in = started.elapsed();
         let plugin = self.plugin.name().to_string();

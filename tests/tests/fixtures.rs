@@ -106,3 +106,35 @@ fn a_new_python_plugin_project_builds_tests_and_passes_its_fixture_on_first_try(
 fn a_new_javascript_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
     a_new_project_builds_and_passes_its_tests_as_printed("js", "# pass 1")
 }
+
+/// `sluice plugin run` on plugins that sleep in a host call, return rows nested far deeper than
+/// any stack, open a socket or recurse without end: each event fails with its reason within the
+/// plugin's deadline, and the command exits 1 — never a panic (exit 101) or a ten-minute wait.
+#[test]
+fn plugin_run_bounds_what_a_hostile_plugin_does_to_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::copy(sluice_tests::test_plugin("hostile"), &wasm)?;
+    std::fs::write(dir.path().join("hostile.toml"), "[limits]\ncall_timeout_ms = 700\n")?;
+    for (action, needle) in [
+        ("sleep", "deadline of 700ms exceeded (call_timeout) while the plugin waited in a host call"),
+        ("deep", "column `s`: expected String, got array of 1"),
+        ("udp", "udp: Err("),
+        ("recurse", "stack overflow"),
+        ("loop", "deadline of 700ms exceeded (call_timeout)"),
+    ] {
+        let events = dir.path().join("events.json");
+        std::fs::write(&events, format!(r#"{{"type": "hostile.event", "payload": {{"k": 1, "do": "{action}"}}}}"#))?;
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(sluice_tests::sluice_bin())
+            .args(["plugin", "run", &wasm.display().to_string(), "--event", &events.display().to_string()])
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{action}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(needle), "{action}: `{needle}` not in {stdout}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{action} took {:?}", started.elapsed());
+    }
+    Ok(())
+}

@@ -128,7 +128,7 @@ fn every_type_round_trips_exactly(release: Release) -> Result<()> {
     let ch = ClickHouse::start(release)?;
     let dir = tempfile::tempdir()?;
     let tables = json!([{"name": "all_types", "columns": ALL_TYPES, "order_by": ["k"]}]);
-    install_plugin(dir.path(), &test_plugin("echo"), "echo", &[("manifest", &manifest("types", "1", tables))])?;
+    install_plugin(dir.path(), &test_plugin("echo"), "types", &[("manifest", &manifest("types", "1", tables))])?;
     let config = config_file(dir.path(), CONFIG)?;
 
     let unicode = "Grüße, 世界 🚀 tab\there \\ 'q' \"dq\"\nnext line";
@@ -340,7 +340,7 @@ fn bad_rows_fail_only_their_events_and_name_the_column(release: Release) -> Resu
         ["ns", "Nullable(String)"]
     ]);
     let tables = json!([{"name": "checked", "columns": cols, "order_by": ["k"]}]);
-    install_plugin(dir.path(), &test_plugin("echo"), "echo", &[("manifest", &manifest("checked", "1", tables))])?;
+    install_plugin(dir.path(), &test_plugin("echo"), "checked", &[("manifest", &manifest("checked", "1", tables))])?;
     let config = config_file(dir.path(), CONFIG)?;
 
     // (values, the expected error) — each bad row sits among good ones in the same batch.
@@ -580,7 +580,13 @@ fn a_table_sluice_did_not_create_is_checked_but_never_altered(release: Release) 
         "{log}"
     );
     assert!(!ch.query("DESCRIBE TABLE analytics.handmade")?.contains("extra"));
-    assert_eq!(ch.query("SELECT count() FROM analytics.sluice_tables WHERE table_name = 'handmade'")?, "0");
+    // The first plugin that declared it owns it now (adopted, never altered); the other is
+    // refused for that too.
+    assert_eq!(
+        ch.query("SELECT plugin, change, ddl FROM analytics.sluice_tables WHERE table_name = 'handmade'")?,
+        "fits\tadopt"
+    );
+    assert!(log.contains("it belongs to the plugin `fits`, which declared it first and adopted it"), "{log}");
     Ok(())
 }
 
@@ -598,8 +604,15 @@ fn rows_clickhouse_refuses_fail_only_their_events_not_the_shared_block(release: 
     for name in ["calm", "mixed"] {
         install_plugin(dir.path(), &test_plugin("echo"), name, &[("manifest", &manifest(name, "1", table.clone()))])?;
     }
-    // A long linger, so that both plugins' rows share one INSERT block.
-    let config = config_file(dir.path(), &CONFIG.replace("insert_linger_ms = 50", "insert_linger_ms = 1000"))?;
+    // A long linger, so that both plugins' rows share one INSERT block; the table belongs to
+    // the first plugin that declared it, and is shared with the other.
+    let config = config_file(
+        dir.path(),
+        &format!(
+            "{}[tables.guarded]\nshared_with = [\"mixed\"]\n",
+            CONFIG.replace("insert_linger_ms = 50", "insert_linger_ms = 1000")
+        ),
+    )?;
     let mut conn = redis.conn()?;
     let calm: Vec<Value> = (0..200).map(|i| json!({"rows": [{"table": "guarded", "values": [i, "fine"]}]})).collect();
     // 100 events of one plugin, in one batch: three of them have rows the table refuses.

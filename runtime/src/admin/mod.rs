@@ -199,10 +199,15 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let plugins: Vec<Value> =
         entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| x.name()), "status": p.status, "error": p.error})).collect();
     let all_running = entries.iter().all(|p| p.status == "running");
-    let ready = redis.is_ok() && ch.is_ok() && all_running;
+    let loading = s.registry.read().unwrap().loading;
+    let ready = redis.is_ok() && ch.is_ok() && all_running && !loading;
     metrics::gauge!("sluice_up", "component" => "redis").set(redis.is_ok() as u8 as f64);
     metrics::gauge!("sluice_up", "component" => "clickhouse").set(ch.is_ok() as u8 as f64);
-    let body = json!({"ready": ready, "redis": component(&redis), "clickhouse": component(&ch), "plugins": plugins});
+    let mut body =
+        json!({"ready": ready, "redis": component(&redis), "clickhouse": component(&ch), "plugins": plugins});
+    if loading {
+        body["loading"] = json!("the plugins directory is being loaded");
+    }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }

@@ -387,6 +387,7 @@ mod tests {
             partition_key: String::new(),
             sorting_key: "k".into(),
             managed: true,
+            owner: None,
         };
         // A table made elsewhere with the server's default: one hour, as 26.x gives it.
         let made_elsewhere = live("ReplicatedMergeTree('/p', 'r') ORDER BY k SETTINGS index_granularity = 8192");

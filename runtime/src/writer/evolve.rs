@@ -13,6 +13,14 @@
 //! The registry is how the host tells its own tables from tables someone else made: those are
 //! checked like any other but never altered. It also keeps who changed what: every create and
 //! every added column is a row (plugin, version, file hash, the DDL run, when).
+//!
+//! Ownership policy: a table belongs to one plugin — the one that created it (`create` row),
+//! or, for a table Sluice did not create, the first plugin that declared it (`adopt` row). Any
+//! other plugin that declares it is refused at load, naming the owner, unless the host config
+//! shares the table with it (`[tables.<name>] shared_with = ["plugin", ...]`): a plugin it is
+//! shared with may declare, write and evolve it as its owner does. The owner is a plugin
+//! *name*: a renamed plugin is another plugin, and gets its old tables back only when they are
+//! shared with its new name (its consumer groups are new too: see the plugin guide).
 
 use super::clickhouse::{ChClient, ChError};
 use super::dedup::{ENTRY_COLUMN, ServerDedup};
@@ -26,6 +34,10 @@ pub struct Owner<'a> {
     pub hash: &'a str,
 }
 
+/// Tables the operator shares beyond their owner: table name → the other plugins that may
+/// declare, write and evolve it (`[tables.<name>] shared_with` in the host config).
+pub type Shares = std::collections::HashMap<String, Vec<String>>;
+
 /// What preparing one table takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
@@ -35,6 +47,9 @@ pub enum Plan {
     UpToDate,
     /// The live table (made by Sluice) needs these changes: new columns, Enums with new items.
     Alter(Vec<Change>),
+    /// The live table, made by someone else and declared by no plugin yet, matches: this
+    /// plugin becomes its owner (it is never altered).
+    Adopt,
     /// The declaration is incompatible with the live table, for these reasons.
     Refused(Vec<String>),
 }
@@ -102,8 +117,21 @@ pub async fn live_table(client: &ChClient, name: &str) -> Result<Option<LiveTabl
             (f("name"), f("type"))
         })
         .collect();
-    let managed =
-        client.query_count(&format!("SELECT count() AS n FROM {} WHERE table_name = {t}", registry(client))).await? > 0;
+    let managed = client
+        .query_count(&format!(
+            "SELECT count() AS n FROM {} WHERE table_name = {t} AND change = 'create'",
+            registry(client)
+        ))
+        .await?
+        > 0;
+    let owner = client
+        .query_json(&format!(
+            "SELECT plugin FROM {} WHERE table_name = {t} AND change IN ('create', 'adopt') ORDER BY changed_at, plugin LIMIT 1",
+            registry(client)
+        ))
+        .await?
+        .first()
+        .and_then(|r| r.get("plugin").and_then(|p| p.as_str()).map(str::to_string));
     Ok(Some(LiveTable {
         columns,
         engine: engine_of(&text("engine_full")),
@@ -111,6 +139,7 @@ pub async fn live_table(client: &ChClient, name: &str) -> Result<Option<LiveTabl
         partition_key: text("partition_key"),
         sorting_key: text("sorting_key"),
         managed,
+        owner,
     }))
 }
 
@@ -124,26 +153,36 @@ fn engine_of(engine_full: &str) -> String {
     engine_full[..cut].trim().to_string()
 }
 
-/// What preparing `schema` takes, without changing anything. A column type the server
-/// lacks refuses it, naming the type and the server's version.
-pub async fn plan(client: &ChClient, schema: &TableSchema) -> Result<Plan, ChError> {
+/// What preparing `schema` for plugin `plugin` takes, without changing anything. A column type
+/// the server lacks, or a table another plugin owns and does not share with it, refuses it.
+pub async fn plan(client: &ChClient, schema: &TableSchema, plugin: &str, shares: &Shares) -> Result<Plan, ChError> {
     let caps = client.caps().await?;
-    let lacking: Vec<String> = schema
+    let mut problems: Vec<String> = schema
         .columns
         .iter()
         .filter_map(|c| caps.lacks(&c.ty).map(|why| format!("column `{}` {}: {why}", c.name, c.ty)))
         .collect();
-    if !lacking.is_empty() {
-        return Ok(Plan::Refused(lacking));
+    if !problems.is_empty() {
+        return Ok(Plan::Refused(problems));
     }
-    Ok(match live_table(client, &schema.name).await? {
-        None => Plan::Create,
-        Some(live) => match schema.compare(&live) {
-            Ok(changes) if changes.is_empty() => Plan::UpToDate,
-            Ok(changes) => Plan::Alter(changes),
-            Err(problems) => Plan::Refused(problems),
-        },
-    })
+    let Some(live) = live_table(client, &schema.name).await? else { return Ok(Plan::Create) };
+    let shared = shares.get(&schema.name).is_some_and(|s| s.iter().any(|p| p == plugin));
+    match &live.owner {
+        Some(owner) if owner != plugin && !shared => problems.push(format!(
+            "it belongs to the plugin `{owner}`, which {} it; another plugin may write it only if the host config shares it: [tables.{}] shared_with = [\"{plugin}\"]",
+            if live.managed { "created" } else { "declared it first and adopted" },
+            schema.name
+        )),
+        _ => {}
+    }
+    match schema.compare(&live) {
+        Err(more) => problems.extend(more),
+        Ok(_) if !problems.is_empty() => {}
+        Ok(_) if live.owner.is_none() && !live.managed => return Ok(Plan::Adopt),
+        Ok(changes) if changes.is_empty() => return Ok(Plan::UpToDate),
+        Ok(changes) => return Ok(Plan::Alter(changes)),
+    }
+    Ok(Plan::Refused(problems))
 }
 
 async fn record(client: &ChClient, table: &str, owner: Owner<'_>, change: &str, ddl: &str) -> Result<(), ChError> {
@@ -160,11 +199,12 @@ pub async fn prepare_plugin(
     server: &ServerDedup,
     tables: &mut [TableSchema],
     owner: Owner<'_>,
+    shares: &Shares,
 ) -> Result<Vec<(String, Plan)>, PrepareError> {
     ensure_registry(client).await?;
     let mut plans = Vec::with_capacity(tables.len());
     for t in tables.iter() {
-        plans.push(plan(client, t).await?);
+        plans.push(plan(client, t, owner.plugin, shares).await?);
     }
     let refused: Vec<String> = tables
         .iter()
@@ -200,6 +240,11 @@ async fn apply(
 ) -> Result<(), PrepareError> {
     match plan {
         Plan::UpToDate | Plan::Refused(_) => Ok(()),
+        Plan::Adopt => {
+            record(client, &schema.name, owner, "adopt", "").await?;
+            tracing::info!(table = %schema.name, plugin = owner.plugin, "a table Sluice did not create is now this plugin's (it is written, never altered)");
+            Ok(())
+        }
         Plan::Create => {
             let ddl = server.create_ddl(schema, client.database());
             // Recorded first, so that another host looking at the new table sees it as ours.

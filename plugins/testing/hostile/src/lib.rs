@@ -7,7 +7,15 @@
 //! - `rows`: returns ten million rows for one event;
 //! - `undeclared`: writes a row for a table it did not declare (bypassing the SDK's check);
 //! - `wrong_types`: writes a string where the table has a number;
-//! - `escape`: tries to read a file and an environment variable, and says what it got.
+//! - `escape`: tries to read a file and an environment variable, and says what it got;
+//! - `deep`: returns one row whose value is an array nested 500,000 levels deep (2.5 MB);
+//! - `sleep`: sleeps ten minutes through `wasi:clocks` (a blocking host call, not a loop);
+//! - `udp`: opens a UDP socket and waits for a datagram;
+//! - `log_flood`: writes 32 log lines of 32 fields of 1 MiB each, then 5,000 short ones;
+//! - `recurse`: recurses until its stack (in linear memory) overflows.
+//!
+//! Its sidecar may set `name` (default `hostile`: copies under other file names say theirs) and
+//! `describe_sleep_ms`, which makes `describe` sleep that long first.
 
 use serde::Deserialize;
 use sluice_sdk::{Event, Failure, Manifest, Output, Plugin, Table};
@@ -26,11 +34,24 @@ struct Payload {
     action: String,
 }
 
+/// Recurses for ever, with a frame the optimizer keeps.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64, pad: &[u8; 64]) -> u64 {
+    let mut local = *pad;
+    local[(n % 64) as usize] = n as u8;
+    std::hint::black_box(&local);
+    recurse(n.wrapping_add(1), &local).wrapping_add(local[0] as u64)
+}
+
 pub struct Hostile;
 
 impl Plugin for Hostile {
     fn manifest() -> Manifest {
-        Manifest::new("hostile", "1.0.0").subscribe("hostile.event").table(Table::of::<HostileRow>().order_by(["k"]))
+        if let Some(ms) = sluice_sdk::config("describe_sleep_ms").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let name = sluice_sdk::config("name").unwrap_or_else(|| "hostile".into());
+        Manifest::new(&name, "1.0.0").subscribe("hostile.event").table(Table::of::<HostileRow>().order_by(["k"]))
     }
 
     fn handle(event: &Event, out: &mut Output) -> Result<(), Failure> {
@@ -75,6 +96,40 @@ impl Plugin for Hostile {
                 let args = std::env::args().count();
                 Err(Failure::permanent(format!("escape attempt: file: {file}; env HOME: {env}; args: {args}")))
             }
+            "deep" => {
+                let depth = 500_000;
+                let w = out.unchecked_row(0, 2);
+                w.uint(p.k);
+                for _ in 0..depth {
+                    w.array(1);
+                }
+                w.string("bottom");
+                Ok(())
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                Err(Failure::permanent("woke up after ten minutes"))
+            }
+            "udp" => {
+                let got = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| {
+                    let mut buf = [0u8; 16];
+                    s.recv(&mut buf)
+                });
+                Err(Failure::permanent(format!("udp: {got:?}")))
+            }
+            "log_flood" => {
+                let big = "x".repeat(1 << 20);
+                let keys: Vec<String> = (0..32).map(|i| format!("field{i}")).collect();
+                let fields: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), big.as_str())).collect();
+                for _ in 0..32 {
+                    sluice_sdk::log(sluice_sdk::Level::Info, &big, &fields);
+                }
+                for i in 0..5000 {
+                    sluice_sdk::log(sluice_sdk::Level::Info, "flood", &[("line", &i.to_string())]);
+                }
+                out.row(&HostileRow { k: p.k, s: "flooded".into() })
+            }
+            "recurse" => Err(Failure::permanent(format!("depth {}", recurse(p.k, &[0; 64])))),
             other => Err(Failure::permanent(format!("unknown action {other}"))),
         }
     }

@@ -143,8 +143,12 @@ pub struct LiveTable {
     pub engine_full: String,
     pub partition_key: String,
     pub sorting_key: String,
-    /// True if Sluice created it (it is in the registry): only then may it add columns.
+    /// True if Sluice created it (a `create` row in the registry): only then may it add
+    /// columns.
     pub managed: bool,
+    /// The plugin it belongs to: the one that created it, or adopted it first (a table Sluice
+    /// did not create); None if no plugin has declared it yet.
+    pub owner: Option<String>,
 }
 
 fn squash(s: &str) -> String {
@@ -221,6 +225,7 @@ mod tests {
             partition_key: "toYYYYMM(d)".into(),
             sorting_key: sorting.into(),
             managed,
+            owner: None,
         }
     }
 
