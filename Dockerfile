@@ -42,7 +42,7 @@ ENV SLUICE_PLUGINS_DIR=/plugins \
     SLUICE_ADMIN_ADDR=0.0.0.0:9464 \
     SLUICE_LOG_FORMAT=json
 USER 10001
-# The admin API: dashboard at /, /health, /ready, /metrics (see the README's "Admin API").
+# The admin API: dashboard at /, /health, /ready, /metrics (see docs/operations.md, "Admin API").
 EXPOSE 9464
 HEALTHCHECK --interval=10s --timeout=6s --start-period=30s --retries=3 CMD ["sluice", "health", "--ready"]
 ENTRYPOINT ["sluice"]

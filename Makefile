@@ -6,7 +6,7 @@ TEST_PLUGINS := flaky echo hostile
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
-.PHONY: deps test-deps build plugins examples demo test bench fmt clippy clean
+.PHONY: deps test-deps build build-failpoints plugins examples demo test unit bench fmt clippy clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -43,6 +43,13 @@ examples: deps
 build: deps
 	$(CARGO) build --release --locked -p sluice
 
+# The test suite's second binary: the host with its fault-injection hooks (the `failpoints`
+# feature), as target/release/sluice-failpoints. Cargo keeps both builds, so `build` after it
+# only puts the plain binary back.
+build-failpoints: deps
+	$(CARGO) build --release --locked -p sluice --features failpoints
+	cp target/release/sluice target/release/sluice-failpoints
+
 # Starts private Redis and ClickHouse, runs the host on the first-party plugins, publishes
 # sample events of every seed type and prints what landed in each table.
 demo: plugins build
@@ -51,17 +58,26 @@ demo: plugins build
 # The whole suite: unit tests of the host and the three SDKs, plugin fixtures, and end-to-end tests
 # against real redis-server and ClickHouse processes started on free ports — each test once on
 # ClickHouse 18.16 (Debian) and once on 26.9 (chdb-core, see docs/clickhouse.md).
-test: test-deps plugins examples build
+test: test-deps plugins examples build-failpoints build
 	@mkdir -p target
 	set -o pipefail; { \
 	  (cd plugins && $(CARGO) test --locked -p sluice-sdk) && \
 	  timeout 120 python3 -m unittest discover -s sdk/python/tests && \
 	  timeout 120 node --test sdk/js/test/ && \
 	  SLUICE_TEST_PLUGINS=$(CURDIR)/$(PLUGIN_OUT) SLUICE_TEST_EXAMPLES=$(CURDIR)/$(EXAMPLES_OUT) \
-	  SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice \
+	  SLUICE_TEST_BIN=$(CURDIR)/target/release/sluice SLUICE_TEST_FAILPOINT_BIN=$(CURDIR)/target/release/sluice-failpoints \
 	    $(CARGO) test --release --locked --workspace -- --test-threads=2; \
 	} 2>&1 | tee target/test.log
 	@bash scripts/test-summary.sh target/test.log
+
+# The fast part alone, no servers (seconds once built): the host's unit tests — the delivery
+# decisions, schema comparison, config resolution, row encoding, the ledger's fields — and the
+# Rust, Python and JavaScript SDKs' own.
+unit: deps
+	$(CARGO) test --locked -p sluice --lib
+	cd plugins && $(CARGO) test --locked -p sluice-sdk
+	timeout 120 python3 -m unittest discover -s sdk/python/tests
+	timeout 120 node --test sdk/js/test/
 
 # The benchmark (bench/README.md): Sluice against the pipeline's limit and the seed designs.
 # `make bench BENCH_ARGS=--quick` for 100,000 events instead of 1,000,000.

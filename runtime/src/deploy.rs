@@ -18,20 +18,23 @@
 //! a channel that outlives versions (`jobs`), and the queue consumers' routes follow the
 //! running plugins (`source::bullmq::Routes`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::admin::{PipelineEntry, PluginEntry};
-use crate::config::Settings;
+use crate::pipeline::gate::PriorityGate;
+use crate::pipeline::{Pipeline, Stage};
 use crate::plugin::{LoadedPlugin, PluginDefaults, SandboxEngine};
-use crate::priority::PriorityGate;
-use crate::router::{InflightIds, Input, JobInbox, Pipeline};
-use crate::source::bullmq::{Delivery, Route, Routes};
+use crate::policy::{DeliveryPolicy, Priority};
+use crate::redis_conn::{RedisConn, RedisOptions};
+use crate::source::Subscriber;
+use crate::source::bullmq::{Delivery, JobInbox, JobsIntake, Route, Routes};
+use crate::source::streams::{InflightIds, StreamsIntake};
+use crate::status::{PipelineEntry, PluginEntry, PluginStatus, SharedRegistry};
 
 use crate::writer::Writer;
 use crate::writer::dedup::ServerDedup;
@@ -41,16 +44,6 @@ use crate::writer::evolve::{self, Owner, PrepareError};
 pub const STABLE_FOR: Duration = Duration::from_millis(500);
 /// How often the directory is rescanned even without file-system events.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
-
-/// What the admin API shows of the deployments.
-#[derive(Default)]
-pub struct Registry {
-    /// By file path.
-    pub plugins: BTreeMap<String, PluginEntry>,
-    pub pipelines: Vec<PipelineEntry>,
-    /// The plugins directory is being loaded at start (the host is not ready yet).
-    pub loading: bool,
-}
 
 /// A file's identity for change detection: size and modification time of the `.wasm` and of
 /// its sidecar.
@@ -72,19 +65,49 @@ struct Live {
     tasks: JoinSet<()>,
 }
 
-/// Everything needed to start pipelines.
-pub struct Deployer {
-    pub settings: Arc<Settings>,
-    pub consumer: String,
+/// The settings the deployer uses (from the host's).
+pub struct DeploySettings {
+    pub plugins_dir: PathBuf,
+    pub stream_prefix: String,
+    /// For each streams pipeline's own reading connection.
+    pub redis: RedisOptions,
+    /// The BullMQ queues consumed (`<prefix>:<name>`): none, no jobs pipelines.
+    pub bullmq_queues: Vec<String>,
+    /// The host's delivery policy (plugins' `[delivery]` over it).
+    pub delivery: DeliveryPolicy,
+    /// Priority of each event type (others: `default`; a plugin's own wins).
+    pub priorities: HashMap<String, Priority>,
+    /// `[tables.<name>] shared_with`.
+    pub table_shares: crate::writer::evolve::Shares,
+}
+
+/// What the deployer starts pipelines with, built once by the host.
+pub struct Wiring {
+    pub settings: DeploySettings,
+    /// This process's consumer name (see `host::consumer_name`).
+    pub consumer: Arc<str>,
     pub gate: PriorityGate,
     pub writer: Writer,
     /// What the ClickHouse server offers for deduplication (detected at start).
     pub server: Arc<ServerDedup>,
-    pub control: crate::redis_conn::RedisConn,
-    pub grace: Duration,
+    /// The host's shared Redis connection.
+    pub control: RedisConn,
     pub engine: SandboxEngine,
-    pub defaults: Arc<PluginDefaults>,
-    pub registry: Arc<RwLock<Registry>>,
+    pub defaults: PluginDefaults,
+}
+
+/// Keeps the running plugins in step with the plugins directory.
+pub struct Deployer {
+    settings: DeploySettings,
+    consumer: Arc<str>,
+    gate: PriorityGate,
+    writer: Writer,
+    server: Arc<ServerDedup>,
+    control: RedisConn,
+    engine: SandboxEngine,
+    defaults: Arc<PluginDefaults>,
+    /// What the admin API shows: written here, read there.
+    pub registry: SharedRegistry,
     live: HashMap<PathBuf, Live>,
     /// The fingerprint last acted on, per file (deployed or refused): not retried until it changes.
     seen: HashMap<PathBuf, Fingerprint>,
@@ -102,29 +125,34 @@ pub struct Deployer {
 /// jobs stay locked and active meanwhile).
 const JOB_CHANNEL: usize = 1024;
 
+/// The `*.wasm` files of a directory, sorted. Files whose name starts with `.` (editors'
+/// and copy tools' temporaries) are skipped.
+pub fn plugin_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read plugins directory {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path.extension().and_then(|e| e.to_str()) == Some("wasm") && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 impl Deployer {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        settings: Arc<Settings>,
-        consumer: String,
-        gate: PriorityGate,
-        writer: Writer,
-        server: Arc<ServerDedup>,
-        control: crate::redis_conn::RedisConn,
-        grace: Duration,
-        engine: SandboxEngine,
-        defaults: PluginDefaults,
-    ) -> Self {
+    pub fn new(w: Wiring) -> Self {
         Deployer {
-            settings,
-            consumer,
-            gate,
-            writer,
-            server,
-            control,
-            grace,
-            engine,
-            defaults: Arc::new(defaults),
+            settings: w.settings,
+            consumer: w.consumer,
+            gate: w.gate,
+            writer: w.writer,
+            server: w.server,
+            control: w.control,
+            engine: w.engine,
+            defaults: Arc::new(w.defaults),
             registry: Default::default(),
             live: HashMap::new(),
             seen: HashMap::new(),
@@ -137,13 +165,11 @@ impl Deployer {
 
     /// Deploys every file of the directory (at start-up: no waiting for files to settle).
     pub async fn deploy_all(&mut self) -> anyhow::Result<()> {
-        let files: Vec<(PathBuf, Fingerprint)> = crate::host::plugin_files(&self.settings.plugins_dir)?
+        let files: Vec<(PathBuf, Fingerprint)> = plugin_files(&self.settings.plugins_dir)?
             .into_iter()
             .filter_map(|p| fingerprint(&p).map(|fp| (p, fp)))
             .collect();
-        self.registry.write().unwrap().loading = true;
         self.apply_all(files.into_iter().map(|(p, fp)| (p, fp, None)).collect()).await;
-        self.registry.write().unwrap().loading = false;
         Ok(())
     }
 
@@ -202,7 +228,7 @@ impl Deployer {
     }
 
     async fn rescan(&mut self) {
-        let files = match crate::host::plugin_files(&self.settings.plugins_dir) {
+        let files = match plugin_files(&self.settings.plugins_dir) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "cannot list the plugins directory");
@@ -248,7 +274,7 @@ impl Deployer {
         let file = path.display().to_string();
         let mut plugin = match loaded {
             Ok(p) => p,
-            Err(e) => return self.refuse(path, "failed", format!("{e:#}")),
+            Err(e) => return self.refuse(path, PluginStatus::Failed, format!("{e:#}")),
         };
         // Two files bound to one name (see `plugin::identity`): the one running keeps it.
         if let Some((other, _)) =
@@ -259,16 +285,17 @@ impl Deployer {
                 plugin.name(),
                 other.display()
             );
-            return self.refuse(path, "failed", why);
+            return self.refuse(path, PluginStatus::Failed, why);
         }
-        if let Some(old) = self.live.get(path) {
-            if old.plugin.hash == plugin.hash && old.plugin.settings_equal(&plugin) {
-                return; // touched, not changed
-            }
+        if let Some(old) = self.live.get(path)
+            && old.plugin.hash == plugin.hash
+            && old.plugin.settings_equal(&plugin)
+        {
+            return; // touched, not changed
         }
         let (name, version, hash) = (plugin.name().to_string(), plugin.manifest.version.clone(), plugin.hash.clone());
         // A retryable error (ClickHouse away) waits; a refusal or a fatal error is the answer.
-        let prepared = crate::host::wait_for("ClickHouse", || {
+        let prepared = crate::backoff::until_ok("ClickHouse", || {
             let (client, server, mut tables) =
                 (self.writer.client().clone(), self.server.clone(), plugin.tables.clone());
             let (name, version, hash, shares) = (&name, &version, &hash, &self.settings.table_shares);
@@ -288,7 +315,7 @@ impl Deployer {
                     PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
                     PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
                 };
-                return self.refuse(path, "refused", why);
+                return self.refuse(path, PluginStatus::Refused, why);
             }
         }
         // Said plainly for every table: what a crash can cost.
@@ -321,7 +348,12 @@ impl Deployer {
             let mut reg = self.registry.write().unwrap();
             reg.plugins.insert(
                 file.clone(),
-                PluginEntry { file: file.clone(), status: "running", error: None, plugin: Some(plugin.clone()) },
+                PluginEntry {
+                    file: file.clone(),
+                    status: PluginStatus::Running,
+                    error: None,
+                    plugin: Some(Arc::new(plugin.summary())),
+                },
             );
         }
         self.refresh_pipelines();
@@ -345,20 +377,20 @@ impl Deployer {
     }
 
     /// Reports a version that cannot run; the running version of the file, if any, stays.
-    fn refuse(&mut self, path: &Path, status: &'static str, why: String) {
+    fn refuse(&mut self, path: &Path, status: PluginStatus, why: String) {
         let file = path.display().to_string();
         let running = self.live.get(path).map(|l| l.plugin.clone());
         match &running {
             Some(old) => {
                 tracing::error!(path = %file, running = old.short_hash(), "new version not started, the running version stays: {why}");
-                metrics::counter!("sluice_plugin_reloads_total", "result" => status).increment(1);
+                metrics::counter!("sluice_plugin_reloads_total", "result" => status.name()).increment(1);
             }
             None => {
                 tracing::error!(path = %file, "plugin not started: {why}");
-                metrics::counter!("sluice_plugin_loads_total", "result" => status).increment(1);
+                metrics::counter!("sluice_plugin_loads_total", "result" => status.name()).increment(1);
             }
         }
-        crate::admin::recent_error(
+        crate::status::recent_error(
             running.as_ref().map(|p| p.name()).unwrap_or(&file),
             "",
             &format!("plugin_{status}"),
@@ -367,9 +399,9 @@ impl Deployer {
         let entry = match running {
             Some(old) => PluginEntry {
                 file: file.clone(),
-                status: "running",
+                status: PluginStatus::Running,
                 error: Some(format!("a new version in this file was {status}: {why}")),
-                plugin: Some(old),
+                plugin: Some(Arc::new(old.summary())),
             },
             None => PluginEntry { file: file.clone(), status, error: Some(why), plugin: None },
         };
@@ -396,48 +428,65 @@ impl Deployer {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
-        let settings = Arc::new(plugin.delivery_settings(&self.settings));
+        let ledger_tables: Arc<[String]> =
+            plugin.tables.iter().filter(|t| t.guarantee.exactly_once()).map(|t| t.name.clone()).collect();
         for event_type in &plugin.consumed_event_types() {
             let key = (plugin.name().to_string(), event_type.clone());
-            // Streams always; BullMQ jobs too when queues are configured.
-            let mut feeds = vec![(None, self.inflight.entry(key.clone()).or_default().clone())];
-            if !self.settings.bullmq.is_empty() {
+            let who = Subscriber {
+                plugin: Arc::from(plugin.name()),
+                version: Arc::from(plugin.hash.as_str()),
+                event_type: Arc::from(event_type.as_str()),
+                group: Arc::from(crate::keys::group_name(plugin.name()).as_str()),
+                ledger_tables: ledger_tables.clone(),
+            };
+            let policy = self.policy_of(&plugin, event_type);
+            let (gate, writer, control) = (self.gate.clone(), self.writer.clone(), self.control.clone());
+            let stage = || Stage {
+                plugin: plugin.clone(),
+                who: who.clone(),
+                policy: policy.clone(),
+                gate: gate.clone(),
+                writer: writer.clone(),
+                tables: tables.clone(),
+                control: control.clone(),
+            };
+            // Streams always.
+            let (streams, inflight) = (stage(), self.inflight.entry(key.clone()).or_default().clone());
+            let stream = crate::keys::event_stream(&self.settings.stream_prefix, event_type);
+            let (redis, control, consumer) = (self.settings.redis.clone(), self.control.clone(), self.consumer.clone());
+            let exactly_once = self.writer.exactly_once();
+            let rx = stop_rx.clone();
+            tasks.spawn(async move {
+                // A connection of its own: a blocked XREADGROUP would hold up a shared one.
+                let block = streams.policy.block;
+                let reading = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(&redis, block)).await;
+                let policy = streams.policy.clone();
+                let who = streams.who.clone();
+                let intake =
+                    StreamsIntake::new(reading, control, &stream, who, consumer, policy, inflight, exactly_once);
+                run_pipeline(Pipeline::new(streams, intake), rx).await
+            });
+            // BullMQ jobs too when queues are configured.
+            if !self.settings.bullmq_queues.is_empty() {
                 let (_, inbox) = self.jobs.entry(key).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(JOB_CHANNEL);
                     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
                 });
-                feeds.push((Some(inbox.clone()), InflightIds::default()));
-            }
-            for (inbox, ids) in feeds {
-                let (settings, control, gate, writer) =
-                    (settings.clone(), self.control.clone(), self.gate.clone(), self.writer.clone());
-                let (plugin, tables, consumer, grace, rx) =
-                    (plugin.clone(), tables.clone(), self.consumer.clone(), self.grace, stop_rx.clone());
-                let event_type = event_type.clone();
-                tasks.spawn(async move {
-                    let input = match inbox {
-                        Some(inbox) => Input::Jobs(inbox),
-                        // A connection of its own: a blocked XREADGROUP would hold up a shared one.
-                        None => Input::Streams(loop {
-                            match crate::redis_conn::connect(&settings.redis, settings.block).await {
-                                Ok(c) => break c,
-                                Err(e) => {
-                                    tracing::warn!(error = format!("{e:#}"), "cannot connect to Redis; retrying in 1 s");
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                }
-                            }
-                        }),
-                    };
-                    let p =
-                        Pipeline::new(gate, plugin, settings, input, control, &event_type, &consumer, tables, writer);
-                    let (name, source) = (p.plugin.name().to_string(), p.source.clone());
-                    if let Err(e) = p.run(ids, rx, grace).await {
-                        tracing::error!(plugin = %name, event_type = %event_type, source = %source, "pipeline stopped: {e:#}");
-                    }
-                });
+                let intake = JobsIntake::new(inbox.clone(), who.clone());
+                tasks.spawn(run_pipeline(Pipeline::new(stage(), intake), stop_rx.clone()));
             }
         }
         Live { plugin, stop, tasks }
+    }
+
+    /// The delivery policy of one of `plugin`'s pipelines: the host's, with the plugin's own
+    /// `[delivery]` settings and the event type's priority.
+    fn policy_of(&self, plugin: &LoadedPlugin, event_type: &str) -> DeliveryPolicy {
+        let mut policy = plugin.delivery_policy(&self.settings.delivery);
+        if plugin.delivery.priority.is_none() {
+            policy.priority = self.settings.priorities.get(event_type).copied().unwrap_or(Priority::Default);
+        }
+        policy
     }
 
     /// Stops a version: no new reads, in-flight work finished (up to the grace period).
@@ -456,21 +505,21 @@ impl Deployer {
     fn refresh_pipelines(&mut self) {
         let mut pipelines = Vec::new();
         let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
-        let queues: Vec<String> = self.settings.bullmq.iter().map(|q| q.key()).collect();
+        let queues = &self.settings.bullmq_queues;
         for l in self.live.values() {
             for t in &l.plugin.consumed_event_types() {
                 pipelines.push(PipelineEntry {
                     plugin: l.plugin.name().to_string(),
                     event_type: t.clone(),
                     stream: format!("{}{t}", self.settings.stream_prefix),
-                    group: crate::router::group_name(l.plugin.name()),
+                    group: crate::keys::group_name(l.plugin.name()),
                 });
                 if let Some((tx, _)) = self.jobs.get(&(l.plugin.name().to_string(), t.clone())) {
                     pipelines.push(PipelineEntry {
                         plugin: l.plugin.name().to_string(),
                         event_type: t.clone(),
                         stream: format!("bullmq {}", queues.join(",")),
-                        group: crate::router::group_name(l.plugin.name()),
+                        group: crate::keys::group_name(l.plugin.name()),
                     });
                     routes.entry(t.clone()).or_default().push((l.plugin.name().to_string(), tx.clone()));
                 }
@@ -487,5 +536,13 @@ impl Deployer {
         self.routes.set(routes);
         pipelines.sort_by(|a, b| (&a.plugin, &a.event_type).cmp(&(&b.plugin, &b.event_type)));
         self.registry.write().unwrap().pipelines = pipelines;
+    }
+}
+
+/// Runs a pipeline to its end, saying why if it stopped on an error.
+async fn run_pipeline<I: crate::source::Intake>(p: Pipeline<I>, stop: watch::Receiver<bool>) {
+    let (who, source) = p.describe();
+    if let Err(e) = p.run(stop).await {
+        tracing::error!(plugin = %who.plugin, event_type = %who.event_type, source = %source, "pipeline stopped: {e:#}");
     }
 }

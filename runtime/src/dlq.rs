@@ -6,67 +6,21 @@
 //! the producer had not set them), so deduplication and event dates are unchanged.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
 use redis::{Value, cmd};
 
+use crate::dead_letter::{self as record, DeadLetterEntry, DeadLetterKind, parse_entries};
+use crate::keys::{DLQ_STREAM, replay_stream};
 use crate::source::entry_id_millis;
-use crate::source::streams::{DLQ_STREAM, replay_stream};
-
-/// One entry of `sluice:dlq`.
-#[derive(Debug, Clone)]
-pub struct DeadLetterEntry {
-    /// The entry's id in `sluice:dlq`.
-    pub id: String,
-    /// Its fields in order: `stream`, `entry_id`, `plugin`, ..., `field:<original field>`.
-    pub fields: Vec<(String, Vec<u8>)>,
-}
-
-impl DeadLetterEntry {
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// The original entry's fields.
-    pub fn original_fields(&self) -> Vec<(String, Vec<u8>)> {
-        self.fields.iter().filter_map(|(k, v)| k.strip_prefix("field:").map(|k| (k.to_string(), v.clone()))).collect()
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut m = serde_json::Map::new();
-        m.insert("dlq_id".into(), self.id.clone().into());
-        let mut original = serde_json::Map::new();
-        for (k, v) in &self.fields {
-            let v = String::from_utf8_lossy(v).into_owned();
-            match k.strip_prefix("field:") {
-                Some(f) => {
-                    original.insert(f.to_string(), v.into());
-                }
-                None => {
-                    m.insert(k.clone(), v.into());
-                }
-            }
-        }
-        m.insert("fields".into(), original.into());
-        m.into()
-    }
-}
-
-fn parse_entries(v: Value) -> Result<Vec<DeadLetterEntry>> {
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis::from_redis_value(v).context("unexpected XRANGE reply")?;
-    Ok(entries.into_iter().map(|(id, fields)| DeadLetterEntry { id, fields }).collect())
-}
 
 /// Which dead letters to list: each field that is set must match.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Filter<'a> {
     pub plugin: Option<&'a str>,
     pub event_type: Option<&'a str>,
-    /// `error_kind`: invalid_event, permanent, retries_exhausted, insert_failed.
-    pub kind: Option<&'a str>,
+    pub kind: Option<DeadLetterKind>,
 }
 
 impl Filter<'_> {
@@ -76,7 +30,9 @@ impl Filter<'_> {
 
     fn matches(&self, e: &DeadLetterEntry) -> bool {
         let is = |want: Option<&str>, field: &str| want.is_none() || e.get(field).as_deref() == want;
-        is(self.plugin, "plugin") && is(self.event_type, "event_type") && is(self.kind, "error_kind")
+        is(self.plugin, record::PLUGIN)
+            && is(self.event_type, record::EVENT_TYPE)
+            && (self.kind.is_none() || e.kind() == self.kind)
     }
 }
 
@@ -117,19 +73,22 @@ fn refeed_fields(mut fields: Vec<(String, Vec<u8>)>, stream: &str, entry_id: &st
     if !has(&fields, "id") {
         fields.push(("id".into(), format!("{stream}/{entry_id}").into_bytes()));
     }
-    if !has(&fields, "ts") {
-        if let Some(ms) = entry_id_millis(entry_id) {
-            fields.push(("ts".into(), ms.to_string().into_bytes()));
-        }
+    if !has(&fields, "ts")
+        && let Some(ms) = entry_id_millis(entry_id)
+    {
+        fields.push(("ts".into(), ms.to_string().into_bytes()));
     }
     fields
 }
 
 /// Sends a dead letter back to its plugin. Returns the replay stream and new entry id.
 pub async fn reprocess(conn: &mut RedisConn, entry: &DeadLetterEntry) -> Result<Option<(String, String)>> {
-    let (Some(plugin), Some(event_type), Some(stream), Some(entry_id)) =
-        (entry.get("plugin"), entry.get("event_type"), entry.get("stream"), entry.get("entry_id"))
-    else {
+    let (Some(plugin), Some(event_type), Some(stream), Some(entry_id)) = (
+        entry.get(record::PLUGIN),
+        entry.get(record::EVENT_TYPE),
+        entry.get(record::STREAM),
+        entry.get(record::ENTRY_ID),
+    ) else {
         bail!("dead letter {} lacks plugin, event_type, stream or entry_id: not written by sluice?", entry.id);
     };
     // An entry that failed on the replay stream keeps the id/ts it was given there.
@@ -207,7 +166,7 @@ pub fn position(arg: &str) -> Result<String> {
 
 /// The event types whose streams have the plugin's consumer group (what it subscribes to).
 pub async fn subscribed_types(conn: &mut RedisConn, prefix: &str, plugin: &str) -> Result<Vec<String>> {
-    let group = crate::router::group_name(plugin);
+    let group = crate::keys::group_name(plugin);
     let mut types = BTreeMap::new();
     for key in conn.scan_keys(&format!("{}*", glob_escape(prefix)), "stream").await? {
         let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
@@ -262,45 +221,6 @@ pub async fn replay(
         start = format!("({}", page.last().unwrap().id);
     }
     Ok(copied)
-}
-
-/// Prints dead letters as a table.
-pub fn print_table(entries: &[DeadLetterEntry]) {
-    println!("{:<20} {:<22} {:<28} {:<20} {:>3} {:<17} ERROR", "DLQ ID", "PLUGIN", "STREAM", "ENTRY ID", "ATT", "KIND");
-    for e in entries {
-        let g = |k: &str| e.get(k).unwrap_or_default();
-        let error: String = g("error").chars().take(100).collect();
-        println!(
-            "{:<20} {:<22} {:<28} {:<20} {:>3} {:<17} {}",
-            e.id,
-            g("plugin"),
-            g("stream"),
-            g("entry_id"),
-            g("attempts"),
-            g("error_kind"),
-            error
-        );
-    }
-}
-
-/// A simple progress line on stderr for long copies.
-pub struct Progress {
-    started: Instant,
-    label: String,
-}
-
-impl Progress {
-    pub fn new(label: &str) -> Self {
-        Progress { started: Instant::now(), label: label.to_string() }
-    }
-    pub fn update(&self, n: u64) {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        eprint!("\r{}: {n} events ({:.0}/s)   ", self.label, n as f64 / secs);
-    }
-    pub fn finish(&self, n: u64) {
-        self.update(n);
-        eprintln!();
-    }
 }
 
 #[cfg(test)]

@@ -1,133 +1,165 @@
-//! `sluice run`: connect, deploy the plugins directory (see `deploy`: one pipeline per plugin
-//! and event type, hot reload), serve the admin API, and stop gracefully on SIGTERM/SIGINT.
+//! `sluice run`: connect, deploy the plugins directory (see `deploy`: one pipeline per plugin,
+//! event type and source, hot reload), serve the admin API, and stop gracefully on
+//! SIGTERM/SIGINT. [`run`] reads as its steps; each step is a function below.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
 use crate::config::Settings;
-use crate::deploy::Deployer;
+use crate::deploy::{DeploySettings, Deployer, Wiring};
+use crate::pipeline::gate::PriorityGate;
 use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
-
-use crate::source::streams::redact_url;
+use crate::redis_conn::RedisConn;
+use crate::secret::redact_url;
+use crate::source::bullmq::QueueConsumer;
 use crate::writer::clickhouse::ChClient;
 use crate::writer::dedup::ServerDedup;
-use crate::writer::{BatchPolicy, LedgerConn, Writer};
+use crate::writer::{LedgerConn, Writer};
+
+/// How long the BullMQ workers get to close at a stop.
+const BULLMQ_CLOSE: Duration = Duration::from_secs(3);
+
+/// Runs the host until a signal.
+pub async fn run(settings: Settings) -> Result<()> {
+    let settings = Arc::new(settings);
+    let consumer: Arc<str> = Arc::from(consumer_name().as_str());
+    tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = ?settings.clickhouse.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
+    let metrics = crate::admin::install_metrics()?;
+    let admin_listener = bind_admin(&settings).await?;
+    let engine = sandbox_engine(&settings)?;
+    let (ch, server) = connect_clickhouse(&settings).await?;
+    let control = connect_redis(&settings).await?;
+    let writer = start_writer(&settings, ch, &server, &consumer).await;
+    let mut deployer = Deployer::new(Wiring {
+        settings: DeploySettings {
+            plugins_dir: settings.plugins_dir.clone(),
+            stream_prefix: settings.stream_prefix.clone(),
+            redis: settings.redis.clone(),
+            bullmq_queues: settings.bullmq.iter().map(|q| q.key()).collect(),
+            delivery: settings.delivery.clone(),
+            priorities: settings.priorities.clone(),
+            table_shares: settings.table_shares.clone(),
+        },
+        consumer,
+        gate: PriorityGate::new(cores(), settings.concurrency),
+        writer: writer.clone(),
+        server: Arc::new(server),
+        control: control.clone(),
+        engine,
+        defaults: plugin_defaults(&settings),
+    });
+    // The admin API answers while the plugins load (/ready says "starting"): a slow or stuck
+    // plugin cannot hold it up.
+    deployer.registry.write().unwrap().starting = true;
+    let admin = admin_listener.map(|listener| {
+        serve_admin(
+            listener,
+            AdminState {
+                started: std::time::Instant::now(),
+                redis: control.clone(),
+                clickhouse: writer.client().clone(),
+                stream_prefix: settings.stream_prefix.clone(),
+                token: settings.admin_token.as_ref().map(|t| t.0.clone()),
+                registry: deployer.registry.clone(),
+                metrics,
+            },
+        )
+    });
+    deployer.deploy_all().await?;
+    if deployer.pipeline_count() == 0 {
+        tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");
+    }
+    // BullMQ queues start once the plugins run, so that the first jobs find their routes.
+    let consumers = start_bullmq(&settings, &deployer, &control).await;
+    // Delayed events are delivered by every host; the move is atomic, so each goes out once.
+    let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
+    deployer.registry.write().unwrap().starting = false;
+    tracing::info!(pipelines = deployer.pipeline_count(), "sluice is running");
+
+    let deployer = reload_until_signal(deployer).await;
+    stop(deployer, consumers).await;
+    mover.abort();
+    if let Some(a) = admin {
+        a.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
 
 /// A consumer name unique to this process: `<host>-<pid>-<random>`, so that a restarted
 /// host never mistakes a dead instance's pending entries for its own.
-pub fn consumer_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let host = if host.is_empty() { "host".to_string() } else { host };
     format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// The `*.wasm` files of a directory, sorted. Files whose name starts with `.` (editors'
-/// and copy tools' temporaries) are skipped.
-pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read plugins directory {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if path.extension().and_then(|e| e.to_str()) == Some("wasm") && !name.starts_with('.') && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
-/// Retries `f` until it succeeds, logging why it did not; returns the error of a fatal
-/// failure (bad configuration) at once.
-pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!("{what} is not available yet ({e:#}); retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
+/// The admin address, bound before anything else so that a taken port fails the start at once.
+async fn bind_admin(settings: &Settings) -> Result<Option<TcpListener>> {
+    match settings.admin_addr.as_str() {
+        "off" | "" => Ok(None),
+        addr => Ok(Some(crate::admin::bind(addr).await?)),
     }
 }
 
-/// Runs the host until a signal.
-pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
-    settings.validate()?;
-    let settings = Arc::new(settings);
-    let consumer = consumer_name();
-    tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = ?settings.clickhouse.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
+fn serve_admin(listener: TcpListener, state: AdminState) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve(listener, Arc::new(state)).await {
+            tracing::error!("admin API stopped: {e:#}");
+        }
+    })
+}
 
-    let metrics = crate::admin::install_metrics()?;
-    let admin_listener = match settings.admin_addr.as_str() {
-        "off" | "" => None,
-        addr => Some(crate::admin::bind(addr).await?),
-    };
-    let mut engine = SandboxEngine::new()?;
+/// The wasmtime engine, with the compiled-code cache if one can be used.
+fn sandbox_engine(settings: &Settings) -> Result<SandboxEngine> {
+    let engine = SandboxEngine::new()?;
     match &settings.cache_dir {
-        None => {}
+        None => Ok(engine),
         Some((dir, explicit)) => match engine.clone().with_cache(dir) {
-            Ok(e) => engine = e,
-            Err(e) if *explicit => return Err(e.context("SLUICE_CACHE_DIR (`off` disables the cache)")),
+            Ok(e) => Ok(e),
+            Err(e) if *explicit => Err(e.context("SLUICE_CACHE_DIR (`off` disables the cache)")),
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "no compiled-code cache: every start compiles the plugins")
+                tracing::warn!(error = format!("{e:#}"), "no compiled-code cache: every start compiles the plugins");
+                Ok(engine)
             }
         },
     }
-    let defaults = PluginDefaults {
+}
+
+fn plugin_defaults(settings: &Settings) -> PluginDefaults {
+    PluginDefaults {
         limits: PluginLimits {
             call_timeout: settings.call_timeout,
             max_memory_bytes: settings.max_memory_mb << 20,
             ..PluginLimits::default()
         },
         sections: settings.plugin_sections.clone(),
-    };
+    }
+}
+
+/// ClickHouse, waited for: its database created, what it offers for deduplication detected,
+/// and a configuration that cannot work refused.
+async fn connect_clickhouse(settings: &Settings) -> Result<(ChClient, ServerDedup)> {
     let ch = ChClient::new(&settings.clickhouse)?;
-    let version = wait_for("ClickHouse", || async { Ok(ch.ping().await?) }).await;
+    let version = crate::backoff::until_ok("ClickHouse", || async { Ok(ch.ping().await?) }).await;
     tracing::info!(version = %version, "connected to ClickHouse");
     ch.create_database()
         .await
         .with_context(|| format!("cannot create database {}{}", settings.clickhouse.database, ch.on_cluster()))?;
-
-    let redis = settings.redis.clone();
-    let block = settings.block;
-    let control = wait_for("Redis", || crate::redis_conn::connect(&redis, block)).await;
-    tracing::info!(cluster = control.is_cluster(), "connected to Redis");
-    if control.is_cluster() && !settings.bullmq.is_empty() {
-        bail!(
-            "the BullMQ source does not run on a Redis Cluster yet (SLUICE_BULLMQ_QUEUES is set and SLUICE_REDIS_URL is a cluster)"
-        );
-    }
-
-    let server = wait_for("ClickHouse", || async { Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?) }).await;
-    // A connection of its own for batch records: a block of megabytes must not hold up the
-    // acknowledgements and heartbeats on the shared one.
-    let ledger = match settings.exactly_once {
-        true => Some(LedgerConn {
-            conn: wait_for("Redis", || crate::redis_conn::connect(&redis, block)).await,
-            owner: Arc::from(consumer.as_str()),
-        }),
-        false => None,
-    };
-    if let Some(l) = &ledger {
-        // An evicted batch record would read as committed. (CONFIG may be disabled: then say nothing.)
-        let policy: redis::RedisResult<Vec<String>> =
-            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut l.conn.clone()).await;
-        if let Some(p) = policy.ok().and_then(|v| v.get(1).cloned()).filter(|p| p.starts_with("allkeys")) {
-            tracing::warn!(maxmemory_policy = %p, "Redis may evict any key under memory pressure, including exactly-once batch records (sluice:batch:*), whose rows would then be lost after a crash: use noeviction or a volatile-* policy");
-        }
-    }
+    let server = crate::backoff::until_ok("ClickHouse", || async {
+        Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?)
+    })
+    .await;
     if (ch.cluster().is_some() || ch.endpoint_count() > 1) && server.zookeeper && !server.replica_macro {
         bail!(
             "several ClickHouse servers (SLUICE_CLICKHOUSE_CLUSTER or several SLUICE_CLICKHOUSE_URL endpoints) but the server defines no {{replica}} macro: their Replicated tables need a replica name each — <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
@@ -139,84 +171,93 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
         );
     }
     tracing::info!("{}", server.describe());
-    let writer = Writer::new(
-        ch,
-        BatchPolicy { max_rows: settings.insert_max_rows, linger: settings.insert_linger, ..BatchPolicy::default() },
-        ledger,
-    );
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let gate = crate::priority::PriorityGate::new(cores, settings.concurrency);
-    let mut deployer = Deployer::new(
-        settings.clone(),
-        consumer,
-        gate,
-        writer.clone(),
-        Arc::new(server),
-        control.clone(),
-        grace,
-        engine,
-        defaults,
-    );
-    // The admin API answers while the plugins load: a slow or stuck one cannot hold it up.
-    let admin = admin_listener.map(|listener| {
-        let state = Arc::new(AdminState {
-            started: std::time::Instant::now(),
-            redis: control.clone(),
-            clickhouse: writer.client().clone(),
-            stream_prefix: settings.stream_prefix.clone(),
-            token: settings.admin_token.as_ref().map(|t| t.0.clone()),
-            registry: deployer.registry.clone(),
-            metrics,
-        });
-        tokio::spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, state).await {
-                tracing::error!("admin API stopped: {e:#}");
-            }
-        })
-    });
-    deployer.deploy_all().await?;
-    if deployer.pipeline_count() == 0 {
-        tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");
+    Ok((ch, server))
+}
+
+/// Redis, waited for: the host's shared connection.
+async fn connect_redis(settings: &Settings) -> Result<RedisConn> {
+    let (redis, block) = (&settings.redis, settings.delivery.block);
+    let control = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(redis, block)).await;
+    tracing::info!(cluster = control.is_cluster(), "connected to Redis");
+    if control.is_cluster() && !settings.bullmq.is_empty() {
+        bail!(
+            "the BullMQ source does not run on a Redis Cluster yet (SLUICE_BULLMQ_QUEUES is set and SLUICE_REDIS_URL is a cluster)"
+        );
     }
-    // BullMQ queues: started once the plugins run, so that the first jobs find their routes.
+    Ok(control)
+}
+
+/// The writer, with the exactly-once ledger's connection when exactly-once is on.
+async fn start_writer(settings: &Settings, ch: ChClient, server: &ServerDedup, owner: &Arc<str>) -> Writer {
+    // A connection of its own for batch records: a block of megabytes must not hold up the
+    // acknowledgements and heartbeats on the shared one.
+    let ledger = match settings.exactly_once && !server.disabled {
+        true => {
+            let (redis, block) = (&settings.redis, settings.delivery.block);
+            let conn = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(redis, block)).await;
+            warn_if_evicting(&conn).await;
+            Some(LedgerConn { conn, owner: owner.clone() })
+        }
+        false => None,
+    };
+    Writer::new(ch, settings.insert, ledger)
+}
+
+/// An evicted batch record would read as committed. (CONFIG may be disabled: then say nothing.)
+async fn warn_if_evicting(conn: &RedisConn) {
+    let policy: redis::RedisResult<Vec<String>> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn.clone()).await;
+    if let Some(p) = policy.ok().and_then(|v| v.get(1).cloned()).filter(|p| p.starts_with("allkeys")) {
+        tracing::warn!(maxmemory_policy = %p, "Redis may evict any key under memory pressure, including exactly-once batch records (sluice:batch:*), whose rows would then be lost after a crash: use noeviction or a volatile-* policy");
+    }
+}
+
+/// One consumer per configured BullMQ queue, routing jobs to the deployer's pipelines.
+async fn start_bullmq(settings: &Settings, deployer: &Deployer, control: &RedisConn) -> Vec<QueueConsumer> {
     let mut consumers = Vec::new();
-    let bull_url = settings.redis.url_with_password();
+    let url = settings.redis.url_with_password();
     for queue in &settings.bullmq {
         let (routes, ledger) = (deployer.routes.clone(), control.clone());
-        let consumer = wait_for("Redis (BullMQ)", || {
-            crate::source::bullmq::QueueConsumer::start(queue.clone(), &bull_url, routes.clone(), ledger.clone())
+        let consumer = crate::backoff::until_ok("Redis (BullMQ)", || {
+            QueueConsumer::start(queue.clone(), &url, routes.clone(), ledger.clone())
         })
         .await;
         consumers.push(consumer);
     }
-    // Delayed events are delivered by every host; the move is atomic, so each goes out once.
-    let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
-    tracing::info!(pipelines = deployer.pipeline_count(), "sluice is running");
+    consumers
+}
 
-    // Hot reload until a signal; then stop every plugin, letting in-flight work finish.
+/// Hot reload until SIGTERM or SIGINT.
+async fn reload_until_signal(mut deployer: Deployer) -> Deployer {
     let (stop_watch, stop_rx) = watch::channel(false);
     let watching = async {
         deployer.watch(stop_rx).await;
         deployer
     };
-    let ((), mut deployer) = tokio::join!(
+    let ((), deployer) = tokio::join!(
         async {
             wait_for_signal().await;
             let _ = stop_watch.send(true);
         },
         watching
     );
-    tracing::info!(grace = ?grace, "stopping: no new reads, finishing in-flight events (a second signal exits at once)");
-    // BullMQ: fetch no more jobs; the pipelines finish the batches they hold (their jobs
-    // complete); then jobs whose rows never reached a writer go back to the queue, unharmed,
-    // and those whose rows did but are not committed are left to stall (recovered by another
-    // host once their lock expires: this one may still have inserted them).
+    deployer
+}
+
+/// Stops every plugin, letting in-flight work finish; a second signal exits at once.
+///
+/// BullMQ: fetch no more jobs; the pipelines finish the batches they hold (their jobs
+/// complete); then jobs whose rows never reached a writer go back to the queue, unharmed, and
+/// those whose rows did but are not committed are left to stall (recovered by another host
+/// once their lock expires: this one may still have inserted them).
+async fn stop(mut deployer: Deployer, consumers: Vec<QueueConsumer>) {
+    tracing::info!("stopping: no new reads, finishing in-flight events (a second signal exits at once)");
     let stopping = async {
         for c in &consumers {
             c.pause();
         }
         deployer.stop_all().await;
-        futures::future::join_all(consumers.into_iter().map(|c| c.stop(Duration::from_secs(3)))).await;
+        futures::future::join_all(consumers.into_iter().map(|c| c.stop(BULLMQ_CLOSE))).await;
     };
     tokio::select! {
         _ = stopping => {}
@@ -225,12 +266,6 @@ pub async fn run(settings: Settings, grace: Duration) -> Result<()> {
             std::process::exit(130);
         }
     }
-    mover.abort();
-    if let Some(a) = admin {
-        a.abort();
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -19,7 +19,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// Where and how to reach Redis (`SLUICE_REDIS_*`).
 #[derive(Clone, Default)]
@@ -57,7 +57,7 @@ impl RedisOptions {
 
     /// The URLs without passwords, for messages.
     pub fn display(&self) -> String {
-        self.urls.iter().map(|u| crate::source::streams::redact_url(u)).collect::<Vec<_>>().join(",")
+        self.urls.iter().map(|u| crate::secret::redact_url(u)).collect::<Vec<_>>().join(",")
     }
 
     /// The first URL with the password in it (for clients that take only a URL).
@@ -87,7 +87,7 @@ impl RedisOptions {
             if !(u.starts_with("redis://") || u.starts_with("rediss://") || u.starts_with("unix://")) {
                 bail!(
                     "SLUICE_REDIS_URL must be redis://, rediss:// or unix:// URLs (comma-separated for a cluster's seeds), got `{}`",
-                    crate::source::streams::redact_url(u)
+                    crate::secret::redact_url(u)
                 );
             }
         }
@@ -123,7 +123,7 @@ impl RedisOptions {
                 let info = u
                     .as_str()
                     .into_connection_info()
-                    .with_context(|| format!("invalid Redis URL `{}`", crate::source::streams::redact_url(u)))?;
+                    .with_context(|| format!("invalid Redis URL `{}`", crate::secret::redact_url(u)))?;
                 Ok(match (&self.password, info.redis_settings().password()) {
                     (Some(p), None) => {
                         let settings = info.redis_settings().clone().set_password(&p.0);
@@ -245,7 +245,7 @@ pub async fn connect(o: &RedisOptions, block: Duration) -> Result<RedisConn> {
         } else {
             redis::Client::open(info.clone())
         }
-        .with_context(|| format!("invalid Redis URL `{}`", crate::source::streams::redact_url(url)))?;
+        .with_context(|| format!("invalid Redis URL `{}`", crate::secret::redact_url(url)))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(Duration::from_secs(3)))
@@ -266,18 +266,18 @@ pub async fn connect(o: &RedisOptions, block: Duration) -> Result<RedisConn> {
                     }
                     _ => "",
                 };
-                last =
-                    Some(anyhow::Error::new(e).context(format!(
-                        "cannot connect to Redis at {}{hint}",
-                        crate::source::streams::redact_url(url)
-                    )));
+                last = Some(
+                    anyhow::Error::new(e)
+                        .context(format!("cannot connect to Redis at {}{hint}", crate::secret::redact_url(url))),
+                );
                 continue;
             }
         };
-        let info_text: String =
-            redis::cmd("INFO").arg("cluster").query_async(&mut single).await.with_context(|| {
-                format!("Redis at {} does not answer INFO", crate::source::streams::redact_url(url))
-            })?;
+        let info_text: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(&mut single)
+            .await
+            .with_context(|| format!("Redis at {} does not answer INFO", crate::secret::redact_url(url)))?;
         if !info_text.lines().any(|l| l.trim() == "cluster_enabled:1") {
             return Ok(RedisConn::Single(single));
         }
@@ -363,33 +363,13 @@ async fn split_by_slot(c: &mut ClusterConnection, pipeline: &Pipeline) -> redis:
     Ok(out)
 }
 
-/// The part of a key Redis Cluster hashes: the text between the first `{` and the next `}`
-/// if that is not empty, else the whole key.
-pub fn slot_tag(key: &str) -> &str {
-    if let Some(open) = key.find('{')
-        && let Some(len) = key[open + 1..].find('}')
-        && len > 0
-    {
-        return &key[open + 1..open + 1 + len];
-    }
-    key
-}
-
-/// `key` as a suffix of another key that must live in the same slot: itself if it carries a
-/// hash tag, else wrapped in `{}`.
-pub fn same_slot_as(key: &str) -> String {
-    if slot_tag(key).len() < key.len() { key.to_string() } else { format!("{{{key}}}") }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::same_slot_as;
 
     #[test]
     fn hash_tags() {
-        assert_eq!(slot_tag("events:order.created"), "events:order.created");
-        assert_eq!(slot_tag("{orders}:created"), "orders");
-        assert_eq!(slot_tag("a{}b"), "a{}b");
         assert_eq!(same_slot_as("events:x"), "{events:x}");
         assert_eq!(same_slot_as("events:{x}"), "events:{x}");
         for stream in ["events:order.created", "{orders}:created", "x{y}z{w}"] {

@@ -43,14 +43,14 @@ pub fn read_pem(setting: &str, path: &Path) -> Result<Vec<u8>> {
 }
 
 /// A secret from a file (`*_FILE` settings): its text without the trailing newline.
-pub fn read_secret(setting: &str, path: &Path) -> Result<crate::config::Secret> {
+pub fn read_secret(setting: &str, path: &Path) -> Result<crate::secret::Secret> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{setting}: cannot read {}", path.display()))?;
     let s = text.strip_suffix('\n').unwrap_or(&text);
     let s = s.strip_suffix('\r').unwrap_or(s);
     if s.is_empty() {
         bail!("{setting}: {} is empty", path.display());
     }
-    Ok(crate::config::Secret(s.to_string()))
+    Ok(crate::secret::Secret(s.to_string()))
 }
 
 #[cfg(test)]

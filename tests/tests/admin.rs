@@ -65,7 +65,7 @@ fn start(redis: &Redis, ch: &ClickHouse, plugins: &std::path::Path, token: Optio
         env.push(("SLUICE_ADMIN_TOKEN", t));
     }
     let h = Host::start(redis, ch, plugins, &env)?;
-    h.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    h.wait_running(Duration::from_secs(60))?;
     Ok(h)
 }
 
@@ -197,6 +197,12 @@ fn every_endpoint_answers_metrics_move_readiness_follows_clickhouse_and_changes_
         host.admin("GET", "/ready", &[]).is_ok_and(|(s, _)| s == 200)
     })?;
     sluice(&["health", "--ready", "--admin-addr", &addr], &[])?;
+    // No host there: unhealthy (1, what container health checks expect), not an error (2).
+    let nobody = format!("127.0.0.1:{}", sluice_tests::free_port());
+    let out =
+        std::process::Command::new(sluice_tests::sluice_bin()).args(["health", "--admin-addr", &nobody]).output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"), "{out:?}");
     assert_eq!(host.admin("GET", "/nope", &[])?.0, 404);
     Ok(())
 }

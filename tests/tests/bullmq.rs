@@ -38,7 +38,7 @@ fn ten_thousand_jobs_with_delayed_and_prioritized_ones_become_exact_rows(release
     let shape = ["--delayed-every", "10", "--prioritized-every", "7", "--envelope-every", "2"];
     let first = bullmq(&redis, &[&["add", "--count", "5000"][..], &shape].concat())?;
     let mut host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
-    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     let second = bullmq(&redis, &[&["add", "--from", "5000", "--count", "5000"][..], &shape].concat())?;
     let sum = |k: &str| first[k].as_i64().unwrap() + second[k].as_i64().unwrap();
     assert_eq!((sum("jobs"), sum("delayed"), sum("prioritized"), sum("envelopes")), (10_000, 1_000, 1_429, 5_000));
@@ -70,7 +70,7 @@ fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts(releas
     let ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
     let host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
-    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     let add = |data: &str, count: &str| {
         bullmq(&redis, &["add", "--type", "flaky.event", "--data", data, "--count", count, "--backoff-ms", "300"])
     };
@@ -193,11 +193,12 @@ fn locks_stay_alive_while_clickhouse_is_down(release: Release) -> Result<()> {
     let config = config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 2000\n")?;
     let env = [("SLUICE_CONFIG", config.to_str().unwrap())];
     let host = Host::start(&redis, &ch, plugins.path(), &env)?;
-    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     ch.stop();
     let added = bullmq(&redis, &["add", "--count", "3000"])?;
     wait_until("jobs held while ClickHouse is down", Duration::from_secs(30), || {
-        counts(&redis)["active"].as_i64().unwrap_or(0) > 0 && host.log_text().contains("insert failed; retrying")
+        counts(&redis)["active"].as_i64().unwrap_or(0) > 0
+            && host.metric("sluice_insert_errors_total", r#"class="retry""#) > 0.0
     })?;
     // Four lock durations with no commit possible.
     std::thread::sleep(Duration::from_secs(8));
@@ -227,7 +228,7 @@ fn a_stopping_host_fails_no_job_and_the_next_host_does_them_all(release: Release
     let config = config_file(dir.path(), "[bullmq]\nqueues = [\"events\"]\nlock_duration_ms = 2000\n")?;
     let env = [("SLUICE_CONFIG", config.to_str().unwrap()), ("SLUICE_SHUTDOWN_GRACE_S", "2")];
     let mut host = Host::start(&redis, &ch, plugins.path(), &env)?;
-    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     ch.stop();
     let added = bullmq(&redis, &["add", "--count", "2000"])?;
     wait_until("jobs held", Duration::from_secs(30), || counts(&redis)["active"].as_i64().unwrap_or(0) > 0)?;
@@ -271,7 +272,7 @@ fn plugin_versions_replaced_while_jobs_flow_lose_nothing_and_each_job_sees_one_v
     };
     install("v0")?;
     let host = Host::start(&redis, &ch, dir.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
-    host.wait_for_log("BullMQ queue consumer started", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     let data = r#"{"rows": [{"table": "hot_a", "values": [__I__, {"setting": "version"}]}, {"table": "hot_b", "values": [__I__, {"setting": "version"}]}]}"#;
     let producer = {
         let url = redis.url();

@@ -41,7 +41,7 @@ fn setup(release: Release, plugins: &[std::path::PathBuf], extra_config: &str) -
 impl Setup {
     fn host(&self) -> Result<Host> {
         let h = Host::start(&self.redis, &self.ch, &self.plugins, &[("SLUICE_CONFIG", &self.config)])?;
-        h.wait_for_log("sluice is running", Duration::from_secs(60))?;
+        h.wait_running(Duration::from_secs(60))?;
         Ok(h)
     }
 }
@@ -251,7 +251,7 @@ fn chaos_sigkill_three_times_and_a_clickhouse_outage_lose_nothing(release: Relea
             host = Host::start(&s.redis, &s.ch, &s.plugins, &[("SLUICE_CONFIG", &s.config)])?;
             std::thread::sleep(Duration::from_secs(18));
             s.ch.restart()?;
-            host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+            host.wait_running(Duration::from_secs(60))?;
         }
         std::thread::sleep(Duration::from_millis(40 + step * 37 % 120));
         if [1, 7].contains(&step) {
@@ -342,6 +342,45 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     assert_eq!(s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id LIKE 'delayed-%'"), 2, "once each");
     let xlen: i64 = redis::cmd("XLEN").arg("events:flaky.event").query(&mut conn)?;
     assert_eq!(xlen, 2);
+
+    // Members that cannot be delivered — not the documented JSON, no fields, a stream key that
+    // holds something else — are dead-lettered with the reason and hold up none due after them;
+    // field values that are not strings arrive as JSON text.
+    let _: () = redis::cmd("SET").arg("events:not-a-stream").arg("x").query(&mut conn)?;
+    let due: i64 = {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query(&mut conn)?;
+        s * 1000 + us / 1000 + 500
+    };
+    let bad = [
+        "not json".to_string(),
+        json!({"stream": "events:flaky.event", "fields": {}}).to_string(),
+        json!({"stream": "events:not-a-stream", "fields": {"payload": "{}"}}).to_string(),
+    ];
+    for m in &bad {
+        let _: i64 = redis::cmd("ZADD").arg("sluice:delayed").arg(due).arg(m).query(&mut conn)?;
+    }
+    let good = json!({"stream": "events:flaky.event",
+        "fields": {"payload": "{\"n\": 5}", "id": "delayed-3", "tenant": 7, "source": {"app": "shop"}}});
+    let _: i64 = redis::cmd("ZADD").arg("sluice:delayed").arg(due + 1).arg(good.to_string()).query(&mut conn)?;
+    wait_until("the delayed event due after the bad ones", Duration::from_secs(20), || {
+        s.ch.number("SELECT count() FROM analytics.flaky_rows WHERE event_id = 'delayed-3'") == 1
+    })?;
+    let letters = dead_letters(&mut conn);
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    let letter =
+        |m: &str| letters.iter().find(|l| l["field:member"] == m).unwrap_or_else(|| panic!("{m}: {letters:?}"));
+    for m in &bad {
+        let l = letter(m);
+        assert_eq!((l["stream"].as_str(), l["error_kind"].as_str()), ("sluice:delayed", "invalid_event"), "{l:?}");
+    }
+    assert!(letter(&bad[0])["error"].contains("is not {\"stream\""), "{letters:?}");
+    assert!(letter(&bad[1])["error"].starts_with("events:flaky.event refused the delayed event"), "{letters:?}");
+    assert!(letter(&bad[2])["error"].starts_with("events:not-a-stream refused the delayed event"), "{letters:?}");
+    let last: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XREVRANGE").arg("events:flaky.event").arg("+").arg("-").arg("COUNT").arg(1).query(&mut conn)?;
+    let fields: HashMap<String, String> = last[0].1.iter().cloned().collect();
+    assert_eq!((fields["tenant"].as_str(), fields["source"].as_str()), ("7", r#"{"app":"shop"}"#), "{fields:?}");
+    let _: () = redis::cmd("DEL").arg("sluice:dlq").query(&mut conn)?;
 
     // Reprocess: an event that kept failing until a moment passed is dead-lettered, then
     // reprocessed after that moment and lands, once.

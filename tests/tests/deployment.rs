@@ -104,7 +104,7 @@ fn fifty_thousand_events_exactly_once_through_a_tls_redis_cluster_losing_a_prima
     let mut hosts = Vec::new();
     for _ in 0..2 {
         let h = Host::start_env(plugins.path(), &env)?;
-        h.wait_for_log("sluice is running", Duration::from_secs(120))?;
+        h.wait_running(Duration::from_secs(120))?;
         hosts.push(h);
     }
     assert!(hosts[0].log_text().contains("cluster=true"), "{}", hosts[0].log_text());

@@ -86,7 +86,7 @@ fn three_hosts_five_sigkills_and_a_clickhouse_restart_write_every_event_exactly_
     let mut c = Cluster::start(release, &first_party_plugins(), "")?;
     let mut hosts: Vec<Host> = (0..3).map(|_| c.host()).collect::<Result<_>>()?;
     for h in &hosts {
-        h.wait_for_log("sluice is running", Duration::from_secs(90))?;
+        h.wait_running(Duration::from_secs(90))?;
     }
     let first = hosts[0].log_text();
     let guarantee = DedupClickHouse::guarantee(release);
@@ -244,7 +244,7 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version(release
     let mut c = Cluster::start(release, std::slice::from_ref(&promo), "")?;
     let mut conn = c.redis.conn()?;
     let mut host = c.host()?;
-    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    host.wait_running(Duration::from_secs(90))?;
     let mut expected = Expected::default();
     // Publish promo events only (every third index).
     let publish_promos = |conn: &mut redis::Connection, from: u32, n: u32, e: &mut Expected| -> Result<()> {
@@ -268,7 +268,7 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version(release
         let keys: Vec<String> = redis::cmd("KEYS").arg("sluice:batch:*").query(&mut conn).unwrap_or_default();
         !keys.is_empty()
             && total_pending(&mut conn, &STREAMS[2..]).unwrap_or(0) == 2000
-            && host.log_text().contains("insert failed; retrying")
+            && host.metric("sluice_insert_errors_total", r#"class="retry""#) > 0.0
     })
     .map_err(|e| e.context(host.log_text()))?;
     signal(&host.child, 9);
@@ -279,7 +279,7 @@ fn batches_recorded_before_a_crash_are_recovered_by_a_new_plugin_version(release
     new_version_of(&promo, &file, "v2")?;
     c.heal()?;
     let mut host = c.host()?;
-    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    host.wait_running(Duration::from_secs(90))?;
     publish_promos(&mut conn, 9000, 1000, &mut expected)?;
     wait_until("every event acknowledged", Duration::from_secs(120), || {
         total_pending(&mut conn, &STREAMS[2..]).unwrap_or(-1) == 0
@@ -360,7 +360,7 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
     let mut conn = c.redis.conn()?;
     let table = "analytics.promo_code_usages_analytics";
     let mut host = c.host()?;
-    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    host.wait_running(Duration::from_secs(90))?;
     let mut e = Expected::default();
     publish(&mut conn, 0..3000, &mut e)?;
     wait_until("the first events to land", Duration::from_secs(60), || {
@@ -371,7 +371,7 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
     publish(&mut conn, 3000..9000, &mut e)?;
     wait_until("batches recorded in Redis", Duration::from_secs(30), || {
         total_pending(&mut conn, &STREAMS[2..]).unwrap_or(0) == 2000
-            && host.log_text().contains("insert failed; retrying")
+            && host.metric("sluice_insert_errors_total", r#"class="retry""#) > 0.0
     })
     .map_err(|e| e.context(host.log_text()))?;
     signal(&host.child, 9);
@@ -388,7 +388,7 @@ fn a_new_version_that_no_longer_writes_a_table_still_re_sends_the_old_versions_b
     std::fs::write(c.plugins.path().join("promo-code-analytics.toml"), "[clickhouse]\ntable_prefix = \"v2_\"\n")?;
     c.heal()?;
     let host = c.host()?;
-    host.wait_for_log("sluice is running", Duration::from_secs(90))?;
+    host.wait_running(Duration::from_secs(90))?;
     wait_until("every event acknowledged", Duration::from_secs(120), || {
         total_pending(&mut conn, &STREAMS[2..]).unwrap_or(-1) == 0
             && c.ch.number("SELECT count() FROM analytics.v2_promo_code_usages_analytics") == 2000

@@ -109,7 +109,7 @@ fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin(release: R
 
     // Python and JavaScript components take seconds each to compile on first load.
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
-    host.wait_for_log("sluice is running", Duration::from_secs(120))?;
+    host.wait_running(Duration::from_secs(120))?;
     let tables = ["promo_code_usages_analytics", "py_promo_code_usages_analytics", "js_promo_code_usages_analytics"];
     wait_until("every plugin's rows and dead letters", Duration::from_secs(120), || {
         tables.iter().all(|t| ch.rows(t) == GOOD as i64) && dead_letters(&mut conn).len() == 3 * bad.len()

@@ -1,4 +1,4 @@
-//! End to end: events written with plain XADD (the wire format of DESIGN.md) → `sluice run`
+//! End to end: events written with plain XADD (the wire format of docs/contract.md) → `sluice run`
 //! with the first-party plugins → rows in a real ClickHouse 18.16, checked exactly.
 
 use std::time::Duration;
@@ -80,7 +80,7 @@ fn ten_thousand_mixed_events_land_exactly_once(release: Release) -> Result<()> {
     // Half before the host starts (groups are created at the start of the stream)...
     publish_mixed(&mut conn, 0, 5000, &mut exp)?;
     let host = Host::start(&redis, &ch, &plugins_dir(), &[])?;
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     // ...and half while it runs.
     publish_mixed(&mut conn, 5000, 10_000, &mut exp)?;
 

@@ -48,7 +48,7 @@ fn start(redis: &Redis, ch: &ClickHouse, dir: &Path) -> Result<Host> {
     let cfg = tempfile::tempdir()?.keep();
     let config = config_file(&cfg, "insert_linger_ms = 100\nretry_base_ms = 200\nbatch_size = 500\n")?;
     let h = Host::start(redis, ch, dir, &[("SLUICE_CONFIG", &config.display().to_string())])?;
-    h.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    h.wait_running(Duration::from_secs(60))?;
     Ok(h)
 }
 
@@ -119,7 +119,7 @@ fn ten_replacements_while_50000_events_flow_lose_nothing_and_each_event_sees_one
     assert_eq!(mixed, 0, "events whose rows come from two versions");
     // ...and the versions really changed under load, the half-copied file included.
     let log = host.log_text();
-    // For the record (README "Hot reload"): file changed → new version serving, and until the
+    // For the record (docs/plugins.md, "Hot reload"): file changed → new version serving, and until the
     // old one had drained.
     for line in log.lines().filter(|l| l.contains("plugin reloaded")) {
         let fields: Vec<&str> = line.split_whitespace().filter(|w| w.contains("_ms=")).collect();
@@ -163,7 +163,7 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
 
     // A broken file: the old version keeps serving, and says why.
     std::fs::write(dir.path().join("keep.wasm"), b"\0asm but not really")?;
-    host.wait_for_log("new version not started, the running version stays", Duration::from_secs(20))?;
+    host.wait_metric(r#"sluice_plugin_reloads_total{result="failed"} 1"#, Duration::from_secs(20))?;
     publish(&mut conn, "keep", 100)?;
     wait_until("200 rows, by v1", Duration::from_secs(30), || {
         ch.number("SELECT count() FROM analytics.keep_rows") == 200
@@ -180,10 +180,10 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     let changed = manifest("keep", &["keep_rows"], "UInt64");
     std::fs::write(dir.path().join("keep.toml"), sidecar(&changed, "v2"))?;
     std::fs::write(dir.path().join("keep.wasm"), plugin_bytes("v2"))?;
-    host.wait_for_log(
-        "column `ver` is String in the live table but the plugin declares UInt64",
-        Duration::from_secs(20),
-    )?;
+    host.wait_metric(r#"sluice_plugin_reloads_total{result="refused"} 1"#, Duration::from_secs(20))?;
+    let plugins: Value = serde_json::from_str(&host.admin("GET", "/api/plugins", &[])?.1)?;
+    let error = plugins[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("column `ver` is String in the live table but the plugin declares UInt64"), "{plugins}");
     publish(&mut conn, "keep", 100)?;
     wait_until("300 rows, by v1", Duration::from_secs(30), || {
         ch.number("SELECT count() FROM analytics.keep_rows") == 300
@@ -193,7 +193,7 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     // A good version after all that is taken.
     std::fs::write(dir.path().join("keep.toml"), sidecar(&keep, "v3"))?;
     std::fs::write(dir.path().join("keep.wasm"), plugin_bytes("v3"))?;
-    host.wait_for_log("plugin reloaded", Duration::from_secs(20))?;
+    host.wait_metric(r#"sluice_plugin_reloads_total{result="ok"} 1"#, Duration::from_secs(20))?;
     publish(&mut conn, "keep", 100)?;
     wait_until("400 rows", Duration::from_secs(30), || ch.number("SELECT count() FROM analytics.keep_rows") == 400)?;
     assert_eq!(ch.query("SELECT ver, count() FROM analytics.keep_rows GROUP BY ver ORDER BY ver")?, "v1\t300\nv3\t100");
@@ -202,13 +202,13 @@ fn broken_and_incompatible_versions_leave_the_old_one_running_and_files_come_and
     let extra = manifest("extra", &["extra_rows"], "String");
     std::fs::write(dir.path().join("extra.toml"), sidecar(&extra, "e1"))?;
     std::fs::write(dir.path().join("extra.wasm"), plugin_bytes("e1"))?;
-    host.wait_for_log("new plugin loaded", Duration::from_secs(20))?;
+    host.wait_metric(r#"sluice_plugin_reloads_total{result="ok"} 2"#, Duration::from_secs(20))?;
     publish(&mut conn, "extra", 10)?;
     wait_until("10 extra rows", Duration::from_secs(30), || {
         ch.number("SELECT count() FROM analytics.extra_rows") == 10
     })?;
     std::fs::remove_file(dir.path().join("extra.wasm"))?;
-    host.wait_for_log("plugin file removed", Duration::from_secs(20))?;
+    host.wait_metric(r#"sluice_plugin_reloads_total{result="removed"} 1"#, Duration::from_secs(20))?;
     let started = Instant::now();
     publish(&mut conn, "extra", 10)?;
     std::thread::sleep(Duration::from_secs(2));
@@ -236,13 +236,13 @@ fn a_restart_loads_compiled_code_from_the_cache(release: Release) -> Result<()> 
             .collect()
     };
     let mut first = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CACHE_DIR", &cache_env)])?;
-    first.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    first.wait_running(Duration::from_secs(60))?;
     first.stop();
     let cold = compile_ms(&first.log_text(), false);
     assert_eq!(cold.len(), 3, "{}", first.log_text());
     assert_eq!(std::fs::read_dir(cache.path())?.count(), 3, "one artifact per plugin file");
     let second = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CACHE_DIR", &cache_env)])?;
-    second.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    second.wait_running(Duration::from_secs(60))?;
     let warm = compile_ms(&second.log_text(), true);
     assert_eq!(warm.len(), 3, "{}", second.log_text());
     eprintln!("compile ms per plugin: cold {cold:?}, from the cache {warm:?}");
@@ -263,7 +263,7 @@ fn an_idle_host_watching_its_plugins_does_not_spin(release: Release) -> Result<(
     let dir = tempfile::tempdir()?;
     std::fs::copy(sluice_tests::plugins_dir().join("order-analytics.wasm"), dir.path().join("order-analytics.wasm"))?;
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_secs(1));
     let before = sluice_tests::process_usage(host.child.id())?.0;
     std::thread::sleep(Duration::from_secs(5));

@@ -47,7 +47,7 @@ fn each_hostile_plugin_call_fails_alone_within_its_limits_while_a_good_plugin_ke
     }
     pipe.query::<()>(&mut conn)?;
     let host = Host::start(&redis, &ch, dir.path(), &[("SLUICE_CONFIG", &config.display().to_string())])?;
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
 
     // The good plugin's events arrive while the hostile ones are being dealt with.
     let started = Instant::now();
@@ -127,7 +127,7 @@ fn secrets_reach_only_their_plugin_and_never_the_log_or_the_api(release: Release
     )?;
     let secret = "s3cr3t-9f8e7d";
     let host = Host::start(&redis, &ch, dir.path(), &[("KEYED_API_KEY", secret)])?;
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     let mut conn = redis.conn()?;
     let payload = json!({"rows": [{"table": "keyed_rows", "values": [1, {"setting": "api_key"}]}]});
     redis::cmd("XADD")
@@ -183,7 +183,7 @@ fn grants_open_exactly_what_the_sidecar_names_and_delivery_settings_apply_per_pl
         dir.path(),
         &[("HOME", "/granted-home"), ("SLUICE_CONFIG", &host_config.display().to_string())],
     )?;
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     let mut conn = redis.conn()?;
     let xadd = |conn: &mut redis::Connection, stream: &str, payload: serde_json::Value| -> Result<String> {
         Ok(redis::cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload.to_string()).query(conn)?)
@@ -300,7 +300,7 @@ fn a_plugin_cannot_hurt_the_host_or_its_neighbours(release: Release) -> Result<(
         host.admin("GET", "/health", &[]).is_ok_and(|(s, _)| s == 200)
     })?;
     assert!(started.elapsed() < Duration::from_secs(3), "/health took {:?}", started.elapsed());
-    host.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    host.wait_running(Duration::from_secs(60))?;
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "one stuck describe held the start up: {:?}",

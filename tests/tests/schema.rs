@@ -42,7 +42,7 @@ fn publish(conn: &mut redis::Connection, event_type: &str, payloads: &[Value]) -
 
 fn start_host(redis: &Redis, ch: &ClickHouse, plugins: &Path, config: &Path) -> Result<Host> {
     let h = Host::start(redis, ch, plugins, &[("SLUICE_CONFIG", &config.display().to_string())])?;
-    h.wait_for_log("sluice is running", Duration::from_secs(60))?;
+    h.wait_running(Duration::from_secs(60))?;
     Ok(h)
 }
 
@@ -933,7 +933,7 @@ fn enums_in_any_order_with_escapes_stay_accepted_and_decimals_say_why(release: R
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let start = || -> Result<Host> {
         let h = Host::start(&redis, &ch, dir.path(), &env)?;
-        h.wait_for_log("sluice is running", Duration::from_secs(60))?;
+        h.wait_running(Duration::from_secs(60))?;
         Ok(h)
     };
     let row =

@@ -5,8 +5,8 @@
 //! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`, and are refused outright when no token is
 //! configured — an admin port is never writable by accident.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::redis_conn::RedisConn;
@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::plugin::LoadedPlugin;
+use crate::status::{PipelineEntry, PluginEntry, PluginStatus};
 use crate::writer::clickhouse::ChClient;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -38,25 +38,6 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .install_recorder()?)
 }
 
-/// A plugin file as the host found it.
-#[derive(Clone)]
-pub struct PluginEntry {
-    pub file: String,
-    /// `running`, `refused` (tables incompatible with the live ones) or `failed` (not loadable).
-    pub status: &'static str,
-    pub error: Option<String>,
-    pub plugin: Option<Arc<LoadedPlugin>>,
-}
-
-/// One (plugin, event type) pipeline, for the stream views.
-#[derive(Clone)]
-pub struct PipelineEntry {
-    pub plugin: String,
-    pub event_type: String,
-    pub stream: String,
-    pub group: String,
-}
-
 /// What the admin server reads.
 pub struct AdminState {
     pub started: Instant,
@@ -65,7 +46,7 @@ pub struct AdminState {
     pub stream_prefix: String,
     pub token: Option<String>,
     /// Plugin files and pipelines, kept current by the deployer (hot reload).
-    pub registry: Arc<std::sync::RwLock<crate::deploy::Registry>>,
+    pub registry: crate::status::SharedRegistry,
     pub metrics: PrometheusHandle,
 }
 
@@ -76,34 +57,6 @@ impl AdminState {
     fn pipelines(&self) -> Vec<PipelineEntry> {
         self.registry.read().unwrap().pipelines.clone()
     }
-}
-
-/// One line of the dashboard's "recent errors".
-#[derive(Clone, serde::Serialize)]
-struct RecentError {
-    at: String,
-    plugin: String,
-    event_type: String,
-    kind: String,
-    message: String,
-}
-
-static RECENT: Mutex<VecDeque<RecentError>> = Mutex::new(VecDeque::new());
-const RECENT_MAX: usize = 100;
-
-/// Remembers an error for the dashboard (the last 100).
-pub fn recent_error(plugin: &str, event_type: &str, kind: &str, message: &str) {
-    let mut r = RECENT.lock().unwrap();
-    if r.len() == RECENT_MAX {
-        r.pop_front();
-    }
-    r.push_back(RecentError {
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        plugin: plugin.to_string(),
-        event_type: event_type.to_string(),
-        kind: kind.to_string(),
-        message: message.chars().take(1000).collect(),
-    });
 }
 
 /// Binds the admin address (at start-up, so that a bad or busy address is one clear error).
@@ -128,13 +81,13 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/plugins", get(plugins))
         .route("/api/streams", get(streams))
-        .route("/api/errors", get(|| async { Json(RECENT.lock().unwrap().iter().rev().cloned().collect::<Vec<_>>()) }))
+        .route("/api/errors", get(|| async { Json(crate::status::recent_errors()) }))
         .route("/api/dlq", get(dlq_list).delete(dlq_purge))
         .route("/api/dlq/reprocess", post(dlq_reprocess_all))
         .route("/api/dlq/{id}", get(dlq_get))
         .route("/api/dlq/{id}/reprocess", post(dlq_reprocess_one))
         .route("/api/replay", post(replay))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see the README's \"Admin API\"") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }
 
@@ -146,7 +99,9 @@ fn internal(e: anyhow::Error) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
-/// Checks the bearer token of a mutating call.
+/// Checks the bearer token of a mutating call. (The refusal is the response itself: handlers
+/// return it as it is.)
+#[allow(clippy::result_large_err)]
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(token) = &state.token else {
         return Err(error(
@@ -197,16 +152,16 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let (redis, ch) = tokio::join!(probe_redis(&s), probe_clickhouse(&s));
     let entries = s.plugins();
     let plugins: Vec<Value> =
-        entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| x.name()), "status": p.status, "error": p.error})).collect();
-    let all_running = entries.iter().all(|p| p.status == "running");
-    let loading = s.registry.read().unwrap().loading;
-    let ready = redis.is_ok() && ch.is_ok() && all_running && !loading;
+        entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| &x.name), "status": p.status, "error": p.error})).collect();
+    let all_running = entries.iter().all(|p| p.status == PluginStatus::Running);
+    let starting = s.registry.read().unwrap().starting;
+    let ready = redis.is_ok() && ch.is_ok() && all_running && !starting;
     metrics::gauge!("sluice_up", "component" => "redis").set(redis.is_ok() as u8 as f64);
     metrics::gauge!("sluice_up", "component" => "clickhouse").set(ch.is_ok() as u8 as f64);
     let mut body =
         json!({"ready": ready, "redis": component(&redis), "clickhouse": component(&ch), "plugins": plugins});
-    if loading {
-        body["loading"] = json!("the plugins directory is being loaded");
+    if starting {
+        body["starting"] = json!("the host is starting: the plugins directory is being loaded");
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -215,21 +170,18 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
 fn plugin_json(p: &PluginEntry) -> Value {
     let mut v = json!({"file": p.file, "status": p.status, "error": p.error});
     if let Some(l) = &p.plugin {
-        let m = &l.manifest;
-        v["name"] = json!(m.name);
-        v["version"] = json!(m.version);
+        v["name"] = json!(l.name);
+        v["version"] = json!(l.version);
         v["hash"] = json!(l.hash);
-        v["subscriptions"] = json!(m.subscriptions);
-        v["tables"] = json!(l.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>());
-        // What a crash can cost, per table: `exactly_once_replicated`, `exactly_once_token`
-        // or `at_least_once` (see `writer::dedup`).
-        v["guarantees"] =
-            json!(l.tables.iter().map(|t| (t.name.clone(), t.guarantee.name())).collect::<BTreeMap<_, _>>());
+        v["subscriptions"] = json!(l.subscriptions);
+        v["tables"] = json!(l.tables.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>());
+        // What a crash can cost, per table (see `writer::dedup`).
+        v["guarantees"] = json!(l.tables.iter().cloned().collect::<BTreeMap<_, _>>());
         v["limits"] = json!({
-            "call_timeout_ms": l.limits.call_timeout.as_millis() as u64,
-            "max_memory_bytes": l.limits.max_memory_bytes,
-            "max_rows_per_event": l.limits.output.max_rows_per_event,
-            "max_bytes_per_event": l.limits.output.max_bytes_per_event,
+            "call_timeout_ms": l.call_timeout_ms,
+            "max_memory_bytes": l.max_memory_bytes,
+            "max_rows_per_event": l.max_rows_per_event,
+            "max_bytes_per_event": l.max_bytes_per_event,
         });
         v["memory_bytes"] = json!(l.memory_bytes());
     }
@@ -281,8 +233,24 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
 /// plugin memory are read now, so a scrape always sees the current values.
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
     let mut conn = s.redis.clone();
+    redis_gauges(&s, &mut conn).await;
+    let plugins = s.plugins();
+    for state in [PluginStatus::Running, PluginStatus::Refused, PluginStatus::Failed] {
+        let n = plugins.iter().filter(|p| p.status == state).count();
+        metrics::gauge!("sluice_plugins", "state" => state.name()).set(n as f64);
+    }
+    for p in plugins.iter().filter_map(|p| p.plugin.as_ref()) {
+        metrics::gauge!("sluice_plugin_memory_bytes", "plugin" => p.name.clone()).set(p.memory_bytes() as f64);
+    }
+    metrics::gauge!("sluice_uptime_seconds").set(s.started.elapsed().as_secs_f64());
+    s.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
+}
+
+/// The gauges read from Redis: per pipeline stream, and the dead letters.
+async fn redis_gauges(s: &AdminState, conn: &mut RedisConn) {
     for p in &s.pipelines() {
-        let info = stream_info(&mut conn, p).await;
+        let info = stream_info(conn, p).await;
         let labels = [("stream", p.stream.clone()), ("group", p.group.clone())];
         metrics::gauge!("sluice_stream_length", "stream" => p.stream.clone())
             .set(info["length"].as_f64().unwrap_or(0.0));
@@ -291,20 +259,9 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
             metrics::gauge!("sluice_consumer_group_lag", &labels).set(lag);
         }
     }
-    if let Ok(n) = redis::cmd("XLEN").arg(crate::source::streams::DLQ_STREAM).query_async::<i64>(&mut conn).await {
+    if let Ok(n) = redis::cmd("XLEN").arg(crate::keys::DLQ_STREAM).query_async::<i64>(conn).await {
         metrics::gauge!("sluice_dead_letters").set(n as f64);
     }
-    let plugins = s.plugins();
-    for state in ["running", "refused", "failed"] {
-        let n = plugins.iter().filter(|p| p.status == state).count();
-        metrics::gauge!("sluice_plugins", "state" => state).set(n as f64);
-    }
-    for p in plugins.iter().filter_map(|p| p.plugin.as_ref()) {
-        metrics::gauge!("sluice_plugin_memory_bytes", "plugin" => p.name().to_string()).set(p.memory_bytes() as f64);
-    }
-    metrics::gauge!("sluice_uptime_seconds").set(s.started.elapsed().as_secs_f64());
-    s.metrics.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -317,11 +274,11 @@ struct DlqQuery {
 
 async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Response {
     let mut conn = s.redis.clone();
-    let filter = crate::dlq::Filter {
-        plugin: q.plugin.as_deref(),
-        event_type: q.event_type.as_deref(),
-        kind: q.kind.as_deref(),
+    let kind = match q.kind.as_deref().map(str::parse).transpose() {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let filter = crate::dlq::Filter { plugin: q.plugin.as_deref(), event_type: q.event_type.as_deref(), kind };
     match crate::dlq::list(&mut conn, filter, q.limit.unwrap_or(100).min(10_000)).await {
         Ok(entries) => Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),

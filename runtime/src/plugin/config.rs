@@ -201,14 +201,14 @@ pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConf
         return Err(bad("delivery.max_attempts must be at least 1".into()));
     }
     if let Some(p) = &d.priority {
-        p.parse::<crate::priority::Priority>().map_err(|e| bad(format!("delivery.priority: {e}")))?;
+        p.parse::<crate::policy::Priority>().map_err(|e| bad(format!("delivery.priority: {e}")))?;
     }
     if d.retry_base_ms == Some(0) || d.retry_max_ms == Some(0) {
         return Err(bad("delivery.retry_base_ms and retry_max_ms must be at least 1".into()));
     }
     let table_prefix = sidecar.clickhouse.table_prefix;
     if let Some(p) = &table_prefix {
-        crate::writer::schema::check_identifier("clickhouse.table_prefix", p).map_err(bad)?;
+        crate::schema::check_identifier("clickhouse.table_prefix", p).map_err(bad)?;
     }
     for dir in &sidecar.grants.read_dirs {
         if !dir.is_absolute() || !dir.is_dir() {

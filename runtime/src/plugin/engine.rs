@@ -4,7 +4,7 @@
 //! Policy (why each setting):
 //! - Epoch interruption with a 10 ms tick: a call gets a wall-clock deadline (set before each
 //!   batch) and an endless loop traps at it. Cheaper than fuel (about 20% vs 28% per call, as
-//!   measured in DESIGN.md) and bounded by time, which is what operators reason about.
+//!   measured per call on wasmtime) and bounded by time, which is what operators reason about.
 //! - `max_wasm_stack` 512 KiB: deep recursion traps instead of exhausting the host thread.
 //! - Memory is bounded per instance by a `StoreLimiter` (`trap_on_grow_failure`), so a memory
 //!   bomb traps in its own call.
@@ -13,7 +13,7 @@
 //! - Instances are reused across batches (a fresh instance per call costs 16-24 µs); a trapped
 //!   instance is discarded and the next call gets a new one.
 //! - No pooling allocator: instances live across batches and are created again only after a
-//!   trap, so instantiation is off the hot path (DESIGN.md measured 16 µs pooled vs 24 µs on
+//!   trap, so instantiation is off the hot path (measured: 16 µs pooled vs 24 µs on
 //!   demand per fresh instance, and pooling matters only when an instance is made per call).
 //!   Pre-instantiation is used: each plugin version keeps an `InstancePre` (`PluginPre`), so a
 //!   new instance skips import resolution.

@@ -33,26 +33,12 @@ pub use config::{Delivery, Grants, PluginConfig, PluginDefaults, read_sidecar};
 pub use engine::SandboxEngine;
 use host_api::HostState;
 use rows::OutputLimits;
-pub use sandbox::{BatchOutcome, EventFailure, Sandbox, off_reactor};
+pub use sandbox::{Sandbox, off_reactor};
 
-use crate::writer::schema::TableSchema;
+use crate::schema::TableSchema;
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        world: "plugin",
-        path: "../wit",
-        // Every import is async on the host, so that a call waiting in one (a sleep, a poll)
-        // is a future the call's deadline can cut off; calls into the plugin are async for the
-        // same reason (see `sandbox`).
-        imports: { default: async },
-        exports: { default: async },
-    });
-}
-
-/// The WIT types, as the host sees them.
-pub mod wit {
-    pub use super::bindings::sluice::plugin::types::*;
-}
+pub(crate) use crate::contract::bindings;
+pub use crate::contract::wit;
 
 /// Limits applied to every call of a plugin.
 #[derive(Debug, Clone, Copy)]
@@ -172,14 +158,14 @@ impl LoadedPlugin {
                 t.name = format!("{prefix}{}", t.name);
             }
         }
-        if let Some(types) = &plugin.delivery.event_types {
-            if let Some(t) = types.iter().find(|t| !manifest.subscriptions.contains(t)) {
-                bail!(
-                    "{}: delivery.event_types lists `{t}`, which the plugin does not subscribe to ({})",
-                    path.with_extension("toml").display(),
-                    manifest.subscriptions.join(", ")
-                );
-            }
+        if let Some(types) = &plugin.delivery.event_types
+            && let Some(t) = types.iter().find(|t| !manifest.subscriptions.contains(t))
+        {
+            bail!(
+                "{}: delivery.event_types lists `{t}`, which the plugin does not subscribe to ({})",
+                path.with_extension("toml").display(),
+                manifest.subscriptions.join(", ")
+            );
         }
         plugin.manifest = manifest;
         Ok(plugin)
@@ -193,25 +179,23 @@ impl LoadedPlugin {
         }
     }
 
-    /// The host's settings with this plugin's delivery overrides.
-    pub fn delivery_settings(&self, host: &crate::config::Settings) -> crate::config::Settings {
-        let mut s = host.clone();
+    /// The host's delivery policy with this plugin's `[delivery]` settings over it.
+    pub fn delivery_policy(&self, host: &crate::policy::DeliveryPolicy) -> crate::policy::DeliveryPolicy {
+        let mut p = host.clone();
         let d = &self.delivery;
         if let Some(n) = d.max_attempts {
-            s.max_attempts = n;
+            p.max_attempts = n;
         }
         if let Some(ms) = d.retry_base_ms {
-            s.retry_base = Duration::from_millis(ms);
+            p.retry_base = Duration::from_millis(ms);
         }
         if let Some(ms) = d.retry_max_ms {
-            s.retry_max = Duration::from_millis(ms);
+            p.retry_max = Duration::from_millis(ms);
         }
-        if let Some(p) = d.priority.as_deref().and_then(|p| p.parse().ok()) {
-            for t in &self.manifest.subscriptions {
-                s.priorities.insert(t.clone(), p);
-            }
+        if let Some(priority) = d.priority.as_deref().and_then(|p| p.parse().ok()) {
+            p.priority = priority;
         }
-        s
+        p
     }
 
     pub fn name(&self) -> &str {
@@ -223,9 +207,21 @@ impl LoadedPlugin {
         self.settings == other.settings
     }
 
-    /// The linear memory of the plugin's latest instance, in bytes.
-    pub fn memory_bytes(&self) -> usize {
-        self.memory_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    /// What the admin API shows of this version.
+    pub fn summary(&self) -> crate::status::PluginSummary {
+        let o = &self.limits.output;
+        crate::status::PluginSummary {
+            name: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            hash: self.hash.clone(),
+            subscriptions: self.manifest.subscriptions.clone(),
+            tables: self.tables.iter().map(|t| (t.name.clone(), t.guarantee.name())).collect(),
+            call_timeout_ms: self.limits.call_timeout.as_millis() as u64,
+            max_memory_bytes: self.limits.max_memory_bytes,
+            max_rows_per_event: o.max_rows_per_event,
+            max_bytes_per_event: o.max_bytes_per_event,
+            memory: self.memory_bytes.clone(),
+        }
     }
 
     /// A short form of the version hash for logs.

@@ -14,16 +14,37 @@
 
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
 
-/// The sorted set of delayed events.
-pub const DELAYED_KEY: &str = "sluice:delayed";
+use crate::dead_letter;
+use crate::keys::DLQ_STREAM;
+use crate::redis_conn::RedisConn;
 
+/// Why a member is not delivered.
+const NOT_JSON: &str = r#"delayed event is not {"stream": ..., "fields": {...}} JSON"#;
+
+/// The sorted set of delayed events.
+pub use crate::keys::DELAYED as DELAYED_KEY;
+
+/// KEYS: the delayed set, the dead-letter stream. ARGV: the limit, the name of the record's
+/// error field, then the dead-letter record's fields (`dead_letter::undeliverable_member`) as
+/// name, value, ... with the member's own field name last (its value, the member, is appended).
 const MOVE_DUE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local function dead_letter(m, why)
+  local record = {KEYS[2], '*'}
+  for i = 3, #ARGV do
+    if why and ARGV[i - 1] == ARGV[2] and (i - 3) % 2 == 1 then
+      record[#record + 1] = why
+    else
+      record[#record + 1] = ARGV[i]
+    end
+  end
+  record[#record + 1] = m
+  redis.call('XADD', unpack(record))
+end
 local moved = 0
 for _, m in ipairs(due) do
   local ok, ev = pcall(cjson.decode, m)
@@ -31,12 +52,16 @@ for _, m in ipairs(due) do
     local args = {ev.stream, '*'}
     for k, v in pairs(ev.fields) do
       args[#args + 1] = k
-      args[#args + 1] = tostring(v)
+      if type(v) == 'string' then args[#args + 1] = v else args[#args + 1] = cjson.encode(v) end
     end
-    redis.call('XADD', unpack(args))
+    -- A member its stream refuses (no fields, a key of another type) is dead-lettered with the
+    -- reason instead of holding up every member due after it.
+    local added = redis.pcall('XADD', unpack(args))
+    if type(added) == 'table' and added.err then
+      dead_letter(m, ev.stream .. ' refused the delayed event: ' .. added.err)
+    end
   else
-    redis.call('XADD', KEYS[2], '*', 'stream', KEYS[1], 'entry_id', '', 'error_kind', 'invalid_event',
-      'error', 'delayed event is not {"stream": ..., "fields": {...}} JSON', 'field:member', m)
+    dead_letter(m, nil)
   end
   redis.call('ZREM', KEYS[1], m)
   moved = moved + 1
@@ -44,8 +69,7 @@ end
 return moved
 "#;
 
-/// Which host moves delayed events on a cluster, for a few seconds at a time.
-const MOVER_LOCK: &str = "sluice:delayed-mover";
+use crate::keys::DELAYED_MOVER_LOCK as MOVER_LOCK;
 
 /// Releases [`MOVER_LOCK`] if this host still holds it.
 const RELEASE: &str = r#"
@@ -58,13 +82,18 @@ pub async fn move_due(conn: &mut RedisConn, limit: usize) -> Result<u64> {
     if conn.is_cluster() {
         return move_due_on_cluster(conn, limit).await;
     }
-    let n: u64 = redis::Script::new(MOVE_DUE)
-        .key(DELAYED_KEY)
-        .key(super::streams::DLQ_STREAM)
-        .arg(limit)
-        .invoke_async(conn)
-        .await
-        .context("cannot move due delayed events")?;
+    let script = redis::Script::new(MOVE_DUE);
+    let mut call = script.key(DELAYED_KEY);
+    call.key(DLQ_STREAM).arg(limit).arg(dead_letter::ERROR);
+    // Every field of the record but the member's value, which the script appends.
+    let record = dead_letter::undeliverable_member(DELAYED_KEY, NOT_JSON, b"");
+    for (i, (k, v)) in record.iter().enumerate() {
+        call.arg(*k);
+        if i + 1 < record.len() {
+            call.arg(*v);
+        }
+    }
+    let n: u64 = call.invoke_async(conn).await.context("cannot move due delayed events")?;
     Ok(n)
 }
 
@@ -133,27 +162,15 @@ async fn move_locked(conn: &mut RedisConn, limit: usize) -> Result<u64> {
                     Err(e) => return Err(e).context("cannot add a due delayed event to its stream"),
                 }
             }
-            _ => Some(
-                r#"delayed event is not {"stream": ..., "fields": {...}} JSON with at least one field"#.to_string(),
-            ),
+            _ => Some(format!("{NOT_JSON} with at least one field")),
         };
         if let Some(error) = refused {
-            let _: String = redis::cmd("XADD")
-                .arg(super::streams::DLQ_STREAM)
-                .arg("*")
-                .arg("stream")
-                .arg(DELAYED_KEY)
-                .arg("entry_id")
-                .arg("")
-                .arg("error_kind")
-                .arg("invalid_event")
-                .arg("error")
-                .arg(error)
-                .arg("field:member")
-                .arg(m.as_slice())
-                .query_async(conn)
-                .await
-                .context("cannot dead-letter a delayed event")?;
+            let mut c = redis::cmd("XADD");
+            c.arg(DLQ_STREAM).arg("*");
+            for (k, v) in dead_letter::undeliverable_member(DELAYED_KEY, &error, m) {
+                c.arg(k).arg(v);
+            }
+            let _: String = c.query_async(conn).await.context("cannot dead-letter a delayed event")?;
         }
     }
     let _: () = redis::cmd("ZREM").arg(DELAYED_KEY).arg(&due).query_async(conn).await?;

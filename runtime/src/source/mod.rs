@@ -1,18 +1,28 @@
-//! Sources: where events come from: Redis Streams (`streams.rs`) and BullMQ queues
-//! (`bullmq.rs`).
+//! Sources: where events come from — Redis Streams (`streams`) and BullMQ queues (`bullmq`),
+//! plus the delayed set that feeds the streams (`delayed`) — and the contract between a source
+//! and the delivery core (`pipeline`):
 //!
-//! The wire format (fixed by DESIGN.md): an event of type `T` is an entry of stream
+//! - an [`Intake`] hands the core batches of [`SourceEvent`]s, each batch with its own
+//!   [`Settle`]: the source's way of acknowledging those events;
+//! - the core calls the plugin, hands the rows to the writer, waits for their commit, decides a
+//!   [`Settlement`] per event, and gives them back through [`Settle::settle`]. The source carries
+//!   them out its own way (XACK, XADD `sluice:dlq`...; or a job completed, failed for a retry,
+//!   failed for good). The core never asks which source it serves.
+//!
+//! The wire format (`docs/contract.md`): an event of type `T` is an entry of stream
 //! `<prefix>T` with a JSON `payload` field and optional `id`, `ts`, `source`, `tenant`; or,
-//! as the seed's Python services write it, one JSON envelope `{type, aggregate_id, data,
-//! timestamp, ...}` in a field `event` or `data`, whose `data` becomes the payload.
+//! as the Python services write it, one JSON envelope `{type, aggregate_id, data, timestamp,
+//! ...}` in a field `event` or `data`, whose `data` becomes the payload.
 
 pub mod bullmq;
 pub mod delayed;
 pub mod streams;
 
+use std::future::Future;
 use std::sync::Arc;
 
-use crate::plugin::wit;
+use crate::contract::wit;
+use crate::dead_letter::DeadLetterKind;
 
 /// One event read from a source, with what is needed to acknowledge it.
 #[derive(Debug, Clone)]
@@ -34,6 +44,97 @@ pub struct SourceEvent {
     /// The ledger's chunk fields (see `writer::ledger`) that list this event, found when it
     /// was delivered again: it leaves them when it is acknowledged or dead-lettered.
     pub chunk_refs: Vec<String>,
+}
+
+/// Whose events a pipeline reads: a plugin version, through its consumer group, for one
+/// event type.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    pub plugin: Arc<str>,
+    /// The version's hash (dead letters name it).
+    pub version: Arc<str>,
+    pub event_type: Arc<str>,
+    /// `sluice:<plugin>` (see `keys::group_name`): the consumer group, and the ledger's key space.
+    pub group: Arc<str>,
+    /// The plugin's exactly-once tables: acknowledging an event also deletes its ledger fields
+    /// for them (see `ledger`).
+    pub ledger_tables: Arc<[String]>,
+}
+
+/// What becomes of one event, as the delivery core decided it (`pipeline::decide`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Its rows are committed (or it had none): done.
+    Ack,
+    /// A transient failure: deliver it again later (the reason, for the source's records).
+    Retry(String),
+    /// No further attempt can help: out of the way, with why.
+    DeadLetter { kind: DeadLetterKind, error: String },
+}
+
+/// The rows of a batch recorded in the ledger for one exactly-once table (see `ledger`).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub table: String,
+    /// The recorded batch's id.
+    pub batch: Arc<str>,
+    /// The events (by index in the batch) whose rows it holds.
+    pub events: Vec<usize>,
+}
+
+/// A batch's outcome, handed back to its source.
+pub struct Settled {
+    pub events: Vec<SourceEvent>,
+    /// One per event, in order.
+    pub settlements: Vec<Settlement>,
+    /// The batch's chunk id, when the ledger indexed its rows by chunk ([`Intake::CHUNKED_LEDGER`]).
+    pub chunk: Option<Arc<str>>,
+    /// Where its rows were recorded, per exactly-once table.
+    pub recorded: Vec<Recorded>,
+}
+
+/// Events read together, and how to acknowledge them.
+pub struct Batch<S> {
+    pub events: Vec<SourceEvent>,
+    /// These events may have been delivered before: the core looks up the ledger for rows an
+    /// earlier delivery already wrote (exactly-once tables) before handling them.
+    pub maybe_written: bool,
+    pub settle: S,
+}
+
+/// Where a pipeline's events come from: one implementation per source.
+pub trait Intake: Send + 'static {
+    type Settle: Settle;
+    /// The ledger indexes this source's rows by batch (one field per batch and table, dropped
+    /// with the batch's acknowledgement), not event by event.
+    const CHUNKED_LEDGER: bool;
+    /// The source retries by a policy of its own (BullMQ's `attempts` and `backoff`): the host
+    /// never dead-letters its events for their delivery count.
+    const OWN_RETRY_POLICY: bool;
+    /// Where this source's dead letters go, for logs.
+    const DEAD_LETTERS: &'static str;
+
+    /// The stream or queue name, for logs and metrics.
+    fn source(&self) -> &Arc<str>;
+
+    /// Gets ready to read (consumer groups, the job inbox...).
+    fn start(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Waits for the next batch of at most `max` events (never an empty one). `Ok(None)`: the
+    /// source is closed. Cancelled at any await point by a stop: what it read but did not return
+    /// is delivered again.
+    fn next(&mut self, max: usize) -> impl Future<Output = anyhow::Result<Option<Batch<Self::Settle>>>> + Send;
+}
+
+/// A batch's acknowledgement. Dropped without [`Settle::settle`] (a stop), its events are
+/// delivered again later.
+pub trait Settle: Send + 'static {
+    /// Every row of the batch was handed to the writer: from now on the rows may be committed
+    /// whatever happens to this host.
+    fn rows_handed_over(&self) {}
+
+    /// Carries the settlements out.
+    fn settle(self, settled: Settled) -> impl Future<Output = ()> + Send;
 }
 
 /// Milliseconds part of a stream entry id.

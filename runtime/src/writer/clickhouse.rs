@@ -1,6 +1,6 @@
 //! The ClickHouse HTTP client, set up for what works on 18.16 and on current releases:
 //! the `clickhouse` crate with validation off (the host checks rows itself), a hyper client
-//! with TCP_NODELAY (2-4x faster inserts, see DESIGN.md), RowBinary inserts of pre-encoded
+//! with TCP_NODELAY (2-4x faster small inserts: without it Nagle holds the request body back), RowBinary inserts of pre-encoded
 //! rows, `wait_end_of_query=1` on reads so a server error is reported as itself; HTTPS with a
 //! CA of the deployment's own; several endpoints with failover (see [`ChClient`]).
 
@@ -189,7 +189,7 @@ pub struct ChOptions {
     pub urls: Vec<String>,
     pub database: String,
     pub user: Option<String>,
-    pub password: Option<crate::config::Secret>,
+    pub password: Option<crate::secret::Secret>,
     /// PEM file of the CA that signed the servers' certificates (`https://` endpoints);
     /// without it, the system's roots.
     pub ca_file: Option<std::path::PathBuf>,
@@ -202,7 +202,7 @@ pub struct ChOptions {
 /// Without secrets: URLs with `***` for a password (the password is a `Secret`).
 impl std::fmt::Debug for ChOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let urls: Vec<String> = self.urls.iter().map(|u| crate::source::streams::redact_url(u)).collect();
+        let urls: Vec<String> = self.urls.iter().map(|u| crate::secret::redact_url(u)).collect();
         f.debug_struct("ChOptions")
             .field("urls", &urls)
             .field("database", &self.database)
@@ -247,9 +247,9 @@ pub struct ChClient {
 
 impl ChClient {
     pub fn new(o: &ChOptions) -> anyhow::Result<ChClient> {
-        super::schema::check_identifier("database name", &o.database).map_err(|e| anyhow::anyhow!(e))?;
+        crate::schema::check_identifier("database name", &o.database).map_err(|e| anyhow::anyhow!(e))?;
         if let Some(c) = &o.cluster {
-            super::schema::check_identifier("ClickHouse cluster name", c).map_err(|e| anyhow::anyhow!(e))?;
+            crate::schema::check_identifier("ClickHouse cluster name", c).map_err(|e| anyhow::anyhow!(e))?;
         }
         if o.urls.is_empty() {
             anyhow::bail!("no ClickHouse URL given (SLUICE_CLICKHOUSE_URL)");
@@ -271,7 +271,7 @@ impl ChClient {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 anyhow::bail!(
                     "SLUICE_CLICKHOUSE_URL: `{}` is not an http:// or https:// URL",
-                    crate::source::streams::redact_url(url)
+                    crate::secret::redact_url(url)
                 );
             }
             let compression = if o.lz4 { ::clickhouse::Compression::Lz4 } else { ::clickhouse::Compression::None };
@@ -287,7 +287,7 @@ impl ChClient {
             }
             let client = server.clone().with_database(&o.database);
             // Only for messages: without a password, should the URL carry one.
-            endpoints.push(Endpoint { url: crate::source::streams::redact_url(url), client, server });
+            endpoints.push(Endpoint { url: crate::secret::redact_url(url), client, server });
         }
         Ok(ChClient {
             endpoints: endpoints.into(),
@@ -315,16 +315,6 @@ impl ChClient {
 
     pub fn database(&self) -> &str {
         &self.database
-    }
-
-    /// The endpoint requests go to now.
-    pub fn url(&self) -> &str {
-        &self.endpoints[self.current.load(Ordering::Relaxed) % self.endpoints.len()].url
-    }
-
-    /// Every endpoint, comma-separated (for logs; URLs carry no credentials).
-    pub fn urls(&self) -> String {
-        self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// ` ON CLUSTER <name>` for DDL when a cluster is configured, else "".
@@ -434,7 +424,7 @@ impl ChClient {
         // An ON CLUSTER task waits for every server: not at each start, only when needed.
         let exists = format!(
             "SELECT count() AS n FROM system.databases WHERE name = {}",
-            super::schema::sql_string(&self.database)
+            crate::schema::sql_string(&self.database)
         );
         if self.cluster.is_some() {
             // Without the database in the request: it may not exist yet.

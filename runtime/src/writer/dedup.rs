@@ -8,7 +8,7 @@
 //!   included): a block whose data hashes like one of the table's last
 //!   `replicated_deduplication_window` blocks is dropped. Because the hash is of the data, two
 //!   *different* batches with identical rows would also collide (e.g. two events with the same
-//!   counts): tables the host creates this way get a hidden column [`ENTRY_COLUMN`], a hash of
+//!   counts): tables the host creates this way get a hidden column [`ENTRY_COLUMN`](crate::schema::ENTRY_COLUMN), a hash of
 //!   the Redis stream and entry id each row came from, so blocks of different events never hash
 //!   alike and the same event's block always does.
 //! - **`insert_deduplication_token`** (current releases): the writer sends the batch's id as the
@@ -26,13 +26,8 @@
 //! after its block left the window is inserted again and its rows are doubled: what a table
 //! remembers is logged at start for each table ([`DedupWindow`]) and shown by `plugin inspect`.
 
-use serde::Serialize;
-
 use super::clickhouse::{ChClient, ChError};
-use super::schema::{LiveTable, TableSchema};
-
-/// The hidden column of exactly-once tables created on servers without deduplication tokens.
-pub const ENTRY_COLUMN: &str = "sluice_entry";
+use crate::schema::{DedupWindow, Guarantee, LiveTable, TableSchema};
 
 /// Blocks (or tokens) a table remembers. At 10 inserts per second per table and host (the
 /// default linger is 100 ms), 10,000 covers ten hosts for 100 s — more than the default
@@ -42,76 +37,6 @@ pub const DEDUP_WINDOW: u64 = 10_000;
 /// How long a Replicated table the host creates remembers a block: a week, so that a batch
 /// recorded before an outage of days is still recognised when it is re-sent.
 pub const DEDUP_WINDOW_SECONDS: u64 = 7 * 24 * 3600;
-
-/// What a table remembers of the blocks inserted into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct DedupWindow {
-    /// The last this many blocks (or tokens).
-    pub blocks: u64,
-    /// ...and only those inserted within this many seconds (Replicated tables).
-    pub seconds: Option<u64>,
-}
-
-impl std::fmt::Display for DedupWindow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.seconds {
-            Some(s) => write!(f, "the last {} blocks inserted within {}", self.blocks, human_seconds(s)),
-            None => write!(f, "the last {} blocks", self.blocks),
-        }
-    }
-}
-
-fn human_seconds(s: u64) -> String {
-    match s {
-        86_400 => "1 day".into(),
-        3600 => "1 hour".into(),
-        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
-        s if s % 3600 == 0 => format!("{} hours", s / 3600),
-        s => format!("{s} s"),
-    }
-}
-
-/// What happens to rows of a batch that is inserted again (after a crash or a retry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Guarantee {
-    /// The table keeps the rows twice: a batch recovered after a crash may double-count.
-    #[default]
-    AtLeastOnce,
-    /// A Replicated*MergeTree table drops a block whose data it already stored.
-    ExactlyOnceReplicated,
-    /// The table drops a block whose `insert_deduplication_token` it already saw.
-    ExactlyOnceToken,
-}
-
-impl Guarantee {
-    pub fn exactly_once(self) -> bool {
-        self != Guarantee::AtLeastOnce
-    }
-
-    /// For the log, `sluice plugin inspect` and the admin API.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Guarantee::AtLeastOnce => {
-                "at-least-once: rows of a batch recovered after a crash may be written twice (the table deduplicates nothing)"
-            }
-            Guarantee::ExactlyOnceReplicated => {
-                "exactly-once: batches recorded in Redis, re-inserted identically after a crash, dropped by the Replicated engine's block deduplication"
-            }
-            Guarantee::ExactlyOnceToken => {
-                "exactly-once: batches recorded in Redis, re-inserted after a crash with the same insert_deduplication_token"
-            }
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Guarantee::AtLeastOnce => "at_least_once",
-            Guarantee::ExactlyOnceReplicated => "exactly_once_replicated",
-            Guarantee::ExactlyOnceToken => "exactly_once_token",
-        }
-    }
-}
 
 /// What the server offers for deduplication, detected once at start.
 #[derive(Debug, Clone, Default)]
@@ -309,7 +234,7 @@ pub fn replicated_engine(engine: &str, path: &str, replica: &str) -> String {
         Some(i) => (&engine[..i], engine[i + 1..].strip_suffix(')').unwrap_or("")),
         None => (engine, ""),
     };
-    let q = super::schema::sql_string;
+    let q = crate::schema::sql_string;
     if args.trim().is_empty() {
         format!("Replicated{name}({}, {})", q(path), q(replica))
     } else {
@@ -324,18 +249,6 @@ fn setting_of(engine_full: &str, name: &str) -> Option<u64> {
         let (k, v) = kv.split_once('=')?;
         (k.trim() == name).then(|| v.trim().parse().ok()).flatten()
     })
-}
-
-/// A row's entry column value: which consumer group (plugin) and Redis entry (stream and id)
-/// it came from — two plugins writing alike rows of one event into one table must not look
-/// alike either. FNV-1a, so that it is the same in every build and on every host.
-pub fn entry_hash(group: &str, stream: &str, entry_id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in group.bytes().chain([0u8]).chain(stream.bytes()).chain([0u8]).chain(entry_id.bytes()) {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 #[cfg(test)]
@@ -362,8 +275,7 @@ mod tests {
 
     #[test]
     fn what_tables_remember() {
-        let t =
-            crate::writer::schema::test_table(&[("k", "UInt64")], crate::plugin::wit::Engine::MergeTree, None, &["k"]);
+        let t = crate::schema::test_table(&[("k", "UInt64")], crate::contract::wit::Engine::MergeTree, None, &["k"]);
         let defaults = [("replicated_deduplication_window_seconds", 3600), ("replicated_deduplication_window", 10_000)];
         let server = ServerDedup {
             zookeeper: true,
@@ -404,13 +316,5 @@ mod tests {
         assert_eq!(g, Guarantee::ExactlyOnceToken);
         assert_eq!(tokens.window_of(&mergetree, g), Some(DedupWindow { blocks: 10_000, seconds: None }));
         assert_eq!(tokens.window_of(&live("MergeTree ORDER BY k"), Guarantee::AtLeastOnce), None);
-    }
-
-    #[test]
-    fn entry_hashes_differ_by_stream_and_id() {
-        assert_ne!(entry_hash("g", "a", "1-0"), entry_hash("g", "a", "1-1"));
-        assert_ne!(entry_hash("g", "a1", "-0"), entry_hash("g", "a", "1-0"));
-        assert_ne!(entry_hash("sluice:p", "a", "1-0"), entry_hash("sluice:q", "a", "1-0"));
-        assert_eq!(entry_hash("g", "events:x", "5-0"), entry_hash("g", "events:x", "5-0"));
     }
 }

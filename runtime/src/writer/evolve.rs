@@ -23,8 +23,9 @@
 //! shared with its new name (its consumer groups are new too: see the plugin guide).
 
 use super::clickhouse::{ChClient, ChError};
-use super::dedup::{ENTRY_COLUMN, ServerDedup};
-use super::schema::{Change, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
+use super::dedup::ServerDedup;
+use crate::schema::ENTRY_COLUMN;
+use crate::schema::{Change, ColumnType, LiveTable, RESERVED_PREFIX, TableSchema, sql_string};
 
 /// The plugin version a change is made for, as recorded in the registry.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +77,7 @@ pub async fn ensure_registry(client: &ChClient) -> Result<(), ChError> {
             // An ON CLUSTER task waits for every server: only when the table is missing.
             let exists = format!(
                 "SELECT count() AS n FROM system.tables WHERE database = {} AND name = '{RESERVED_PREFIX}tables'",
-                super::schema::sql_string(client.database())
+                crate::schema::sql_string(client.database())
             );
             if client.query_count(&exists).await? > 0 {
                 return Ok(());

@@ -26,8 +26,6 @@
 pub mod clickhouse;
 pub mod dedup;
 pub mod evolve;
-pub mod ledger;
-pub mod schema;
 pub mod server;
 
 use std::collections::HashMap;
@@ -41,8 +39,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use self::clickhouse::{ChClient, ChError, ErrorClass};
-use self::ledger::{BatchRecord, RecordedPart};
-use self::schema::TableSchema;
+use crate::ledger::{self, BatchRecord, RecordedPart};
+use crate::schema::TableSchema;
 
 /// The result of committing a chunk: Ok once all its rows are in ClickHouse.
 pub type CommitResult = Result<Committed, ChunkFailure>;
@@ -88,18 +86,12 @@ pub struct RowChunk {
     pub done: oneshot::Sender<CommitResult>,
 }
 
-/// Batching settings.
+/// Batching settings (their defaults: `config::defaults`).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub linger: Duration,
-}
-
-impl Default for BatchPolicy {
-    fn default() -> Self {
-        BatchPolicy { max_rows: 200_000, max_bytes: 64 << 20, linger: Duration::from_millis(200) }
-    }
 }
 
 /// The Redis side of exactly-once: a connection for batch records and who writes them.
@@ -206,7 +198,7 @@ impl Target {
             sql: format!("INSERT INTO {}.{} {} FORMAT RowBinary", client.database(), schema.name, schema.column_list()),
             low_cardinality: schema.uses_low_cardinality(),
             dedup: schema.guarantee.exactly_once(),
-            token: schema.guarantee == dedup::Guarantee::ExactlyOnceToken,
+            token: schema.guarantee == crate::schema::Guarantee::ExactlyOnceToken,
         }
     }
 }
@@ -300,6 +292,7 @@ async fn commit(client: &ChClient, target: &Target, ledger: Option<&LedgerConn>,
     let token_id = record.as_ref().filter(|_| target.token).map(|r| r.id.as_str());
     let failed = insert_parts(client, target, &data, parts, token_id).await;
     if record.is_some() && failed.is_empty() {
+        #[cfg(feature = "failpoints")]
         failpoint_exit_after_insert();
     }
     // A failure other than ClickHouse refusing the rows (an error after the data was committed,
@@ -340,17 +333,20 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::brief();
     while let Err(e) = write().await {
+        let delay = backoff.next_delay();
         tracing::warn!(table, error = format!("{e:#}"), "{what}; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Test-only fault injection: with `SLUICE_FAILPOINT_EXIT_AFTER_INSERT=N`, the process exits
-/// (as if killed) right after the N-th recorded batch landed, before it is closed and its
-/// events acknowledged — the one crash exactly-once exists for, made deterministic.
+/// Test-only fault injection, compiled only with the `failpoints` feature (the test suite's
+/// `target/release/sluice-failpoints`, never the release binary): with
+/// `SLUICE_FAILPOINT_EXIT_AFTER_INSERT=N`, the process exits (as if killed) right after the
+/// N-th recorded batch landed, before it is closed and its events acknowledged — the one crash
+/// exactly-once exists for, made deterministic.
+#[cfg(feature = "failpoints")]
 fn failpoint_exit_after_insert() {
     use std::sync::atomic::{AtomicU64, Ordering};
     static AFTER: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
@@ -419,7 +415,7 @@ async fn insert_with_retry(
     rows: usize,
     token: Option<&str>,
 ) -> Result<(), ChError> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut attempt = 1u64;
     let started = Instant::now();
     let table = &target.table;
@@ -447,12 +443,12 @@ async fn insert_with_retry(
                 return Ok(());
             }
             Err(e) if e.retryable() => {
+                let delay = backoff.next_delay();
                 // Log the first failures, then one line every ~10 attempts.
-                if attempt <= 3 || attempt % 10 == 0 {
+                if attempt <= 3 || attempt.is_multiple_of(10) {
                     tracing::warn!(table = %table, rows, attempt, error = %e, "insert failed; retrying in {delay:?} (reading pauses while ClickHouse is unavailable)");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(e) => {

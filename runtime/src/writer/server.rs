@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use super::schema::ColumnType;
+use crate::schema::ColumnType;
 
 /// Settings the host sends where the server has them, and why.
 const KNOWN_SETTINGS: &[&str] = &[
@@ -55,7 +55,7 @@ impl ServerCaps {
 
     /// The query listing which of the known settings the server has.
     pub fn settings_query() -> String {
-        let names: Vec<String> = KNOWN_SETTINGS.iter().map(|s| super::schema::sql_string(s)).collect();
+        let names: Vec<String> = KNOWN_SETTINGS.iter().map(|s| crate::schema::sql_string(s)).collect();
         format!("SELECT name FROM system.settings WHERE name IN ({})", names.join(", "))
     }
 

@@ -4,11 +4,11 @@
 //! nothing about RowBinary (an i64 sent into a Float64 column is stored as garbage). The walk
 //! follows the column's type, whose depth is bounded ([`MAX_TYPE_DEPTH`]), never the value's.
 //!
-//! [`MAX_TYPE_DEPTH`]: crate::writer::schema::MAX_TYPE_DEPTH
+//! [`MAX_TYPE_DEPTH`]: crate::schema::MAX_TYPE_DEPTH
 
 use super::packed::{Reader, Val, read_val};
 use super::text::{self, DecimalError, Wide};
-use crate::writer::schema::ColumnType;
+use crate::schema::ColumnType;
 
 /// DateTime64's range: 1900-01-01 00:00:00 to 2299-12-31 23:59:59 (seconds since the epoch).
 const DT64_MIN_SECS: i64 = -2_208_988_800;

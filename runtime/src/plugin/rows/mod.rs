@@ -22,7 +22,7 @@ mod text;
 
 pub use render::rowbinary_to_json;
 
-use crate::writer::schema::TableSchema;
+use crate::schema::TableSchema;
 use encode::encode;
 use packed::{Reader, read_val, skip_values};
 
@@ -133,13 +133,13 @@ pub fn decode_rows(
             });
         }
         if current != Some(event) {
-            if let Some(c) = current {
-                if event < c {
-                    return Err(MalformedRows {
-                        offset: row_at,
-                        reason: format!("rows of event {event} come after rows of event {c}"),
-                    });
-                }
+            if let Some(c) = current
+                && event < c
+            {
+                return Err(MalformedRows {
+                    offset: row_at,
+                    reason: format!("rows of event {event} come after rows of event {c}"),
+                });
             }
             current = Some(event);
             current_failed = false;
@@ -221,10 +221,10 @@ pub fn decode_rows(
 mod tests {
     use super::packed::*;
     use super::*;
-    use crate::plugin::wit;
+    use crate::contract::wit;
 
     fn schema(cols: &[(&str, &str)]) -> TableSchema {
-        crate::writer::schema::test_table(cols, wit::Engine::MergeTree, None, &[cols[0].0])
+        crate::schema::test_table(cols, wit::Engine::MergeTree, None, &[cols[0].0])
     }
 
     struct W(Vec<u8>);

@@ -6,7 +6,7 @@
 use serde_json::{Value as J, json};
 
 use super::text::Wide;
-use crate::writer::schema::{ColumnType, TableSchema};
+use crate::schema::{ColumnType, TableSchema};
 
 /// Decodes the RowBinary rows of `schema` into JSON objects.
 pub fn rowbinary_to_json(data: &[u8], schema: &TableSchema) -> Result<Vec<serde_json::Map<String, J>>, String> {
@@ -41,7 +41,7 @@ fn rb_varint(data: &[u8], pos: &mut usize) -> Result<u64, String> {
 }
 
 /// `secs` (and `nanos`) as `YYYY-MM-DD hh:mm:ss[.fraction]` in `tz` (UTC without one).
-fn time_text(secs: i64, nanos: u32, digits: u32, tz: Option<&crate::writer::schema::TimeZone>) -> String {
+fn time_text(secs: i64, nanos: u32, digits: u32, tz: Option<&crate::schema::TimeZone>) -> String {
     let Some(utc) = chrono::DateTime::from_timestamp(secs, nanos) else { return secs.to_string() };
     let base = match tz {
         Some(tz) => utc.with_timezone(&tz.tz).format("%Y-%m-%d %H:%M:%S").to_string(),

@@ -6,12 +6,15 @@
 //! for `toYYYYMM(event_date)` or `(event_date, user_id)`), so nothing can be injected.
 
 mod compare;
+mod guarantee;
+mod parse;
 mod types;
 
 pub use compare::{Change, LiveTable};
-pub use types::{ColumnType, MAX_TYPE_DEPTH, TimeZone, quote};
+pub use guarantee::{DedupWindow, ENTRY_COLUMN, Guarantee, entry_hash};
+pub use types::{ColumnType, TimeZone};
 
-use crate::plugin::wit;
+use crate::contract::wit;
 
 /// Checks that `name` is a plain identifier: ASCII letters, digits and `_`, not starting with
 /// a digit, at most 128 bytes.
@@ -51,8 +54,9 @@ pub struct Column {
     pub comment: Option<String>,
 }
 
-/// The table engine a plugin declared.
+/// The table engine a plugin declared (named as ClickHouse names them).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::enum_variant_names)]
 pub enum TableEngine {
     MergeTree,
     ReplacingMergeTree(Option<String>),
@@ -70,13 +74,13 @@ pub struct TableSchema {
     pub order_by: Vec<String>,
     pub settings: Vec<(String, String)>,
     /// Set by the host from the live table, not by the plugin: rows carry the hidden column
-    /// [`ENTRY_COLUMN`](super::dedup::ENTRY_COLUMN) (which event they came from), so that two
+    /// [`ENTRY_COLUMN`](self::guarantee::ENTRY_COLUMN) (which event they came from), so that two
     /// batches of different events never hash alike (see `dedup`).
     pub entry_column: bool,
     /// Set by the host from the live table: what a batch inserted twice does.
-    pub guarantee: super::dedup::Guarantee,
+    pub guarantee: self::guarantee::Guarantee,
     /// Set by the host from the live table: what it remembers of inserted blocks.
-    pub window: Option<super::dedup::DedupWindow>,
+    pub window: Option<self::guarantee::DedupWindow>,
 }
 
 impl TableSchema {
@@ -110,10 +114,10 @@ impl TableSchema {
             wit::Engine::MergeTree => TableEngine::MergeTree,
             wit::Engine::AggregatingMergeTree => TableEngine::AggregatingMergeTree,
             wit::Engine::ReplacingMergeTree(v) => {
-                if let Some(v) = v {
-                    if !has(v) {
-                        return Err(ctx(format!("ReplacingMergeTree version column `{v}` is not a column")));
-                    }
+                if let Some(v) = v
+                    && !has(v)
+                {
+                    return Err(ctx(format!("ReplacingMergeTree version column `{v}` is not a column")));
                 }
                 TableEngine::ReplacingMergeTree(v.clone())
             }
@@ -163,7 +167,7 @@ impl TableSchema {
     pub fn column_list(&self) -> String {
         let mut names: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
         if self.entry_column {
-            names.push(super::dedup::ENTRY_COLUMN);
+            names.push(self::guarantee::ENTRY_COLUMN);
         }
         format!("({})", names.join(", "))
     }
@@ -186,7 +190,7 @@ impl TableSchema {
         let mut sql = format!("CREATE TABLE IF NOT EXISTS {database}.{} (\n", self.name);
         let mut defs: Vec<String> = self.columns.iter().map(|c| c.definition()).collect();
         if entry_column {
-            defs.push(format!("{} UInt64", super::dedup::ENTRY_COLUMN));
+            defs.push(format!("{} UInt64", self::guarantee::ENTRY_COLUMN));
         }
         sql.push_str(&defs.iter().map(|d| format!("    {d}")).collect::<Vec<_>>().join(",\n"));
         sql.push_str("\n) ENGINE = ");

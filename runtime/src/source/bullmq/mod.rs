@@ -17,179 +17,36 @@
 //! committed, however slow ClickHouse is.
 //!
 //! A job run again (a retry, or after its lock expired) first looks up the batch records of
-//! exactly-once tables (`writer::ledger`, keyed by the queue and job id): rows an earlier run
-//! committed are not written twice. Those records are deleted when the job completes or fails
-//! for good.
+//! exactly-once tables (`ledger`, keyed by the queue and job id): rows an earlier run
+//! committed are not written twice. Those records are deleted once BullMQ shows the job completed
+//! or removed (`records`); a job failed for good keeps them until it is removed, so that a retry
+//! from the failed set does not write its committed rows again.
+
+mod config;
+mod jobs;
+mod records;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bullmq::options::RedisConnectionOptions;
 use bullmq::worker::WorkerEvent;
 use bullmq::{Job, Worker, WorkerOptions};
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::SourceEvent;
-use crate::plugin::wit;
+pub use self::config::{BullQueue, BullSection, resolve_queues};
+use self::jobs::Records;
+pub use self::jobs::{Delivery, JobInbox, JobsIntake};
+use self::records::{forget_finished, sweep_records};
+use super::{Settlement, SourceEvent};
+use crate::contract::wit;
+use crate::redis_conn::RedisConn;
 
-/// One queue to consume.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BullQueue {
-    pub name: String,
-    /// BullMQ's key prefix: the queue's keys are `<prefix>:<name>:...`.
-    pub prefix: String,
-    /// Jobs of this queue held at once by this host (the batches are made of them).
-    pub concurrency: usize,
-    /// How long a job's lock lasts without renewal (renewed every half of it).
-    pub lock: Duration,
-    /// Times a job may be found stalled (its host died holding it) before BullMQ fails it.
-    pub max_stalled: u32,
-}
-
-impl BullQueue {
-    /// The queue's key base, `<prefix>:<name>`: the "stream" of its events in logs, metrics and
-    /// batch records.
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.prefix, self.name)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        // BullMQ (Node.js since 5.x, and its Rust port) refuses both: the job key
-        // `<prefix>:<queue>:<id>` must parse back unambiguously.
-        if self.name.is_empty() || self.name.contains(':') {
-            bail!("BullMQ queue name `{}`: must be non-empty and without `:` (BullMQ refuses such names)", self.name);
-        }
-        if self.prefix.is_empty() || self.prefix.contains(':') {
-            bail!(
-                "BullMQ prefix `{}` of queue `{}`: must be non-empty and without `:` (Node.js accepts one, BullMQ's Rust port that Sluice uses does not)",
-                self.prefix,
-                self.name
-            );
-        }
-        if self.concurrency == 0 {
-            bail!("BullMQ queue `{}`: concurrency must be at least 1", self.name);
-        }
-        if self.lock < Duration::from_secs(1) {
-            bail!("BullMQ queue `{}`: lock_duration_ms must be at least 1000", self.name);
-        }
-        Ok(())
-    }
-}
-
-/// The `[bullmq]` section of the config file.
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct BullSection {
-    /// Default prefix of the queues below [bull].
-    pub prefix: Option<String>,
-    /// Default concurrency of the queues below [1000].
-    pub concurrency: Option<usize>,
-    /// Lock duration of every queue, in milliseconds [30000].
-    pub lock_duration_ms: Option<u64>,
-    /// Times a job may stall (its host died holding it) before BullMQ fails it [3].
-    pub max_stalled_count: Option<u32>,
-    /// Queue names, or tables `{ name, prefix?, concurrency? }`.
-    #[serde(default)]
-    pub queues: Vec<QueueEntry>,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
-pub enum QueueEntry {
-    Name(String),
-    Table { name: String, prefix: Option<String>, concurrency: Option<usize> },
-}
-
-pub const DEFAULT_PREFIX: &str = "bull";
-pub const DEFAULT_CONCURRENCY: usize = 1000;
-pub const DEFAULT_LOCK_MS: u64 = 30_000;
-/// BullMQ's own default is 1, a guard against jobs that crash their worker; a plugin cannot
-/// crash the host, so a job stalls only when its host dies — twice is bad luck, not a poison job.
-pub const DEFAULT_MAX_STALLED: u32 = 3;
 /// How long a job whose event type no running plugin subscribes to waits before it is looked at
 /// again.
 const UNROUTED_DELAY: Duration = Duration::from_secs(10);
-
-/// The queues to consume: from the flags/environment (comma-separated names, one prefix and
-/// concurrency for all) if given, else from the file.
-pub fn resolve_queues(
-    names: Option<&str>,
-    prefix: Option<&str>,
-    concurrency: Option<usize>,
-    file: Option<&BullSection>,
-) -> Result<Vec<BullQueue>> {
-    let file = file.cloned().unwrap_or_default();
-    let prefix = prefix.map(str::to_string).or(file.prefix.clone()).unwrap_or_else(|| DEFAULT_PREFIX.into());
-    let concurrency = concurrency.or(file.concurrency).unwrap_or(DEFAULT_CONCURRENCY);
-    let lock = Duration::from_millis(file.lock_duration_ms.unwrap_or(DEFAULT_LOCK_MS));
-    let max_stalled = file.max_stalled_count.unwrap_or(DEFAULT_MAX_STALLED);
-    let queues: Vec<BullQueue> = match names {
-        Some(names) => names
-            .split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock, max_stalled })
-            .collect(),
-        None => file
-            .queues
-            .iter()
-            .map(|q| match q {
-                QueueEntry::Name(n) => {
-                    BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock, max_stalled }
-                }
-                QueueEntry::Table { name, prefix: p, concurrency: c } => BullQueue {
-                    name: name.clone(),
-                    prefix: p.clone().unwrap_or_else(|| prefix.clone()),
-                    concurrency: c.unwrap_or(concurrency),
-                    lock,
-                    max_stalled,
-                },
-            })
-            .collect(),
-    };
-    for (i, q) in queues.iter().enumerate() {
-        q.validate()?;
-        if queues[..i].iter().any(|o| o.key() == q.key()) {
-            bail!("BullMQ queue `{}` is listed twice", q.key());
-        }
-    }
-    Ok(queues)
-}
-
-/// What became of a job in one plugin's pipeline.
-#[derive(Debug)]
-pub struct Outcome {
-    /// `None`: its rows are committed.
-    pub failure: Option<Failure>,
-    /// The plugin's exactly-once batch records of this job, to delete once the job is finished.
-    pub records: Option<Records>,
-}
-
-#[derive(Debug)]
-pub struct Failure {
-    /// No further attempt can help (an invalid event, a permanent handler error).
-    pub permanent: bool,
-    pub message: String,
-}
-
-/// Batch-record fields of a job: `(group, tables)`.
-#[derive(Debug, Clone)]
-pub struct Records {
-    pub group: String,
-    pub tables: Arc<[String]>,
-}
-
-/// A job on its way to one plugin's pipeline.
-pub struct Delivery {
-    pub event: SourceEvent,
-    pub reply: oneshot::Sender<Outcome>,
-    /// Set by the pipeline once the job's rows are handed to the writer: from then on the job
-    /// is never handed back (its rows may yet be committed); at worst it stalls.
-    pub sent: Arc<std::sync::atomic::AtomicBool>,
-}
 
 /// Where one plugin takes an event type's jobs: (plugin name, its pipeline's channel).
 pub type Route = (String, mpsc::Sender<Delivery>);
@@ -291,12 +148,7 @@ pub struct QueueConsumer {
 
 impl QueueConsumer {
     /// Starts consuming `queue`, routing its jobs by `routes`.
-    pub async fn start(
-        queue: BullQueue,
-        redis_url: &str,
-        routes: Routes,
-        ledger: crate::redis_conn::RedisConn,
-    ) -> Result<QueueConsumer> {
+    pub async fn start(queue: BullQueue, redis_url: &str, routes: Routes, ledger: RedisConn) -> Result<QueueConsumer> {
         let stream: Arc<str> = Arc::from(queue.key().as_str());
         let answers: Arc<Answers> = Default::default();
         let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
@@ -428,10 +280,10 @@ async fn process(
         match outcome {
             Some(o) => {
                 records.extend(o.records);
-                match o.failure {
-                    None => {}
-                    Some(f) if f.permanent => permanent.push(format!("{plugin}: {}", f.message)),
-                    Some(f) => transient.push(format!("{plugin}: {}", f.message)),
+                match o.settlement {
+                    Settlement::Ack => {}
+                    Settlement::DeadLetter { kind, error } => permanent.push(format!("{plugin}: {kind}: {error}")),
+                    Settlement::Retry(reason) => transient.push(format!("{plugin}: {reason}")),
                 }
             }
             None => untaken.push(plugin),
@@ -488,7 +340,7 @@ async fn watch_events(
     worker: Arc<Worker>,
     stream: Arc<str>,
     answers: Arc<Answers>,
-    mut ledger: crate::redis_conn::RedisConn,
+    mut ledger: RedisConn,
     key_base: String,
 ) {
     let mut closed = false;
@@ -549,132 +401,9 @@ async fn watch_events(
     }
 }
 
-/// Deletes, every `every`, the batch records of finished jobs that no host deleted: a host that
-/// died between a job's completion and the deletion of its records leaves them behind.
-async fn sweep_records(
-    routes: Routes,
-    stream: Arc<str>,
-    mut ledger: crate::redis_conn::RedisConn,
-    key_base: String,
-    every: Duration,
-) {
-    loop {
-        tokio::time::sleep(every).await;
-        for plugin in routes.plugins() {
-            let group = crate::router::group_name(&plugin);
-            if let Err(e) = sweep_group(&mut ledger, &group, &stream, &key_base).await {
-                tracing::warn!(queue = %stream, group, error = format!("{e:#}"), "cannot sweep the batch records of finished jobs");
-            }
-        }
-    }
-}
-
-async fn sweep_group(
-    ledger: &mut crate::redis_conn::RedisConn,
-    group: &str,
-    stream: &str,
-    key_base: &str,
-) -> Result<()> {
-    let key = crate::writer::ledger::written_key(group, stream, ledger.is_cluster());
-    let mut cursor = 0u64;
-    let mut swept = 0usize;
-    loop {
-        let (next, fields): (u64, Vec<String>) =
-            redis::cmd("HSCAN").arg(&key).arg(cursor).arg("COUNT").arg(1000).query_async(ledger).await?;
-        // HSCAN answers field, value, field, value...
-        let fields: Vec<&String> = fields.iter().step_by(2).collect();
-        if !fields.is_empty() {
-            let ids = fields.iter().map(|f| f.split('\t').next().unwrap_or_default());
-            let over = completed_or_removed(ledger, key_base, ids).await?;
-            let done: Vec<&&String> = fields.iter().zip(over).filter(|(_, o)| *o).map(|(f, _)| f).collect();
-            if !done.is_empty() {
-                redis::cmd("HDEL").arg(&key).arg(&done).query_async::<()>(ledger).await?;
-                swept += done.len();
-            }
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    if swept > 0 {
-        tracing::info!(queue = %stream, group, records = swept, "deleted batch records left by finished jobs (a host died before deleting them)");
-    }
-    Ok(())
-}
-
-/// For each job id: whether BullMQ shows it completed (in the completed set) or removed
-/// (`removeOnComplete` / `removeOnFail` / by hand) — no run of it is to come.
-async fn completed_or_removed<'a>(
-    ledger: &mut crate::redis_conn::RedisConn,
-    key_base: &str,
-    ids: impl Iterator<Item = &'a str>,
-) -> Result<Vec<bool>> {
-    let mut p = redis::pipe();
-    for id in ids {
-        p.cmd("ZSCORE").arg(format!("{key_base}:completed")).arg(id);
-        p.cmd("EXISTS").arg(format!("{key_base}:{id}"));
-    }
-    let state: Vec<Option<f64>> = p.query_async(ledger).await?;
-    Ok(state.chunks(2).map(|s| s[0].is_some() || s[1] != Some(1.0)).collect())
-}
-
-/// Deletes the batch records of jobs BullMQ shows completed (in the completed set, or removed):
-/// a completion that did not go through (this host's lock was lost to another host now running
-/// the job) leaves them for that host.
-async fn forget_finished(
-    ledger: &mut crate::redis_conn::RedisConn,
-    stream: &str,
-    key_base: &str,
-    jobs: &[(String, Vec<Records>)],
-) -> Result<()> {
-    let over = completed_or_removed(ledger, key_base, jobs.iter().map(|(id, _)| id.as_str())).await?;
-    let mut p = redis::pipe();
-    let cluster = ledger.is_cluster();
-    for ((id, records), over) in jobs.iter().zip(over) {
-        if over {
-            for r in records {
-                crate::writer::ledger::forget(&mut p, &r.group, stream, &[id.as_str()], &r.tables, cluster);
-            }
-        }
-    }
-    p.query_async::<()>(ledger).await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queues_from_flags_and_file() {
-        let file: BullSection = toml::from_str(
-            r#"prefix = "app"
-               concurrency = 10
-               queues = ["events", { name = "payments", prefix = "pay", concurrency = 2 }]"#,
-        )
-        .unwrap();
-        let q = resolve_queues(None, None, None, Some(&file)).unwrap();
-        assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:events", "pay:payments"]);
-        assert_eq!((q[0].concurrency, q[1].concurrency), (10, 2));
-        let q = resolve_queues(Some("a, b"), None, None, Some(&file)).unwrap();
-        assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:a", "app:b"]);
-        let q = resolve_queues(Some("events"), None, None, None).unwrap();
-        assert_eq!((q[0].key().as_str(), q[0].concurrency), ("bull:events", DEFAULT_CONCURRENCY));
-        assert!(resolve_queues(None, None, None, None).unwrap().is_empty());
-    }
-
-    #[test]
-    fn bad_queues_say_why() {
-        let e = resolve_queues(Some("events:high"), None, None, None).unwrap_err().to_string();
-        assert!(e.contains("`events:high`") && e.contains("without `:`"), "{e}");
-        let e = resolve_queues(Some("events"), Some("bull:x"), None, None).unwrap_err().to_string();
-        assert!(e.contains("prefix `bull:x`"), "{e}");
-        let e = resolve_queues(Some("a,a"), None, None, None).unwrap_err().to_string();
-        assert!(e.contains("listed twice"), "{e}");
-        let e = resolve_queues(Some("a"), None, Some(0), None).unwrap_err().to_string();
-        assert!(e.contains("concurrency"), "{e}");
-    }
 
     #[test]
     fn job_events() {

@@ -20,30 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::plugin::{LoadedPlugin, Sandbox, wit};
-
-/// What each event produced, in order: failures first, then rows table by table.
-pub async fn outcomes(plugin: &Arc<LoadedPlugin>, events: &[wit::Event]) -> Result<Vec<Value>> {
-    let mut sandbox = Sandbox::new(plugin.clone());
-    let mut out = Vec::new();
-    for (i, e) in events.iter().enumerate() {
-        // One event per call, so that each event's output is its own.
-        let outcome = sandbox.run(std::slice::from_ref(e), &[]).await;
-        for f in &outcome.failures {
-            let kind = if f.permanent { "permanent" } else { "transient" };
-            out.push(json!({"event": i, "error": kind, "message": f.message}));
-        }
-        for (t, rows) in outcome.tables.iter().enumerate() {
-            let schema = &plugin.tables[t];
-            for row in crate::plugin::rows::rowbinary_to_json(&rows.data, schema).map_err(anyhow::Error::msg)? {
-                out.push(json!({"event": i, "table": schema.name, "row": row}));
-            }
-        }
-    }
-    Ok(out)
-}
+use super::offline::outcomes;
 
 /// The fixture files: `path` itself, or the `*.json` files of a directory, sorted.
 fn fixture_files(path: &Path) -> Result<Vec<PathBuf>> {
@@ -103,7 +82,7 @@ fn difference(expected: &Value, actual: &Value) -> Option<Vec<String>> {
 
 /// Runs every fixture; prints `ok`/`FAIL` per file with the differences. Ok(true) if all pass.
 pub async fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
-    let plugin = Arc::new(crate::cli::load_one(plugin_file).await?);
+    let plugin = Arc::new(super::offline::load_one(plugin_file).await?);
     let (mut passed, mut failed) = (0, 0);
     for file in fixture_files(fixtures)? {
         let label = file.display().to_string();
@@ -111,7 +90,7 @@ pub async fn run(plugin_file: &Path, fixtures: &Path) -> Result<bool> {
         let fixture: Value = serde_json::from_str(&text).with_context(|| format!("{label} is not JSON"))?;
         let events = fixture["events"].as_array().with_context(|| format!("{label}: no \"events\" array"))?;
         let expect = fixture["expect"].as_array().with_context(|| format!("{label}: no \"expect\" array"))?;
-        let events = crate::cli::events_from_values(events.clone(), &label, None)?;
+        let events = super::offline::events_from_values(events.clone(), &label, None)?;
         let actual = outcomes(&plugin, &events).await?;
         let mut problems = Vec::new();
         for i in 0..expect.len().max(actual.len()) {

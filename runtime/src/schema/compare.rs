@@ -211,7 +211,7 @@ fn canonical_engine(s: &str) -> String {
 mod tests {
     use super::super::test_table;
     use super::*;
-    use crate::plugin::wit;
+    use crate::contract::wit;
 
     fn declared(engine: wit::Engine, cols: &[(&str, &str)], order: &[&str]) -> TableSchema {
         test_table(cols, engine, Some("toYYYYMM(d)"), order)

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
-const SDK_TIME: &str = include_str!("../../plugins/sdk/src/time.rs");
-const SDK_VALUE: &str = include_str!("../../plugins/sdk/src/value.rs");
-const SDK_PYTHON: &str = include_str!("../../sdk/python/sluice_sdk.py");
-const SDK_JS: &str = include_str!("../../sdk/js/sluice_sdk.js");
-const WIT: &str = include_str!("../../wit/sluice.wit");
+const SDK_LIB: &str = include_str!("../../../../plugins/sdk/src/lib.rs");
+const SDK_TIME: &str = include_str!("../../../../plugins/sdk/src/time.rs");
+const SDK_VALUE: &str = include_str!("../../../../plugins/sdk/src/value.rs");
+const SDK_PYTHON: &str = include_str!("../../../../sdk/python/sluice_sdk.py");
+const SDK_JS: &str = include_str!("../../../../sdk/js/sluice_sdk.js");
+const WIT: &str = include_str!("../../../../wit/sluice.wit");
 
 /// Creates the project `<dir>/<name>` in `lang` (`rust`, `python` or `js`); returns its path.
 pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {

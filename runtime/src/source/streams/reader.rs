@@ -1,68 +1,35 @@
-//! The Redis Streams source: one consumer-group reader per (plugin, event type).
-//!
-//! Policy:
-//! - Group `sluice:<plugin>` on stream `<prefix><type>`, created at `0` so events published
-//!   before the host started are processed.
-//! - New entries are read with XREADGROUP in batches; an entry is acknowledged only after every
-//!   row it produced is committed (see `router`).
-//! - Retries and crash recovery keep their state in Redis, not in memory: an entry that failed
-//!   transiently stays in the pending-entries list, and is claimed again (XCLAIM) once it has
-//!   been idle for its backoff (entries of this consumer) or for the visibility timeout
-//!   (entries of any other consumer, e.g. a dead instance). The delivery count the PEL keeps is
-//!   the attempt number.
-//! - A dead letter is written to `sluice:dlq` and the original acknowledged in one MULTI.
-//! - Each pipeline also reads its plugin's replay stream (`sluice:replay:<plugin>:<type>`),
-//!   where `sluice dlq reprocess` and `sluice replay` put events for that plugin alone.
+//! The Redis commands of a streams pipeline: XGROUP, XREADGROUP, XPENDING, XCLAIM, XACK and
+//! the dead-letter XADD, on the event stream of one (plugin, event type) and the plugin's
+//! replay stream for that type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
 use redis::{Value, cmd};
 
-use super::{SourceEvent, parse_entry};
-
-/// The dead-letter stream.
-pub const DLQ_STREAM: &str = "sluice:dlq";
-
-/// A URL with any password replaced by `***`, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// The stream a plugin's re-fed events go to: dead letters reprocessed and history replayed
-/// for that plugin alone (re-adding them to `events:<type>` would feed every plugin again).
-pub fn replay_stream(plugin: &str, event_type: &str) -> String {
-    format!("sluice:replay:{plugin}:{event_type}")
-}
+use super::reply::{array, entries_reply, int, stream_replies, string};
+use crate::contract::wit;
+use crate::dead_letter::{DeadLetter, DeadLetterKind};
+use crate::keys::{DLQ_STREAM, replay_stream};
+use crate::redis_conn::RedisConn;
+use crate::source::{SourceEvent, Subscriber, parse_entry};
 
 /// Reads the streams of one (plugin, event type) through the plugin's consumer group: the
-/// event stream itself and the plugin's replay stream for that type.
-pub struct StreamReader {
+/// event stream itself and the plugin's replay stream for that type. Cheap to clone: clones
+/// share the (multiplexed) connection.
+#[derive(Clone)]
+pub(crate) struct StreamReader {
     conn: RedisConn,
     /// The event stream (`<prefix><type>`) first, then the replay stream.
     pub streams: [Arc<str>; 2],
-    pub event_type: Arc<str>,
-    pub group: String,
-    pub consumer: String,
-    /// The plugin's exactly-once tables: acknowledging or dead-lettering an entry also
-    /// deletes its batch-ledger fields for them (see `writer::ledger`).
-    pub ledger_tables: Arc<[String]>,
+    pub who: Subscriber,
+    pub consumer: Arc<str>,
 }
 
 /// An entry of the pending-entries list.
 #[derive(Debug, Clone)]
-pub struct PendingEntry {
+pub(crate) struct PendingEntry {
     pub stream: Arc<str>,
     pub id: String,
     pub consumer: String,
@@ -70,22 +37,17 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
-impl StreamReader {
-    pub fn new(conn: RedisConn, stream: &str, plugin: &str, event_type: &str, group: &str, consumer: &str) -> Self {
-        StreamReader {
-            conn,
-            streams: [Arc::from(stream), Arc::from(replay_stream(plugin, event_type).as_str())],
-            event_type: Arc::from(event_type),
-            group: group.to_string(),
-            consumer: consumer.to_string(),
-            ledger_tables: Arc::from(Vec::new()),
-        }
-    }
+/// One event on its way to the dead-letter stream.
+pub(crate) struct Letter<'a> {
+    pub event: &'a SourceEvent,
+    pub kind: DeadLetterKind,
+    pub error: &'a str,
+}
 
-    /// The same reader, deleting ledger fields of `tables` with every acknowledgement.
-    pub fn with_ledger_tables(mut self, tables: Vec<String>) -> Self {
-        self.ledger_tables = Arc::from(tables);
-        self
+impl StreamReader {
+    pub fn new(conn: RedisConn, stream: &str, who: Subscriber, consumer: Arc<str>) -> Self {
+        let replay = replay_stream(&who.plugin, &who.event_type);
+        StreamReader { conn, streams: [Arc::from(stream), Arc::from(replay.as_str())], who, consumer }
     }
 
     /// The connection, for other keys of the same consumer group (the batch ledger).
@@ -98,16 +60,8 @@ impl StreamReader {
         &self.streams[0]
     }
 
-    /// Another reader on the same (multiplexed) connection.
-    pub fn with_same_connection(&self) -> StreamReader {
-        StreamReader {
-            conn: self.conn.clone(),
-            streams: self.streams.clone(),
-            event_type: self.event_type.clone(),
-            group: self.group.clone(),
-            consumer: self.consumer.clone(),
-            ledger_tables: self.ledger_tables.clone(),
-        }
+    fn group(&self) -> &str {
+        &self.who.group
     }
 
     /// Creates the consumer groups (and the streams) if missing, starting from the beginning.
@@ -116,7 +70,7 @@ impl StreamReader {
             let r: redis::RedisResult<()> = cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&*stream)
-                .arg(&self.group)
+                .arg(self.group())
                 .arg("0")
                 .arg("MKSTREAM")
                 .query_async(&mut self.conn)
@@ -125,7 +79,8 @@ impl StreamReader {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 Err(e) => {
-                    return Err(e).with_context(|| format!("cannot create consumer group {} on {stream}", self.group));
+                    return Err(e)
+                        .with_context(|| format!("cannot create consumer group {} on {stream}", self.who.group));
                 }
             }
         }
@@ -135,7 +90,7 @@ impl StreamReader {
     /// Reads up to `count` new entries of either stream, waiting up to `block` for the first.
     pub async fn read_new(&mut self, count: usize, block: Duration) -> Result<Vec<SourceEvent>> {
         let mut c = cmd("XREADGROUP");
-        c.arg("GROUP").arg(&self.group).arg(&self.consumer).arg("COUNT").arg(count);
+        c.arg("GROUP").arg(self.group()).arg(&*self.consumer).arg("COUNT").arg(count);
         let reply: redis::RedisResult<Value> = if self.conn.is_cluster() {
             // The two streams may live on different shards: one XREADGROUP cannot name both.
             // The replay stream is looked at without waiting, then the event stream waits.
@@ -182,7 +137,9 @@ impl StreamReader {
         deliveries: u64,
         fields: Vec<(String, Vec<u8>)>,
     ) -> SourceEvent {
-        let parsed = parse_entry(stream, &self.event_type, &entry_id, &fields);
+        // The attempt the plugin sees is the delivery count Redis keeps.
+        let parsed = parse_entry(stream, &self.who.event_type, &entry_id, &fields)
+            .map(|e| wit::Event { attempt: deliveries.min(u32::MAX as u64) as u32, ..e });
         SourceEvent {
             stream: stream.clone(),
             entry_id,
@@ -200,7 +157,7 @@ impl StreamReader {
         for stream in self.streams.clone() {
             let reply: Value = cmd("XPENDING")
                 .arg(&*stream)
-                .arg(&self.group)
+                .arg(self.group())
                 .arg("IDLE")
                 .arg(min_idle.as_millis() as u64)
                 .arg("-")
@@ -243,7 +200,7 @@ impl StreamReader {
                 continue;
             }
             let mut c = cmd("XCLAIM");
-            c.arg(&*stream).arg(&self.group).arg(&self.consumer).arg(min_idle.as_millis() as u64);
+            c.arg(&*stream).arg(self.group()).arg(&*self.consumer).arg(min_idle.as_millis() as u64);
             for e in &mine {
                 c.arg(&e.id);
             }
@@ -272,7 +229,7 @@ impl StreamReader {
         let mut p = redis::pipe();
         for stream in &self.streams {
             for chunk in entries.iter().filter(|(s, _)| s == stream).collect::<Vec<_>>().chunks(1000) {
-                let c = p.cmd("XCLAIM").arg(&**stream).arg(&self.group).arg(&self.consumer).arg(0);
+                let c = p.cmd("XCLAIM").arg(&**stream).arg(self.group()).arg(&*self.consumer).arg(0);
                 for (_, id) in chunk {
                     c.arg(id);
                 }
@@ -290,7 +247,7 @@ impl StreamReader {
     pub async fn ack<'a>(
         &mut self,
         entries: impl IntoIterator<Item = (&'a str, &'a str, bool, &'a [String])>,
-        marks: &[crate::writer::ledger::ChunkMark],
+        marks: &[crate::ledger::ChunkMark],
     ) -> Result<()> {
         /// What one stream's MULTI does.
         #[derive(Default)]
@@ -333,10 +290,10 @@ impl StreamReader {
         for (stream, s) in &steps {
             let mut p = redis::pipe();
             if !s.ids.is_empty() {
-                p.cmd("XACK").arg(&**stream).arg(&self.group).arg(&s.ids).ignore();
+                p.cmd("XACK").arg(&**stream).arg(self.group()).arg(&s.ids).ignore();
             }
-            crate::writer::ledger::forget(&mut p, &self.group, stream, &s.own_fields, &self.ledger_tables, cluster);
-            crate::writer::ledger::leave_chunks(&mut p, &self.group, stream, s.chunk_refs.iter().copied(), cluster);
+            crate::ledger::forget(&mut p, &self.who.group, stream, &s.own_fields, &self.who.ledger_tables, cluster);
+            crate::ledger::leave_chunks(&mut p, &self.who.group, stream, s.chunk_refs.iter().copied(), cluster);
             for m in marks.iter().filter(|m| m.stream == *stream) {
                 m.apply(&mut p, cluster);
             }
@@ -352,7 +309,7 @@ impl StreamReader {
     /// server; on a cluster (where `sluice:dlq` lives in another slot than the streams) the
     /// dead letters are written first, then the entries acknowledged — a crash in between
     /// dead-letters them again, never loses them.
-    pub async fn dead_letter(&mut self, letters: &[DeadLetter<'_>]) -> Result<()> {
+    pub async fn dead_letter(&mut self, letters: &[Letter<'_>]) -> Result<()> {
         if letters.is_empty() {
             return Ok(());
         }
@@ -363,35 +320,34 @@ impl StreamReader {
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for l in letters {
-            let c = p.cmd("XADD").arg(DLQ_STREAM).arg("*");
-            c.arg("stream").arg(&*l.event.stream);
-            c.arg("entry_id").arg(&l.event.entry_id);
-            c.arg("event_id").arg(l.event.parsed.as_ref().map(|e| e.id.as_str()).unwrap_or(""));
-            c.arg("event_type").arg(&*self.event_type);
-            c.arg("group").arg(&self.group);
-            c.arg("plugin").arg(l.plugin);
-            c.arg("plugin_version").arg(l.plugin_version);
-            c.arg("attempts").arg(l.event.deliveries);
-            c.arg("error_kind").arg(l.error_kind);
-            c.arg("error").arg(l.error);
-            c.arg("failed_at").arg(&now);
-            for (k, v) in &l.event.fields {
-                c.arg(format!("field:{k}")).arg(v.as_slice());
+            let e = l.event;
+            DeadLetter {
+                stream: &e.stream,
+                entry_id: &e.entry_id,
+                event_id: e.parsed.as_ref().map(|e| e.id.as_str()).unwrap_or(""),
+                event_type: &self.who.event_type,
+                group: self.group(),
+                plugin: &self.who.plugin,
+                plugin_version: &self.who.version,
+                attempts: e.deliveries,
+                kind: l.kind,
+                error: l.error,
+                original: &e.fields,
             }
-            p.ignore();
+            .add_to(&mut p, DLQ_STREAM, &now);
             if !cluster {
-                p.cmd("XACK").arg(&*l.event.stream).arg(&self.group).arg(&l.event.entry_id).ignore();
-                crate::writer::ledger::forget(
+                p.cmd("XACK").arg(&*l.event.stream).arg(self.group()).arg(&l.event.entry_id).ignore();
+                crate::ledger::forget(
                     &mut p,
-                    &self.group,
+                    &self.who.group,
                     &l.event.stream,
                     &[l.event.entry_id.as_str()],
-                    &self.ledger_tables,
+                    &self.who.ledger_tables,
                     false,
                 );
-                crate::writer::ledger::leave_chunks(
+                crate::ledger::leave_chunks(
                     &mut p,
-                    &self.group,
+                    &self.who.group,
                     &l.event.stream,
                     [(l.event.entry_id.as_str(), l.event.chunk_refs.as_slice())],
                     false,
@@ -412,107 +368,5 @@ impl StreamReader {
             .await?;
         }
         Ok(())
-    }
-}
-
-/// One entry on its way to the dead-letter stream.
-pub struct DeadLetter<'a> {
-    pub event: &'a SourceEvent,
-    pub plugin: &'a str,
-    pub plugin_version: &'a str,
-    /// `invalid_event`, `permanent`, `retries_exhausted`...
-    pub error_kind: &'a str,
-    pub error: &'a str,
-}
-
-type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
-
-fn array(v: Value) -> Result<Vec<Value>> {
-    match v {
-        Value::Array(a) => Ok(a),
-        Value::Nil => Ok(Vec::new()),
-        other => bail!("unexpected Redis reply {other:?}"),
-    }
-}
-
-fn string(v: Value) -> Result<String> {
-    match v {
-        Value::BulkString(b) => Ok(String::from_utf8(b)?),
-        Value::SimpleString(s) => Ok(s),
-        other => bail!("unexpected Redis reply {other:?}, expected a string"),
-    }
-}
-
-fn bytes(v: Value) -> Result<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Ok(b),
-        Value::SimpleString(s) => Ok(s.into_bytes()),
-        Value::Int(i) => Ok(i.to_string().into_bytes()),
-        other => bail!("unexpected Redis reply {other:?}, expected a string"),
-    }
-}
-
-fn int(v: Value) -> Result<i64> {
-    match v {
-        Value::Int(i) => Ok(i),
-        other => Ok(string(other)?.parse()?),
-    }
-}
-
-/// `[[id, [k, v, ...]], ...]`; a nil field list means the entry was deleted.
-fn entries_reply(v: Value) -> Result<Vec<Entry>> {
-    let mut out = Vec::new();
-    for e in array(v)? {
-        if matches!(e, Value::Nil) {
-            continue;
-        }
-        let mut parts = array(e)?.into_iter();
-        let id = string(parts.next().ok_or_else(|| anyhow::anyhow!("empty stream entry"))?)?;
-        let fields = match parts.next() {
-            None | Some(Value::Nil) => None,
-            Some(f) => {
-                let flat = array(f)?;
-                let mut fields = Vec::with_capacity(flat.len() / 2);
-                let mut it = flat.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    fields.push((string(k)?, bytes(v)?));
-                }
-                Some(fields)
-            }
-        };
-        out.push((id, fields));
-    }
-    Ok(out)
-}
-
-/// The reply of XREAD/XREADGROUP: `[[stream, entries], ...]` (RESP2) or a map (RESP3).
-fn stream_replies(v: Value) -> Result<Vec<(String, Vec<Entry>)>> {
-    let pairs: Vec<(Value, Value)> = match v {
-        Value::Nil => return Ok(Vec::new()),
-        Value::Map(m) => m,
-        Value::Array(a) => a
-            .into_iter()
-            .map(|s| {
-                let mut it = array(s)?.into_iter();
-                match (it.next(), it.next()) {
-                    (Some(k), Some(v)) => Ok((k, v)),
-                    _ => bail!("unexpected XREADGROUP reply"),
-                }
-            })
-            .collect::<Result<_>>()?,
-        other => bail!("unexpected XREADGROUP reply {other:?}"),
-    };
-    pairs.into_iter().map(|(k, v)| Ok((string(k)?, entries_reply(v)?))).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
-        assert_eq!(redact_url("redis://user:secret@host"), "redis://user:***@host");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

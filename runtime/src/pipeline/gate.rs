@@ -19,56 +19,15 @@
 //!   one plugin's slow calls cost a neighbour a share of the CPU, never its turn.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::policy::Priority;
+
 /// How long a call holds its slot before the slot goes to the next waiter.
 pub const SLICE: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Priority {
-    High = 0,
-    Default = 1,
-    Low = 2,
-}
-
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Default, Priority::Low];
-    /// Share of freed slots when every class waits.
-    pub fn weight(self) -> u32 {
-        match self {
-            Priority::High => 4,
-            Priority::Default => 2,
-            Priority::Low => 1,
-        }
-    }
-}
-
-impl FromStr for Priority {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "high" => Ok(Priority::High),
-            "default" => Ok(Priority::Default),
-            "low" => Ok(Priority::Low),
-            other => Err(format!("unknown priority `{other}` (use high, default or low)")),
-        }
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Priority::High => "high",
-            Priority::Default => "default",
-            Priority::Low => "low",
-        })
-    }
-}
 
 struct Waiter {
     plugin: Arc<str>,

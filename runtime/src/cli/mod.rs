@@ -1,0 +1,220 @@
+//! The `sluice` command line, one file per command family: `run` (the host, `host`), `publish`,
+//! `dlq` and `replay` (`dead_letters`), `plugin inspect|run|test|new` (`plugin/`), `health`.
+//!
+//! Exit codes: 0 success; 1 the command ran and says no (a fixture did not match in `plugin test`,
+//! an event failed in `plugin run`, `plugin inspect` would refuse a table, `health` got no 200
+//! or no answer); 2 an error (printed as `error: ...`); 130 when a second signal stops `sluice
+//! run` at once.
+
+mod dead_letters;
+mod health;
+mod plugin;
+mod publish;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CommonArgs, RunArgs, defaults};
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Redis events -> sandboxed WebAssembly handlers -> ClickHouse rows", long_about = None)]
+pub struct Cli {
+    /// Log format: `text` for terminals, `json` for containers.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the host: consume events from Redis, call the plugins, write rows to ClickHouse.
+    Run(Box<RunArgs>),
+    /// Publish events to Redis Streams in the wire format (one, or --count generated ones).
+    Publish(PublishArgs),
+    /// Inspect and run plugins without Redis or ClickHouse (inspect can compare with a live ClickHouse).
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// List, reprocess or purge dead letters (the `sluice:dlq` stream).
+    Dlq(DlqArgs),
+    /// Re-feed a stream's history to one plugin (through its replay stream).
+    Replay(ReplayArgs),
+    /// Ask a running host whether it is alive (/health) or ready (/ready); exit 0 if so, 1 if
+    /// not. For container health checks (the image has no curl).
+    Health(HealthArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// The host's admin address; 0.0.0.0 means this machine [default: 127.0.0.1:9464]
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Check readiness (Redis, ClickHouse, plugins) instead of liveness.
+    #[arg(long)]
+    pub ready: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        /// Only this plugin's dead letters.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only dead letters of this event type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Only this error kind: invalid_event, permanent, retries_exhausted, insert_failed.
+        #[arg(long)]
+        kind: Option<crate::dead_letter::DeadLetterKind>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their plugin (and remove them from the dead-letter stream).
+    Reprocess {
+        /// The dead letter's id in sluice:dlq (see `dlq list`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// All dead letters (of --plugin, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this plugin's dead letters.
+        #[arg(long, requires = "all")]
+        plugin: Option<String>,
+    },
+    /// Delete dead letters: all, or one plugin's.
+    Purge {
+        /// Only this plugin's dead letters.
+        #[arg(long)]
+        plugin: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The plugin to re-feed.
+    #[arg(long)]
+    pub plugin: String,
+    /// Start: a stream entry id (1717245000123-0) or an RFC 3339 time; `-` for the beginning.
+    #[arg(long)]
+    pub from: String,
+    /// End (inclusive): an entry id or an RFC 3339 time [default: the end]
+    #[arg(long, default_value = "+")]
+    pub to: String,
+    /// Event types to replay [default: every stream that has the plugin's consumer group]
+    #[arg(long = "type")]
+    pub event_types: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Print a plugin's manifest (name, version, hash, subscriptions, tables and their DDL) as
+    /// JSON. With --clickhouse-url, also compare each table with the live one and say what
+    /// starting this version would do: create it, add columns, nothing, or refuse (and why);
+    /// exits with 1 if it would be refused.
+    Inspect {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// Compare the tables with this ClickHouse server's (read-only: nothing is changed).
+        /// Only this flag turns the comparison on; the database and credentials below come from
+        /// the host's environment as for `sluice run`, and are unused without it.
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// The database the host writes to.
+        #[arg(long, env = "SLUICE_CLICKHOUSE_DATABASE", default_value = defaults::CLICKHOUSE_DATABASE)]
+        clickhouse_database: String,
+        #[arg(long, env = "SLUICE_CLICKHOUSE_USER")]
+        clickhouse_user: Option<String>,
+        #[arg(long, env = "SLUICE_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+        clickhouse_password: Option<String>,
+    },
+    /// Create a ready-to-build plugin project: manifest, one handler, one fixture, one test.
+    New {
+        /// The plugin's name (lower-case letters, digits, `-`); also the directory created.
+        name: String,
+        /// The language of the project: rust (cargo, wasm32-wasip2), python (componentize-py)
+        /// or js (componentize-js, Node.js 20+).
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
+        lang: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run fixture files against a plugin (events in, expected rows or errors out) and print a
+    /// readable difference for each that does not match; exit 1 if any fails.
+    Test {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// A fixture file, or a directory of them (*.json).
+        #[arg(long)]
+        fixtures: PathBuf,
+    },
+    /// Run a plugin's handler on events from a file and print the rows as JSON lines.
+    Run {
+        /// The plugin's .wasm file.
+        file: PathBuf,
+        /// A JSON file with one event, an array of events, or one event per line. An event is
+        /// {"type": "...", "payload": {...}, "id"?: "...", "ts"?: ms}; with --type, each object
+        /// is a payload.
+        #[arg(long)]
+        event: PathBuf,
+        /// Treat every object in the file as the payload of an event of this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The event type, e.g. `PromoCodeAppliedEvent` or `order.created`.
+    pub event_type: String,
+    /// The payload, JSON text. Omit with --count.
+    pub payload: Option<String>,
+    /// Publish this many generated events of a seed type (PromoCodeAppliedEvent,
+    /// OrderCreatedEvent, order.created) and print the rate.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Event id (the idempotency key) of a single event.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Hold the event until this much time has passed (30s, 5m, 1h, 250ms); see
+    /// "Delayed events" in docs/contract.md for the Redis format other producers can use.
+    #[arg(long, value_parser = crate::source::delayed::parse_duration)]
+    pub delay: Option<Duration>,
+}
+
+/// Runs a command. Ok(false): it ran and the answer is no (exit code 1).
+pub async fn run(command: Command) -> Result<bool> {
+    match command {
+        Command::Run(run) => crate::host::run(run.resolve()?).await.map(|_| true),
+        Command::Publish(p) => publish::publish(p).await.map(|_| true),
+        Command::Dlq(d) => dead_letters::dlq(d).await.map(|_| true),
+        Command::Replay(r) => dead_letters::replay(r).await.map(|_| true),
+        Command::Health(h) => health::health(h).await,
+        Command::Plugin(p) => plugin::run(p).await,
+    }
+}
+
+/// Connects to Redis for a tool.
+async fn tool_connection(tool: &crate::config::ToolSettings) -> Result<crate::redis_conn::RedisConn> {
+    crate::redis_conn::connect(&tool.redis, Duration::from_secs(1)).await
+}

@@ -1,0 +1,30 @@
+//! `sluice plugin inspect|run|test|new`: plugins without Redis or ClickHouse (inspect can compare
+//! with a live ClickHouse).
+
+mod fixtures;
+mod inspect;
+mod offline;
+mod run;
+mod scaffold;
+
+use anyhow::Result;
+
+use self::inspect::LiveTarget;
+use super::PluginCommand;
+
+/// Runs a `plugin` subcommand. Ok(false): the answer is no (exit code 1).
+pub async fn run(command: PluginCommand) -> Result<bool> {
+    match command {
+        PluginCommand::Inspect { file, clickhouse_url, clickhouse_database, clickhouse_user, clickhouse_password } => {
+            let live =
+                clickhouse_url.map(|url| LiveTarget { url, user: clickhouse_user, password: clickhouse_password });
+            inspect::inspect(&file, &clickhouse_database, live).await
+        }
+        PluginCommand::New { name, lang, dir } => scaffold::new_plugin(&name, &lang, &dir).map(|root| {
+            println!("{}", scaffold::next_steps(&root, &name, &lang));
+            true
+        }),
+        PluginCommand::Test { file, fixtures } => fixtures::run(&file, &fixtures).await,
+        PluginCommand::Run { file, event, event_type } => run::run_plugin(&file, &event, event_type.as_deref()).await,
+    }
+}

@@ -1,0 +1,110 @@
+//! The delivery policy: how a pipeline reads, how long it holds events, how often an event is
+//! tried and how urgent its type is. Resolved once from the host's settings and the plugin's
+//! sidecar (`[delivery]`), then handed to each pipeline — the only settings a pipeline sees.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How one (plugin, event type) pipeline delivers events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryPolicy {
+    /// Events per read and per plugin call.
+    pub batch_size: usize,
+    /// How long one blocking read waits for new entries.
+    pub block: Duration,
+    /// Events read but not yet settled, per pipeline: the backpressure bound.
+    pub max_inflight_events: usize,
+    /// Deliveries of an event before it is dead-lettered (Redis Streams; a BullMQ job counts
+    /// its own `attempts`).
+    pub max_attempts: u64,
+    /// Backoff before the second delivery; doubled for each further one, up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long an entry pending on another consumer stays untouched before this one claims it.
+    pub visibility_timeout: Duration,
+    /// How long a stopping pipeline waits for the events it holds.
+    pub stop_grace: Duration,
+    /// The event type's priority at the plugin-call gate.
+    pub priority: Priority,
+}
+
+impl DeliveryPolicy {
+    /// The backoff before delivery `deliveries + 1`: base * 2^(deliveries-1), capped, with up to
+    /// 20% jitter so that retries of many events spread out.
+    pub fn retry_delay(&self, deliveries: u64) -> Duration {
+        let exp = deliveries.saturating_sub(1).min(20) as u32;
+        let d = self.retry_base.saturating_mul(1u32 << exp).min(self.retry_max);
+        let jitter = rand::random::<f64>() * 0.2;
+        d.mul_f64(1.0 + jitter)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    High = 0,
+    Default = 1,
+    Low = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Default, Priority::Low];
+    /// Share of freed slots when every class waits.
+    pub fn weight(self) -> u32 {
+        match self {
+            Priority::High => 4,
+            Priority::Default => 2,
+            Priority::Low => 1,
+        }
+    }
+}
+
+impl FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "high" => Ok(Priority::High),
+            "default" => Ok(Priority::Default),
+            "low" => Ok(Priority::Low),
+            other => Err(format!("unknown priority `{other}` (use high, default or low)")),
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Priority::High => "high",
+            Priority::Default => "default",
+            Priority::Low => "low",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_with_some_jitter() {
+        let p = DeliveryPolicy {
+            batch_size: 1,
+            block: Duration::ZERO,
+            max_inflight_events: 1,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5),
+            visibility_timeout: Duration::from_secs(60),
+            stop_grace: Duration::ZERO,
+            priority: Priority::Default,
+        };
+        let within = |d: Duration, base: f64| d.as_secs_f64() >= base && d.as_secs_f64() <= base * 1.2;
+        assert!(within(p.retry_delay(1), 1.0));
+        assert!(within(p.retry_delay(2), 2.0));
+        assert!(within(p.retry_delay(3), 4.0));
+        assert!(within(p.retry_delay(4), 5.0));
+        assert!(within(p.retry_delay(100), 5.0));
+        assert_eq!("low".parse::<Priority>(), Ok(Priority::Low));
+        assert!("urgent".parse::<Priority>().unwrap_err().contains("high, default or low"));
+    }
+}

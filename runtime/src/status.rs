@@ -1,0 +1,125 @@
+//! What the host says about itself: the plugin files and pipelines the deployer keeps current,
+//! their statuses, and the recent errors — written by the stages, read by the admin server.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+
+/// What became of a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginStatus {
+    /// A version of it runs.
+    Running,
+    /// Its tables are incompatible with the live ones (or not its own).
+    Refused,
+    /// It cannot be loaded (not a component, bad manifest, its name taken, describe failed...).
+    Failed,
+}
+
+impl PluginStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginStatus::Running => "running",
+            PluginStatus::Refused => "refused",
+            PluginStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A plugin file as the host found it.
+#[derive(Clone)]
+pub struct PluginEntry {
+    pub file: String,
+    pub status: PluginStatus,
+    pub error: Option<String>,
+    /// The version running from it, if any.
+    pub plugin: Option<Arc<PluginSummary>>,
+}
+
+/// What the admin API shows of a running plugin version.
+#[derive(Debug)]
+pub struct PluginSummary {
+    pub name: String,
+    pub version: String,
+    pub hash: String,
+    pub subscriptions: Vec<String>,
+    /// Each table, with its guarantee (`exactly_once_replicated`, `exactly_once_token` or
+    /// `at_least_once`; see `writer::dedup`).
+    pub tables: Vec<(String, &'static str)>,
+    pub call_timeout_ms: u64,
+    pub max_memory_bytes: usize,
+    pub max_rows_per_event: u32,
+    pub max_bytes_per_event: usize,
+    /// Linear memory of its latest instance, kept current by the sandbox.
+    pub memory: Arc<AtomicUsize>,
+}
+
+impl PluginSummary {
+    pub fn memory_bytes(&self) -> usize {
+        self.memory.load(Ordering::Relaxed)
+    }
+}
+
+/// One (plugin, event type) pipeline, for the stream views.
+#[derive(Clone)]
+pub struct PipelineEntry {
+    pub plugin: String,
+    pub event_type: String,
+    pub stream: String,
+    pub group: String,
+}
+
+/// The plugin files and pipelines, kept current by the deployer (hot reload).
+#[derive(Default)]
+pub struct Registry {
+    /// By file path.
+    pub plugins: BTreeMap<String, PluginEntry>,
+    pub pipelines: Vec<PipelineEntry>,
+    /// The host is still starting (loading the plugins directory): not ready yet.
+    pub starting: bool,
+}
+
+/// The registry, shared.
+pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+/// One line of the dashboard's "recent errors".
+#[derive(Clone, Serialize)]
+pub struct RecentError {
+    pub at: String,
+    pub plugin: String,
+    pub event_type: String,
+    pub kind: String,
+    pub message: String,
+}
+
+static RECENT: Mutex<VecDeque<RecentError>> = Mutex::new(VecDeque::new());
+const RECENT_MAX: usize = 100;
+
+/// Remembers an error for the dashboard (the last 100).
+pub fn recent_error(plugin: &str, event_type: &str, kind: &str, message: &str) {
+    let mut r = RECENT.lock().unwrap();
+    if r.len() == RECENT_MAX {
+        r.pop_front();
+    }
+    r.push_back(RecentError {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        plugin: plugin.to_string(),
+        event_type: event_type.to_string(),
+        kind: kind.to_string(),
+        message: message.chars().take(1000).collect(),
+    });
+}
+
+/// The recent errors, newest first.
+pub fn recent_errors() -> Vec<RecentError> {
+    RECENT.lock().unwrap().iter().rev().cloned().collect()
+}
