@@ -9,6 +9,7 @@
 //! - `process`, `http`: waiting, stopping, local HTTP.
 
 mod assertions;
+pub mod echo;
 mod events;
 mod host;
 mod http;
