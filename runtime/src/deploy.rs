@@ -94,6 +94,8 @@ pub struct Wiring {
     pub control: RedisConn,
     pub engine: SandboxEngine,
     pub defaults: PluginDefaults,
+    /// What the admin API shows (created before the deployer: it is served from the start).
+    pub registry: SharedRegistry,
 }
 
 /// Keeps the running plugins in step with the plugins directory.
@@ -153,7 +155,7 @@ impl Deployer {
             control: w.control,
             engine: w.engine,
             defaults: Arc::new(w.defaults),
-            registry: Default::default(),
+            registry: w.registry,
             live: HashMap::new(),
             seen: HashMap::new(),
             settling: HashMap::new(),

@@ -24,11 +24,7 @@ pub struct Filter<'a> {
 }
 
 impl Filter<'_> {
-    pub fn plugin(plugin: Option<&str>) -> Filter<'_> {
-        Filter { plugin, ..Filter::default() }
-    }
-
-    fn matches(&self, e: &DeadLetterEntry) -> bool {
+    pub fn matches(&self, e: &DeadLetterEntry) -> bool {
         let is = |want: Option<&str>, field: &str| want.is_none() || e.get(field).as_deref() == want;
         is(self.plugin, record::PLUGIN)
             && is(self.event_type, record::EVENT_TYPE)
@@ -125,31 +121,95 @@ pub async fn get(conn: &mut RedisConn, id: &str) -> Result<Option<DeadLetterEntr
     Ok(parse_entries(v)?.into_iter().next())
 }
 
-/// Deletes dead letters: all of them, or those of one plugin. Returns how many.
-pub async fn purge(conn: &mut RedisConn, plugin: Option<&str>) -> Result<usize> {
-    match plugin {
-        None => {
-            let n: usize = cmd("XLEN").arg(DLQ_STREAM).query_async(conn).await?;
-            let _: () = cmd("DEL").arg(DLQ_STREAM).query_async(conn).await?;
-            Ok(n)
+/// Deletes the dead letters `entries` (as listed). Returns how many were still there.
+pub async fn delete(conn: &mut RedisConn, entries: &[DeadLetterEntry]) -> Result<usize> {
+    let mut n = 0;
+    for chunk in entries.chunks(1000) {
+        let mut c = cmd("XDEL");
+        c.arg(DLQ_STREAM);
+        for e in chunk {
+            c.arg(&e.id);
         }
-        Some(_) => {
-            let entries = list(conn, Filter::plugin(plugin), usize::MAX).await?;
-            for chunk in entries.chunks(1000) {
-                let mut c = cmd("XDEL");
-                c.arg(DLQ_STREAM);
-                for e in chunk {
-                    c.arg(&e.id);
-                }
-                let _: usize = c.query_async(conn).await?;
+        n += c.query_async::<usize>(conn).await?;
+    }
+    Ok(n)
+}
+
+/// Whether `id` can be a dead letter's id (a stream entry id: `1717245000123-0`).
+pub fn check_id(id: &str) -> Result<()> {
+    let ok = id.split_once('-').is_some_and(|(ms, seq)| {
+        !ms.is_empty()
+            && !seq.is_empty()
+            && ms.bytes().all(|c| c.is_ascii_digit())
+            && seq.bytes().all(|c| c.is_ascii_digit())
+    });
+    if !ok {
+        bail!("`{id}` is not a dead-letter id: ids look like 1717245000123-0 (see `sluice dlq list`)");
+    }
+    Ok(())
+}
+
+/// The plugins and event types a filter may name: those of the consumer groups on the event
+/// streams, and those of the dead letters themselves.
+#[derive(Debug, Default)]
+pub struct Known {
+    pub plugins: std::collections::BTreeSet<String>,
+    pub event_types: std::collections::BTreeSet<String>,
+}
+
+impl Known {
+    pub async fn find(conn: &mut RedisConn, prefix: &str, letters: &[DeadLetterEntry]) -> Result<Known> {
+        let mut k = Known::default();
+        for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
+            if key.starts_with("sluice:") {
+                continue;
             }
-            Ok(entries.len())
+            let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
+            let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
+            let mut read = false;
+            for g in groups {
+                if let Some(name) = g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()) {
+                    read = true;
+                    if let Some(plugin) = name.strip_prefix("sluice:") {
+                        k.plugins.insert(plugin.to_string());
+                    }
+                }
+            }
+            if read {
+                k.event_types.insert(key[prefix.len()..].to_string());
+            }
         }
+        for e in letters {
+            k.plugins.extend(e.get(record::PLUGIN));
+            k.event_types.extend(e.get(record::EVENT_TYPE));
+        }
+        Ok(k)
+    }
+
+    /// An error listing the known names when the filter names an unknown plugin or type.
+    pub fn check(&self, filter: &Filter<'_>) -> Result<()> {
+        let list = |s: &std::collections::BTreeSet<String>| {
+            if s.is_empty() { "none".to_string() } else { s.iter().cloned().collect::<Vec<_>>().join(", ") }
+        };
+        if let Some(p) = filter.plugin.filter(|p| !self.plugins.contains(*p)) {
+            bail!(
+                "unknown plugin `{p}`: no consumer group sluice:{p} and no dead letter of it; known plugins: {}",
+                list(&self.plugins)
+            );
+        }
+        if let Some(t) = filter.event_type.filter(|t| !self.event_types.contains(*t)) {
+            bail!(
+                "unknown event type `{t}`: no stream of it is read and no dead letter has it; known types: {}",
+                list(&self.event_types)
+            );
+        }
+        Ok(())
     }
 }
 
-/// A stream position from the command line: an entry id (`1717245000123-0` or `1717245000123`)
-/// or an RFC 3339 time, which becomes the millisecond part of an id.
+/// A stream position from the command line: an entry id (`1717245000123-0` or `1717245000123`),
+/// an RFC 3339 time, a date and time without a zone (UTC) or a date alone (midnight UTC); the
+/// times become the millisecond part of an id. `-` and `+`: the first and last entries.
 pub fn position(arg: &str) -> Result<String> {
     if arg == "-" || arg == "+" {
         return Ok(arg.to_string());
@@ -159,16 +219,85 @@ pub fn position(arg: &str) -> Result<String> {
     if id_like {
         return Ok(arg.to_string());
     }
-    let t = chrono::DateTime::parse_from_rfc3339(arg)
-        .with_context(|| format!("`{arg}` is neither a stream entry id (1717245000123-0) nor an RFC 3339 time"))?;
-    Ok(t.timestamp_millis().max(0).to_string())
+    let millis = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(arg) {
+        t.timestamp_millis()
+    } else if let Ok(t) = chrono::NaiveDateTime::parse_from_str(arg, "%Y-%m-%dT%H:%M:%S%.f")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(arg, "%Y-%m-%d %H:%M:%S%.f"))
+    {
+        t.and_utc().timestamp_millis()
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(arg, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc().timestamp_millis()
+    } else {
+        bail!(
+            "`{arg}` is not a position: give a stream entry id (1717245000123-0), an RFC 3339 time (2024-06-01T10:00:00Z), a date and time in UTC (2024-06-01T10:00:00) or a date (2024-06-01, midnight UTC)"
+        );
+    };
+    Ok(millis.max(0).to_string())
+}
+
+/// Checks that `from` (as given) does not come after `to`.
+pub fn check_range(from: &str, to: &str, from_arg: &str, to_arg: &str) -> Result<()> {
+    let key = |p: &str| -> Option<(u64, u64)> {
+        let (ms, seq) = p.split_once('-').unwrap_or((p, "0"));
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    };
+    if let (Some(f), Some(t)) = (key(from), key(to))
+        && f > t
+    {
+        bail!("--from {from_arg} comes after --to {to_arg}: nothing lies between them");
+    }
+    Ok(())
+}
+
+/// The entries of `stream` between `from` and `to` (inclusive): how many, and the first and
+/// last ids (for a plan).
+pub async fn count_range(
+    conn: &mut RedisConn,
+    stream: &str,
+    from: &str,
+    to: &str,
+) -> Result<(u64, Option<String>, Option<String>)> {
+    let (mut n, mut first, mut last) = (0u64, None, None);
+    let mut start = from.to_string();
+    loop {
+        let v: Vec<(String, Value)> =
+            cmd("XRANGE").arg(stream).arg(&start).arg(to).arg("COUNT").arg(10_000).query_async(conn).await?;
+        let got = v.len();
+        if got == 0 {
+            break;
+        }
+        if first.is_none() {
+            first = Some(v[0].0.clone());
+        }
+        let id = v[got - 1].0.clone();
+        start = format!("({id}");
+        last = Some(id);
+        n += got as u64;
+        if got < 10_000 {
+            break;
+        }
+    }
+    Ok((n, first, last))
+}
+
+/// The event types whose streams some consumer group reads.
+pub async fn read_types(conn: &mut RedisConn, prefix: &str) -> Result<Vec<String>> {
+    let mut types = Vec::new();
+    for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
+        let groups: Vec<Value> = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
+        if !groups.is_empty() && !key.starts_with("sluice:") {
+            types.push(key[prefix.len()..].to_string());
+        }
+    }
+    types.sort();
+    Ok(types)
 }
 
 /// The event types whose streams have the plugin's consumer group (what it subscribes to).
 pub async fn subscribed_types(conn: &mut RedisConn, prefix: &str, plugin: &str) -> Result<Vec<String>> {
     let group = crate::keys::group_name(plugin);
     let mut types = BTreeMap::new();
-    for key in conn.scan_keys(&format!("{}*", glob_escape(prefix)), "stream").await? {
+    for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
         let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
         let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
         if groups.iter().any(|g| {
@@ -178,10 +307,6 @@ pub async fn subscribed_types(conn: &mut RedisConn, prefix: &str, plugin: &str) 
         }
     }
     Ok(types.into_keys().collect())
-}
-
-fn glob_escape(s: &str) -> String {
-    s.chars().flat_map(|c| if "*?[]\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
 /// Copies the entries of `stream` between `from` and `to` (inclusive) to the plugin's replay
@@ -233,6 +358,19 @@ mod tests {
         assert_eq!(position("1717245000123").unwrap(), "1717245000123");
         assert_eq!(position("2024-06-01T12:30:00.123Z").unwrap(), "1717245000123");
         assert!(position("yesterday").is_err());
+        // A date alone is midnight UTC; a time without a zone is UTC.
+        assert_eq!(position("2024-06-01").unwrap(), "1717200000000");
+        assert_eq!(position("2024-06-01T12:30:00.123").unwrap(), "1717245000123");
+        assert!(
+            check_range("1717245000124", "1717245000123-9", "a", "b")
+                .unwrap_err()
+                .to_string()
+                .contains("--from a comes after --to b")
+        );
+        assert!(check_range("1717245000123-1", "1717245000123-1", "a", "b").is_ok());
+        assert!(check_range("-", "1", "-", "1").is_ok());
+        assert!(check_id("1717245000123-0").is_ok());
+        assert!(check_id("1717245000123").is_err() && check_id("x-1").is_err() && check_id("").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::plugin::{PluginDefaults, PluginLimits, SandboxEngine};
 use crate::redis_conn::RedisConn;
 use crate::secret::redact_url;
 use crate::source::bullmq::QueueConsumer;
+use crate::status::SharedRegistry;
 use crate::writer::clickhouse::ChClient;
 use crate::writer::dedup::ServerDedup;
 use crate::writer::{LedgerConn, Writer};
@@ -27,14 +28,37 @@ const BULLMQ_CLOSE: Duration = Duration::from_secs(3);
 
 /// Runs the host until a signal.
 pub async fn run(settings: Settings) -> Result<()> {
+    let started = std::time::Instant::now();
     let settings = Arc::new(settings);
     let consumer: Arc<str> = Arc::from(consumer_name().as_str());
     tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = ?settings.clickhouse.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
     let metrics = crate::admin::install_metrics()?;
     let admin_listener = bind_admin(&settings).await?;
+    let ch = ChClient::new(&settings.clickhouse)?;
+    // The admin API answers from the first second — while the host waits for Redis and
+    // ClickHouse and loads the plugins, /ready says what it waits for — so an orchestrator's
+    // liveness probe does not restart it exactly while its dependencies come up.
+    let registry: SharedRegistry = Default::default();
+    registry.write().unwrap().starting = true;
+    let redis_slot = Arc::new(std::sync::OnceLock::new());
+    let admin = admin_listener.map(|listener| {
+        serve_admin(
+            listener,
+            AdminState {
+                started,
+                redis: redis_slot.clone(),
+                clickhouse: ch.clone(),
+                stream_prefix: settings.stream_prefix.clone(),
+                token: settings.admin_token.as_ref().map(|t| t.0.clone()),
+                registry: registry.clone(),
+                metrics,
+            },
+        )
+    });
     let engine = sandbox_engine(&settings)?;
-    let (ch, server) = connect_clickhouse(&settings).await?;
+    let server = connect_clickhouse(&settings, &ch).await?;
     let control = connect_redis(&settings).await?;
+    let _ = redis_slot.set(control.clone());
     let writer = start_writer(&settings, ch, &server, &consumer).await;
     let mut deployer = Deployer::new(Wiring {
         settings: DeploySettings {
@@ -48,28 +72,12 @@ pub async fn run(settings: Settings) -> Result<()> {
         },
         consumer,
         gate: PriorityGate::new(cores(), settings.concurrency),
-        writer: writer.clone(),
+        writer,
         server: Arc::new(server),
         control: control.clone(),
         engine,
         defaults: plugin_defaults(&settings),
-    });
-    // The admin API answers while the plugins load (/ready says "starting"): a slow or stuck
-    // plugin cannot hold it up.
-    deployer.registry.write().unwrap().starting = true;
-    let admin = admin_listener.map(|listener| {
-        serve_admin(
-            listener,
-            AdminState {
-                started: std::time::Instant::now(),
-                redis: control.clone(),
-                clickhouse: writer.client().clone(),
-                stream_prefix: settings.stream_prefix.clone(),
-                token: settings.admin_token.as_ref().map(|t| t.0.clone()),
-                registry: deployer.registry.clone(),
-                metrics,
-            },
-        )
+        registry,
     });
     deployer.deploy_all().await?;
     if deployer.pipeline_count() == 0 {
@@ -79,12 +87,23 @@ pub async fn run(settings: Settings) -> Result<()> {
     let consumers = start_bullmq(&settings, &deployer, &control).await;
     // Delayed events are delivered by every host; the move is atomic, so each goes out once.
     let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
+    let upkeep = tokio::spawn(
+        crate::upkeep::Upkeep {
+            conn: control.clone(),
+            stream_prefix: settings.stream_prefix.clone(),
+            retention: settings.retention.clone(),
+            bullmq: settings.bullmq.iter().map(|q| q.key()).collect(),
+            registry: deployer.registry.clone(),
+        }
+        .run(settings.housekeeping_interval),
+    );
     deployer.registry.write().unwrap().starting = false;
     tracing::info!(pipelines = deployer.pipeline_count(), "sluice is running");
 
     let deployer = reload_until_signal(deployer).await;
     stop(deployer, consumers).await;
     mover.abort();
+    upkeep.abort();
     if let Some(a) = admin {
         a.abort();
     }
@@ -149,17 +168,15 @@ fn plugin_defaults(settings: &Settings) -> PluginDefaults {
 
 /// ClickHouse, waited for: its database created, what it offers for deduplication detected,
 /// and a configuration that cannot work refused.
-async fn connect_clickhouse(settings: &Settings) -> Result<(ChClient, ServerDedup)> {
-    let ch = ChClient::new(&settings.clickhouse)?;
-    let version = crate::backoff::until_ok("ClickHouse", || async { Ok(ch.ping().await?) }).await;
+async fn connect_clickhouse(settings: &Settings, ch: &ChClient) -> Result<ServerDedup> {
+    let what = format!("ClickHouse at {}", ch.display());
+    let version = crate::backoff::until_ok(&what, || async { Ok(ch.ping().await?) }).await;
     tracing::info!(version = %version, "connected to ClickHouse");
     ch.create_database()
         .await
         .with_context(|| format!("cannot create database {}{}", settings.clickhouse.database, ch.on_cluster()))?;
-    let server = crate::backoff::until_ok("ClickHouse", || async {
-        Ok(ServerDedup::detect(&ch, !settings.exactly_once).await?)
-    })
-    .await;
+    let server =
+        crate::backoff::until_ok(&what, || async { Ok(ServerDedup::detect(ch, !settings.exactly_once).await?) }).await;
     if (ch.cluster().is_some() || ch.endpoint_count() > 1) && server.zookeeper && !server.replica_macro {
         bail!(
             "several ClickHouse servers (SLUICE_CLICKHOUSE_CLUSTER or several SLUICE_CLICKHOUSE_URL endpoints) but the server defines no {{replica}} macro: their Replicated tables need a replica name each — <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
@@ -171,13 +188,14 @@ async fn connect_clickhouse(settings: &Settings) -> Result<(ChClient, ServerDedu
         );
     }
     tracing::info!("{}", server.describe());
-    Ok((ch, server))
+    Ok(server)
 }
 
 /// Redis, waited for: the host's shared connection.
 async fn connect_redis(settings: &Settings) -> Result<RedisConn> {
     let (redis, block) = (&settings.redis, settings.delivery.block);
-    let control = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(redis, block)).await;
+    let what = format!("Redis at {}", redis.display());
+    let control = crate::backoff::until_ok(&what, || crate::redis_conn::connect(redis, block)).await;
     tracing::info!(cluster = control.is_cluster(), "connected to Redis");
     if control.is_cluster() && !settings.bullmq.is_empty() {
         bail!(

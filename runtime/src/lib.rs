@@ -39,4 +39,5 @@ mod secret;
 mod source;
 mod status;
 mod tls;
+mod upkeep;
 mod writer;

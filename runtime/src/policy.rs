@@ -108,3 +108,50 @@ mod tests {
         assert!("urgent".parse::<Priority>().unwrap_err().contains("high, default or low"));
     }
 }
+
+/// How much of a stream is kept once every consumer group is done with it. An entry goes once
+/// it is outside either limit (the tighter wins) — and never while a group has not acknowledged
+/// it or not read it yet. `None`: no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Retention {
+    pub max_len: Option<u64>,
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    pub fn is_unbounded(&self) -> bool {
+        self.max_len.is_none() && self.max_age.is_none()
+    }
+}
+
+impl fmt::Display for Retention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.max_len, self.max_age) {
+            (None, None) => f.write_str("keep everything"),
+            (Some(n), None) => write!(f, "keep {n} entries"),
+            (None, Some(a)) => write!(f, "keep {}", crate::backoff::humantime(a)),
+            (Some(n), Some(a)) => write!(f, "keep {n} entries and at most {}", crate::backoff::humantime(a)),
+        }
+    }
+}
+
+/// Retention of every stream the host keeps tidy: event streams (with per-type overrides),
+/// the dead-letter stream, and BullMQ's completed and failed sets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RetentionPolicy {
+    pub streams: Retention,
+    /// `[retention.<event type>]` of the config file.
+    pub per_type: std::collections::HashMap<String, Retention>,
+    pub dead_letters: Retention,
+    /// Finished jobs kept per queue where the producer set no `removeOnComplete` /
+    /// `removeOnFail`: the newest N of each set; `None` keeps them all.
+    pub bullmq_keep_completed: Option<u64>,
+    pub bullmq_keep_failed: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// The retention of event type `t`'s stream.
+    pub fn of_type(&self, t: &str) -> Retention {
+        self.per_type.get(t).copied().unwrap_or(self.streams)
+    }
+}

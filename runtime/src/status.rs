@@ -86,6 +86,29 @@ pub struct Registry {
     pub pipelines: Vec<PipelineEntry>,
     /// The host is still starting (loading the plugins directory): not ready yet.
     pub starting: bool,
+    /// Retention of each stream the housekeeping trims (see `upkeep`), by stream.
+    pub retention: BTreeMap<String, StreamRetention>,
+    /// Streams under the event prefix that no running plugin reads.
+    pub unsubscribed: Vec<Unsubscribed>,
+}
+
+/// What the housekeeping did to a stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StreamRetention {
+    /// The policy, in words.
+    pub retention: String,
+    /// Entries trimmed by this host since it started.
+    pub trimmed_total: u64,
+    /// Why the stream keeps more than its retention: the consumer group that has not finished.
+    pub held_back_by: Option<String>,
+}
+
+/// A stream nobody here reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unsubscribed {
+    pub stream: String,
+    pub event_type: String,
+    pub length: u64,
 }
 
 /// The registry, shared.
@@ -122,4 +145,63 @@ pub fn recent_error(plugin: &str, event_type: &str, kind: &str, message: &str) {
 /// The recent errors, newest first.
 pub fn recent_errors() -> Vec<RecentError> {
     RECENT.lock().unwrap().iter().rev().cloned().collect()
+}
+
+/// A pipeline that cannot make progress: why, and since when.
+#[derive(Clone, Serialize)]
+pub struct Stall {
+    pub pipeline: String,
+    pub error: String,
+    /// Failed reads in a row.
+    pub attempts: u64,
+    #[serde(skip)]
+    pub since: std::time::Instant,
+}
+
+static STALLS: Mutex<BTreeMap<String, Stall>> = Mutex::new(BTreeMap::new());
+
+/// A pipeline's read failed (`pipeline` names it: plugin, event type, source): it is stalled
+/// until [`progressing`]. `/ready` is false meanwhile, naming it.
+pub fn stalled(pipeline: &str, error: &str) {
+    let mut s = STALLS.lock().unwrap();
+    let entry = s.entry(pipeline.to_string()).or_insert_with(|| Stall {
+        pipeline: pipeline.to_string(),
+        error: String::new(),
+        attempts: 0,
+        since: std::time::Instant::now(),
+    });
+    entry.error = error.chars().take(1000).collect();
+    entry.attempts += 1;
+}
+
+/// A pipeline read again (or stopped): no longer stalled.
+pub fn progressing(pipeline: &str) {
+    let mut s = STALLS.lock().unwrap();
+    if !s.is_empty() {
+        s.remove(pipeline);
+    }
+}
+
+/// The pipelines stalled now.
+pub fn stalls() -> Vec<Stall> {
+    STALLS.lock().unwrap().values().cloned().collect()
+}
+
+/// What the host is waiting for (a dependency not reachable yet), by name: the message
+/// `/ready` shows ("waiting for Redis at redis://…: connection refused, attempt 7, next in 5s").
+static WAITING: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// The host waits for `what` (`Redis at …`, `ClickHouse at …`).
+pub fn waiting(what: &str, message: String) {
+    WAITING.lock().unwrap().insert(what.to_string(), message);
+}
+
+/// `what` answered.
+pub fn arrived(what: &str) {
+    WAITING.lock().unwrap().remove(what);
+}
+
+/// What the host waits for now: (what, message).
+pub fn waits() -> Vec<(String, String)> {
+    WAITING.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

@@ -114,6 +114,16 @@ pub fn sluice(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs the `sluice` binary to completion, with no input; returns (exit code, stdout, stderr).
+pub fn sluice_output(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
+    let out = Command::new(sluice_bin()).args(args).envs(env.iter().copied()).stdin(Stdio::null()).output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// A running `sluice run` process; its log is kept in a file and printed on failure.
 pub struct Host {
     pub child: Child,

@@ -421,8 +421,25 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     wait_until("100 orders", Duration::from_secs(20), || {
         s.ch.number("SELECT count() FROM analytics.orders_analytics") == 100
     })?;
-    let out = sluice(&["replay", "--plugin", "order-analytics", "--from", "-"], &env)?;
-    assert!(out.contains("replayed 100 events to plugin order-analytics"), "{out}");
+    // The plan first; nothing happens without --yes (no terminal here), or with --dry-run.
+    let replay = ["replay", "--plugin", "order-analytics", "--from", "-"];
+    let (code, plan, err) = sluice_output(&replay, &env)?;
+    assert_ne!(code, 0);
+    assert!(plan.contains("plan: replay 100 events to plugin order-analytics"), "{plan}");
+    assert!(plan.contains("written a second time"), "{plan}");
+    assert!(err.contains("refusing to replay 100 events to order-analytics without --yes"), "{err}");
+    let (code, dry, _) = sluice_output(&[&replay[..], &["--dry-run"]].concat(), &env)?;
+    assert!(code == 0 && dry.contains("dry run: nothing changed"), "{dry}");
+    let queued: i64 = redis::cmd("XLEN").arg("sluice:replay:order-analytics:OrderCreatedEvent").query(&mut conn)?;
+    assert_eq!(queued, 0, "nothing queued by a refused or dry run");
+    let backwards = ["replay", "--plugin", "order-analytics", "--from", "2030-01-01", "--to", "2020-01-01T00:00:00Z"];
+    let (code, _, err) = sluice_output(&backwards, &env)?;
+    assert!(code != 0 && err.contains("--from 2030-01-01 comes after --to 2020-01-01T00:00:00Z"), "{err}");
+    let (code, _, err) = sluice_output(&["replay", "--plugin", "order-analytic", "--from", "-"], &env)?;
+    assert!(code != 0 && err.contains("unknown plugin `order-analytic`") && err.contains("order-analytics"), "{err}");
+    let out = sluice(&[&replay[..], &["--yes", "--wait"]].concat(), &env)?;
+    assert!(out.contains("queued 100 events to plugin order-analytics"), "{out}");
+    assert!(out.contains("processed: the plugin has handled every replayed event"), "{out}");
     wait_until("replayed orders", Duration::from_secs(20), || {
         s.ch.number("SELECT count() FROM analytics.orders_analytics") == 200
     })?;
@@ -437,7 +454,24 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     // Purge.
     let _ = xadd(&mut conn, "events:flaky.event", &[("payload", json!({"n": 4, "permanent": true}).to_string())])?;
     wait_until("a dead letter", Duration::from_secs(20), || dead_letters(&mut conn).len() == 1)?;
-    assert!(sluice(&["dlq", "purge"], &env)?.contains("purged 1 dead letters"));
+    // Filters that name nothing known say what is known; a bad id is named as such; connection
+    // flags work after the subcommand; the listing says how many it shows of how many.
+    let (code, _, err) = sluice_output(&["dlq", "list", "--plugin", "flakey"], &env)?;
+    assert!(code != 0 && err.contains("unknown plugin `flakey`") && err.contains("known plugins: flaky"), "{err}");
+    let (code, _, err) = sluice_output(&["dlq", "list", "--type", "nope"], &env)?;
+    assert!(code != 0 && err.contains("unknown event type `nope`") && err.contains("flaky.event"), "{err}");
+    let (code, _, err) = sluice_output(&["dlq", "reprocess", "not-an-id"], &env)?;
+    assert!(code != 0 && err.contains("`not-an-id` is not a dead-letter id"), "{err}");
+    let url = s.redis.url();
+    let (code, table, err) = sluice_output(&["dlq", "list", "--limit", "0", "--redis-url", &url], &[])?;
+    assert!(code == 0 && err.contains("0 of 1 dead letters shown"), "{table}{err}");
+    // Purge: the plan, then nothing without --yes.
+    let (code, plan, err) = sluice_output(&["dlq", "purge"], &env)?;
+    assert!(code != 0 && plan.contains("plan: purge 1 dead letters") && plan.contains("flaky 1"), "{plan}{err}");
+    assert_eq!(dead_letters(&mut conn).len(), 1);
+    let (code, _, _) = sluice_output(&["dlq", "purge", "--kind", "invalid_event", "--yes"], &env)?;
+    assert_eq!((code, dead_letters(&mut conn).len()), (0, 1), "the filter matched nothing");
+    assert!(sluice(&["dlq", "purge", "--plugin", "flaky", "--yes"], &env)?.contains("purged 1 dead letters"));
     Ok(())
 }
 

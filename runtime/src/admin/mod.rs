@@ -40,8 +40,11 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
 
 /// What the admin server reads.
 pub struct AdminState {
+    /// When the process started (`uptime_s`).
     pub started: Instant,
-    pub redis: RedisConn,
+    /// The host's shared Redis connection, once Redis has answered: the admin API is served
+    /// from the first second, while the host still waits for its dependencies.
+    pub redis: Arc<std::sync::OnceLock<RedisConn>>,
     pub clickhouse: ChClient,
     pub stream_prefix: String,
     pub token: Option<String>,
@@ -51,6 +54,11 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// The Redis connection, or the answer saying what the host is still waiting for.
+    #[allow(clippy::result_large_err)]
+    fn redis(&self) -> Result<RedisConn, Response> {
+        self.redis.get().cloned().ok_or_else(|| error(StatusCode::SERVICE_UNAVAILABLE, not_connected("Redis")))
+    }
     fn plugins(&self) -> Vec<PluginEntry> {
         self.registry.read().unwrap().plugins.values().cloned().collect()
     }
@@ -91,6 +99,15 @@ fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// Why a dependency is not connected yet: what the start-up wait last saw.
+fn not_connected(what: &str) -> String {
+    crate::status::waits()
+        .into_iter()
+        .find(|(w, _)| w.starts_with(what))
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| format!("the host has not connected to {what} yet"))
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
@@ -123,7 +140,7 @@ async fn health(State(s): State<Arc<AdminState>>) -> Json<Value> {
 }
 
 async fn probe_redis(s: &AdminState) -> Result<(), String> {
-    let mut conn = s.redis.clone();
+    let Some(mut conn) = s.redis.get().cloned() else { return Err(not_connected("Redis")) };
     match tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(&mut conn)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -134,6 +151,10 @@ async fn probe_redis(s: &AdminState) -> Result<(), String> {
 async fn probe_clickhouse(s: &AdminState) -> Result<(), String> {
     match tokio::time::timeout(PROBE_TIMEOUT, s.clickhouse.ping()).await {
         Ok(Ok(_)) => Ok(()),
+        // At start, the wait's message says more (attempts, next try).
+        Ok(Err(_)) if crate::status::waits().iter().any(|(w, _)| w.starts_with("ClickHouse")) => {
+            Err(not_connected("ClickHouse"))
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
     }
@@ -146,8 +167,9 @@ fn component(r: &Result<(), String>) -> Value {
     }
 }
 
-/// Ready: Redis and ClickHouse answer, and every plugin file found is running (a refused or
-/// broken plugin is a deployment error that should stop a rollout).
+/// Ready: Redis and ClickHouse answer, every plugin file found is running (a refused or
+/// broken plugin is a deployment error that should stop a rollout), and every pipeline can
+/// read (a pipeline whose reads fail is named, with the error).
 async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let (redis, ch) = tokio::join!(probe_redis(&s), probe_clickhouse(&s));
     let entries = s.plugins();
@@ -155,13 +177,24 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
         entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| &x.name), "status": p.status, "error": p.error})).collect();
     let all_running = entries.iter().all(|p| p.status == PluginStatus::Running);
     let starting = s.registry.read().unwrap().starting;
-    let ready = redis.is_ok() && ch.is_ok() && all_running && !starting;
+    let stalls = crate::status::stalls();
+    let ready = redis.is_ok() && ch.is_ok() && all_running && !starting && stalls.is_empty();
     metrics::gauge!("sluice_up", "component" => "redis").set(redis.is_ok() as u8 as f64);
     metrics::gauge!("sluice_up", "component" => "clickhouse").set(ch.is_ok() as u8 as f64);
     let mut body =
         json!({"ready": ready, "redis": component(&redis), "clickhouse": component(&ch), "plugins": plugins});
     if starting {
-        body["starting"] = json!("the host is starting: the plugins directory is being loaded");
+        let waits = crate::status::waits();
+        body["starting"] = match waits.is_empty() {
+            true => json!("the host is starting: the plugins directory is being loaded"),
+            false => json!(waits.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; ")),
+        };
+    }
+    if !stalls.is_empty() {
+        body["stalled"] = json!(stalls
+            .iter()
+            .map(|st| json!({"pipeline": st.pipeline, "error": st.error, "failed_reads": st.attempts, "for_s": st.since.elapsed().as_secs()}))
+            .collect::<Vec<_>>());
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
@@ -219,21 +252,39 @@ async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
     })
 }
 
-async fn streams(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
-    let mut conn = s.redis.clone();
+async fn streams(State(s): State<Arc<AdminState>>) -> Response {
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let pipelines = s.pipelines();
-    let mut out = Vec::with_capacity(pipelines.len());
+    let (retention, unsubscribed) = {
+        let reg = s.registry.read().unwrap();
+        (reg.retention.clone(), reg.unsubscribed.clone())
+    };
+    let mut out = Vec::with_capacity(pipelines.len() + unsubscribed.len());
     for p in &pipelines {
-        out.push(stream_info(&mut conn, p).await);
+        let mut row = stream_info(&mut conn, p).await;
+        row["subscribed"] = json!(true);
+        row["retention"] = json!(retention.get(&p.stream));
+        out.push(row);
     }
-    Json(out)
+    // Streams under the prefix that nobody here reads (see `upkeep`).
+    for u in &unsubscribed {
+        out.push(json!({
+            "plugin": null, "event_type": u.event_type, "stream": u.stream, "group": null,
+            "length": u.length, "subscribed": false, "retention": retention.get(&u.stream),
+        }));
+    }
+    Json(out).into_response()
 }
 
 /// Prometheus text. Gauges that live in Redis (stream lengths, lag, pending, dead letters) and
 /// plugin memory are read now, so a scrape always sees the current values.
 async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
-    let mut conn = s.redis.clone();
-    redis_gauges(&s, &mut conn).await;
+    if let Some(mut conn) = s.redis.get().cloned() {
+        redis_gauges(&s, &mut conn).await;
+    }
     let plugins = s.plugins();
     for state in [PluginStatus::Running, PluginStatus::Refused, PluginStatus::Failed] {
         let n = plugins.iter().filter(|p| p.status == state).count();
@@ -242,6 +293,7 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
     for p in plugins.iter().filter_map(|p| p.plugin.as_ref()) {
         metrics::gauge!("sluice_plugin_memory_bytes", "plugin" => p.name.clone()).set(p.memory_bytes() as f64);
     }
+    metrics::gauge!("sluice_pipelines_stalled").set(crate::status::stalls().len() as f64);
     metrics::gauge!("sluice_uptime_seconds").set(s.started.elapsed().as_secs_f64());
     s.metrics.run_upkeep();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render()).into_response()
@@ -272,13 +324,29 @@ struct DlqQuery {
     limit: Option<usize>,
 }
 
+impl DlqQuery {
+    #[allow(clippy::result_large_err)]
+    fn filter(&self) -> Result<crate::dlq::Filter<'_>, Response> {
+        let kind = self.kind.as_deref().map(str::parse).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        Ok(crate::dlq::Filter { plugin: self.plugin.as_deref(), event_type: self.event_type.as_deref(), kind })
+    }
+}
+
+/// A bad dead-letter id is the caller's mistake (400), not the server's.
+#[allow(clippy::result_large_err)]
+fn dlq_id(id: &str) -> Result<(), Response> {
+    crate::dlq::check_id(id).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))
+}
+
 async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Response {
-    let mut conn = s.redis.clone();
-    let kind = match q.kind.as_deref().map(str::parse).transpose() {
-        Ok(k) => k,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    let filter = crate::dlq::Filter { plugin: q.plugin.as_deref(), event_type: q.event_type.as_deref(), kind };
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     match crate::dlq::list(&mut conn, filter, q.limit.unwrap_or(100).min(10_000)).await {
         Ok(entries) => Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response(),
         Err(e) => internal(e),
@@ -286,7 +354,13 @@ async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -
 }
 
 async fn dlq_get(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    let mut conn = s.redis.clone();
+    if let Err(r) = dlq_id(&id) {
+        return r;
+    }
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     match crate::dlq::get(&mut conn, &id).await {
         Ok(Some(e)) => Json(e.to_json()).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
@@ -298,7 +372,13 @@ async fn dlq_reprocess_one(State(s): State<Arc<AdminState>>, headers: HeaderMap,
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
-    let mut conn = s.redis.clone();
+    if let Err(r) = dlq_id(&id) {
+        return r;
+    }
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let entry = match crate::dlq::get(&mut conn, &id).await {
         Ok(Some(e)) => e,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
@@ -314,21 +394,23 @@ async fn dlq_reprocess_one(State(s): State<Arc<AdminState>>, headers: HeaderMap,
     }
 }
 
-#[derive(Deserialize)]
-struct PluginFilter {
-    plugin: Option<String>,
-}
-
 async fn dlq_reprocess_all(
     State(s): State<Arc<AdminState>>,
     headers: HeaderMap,
-    Query(q): Query<PluginFilter>,
+    Query(q): Query<DlqQuery>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
-    let mut conn = s.redis.clone();
-    let entries = match crate::dlq::list(&mut conn, crate::dlq::Filter::plugin(q.plugin.as_deref()), usize::MAX).await {
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let entries = match crate::dlq::list(&mut conn, filter, usize::MAX).await {
         Ok(e) => e,
         Err(e) => return internal(e),
     };
@@ -344,12 +426,23 @@ async fn dlq_reprocess_all(
     Json(json!({"reprocessed": n})).into_response()
 }
 
-async fn dlq_purge(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<PluginFilter>) -> Response {
+async fn dlq_purge(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> Response {
     if let Err(r) = authorize(&s, &headers) {
         return r;
     }
-    let mut conn = s.redis.clone();
-    match crate::dlq::purge(&mut conn, q.plugin.as_deref()).await {
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let purged = match crate::dlq::list(&mut conn, filter, usize::MAX).await {
+        Ok(entries) => crate::dlq::delete(&mut conn, &entries).await,
+        Err(e) => Err(e),
+    };
+    match purged {
         Ok(n) => {
             tracing::info!(count = n, plugin = ?q.plugin, "dead letters purged through the admin API");
             Json(json!({"purged": n})).into_response()
@@ -384,13 +477,20 @@ async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum
             );
         }
     };
-    let positions =
-        crate::dlq::position(&req.from).and_then(|f| Ok((f, crate::dlq::position(req.to.as_deref().unwrap_or("+"))?)));
+    let to_arg = req.to.as_deref().unwrap_or("+");
+    let positions = crate::dlq::position(&req.from).and_then(|f| {
+        let t = crate::dlq::position(to_arg)?;
+        crate::dlq::check_range(&f, &t, &req.from, to_arg)?;
+        Ok((f, t))
+    });
     let (from, to) = match positions {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
     };
-    let mut conn = s.redis.clone();
+    let mut conn = match s.redis() {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let types = if req.types.is_empty() {
         match crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await {
             Ok(t) => t,

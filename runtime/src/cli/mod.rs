@@ -67,17 +67,10 @@ pub struct DlqArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DlqCommand {
-    /// List dead letters, oldest first.
+    /// List dead letters, oldest first, and how many match in all.
     List {
-        /// Only this plugin's dead letters.
-        #[arg(long)]
-        plugin: Option<String>,
-        /// Only dead letters of this event type.
-        #[arg(long = "type")]
-        event_type: Option<String>,
-        /// Only this error kind: invalid_event, permanent, retries_exhausted, insert_failed.
-        #[arg(long)]
-        kind: Option<crate::dead_letter::DeadLetterKind>,
+        #[command(flatten)]
+        filter: DlqFilter,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -85,24 +78,54 @@ pub enum DlqCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send dead letters back to their plugin (and remove them from the dead-letter stream).
+    /// Send dead letters back to their plugin (and remove them from the dead-letter stream):
+    /// one by id, or --all matching the filters, after showing the plan.
     Reprocess {
         /// The dead letter's id in sluice:dlq (see `dlq list`).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
-        /// All dead letters (of --plugin, if given).
+        /// All dead letters matching the filters below.
         #[arg(long)]
         all: bool,
-        /// With --all: only this plugin's dead letters.
-        #[arg(long, requires = "all")]
-        plugin: Option<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[command(flatten)]
+        confirm: Confirm,
     },
-    /// Delete dead letters: all, or one plugin's.
+    /// Delete dead letters for good: those matching the filters (all without one), after
+    /// showing the plan.
     Purge {
-        /// Only this plugin's dead letters.
-        #[arg(long)]
-        plugin: Option<String>,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[command(flatten)]
+        confirm: Confirm,
     },
+}
+
+/// Which dead letters: each filter given must match. A plugin or type nobody knows is an error
+/// listing the known ones.
+#[derive(Args, Debug, Clone)]
+pub struct DlqFilter {
+    /// Only this plugin's dead letters.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    /// Only dead letters of this event type.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only this error kind: invalid_event, permanent, retries_exhausted, insert_failed.
+    #[arg(long)]
+    pub kind: Option<crate::dead_letter::DeadLetterKind>,
+}
+
+/// Commands that change data show their plan first, and act only when told to.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Confirm {
+    /// Act without asking (needed when the input is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Show the plan and stop: nothing is changed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -112,15 +135,21 @@ pub struct ReplayArgs {
     /// The plugin to re-feed.
     #[arg(long)]
     pub plugin: String,
-    /// Start: a stream entry id (1717245000123-0) or an RFC 3339 time; `-` for the beginning.
+    /// Start: a stream entry id (1717245000123-0), an RFC 3339 time, a UTC date and time
+    /// (2024-06-01T10:00:00) or a date (2024-06-01: midnight UTC); `-` for the beginning.
     #[arg(long)]
     pub from: String,
-    /// End (inclusive): an entry id or an RFC 3339 time [default: the end]
+    /// End (inclusive), in the same forms [default: the end]
     #[arg(long, default_value = "+")]
     pub to: String,
     /// Event types to replay [default: every stream that has the plugin's consumer group]
     #[arg(long = "type")]
     pub event_types: Vec<String>,
+    /// After queueing, follow the host working through the replay until it is done.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub confirm: Confirm,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,11 +7,28 @@ use anyhow::{Context, Result, bail};
 
 use super::PublishArgs;
 
+/// Says so on stderr when no consumer group reads the event's stream: a typo in the event
+/// type would otherwise publish into a stream nobody reads, silently.
+async fn warn_if_unread(conn: &mut crate::redis_conn::RedisConn, prefix: &str, event_type: &str) {
+    let stream = crate::keys::event_stream(prefix, event_type);
+    let groups: redis::RedisResult<Vec<redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(conn).await;
+    if matches!(&groups, Ok(g) if !g.is_empty()) {
+        return;
+    }
+    let read = crate::dlq::read_types(conn, prefix).await.unwrap_or_default();
+    let known = if read.is_empty() { "none yet".to_string() } else { read.join(", ") };
+    eprintln!(
+        "warning: no plugin reads `{event_type}` (no consumer group on {stream}): the event is kept in the stream, but nothing handles it until a plugin subscribes to that type. Types read: {known}"
+    );
+}
+
 /// `sluice publish`.
 pub async fn publish(args: PublishArgs) -> Result<()> {
     let tool = args.common.resolve()?;
     let stream = crate::keys::event_stream(&tool.stream_prefix, &args.event_type);
     let mut conn = super::tool_connection(&tool).await?;
+    warn_if_unread(&mut conn, &tool.stream_prefix, &args.event_type).await;
     match (args.count, &args.payload) {
         (None, Some(payload)) => {
             serde_json::from_str::<serde_json::Value>(payload).context("the payload is not valid JSON")?;

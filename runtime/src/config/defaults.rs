@@ -26,6 +26,12 @@ pub const MAX_MEMORY_MB: usize = 128;
 /// Plugin calls at once per priority: high, default, low.
 pub const CONCURRENCY: [usize; 3] = [4, 2, 1];
 pub const SHUTDOWN_GRACE_S: u64 = 30;
+/// Acknowledged entries of an event stream are kept this long (what `replay` can re-feed).
+pub const RETENTION_MAX_AGE: &str = "7d";
+pub const DLQ_MAX_LEN: u64 = 100_000;
+pub const HOUSEKEEPING_INTERVAL_MS: u64 = 30_000;
+pub const BULLMQ_KEEP_COMPLETED: u64 = 10_000;
+pub const BULLMQ_KEEP_FAILED: u64 = 10_000;
 
 /// Where compiled plugins are cached when no directory is configured: `$XDG_CACHE_HOME/sluice`,
 /// `~/.cache/sluice`, or `/tmp/sluice-cache-<uid>` for users without a home.

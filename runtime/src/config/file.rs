@@ -42,6 +42,19 @@ pub struct FileSettings {
     pub call_timeout_ms: Option<u64>,
     pub max_memory_mb: Option<usize>,
     pub shutdown_grace_s: Option<u64>,
+    /// How often retention is applied and streams nobody reads are looked for.
+    pub housekeeping_interval_ms: Option<u64>,
+    /// Event streams' retention: a number of entries or `"off"`.
+    pub retention_max_len: Option<toml::Value>,
+    /// Event streams' retention: a duration (`"7d"`) or `"off"`.
+    pub retention_max_age: Option<String>,
+    /// `[retention.<event type>]`: one stream's retention over the two above.
+    pub retention: Option<std::collections::HashMap<String, RetentionSection>>,
+    pub dlq_max_len: Option<toml::Value>,
+    pub dlq_max_age: Option<String>,
+    /// BullMQ jobs kept in the completed / failed set where the producer set no `removeOn*`.
+    pub bullmq_keep_completed: Option<toml::Value>,
+    pub bullmq_keep_failed: Option<toml::Value>,
     /// Event type → `high` | `default` | `low`.
     pub priorities: Option<std::collections::HashMap<String, String>>,
     /// Plugin calls at once per priority: `{ high = 4, default = 2, low = 1 }`.
@@ -62,6 +75,14 @@ pub struct TableSection {
     /// Plugins besides its owner that may declare, write and evolve the table.
     #[serde(default)]
     pub shared_with: Vec<String>,
+}
+
+/// `[retention.<event type>]` of the host config.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    pub max_len: Option<toml::Value>,
+    pub max_age: Option<String>,
 }
 
 impl FileSettings {

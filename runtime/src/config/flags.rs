@@ -8,31 +8,31 @@ use clap::Args;
 #[derive(Args, Debug, Clone)]
 pub struct CommonArgs {
     /// TOML file with settings (same names as below, in snake_case); flags and environment win.
-    #[arg(long, env = "SLUICE_CONFIG")]
+    #[arg(long, global = true, env = "SLUICE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Redis URL: redis://, rediss:// (TLS) or unix://; for a Redis Cluster, one or more
     /// seed nodes, comma-separated (cluster mode is detected) [default: redis://127.0.0.1:6379]
-    #[arg(long, env = "SLUICE_REDIS_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "SLUICE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Redis password, when the URL carries none (prefer the environment or a file: flags
     /// show up in `ps`)
-    #[arg(long, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
+    #[arg(long, global = true, env = "SLUICE_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
     /// File holding the Redis password (a mounted secret)
-    #[arg(long, env = "SLUICE_REDIS_PASSWORD_FILE")]
+    #[arg(long, global = true, env = "SLUICE_REDIS_PASSWORD_FILE")]
     pub redis_password_file: Option<PathBuf>,
     /// PEM file of the CA that signed the Redis servers' certificates (rediss://)
     /// [default: the system's roots]
-    #[arg(long, env = "SLUICE_REDIS_CA_FILE")]
+    #[arg(long, global = true, env = "SLUICE_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
     /// PEM client certificate for Redis servers that require one (with --redis-key-file)
-    #[arg(long, env = "SLUICE_REDIS_CERT_FILE")]
+    #[arg(long, global = true, env = "SLUICE_REDIS_CERT_FILE")]
     pub redis_cert_file: Option<PathBuf>,
     /// PEM private key of --redis-cert-file
-    #[arg(long, env = "SLUICE_REDIS_KEY_FILE")]
+    #[arg(long, global = true, env = "SLUICE_REDIS_KEY_FILE")]
     pub redis_key_file: Option<PathBuf>,
     /// Prefix of event streams: type T is read from `<prefix>T` [default: events:]
-    #[arg(long, env = "SLUICE_STREAM_PREFIX")]
+    #[arg(long, global = true, env = "SLUICE_STREAM_PREFIX")]
     pub stream_prefix: Option<String>,
 }
 
@@ -121,6 +121,17 @@ pub struct RunArgs {
     /// [default: 1000]
     #[arg(long, env = "SLUICE_BULLMQ_CONCURRENCY")]
     pub bullmq_concurrency: Option<usize>,
+    /// Entries an event stream keeps once every consumer group has acknowledged them, or `off`
+    /// [default: off]
+    #[arg(long, env = "SLUICE_RETENTION_MAX_LEN")]
+    pub retention_max_len: Option<String>,
+    /// How long an event stream keeps entries every consumer group has acknowledged (`12h`,
+    /// `7d`), or `off`; what `sluice replay` can re-feed [default: 7d]
+    #[arg(long, env = "SLUICE_RETENTION_MAX_AGE")]
+    pub retention_max_age: Option<String>,
+    /// Dead letters kept (the oldest go first), or `off` [default: 100000]
+    #[arg(long, env = "SLUICE_DLQ_MAX_LEN")]
+    pub dlq_max_len: Option<String>,
     /// Seconds to finish in-flight events after SIGTERM/SIGINT [default: 30]
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_S")]
     pub shutdown_grace_s: Option<u64>,

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 pub use self::file::FileSettings;
 pub use self::flags::{CommonArgs, RunArgs};
-use crate::policy::{DeliveryPolicy, Priority};
+use crate::policy::{DeliveryPolicy, Priority, Retention, RetentionPolicy};
 use crate::redis_conn::RedisOptions;
 use crate::secret::Secret;
 use crate::source::bullmq::BullQueue;
@@ -54,6 +54,10 @@ pub struct Settings {
     pub table_shares: crate::writer::evolve::Shares,
     /// BullMQ queues consumed beside the streams (none: no BullMQ source).
     pub bullmq: Vec<BullQueue>,
+    /// What the streams, the dead letters and BullMQ's finished sets keep.
+    pub retention: RetentionPolicy,
+    /// How often retention is applied and unread streams looked for (see `upkeep`).
+    pub housekeeping_interval: Duration,
 }
 
 /// What the tools (`publish`, `dlq`, `replay`) need: how to reach Redis, and where the events are.
@@ -71,6 +75,33 @@ fn secret(name: &str, direct: Option<String>, file: Option<PathBuf>) -> Result<O
         (None, Some(f)) => crate::tls::read_secret(&format!("{name}_FILE"), &f).map(Some),
         (None, None) => Ok(None),
     }
+}
+
+/// A count setting: a number, or `off` (no limit).
+fn count_or_off(name: &str, text: Option<String>, default: Option<u64>) -> Result<Option<u64>> {
+    match text.as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("off") => Ok(None),
+        Some(t) => {
+            t.parse::<u64>().map(Some).map_err(|_| anyhow::anyhow!("{name}: expected a number or `off`, got `{t}`"))
+        }
+    }
+}
+
+/// A duration setting (`30s`, `12h`, `7d`), or `off` (no limit).
+fn duration_or_off(name: &str, text: Option<String>, default: Option<&str>) -> Result<Option<Duration>> {
+    match text.as_deref().or(default).map(str::trim) {
+        None | Some("off") => Ok(None),
+        Some(t) => crate::source::delayed::parse_duration(t).map(Some).with_context(|| name.to_string()),
+    }
+}
+
+/// A TOML value that may be a number or a string, as text.
+fn toml_text(v: Option<toml::Value>) -> Option<String> {
+    v.map(|v| match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    })
 }
 
 /// A comma-separated list, trimmed, without empty items.
@@ -211,6 +242,11 @@ impl RunArgs {
                 self.bullmq_concurrency,
                 f.bullmq.as_ref(),
             )?,
+            retention: self.retention(&f)?,
+            housekeeping_interval: ms(f
+                .housekeeping_interval_ms
+                .unwrap_or(defaults::HOUSEKEEPING_INTERVAL_MS)
+                .max(100)),
             concurrency: {
                 let c = f.concurrency.clone().unwrap_or_default();
                 if let Some(k) = c.keys().find(|k| !["high", "default", "low"].contains(&k.as_str())) {
@@ -226,6 +262,60 @@ impl RunArgs {
         };
         settings.validate()?;
         Ok(settings)
+    }
+}
+
+impl RunArgs {
+    fn retention(&self, f: &FileSettings) -> Result<RetentionPolicy> {
+        let streams = Retention {
+            max_len: count_or_off(
+                "retention_max_len",
+                self.retention_max_len.clone().or(toml_text(f.retention_max_len.clone())),
+                None,
+            )?,
+            max_age: duration_or_off(
+                "retention_max_age",
+                self.retention_max_age.clone().or(f.retention_max_age.clone()),
+                Some(defaults::RETENTION_MAX_AGE),
+            )?,
+        };
+        let mut per_type = HashMap::new();
+        for (t, s) in f.retention.clone().unwrap_or_default() {
+            let name = |k: &str| format!("retention.{t}.{k}");
+            let r = Retention {
+                max_len: match toml_text(s.max_len) {
+                    None => streams.max_len,
+                    text => count_or_off(&name("max_len"), text, None)?,
+                },
+                max_age: match s.max_age {
+                    None => streams.max_age,
+                    text => duration_or_off(&name("max_age"), text, None)?,
+                },
+            };
+            per_type.insert(t, r);
+        }
+        Ok(RetentionPolicy {
+            streams,
+            per_type,
+            dead_letters: Retention {
+                max_len: count_or_off(
+                    "dlq_max_len",
+                    self.dlq_max_len.clone().or(toml_text(f.dlq_max_len.clone())),
+                    Some(defaults::DLQ_MAX_LEN),
+                )?,
+                max_age: duration_or_off("dlq_max_age", f.dlq_max_age.clone(), None)?,
+            },
+            bullmq_keep_completed: count_or_off(
+                "bullmq_keep_completed",
+                toml_text(f.bullmq_keep_completed.clone()),
+                Some(defaults::BULLMQ_KEEP_COMPLETED),
+            )?,
+            bullmq_keep_failed: count_or_off(
+                "bullmq_keep_failed",
+                toml_text(f.bullmq_keep_failed.clone()),
+                Some(defaults::BULLMQ_KEEP_FAILED),
+            )?,
+        })
     }
 }
 

@@ -92,6 +92,8 @@ impl<I: Intake> Pipeline<I> {
         }
         let who = &self.stage.who;
         tracing::info!(plugin = %who.plugin, version = self.stage.plugin.short_hash(), source = %source, event_type = %who.event_type, group = %who.group, priority = %policy.priority, "pipeline started");
+        // How `/ready` names this pipeline when it cannot read.
+        let name = format!("{} / {} from {source}", who.plugin, who.event_type);
         let permits = Arc::new(Semaphore::new(policy.max_inflight_events));
         let mut sandbox = Some(Sandbox::new(self.stage.plugin.clone()));
         let mut backoff = Backoff::brief();
@@ -109,11 +111,14 @@ impl<I: Intake> Pipeline<I> {
                 Ok(None) => break,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::error!(source = %source, error = format!("{e:#}"), "cannot read from Redis; retrying in {delay:?}");
+                    let error = format!("{e:#}");
+                    tracing::error!(source = %source, error = %error, "cannot read from Redis; retrying in {delay:?}");
+                    crate::status::stalled(&name, &format!("{error} (next try in {delay:?})"));
                     tokio::time::sleep(delay).await;
                     continue;
                 }
             };
+            crate::status::progressing(&name);
             backoff.reset();
             // A stop waits at most the grace period for a writer that cannot take rows: the
             // batch is then dropped unsettled, and delivered again later.
@@ -151,6 +156,7 @@ impl<I: Intake> Pipeline<I> {
             }
         }
         drop(self.intake);
+        crate::status::progressing(&name);
         Ok(())
     }
 }

@@ -391,6 +391,11 @@ impl ChClient {
         Ok(())
     }
 
+    /// The endpoints' URLs without passwords, for messages.
+    pub fn display(&self) -> String {
+        self.endpoints.iter().map(|e| e.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
     /// How many endpoints there are.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()

@@ -12,14 +12,33 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Writes an append-only file (a restart keeps the data); without it a restart is empty.
+    persistent: bool,
 }
 
 impl Redis {
     pub fn start() -> Result<Redis> {
         let dir = tempfile::tempdir()?;
-        let mut r = Redis { port: free_port(), dir, child: None };
+        let mut r = Redis { port: free_port(), dir, child: None, persistent: true };
         r.restart()?;
         Ok(r)
+    }
+
+    /// A Redis without persistence, like many cache-style deployments: after a crash and
+    /// restart it is empty.
+    pub fn start_ephemeral() -> Result<Redis> {
+        let dir = tempfile::tempdir()?;
+        let mut r = Redis { port: free_port(), dir, child: None, persistent: false };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// SIGKILL: no shutdown save, clients see the connection drop.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -37,7 +56,7 @@ impl Redis {
                 "--save",
                 "",
                 "--appendonly",
-                "yes",
+                if self.persistent { "yes" } else { "no" },
                 "--appendfsync",
                 "everysec",
             ])

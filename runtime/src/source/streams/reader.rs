@@ -64,8 +64,37 @@ impl StreamReader {
         &self.who.group
     }
 
+    /// A command failed because the group or its stream is gone — Redis restarted without
+    /// its data, a `FLUSHALL`, a failover to an empty replica, the stream deleted: the groups
+    /// are created again (from `0`, so whatever was published since is read) and the pipeline
+    /// goes on. Says so once per loss. `Ok(false)`: `e` is another error.
+    async fn recreate_if_missing(&mut self, e: &redis::RedisError, during: &str) -> Result<bool> {
+        if !is_missing_group(e) {
+            return Ok(false);
+        }
+        // Only the caller that really creates the group speaks: the reader and the control
+        // connection of a pipeline both notice the loss.
+        if self.create_groups().await? {
+            tracing::warn!(
+                stream = %self.streams[0],
+                group = %self.who.group,
+                during,
+                "the consumer group was gone — did Redis lose its data (a restart without persistence, FLUSHALL, a failover to an empty replica) or was the stream deleted? Created it again from the start of the stream and resumed; events that were pending in it cannot be recovered"
+            );
+            metrics::counter!("sluice_consumer_groups_recreated_total", "stream" => self.streams[0].to_string())
+                .increment(1);
+        }
+        Ok(true)
+    }
+
     /// Creates the consumer groups (and the streams) if missing, starting from the beginning.
     pub async fn ensure_group(&mut self) -> Result<()> {
+        self.create_groups().await.map(|_| ())
+    }
+
+    /// [`Self::ensure_group`], saying whether a group was created.
+    async fn create_groups(&mut self) -> Result<bool> {
+        let mut created = false;
         for stream in self.streams.clone() {
             let r: redis::RedisResult<()> = cmd("XGROUP")
                 .arg("CREATE")
@@ -76,7 +105,7 @@ impl StreamReader {
                 .query_async(&mut self.conn)
                 .await;
             match r {
-                Ok(()) => {}
+                Ok(()) => created = true,
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 Err(e) => {
                     return Err(e)
@@ -84,7 +113,7 @@ impl StreamReader {
                 }
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Reads up to `count` new entries of either stream, waiting up to `block` for the first.
@@ -111,12 +140,12 @@ impl StreamReader {
         };
         let reply = match reply {
             Ok(v) => v,
-            // A group vanished (stream deleted): recreate it and read again next time.
-            Err(e) if e.code() == Some("NOGROUP") => {
-                self.ensure_group().await?;
-                return Ok(Vec::new());
+            Err(e) => {
+                if self.recreate_if_missing(&e, "XREADGROUP").await? {
+                    return Ok(Vec::new());
+                }
+                return Err(e).with_context(|| format!("XREADGROUP on {} failed", self.streams[0]));
             }
-            Err(e) => return Err(e).with_context(|| format!("XREADGROUP on {} failed", self.streams[0])),
         };
         let mut out = Vec::new();
         for (stream, entries) in stream_replies(reply)? {
@@ -155,7 +184,7 @@ impl StreamReader {
     pub async fn pending(&mut self, min_idle: Duration, count: usize) -> Result<Vec<PendingEntry>> {
         let mut out = Vec::new();
         for stream in self.streams.clone() {
-            let reply: Value = cmd("XPENDING")
+            let reply: redis::RedisResult<Value> = cmd("XPENDING")
                 .arg(&*stream)
                 .arg(self.group())
                 .arg("IDLE")
@@ -164,8 +193,13 @@ impl StreamReader {
                 .arg("+")
                 .arg(count)
                 .query_async(&mut self.conn)
-                .await
-                .with_context(|| format!("XPENDING on {stream} failed"))?;
+                .await;
+            let reply = match reply {
+                Ok(v) => v,
+                // Nothing is pending in a group created now.
+                Err(e) if self.recreate_if_missing(&e, "XPENDING").await? => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("XPENDING on {stream} failed")),
+            };
             for item in array(reply)? {
                 let f = array(item)?;
                 if f.len() < 4 {
@@ -204,8 +238,11 @@ impl StreamReader {
             for e in &mine {
                 c.arg(&e.id);
             }
-            let reply: Value =
-                c.query_async(&mut self.conn).await.with_context(|| format!("XCLAIM on {stream} failed"))?;
+            let reply: Value = match c.query_async(&mut self.conn).await {
+                Ok(v) => v,
+                Err(e) if self.recreate_if_missing(&e, "XCLAIM").await? => return Ok((Vec::new(), Vec::new())),
+                Err(e) => return Err(e).with_context(|| format!("XCLAIM on {stream} failed")),
+            };
             for (id, fields) in entries_reply(reply)? {
                 match fields {
                     Some(fields) => {
@@ -236,8 +273,12 @@ impl StreamReader {
                 c.arg("JUSTID").ignore();
             }
         }
-        let _: () = p.query_async(&mut self.conn).await.context("XCLAIM JUSTID (heartbeat) failed")?;
-        Ok(())
+        match p.query_async::<()>(&mut self.conn).await {
+            Ok(()) => Ok(()),
+            // The entries went with the group: nothing left to keep alive.
+            Err(e) if self.recreate_if_missing(&e, "heartbeat").await? => Ok(()),
+            Err(e) => Err(e).context("XCLAIM JUSTID (heartbeat) failed"),
+        }
     }
 
     /// Acknowledges entries, grouped by stream, in one round trip, with their ledger fields
@@ -369,4 +410,10 @@ impl StreamReader {
         }
         Ok(())
     }
+}
+
+/// The error Redis gives for a command on a group (or stream) that does not exist (also when
+/// it comes back inside a pipeline's failures).
+fn is_missing_group(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
