@@ -2,11 +2,11 @@
 SHELL := /bin/bash
 PLUGINS := promo-code-analytics order-analytics user-stats
 # Built with the others, used only by the test suite (plugins/testing/).
-TEST_PLUGINS := flaky echo hostile
+TEST_PLUGINS := flaky echo hostile future-wit
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
-.PHONY: deps test-deps build build-failpoints plugins examples demo test unit bench fmt clippy clean
+.PHONY: deps test-deps build build-failpoints plugins examples demo install test unit bench fmt clippy clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -54,6 +54,11 @@ build-failpoints: deps
 # sample events of every seed type and prints what landed in each table.
 demo: plugins build
 	@bash scripts/demo.sh
+
+# Puts `sluice` on PATH (cargo's bin directory, ~/.cargo/bin): the commands the tools print
+# (`sluice plugin test …`) then work as printed.
+install: deps
+	$(CARGO) install --locked --path runtime
 
 # The whole suite: unit tests of the host and the three SDKs, plugin fixtures, and end-to-end tests
 # against real redis-server and ClickHouse processes started on free ports — each test once on

@@ -70,4 +70,17 @@ if [ -n "$admin" ]; then
   echo
 fi
 echo "Host log: $DIR/host.log. Try: $SLUICE plugin inspect target/plugins/user-stats.wasm"
-echo "Keep it running: $SLUICE run with SLUICE_PLUGINS_DIR=target/plugins, then open http://127.0.0.1:9464/"
+# At a terminal the stack stays up for the dashboard until Ctrl-C (DEMO_KEEP=0: stop now,
+# DEMO_KEEP=1: stay up without a terminal too).
+keep=${DEMO_KEEP:-}
+if [ -z "$keep" ]; then [ -t 0 ] && [ -t 1 ] && keep=1 || keep=0; fi
+if [ "$keep" = 1 ] && [ -n "$admin" ]; then
+  echo
+  echo "== the stack stays up: open the dashboard at http://$admin/ — Ctrl-C stops everything"
+  echo "   more events:  SLUICE_REDIS_URL=$SLUICE_REDIS_URL $SLUICE publish order.created --count 1000"
+  echo "   another host: SLUICE_REDIS_URL=$SLUICE_REDIS_URL SLUICE_CLICKHOUSE_URL=$SLUICE_CLICKHOUSE_URL SLUICE_PLUGINS_DIR=target/plugins SLUICE_ADMIN_ADDR=127.0.0.1:0 $SLUICE run"
+  trap 'echo; echo "stopping"; exit 0' INT TERM
+  wait "$HOST_PID" || true
+else
+  echo "The services stop now (DEMO_KEEP=1 keeps them up with the dashboard)."
+fi

@@ -40,32 +40,79 @@ impl Backoff {
     }
 }
 
+/// An answer that no retry can change: the server at that address is not what the setting says
+/// (ClickHouse's native port given as its HTTP URL, an HTTP server as Redis), a password is
+/// wrong, a certificate is not trusted. [`until_ok`] gives up on it after a few tries.
+#[derive(Debug)]
+pub struct NeverSucceeds(pub String);
+
+impl std::fmt::Display for NeverSucceeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NeverSucceeds {}
+
+/// Tries of an answer that [`NeverSucceeds`] before [`until_ok`] gives up (in a row: a server
+/// restarting behind the address may answer oddly once).
+const NEVER_SUCCEEDS_TRIES: u32 = 3;
+
 /// Runs `f` until it succeeds, saying why it did not each time (`what` is not available yet;
-/// also shown by `/ready` meanwhile) and waiting 200 ms doubling to 5 s in between.
-pub async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+/// also shown by `/ready` meanwhile) and waiting 200 ms doubling to 5 s in between. An error
+/// that [`NeverSucceeds`] ends the wait after a few tries in a row.
+pub async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut hopeless = 0;
     for attempt in 1.. {
         match f().await {
             Ok(v) => {
                 crate::status::arrived(what);
-                return v;
+                return Ok(v);
+            }
+            Err(e) if e.downcast_ref::<NeverSucceeds>().is_some() || e.chain().any(|c| c.is::<NeverSucceeds>()) => {
+                hopeless += 1;
+                if hopeless >= NEVER_SUCCEEDS_TRIES {
+                    crate::status::arrived(what);
+                    return Err(anyhow::anyhow!("{what}: giving up after {hopeless} tries: {}", one_line(&e)));
+                }
+                tracing::warn!("{what} is not available ({}); trying again in case it is restarting", one_line(&e));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
+                hopeless = 0;
                 let delay = backoff.next_delay();
-                tracing::warn!("{what} is not available yet ({e:#}); retrying in {delay:?}");
+                let error = one_line(&e);
+                tracing::warn!("{what} is not available yet ({error}); retrying in {delay:?}");
                 crate::status::waiting(
                     what,
-                    format!("waiting for {what}: {e:#} (attempt {attempt}, next in {})", humantime(delay)),
+                    format!("waiting for {what}: {error} (attempt {attempt}, next in {})", humantime(delay)),
                 );
                 tokio::time::sleep(delay).await;
             }
         }
     }
     unreachable!("the attempts never run out")
+}
+
+/// An error on one line: each cause once (client libraries repeat theirs), the first line of
+/// each, joined by `: `.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        for piece in text.split(": ") {
+            let piece = piece.lines().next().unwrap_or("").trim().to_string();
+            if !piece.is_empty() && !parts.contains(&piece) {
+                parts.push(piece);
+            }
+        }
+    }
+    parts.join(": ")
 }
 
 /// A duration for people: `200ms`, `1.6s`, `5s`, `90m`, `7d`.
@@ -97,6 +144,15 @@ mod tests {
         assert_eq!(d, [100, 200, 400, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn errors_on_one_line_each_cause_once() {
+        let e = anyhow::anyhow!("Connection refused (os error 111): Connection refused (os error 111)")
+            .context("cannot connect to Redis at redis://h:1");
+        assert_eq!(one_line(&e), "cannot connect to Redis at redis://h:1: Connection refused (os error 111)");
+        let e = anyhow::anyhow!("Incompatible type - Parse error at 1\nUnexpected `33`").context("the server answered");
+        assert_eq!(one_line(&e), "the server answered: Incompatible type - Parse error at 1");
     }
 
     #[test]

@@ -311,14 +311,15 @@ impl Deployer {
         })
         .await;
         match prepared {
-            Ok(tables) => plugin.tables = tables,
-            Err(e) => {
+            Ok(Ok(tables)) => plugin.tables = tables,
+            Ok(Err(e)) => {
                 let why = match e {
                     PrepareError::Refused(why) => format!("its tables are incompatible with the live ones: {why}"),
                     PrepareError::ClickHouse(e) => format!("cannot prepare its tables: {e}"),
                 };
                 return self.refuse(path, PluginStatus::Refused, why);
             }
+            Err(e) => return self.refuse(path, PluginStatus::Refused, format!("cannot prepare its tables: {e:#}")),
         }
         // Said plainly for every table: what a crash can cost.
         for t in &plugin.tables {
@@ -461,7 +462,14 @@ impl Deployer {
             tasks.spawn(async move {
                 // A connection of its own: a blocked XREADGROUP would hold up a shared one.
                 let block = streams.policy.block;
-                let reading = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(&redis, block)).await;
+                let reading =
+                    match crate::backoff::until_ok("Redis", || crate::redis_conn::connect(&redis, block)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(stream = %stream, error = format!("{e:#}"), "the pipeline cannot connect to Redis and stops");
+                            return;
+                        }
+                    };
                 let policy = streams.policy.clone();
                 let who = streams.who.clone();
                 let intake =

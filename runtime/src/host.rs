@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
+use crate::backoff::NeverSucceeds;
 use crate::config::Settings;
 use crate::deploy::{DeploySettings, Deployer, Wiring};
 use crate::pipeline::gate::PriorityGate;
@@ -59,7 +60,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let server = connect_clickhouse(&settings, &ch).await?;
     let control = connect_redis(&settings).await?;
     let _ = redis_slot.set(control.clone());
-    let writer = start_writer(&settings, ch, &server, &consumer).await;
+    let writer = start_writer(&settings, ch, &server, &consumer).await?;
     let mut deployer = Deployer::new(Wiring {
         settings: DeploySettings {
             plugins_dir: settings.plugins_dir.clone(),
@@ -81,10 +82,10 @@ pub async fn run(settings: Settings) -> Result<()> {
     });
     deployer.deploy_all().await?;
     if deployer.pipeline_count() == 0 {
-        tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added");
+        tracing::warn!(dir = %settings.plugins_dir.display(), "no plugin running: nothing to consume until a plugin file is added{}", source_folder_hint(&settings.plugins_dir));
     }
     // BullMQ queues start once the plugins run, so that the first jobs find their routes.
-    let consumers = start_bullmq(&settings, &deployer, &control).await;
+    let consumers = start_bullmq(&settings, &deployer, &control).await?;
     // Delayed events are delivered by every host; the move is atomic, so each goes out once.
     let mover = tokio::spawn(crate::source::delayed::run_mover(control.clone()));
     let upkeep = tokio::spawn(
@@ -109,6 +110,21 @@ pub async fn run(settings: Settings) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Run from the repository's root, the default `./plugins` is the plugins' *source* folder:
+/// say where the built ones are.
+fn source_folder_hint(dir: &std::path::Path) -> String {
+    let has_wasm = |d: &std::path::Path| crate::deploy::plugin_files(d).is_ok_and(|f| !f.is_empty());
+    let built = std::path::Path::new("target/plugins");
+    if dir.join("Cargo.toml").is_file() && !has_wasm(dir) && has_wasm(built) {
+        format!(
+            " ({} holds plugin sources (Cargo.toml), not built plugins; the built ones are in target/plugins: --plugins-dir target/plugins or SLUICE_PLUGINS_DIR=target/plugins)",
+            dir.display()
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// A consumer name unique to this process: `<host>-<pid>-<random>`, so that a restarted
@@ -169,14 +185,22 @@ fn plugin_defaults(settings: &Settings) -> PluginDefaults {
 /// ClickHouse, waited for: its database created, what it offers for deduplication detected,
 /// and a configuration that cannot work refused.
 async fn connect_clickhouse(settings: &Settings, ch: &ChClient) -> Result<ServerDedup> {
-    let what = format!("ClickHouse at {}", ch.display());
-    let version = crate::backoff::until_ok(&what, || async { Ok(ch.ping().await?) }).await;
+    // Messages say where the address came from: what to change.
+    let what = format!("ClickHouse at {} ({})", ch.display(), settings.origins.clickhouse_url);
+    let version = crate::backoff::until_ok(&what, || async {
+        ch.ping().await.map_err(|e| match e.never_succeeds(&ch.display()) {
+            Some(why) => anyhow::Error::new(NeverSucceeds(why)),
+            None => anyhow::Error::new(e),
+        })
+    })
+    .await?;
     tracing::info!(version = %version, "connected to ClickHouse");
     ch.create_database()
         .await
         .with_context(|| format!("cannot create database {}{}", settings.clickhouse.database, ch.on_cluster()))?;
     let server =
-        crate::backoff::until_ok(&what, || async { Ok(ServerDedup::detect(ch, !settings.exactly_once).await?) }).await;
+        crate::backoff::until_ok(&what, || async { Ok(ServerDedup::detect(ch, !settings.exactly_once).await?) })
+            .await?;
     if (ch.cluster().is_some() || ch.endpoint_count() > 1) && server.zookeeper && !server.replica_macro {
         bail!(
             "several ClickHouse servers (SLUICE_CLICKHOUSE_CLUSTER or several SLUICE_CLICKHOUSE_URL endpoints) but the server defines no {{replica}} macro: their Replicated tables need a replica name each — <macros><replica>…</replica></macros> (and <shard> with several shards) on every server"
@@ -194,8 +218,8 @@ async fn connect_clickhouse(settings: &Settings, ch: &ChClient) -> Result<Server
 /// Redis, waited for: the host's shared connection.
 async fn connect_redis(settings: &Settings) -> Result<RedisConn> {
     let (redis, block) = (&settings.redis, settings.delivery.block);
-    let what = format!("Redis at {}", redis.display());
-    let control = crate::backoff::until_ok(&what, || crate::redis_conn::connect(redis, block)).await;
+    let what = format!("Redis at {} ({})", redis.display(), settings.origins.redis_url);
+    let control = crate::backoff::until_ok(&what, || crate::redis_conn::connect(redis, block)).await?;
     tracing::info!(cluster = control.is_cluster(), "connected to Redis");
     if control.is_cluster() && !settings.bullmq.is_empty() {
         bail!(
@@ -206,19 +230,20 @@ async fn connect_redis(settings: &Settings) -> Result<RedisConn> {
 }
 
 /// The writer, with the exactly-once ledger's connection when exactly-once is on.
-async fn start_writer(settings: &Settings, ch: ChClient, server: &ServerDedup, owner: &Arc<str>) -> Writer {
+async fn start_writer(settings: &Settings, ch: ChClient, server: &ServerDedup, owner: &Arc<str>) -> Result<Writer> {
     // A connection of its own for batch records: a block of megabytes must not hold up the
     // acknowledgements and heartbeats on the shared one.
     let ledger = match settings.exactly_once && !server.disabled {
         true => {
             let (redis, block) = (&settings.redis, settings.delivery.block);
-            let conn = crate::backoff::until_ok("Redis", || crate::redis_conn::connect(redis, block)).await;
+            let what = format!("Redis at {} ({})", redis.display(), settings.origins.redis_url);
+            let conn = crate::backoff::until_ok(&what, || crate::redis_conn::connect(redis, block)).await?;
             warn_if_evicting(&conn).await;
             Some(LedgerConn { conn, owner: owner.clone() })
         }
         false => None,
     };
-    Writer::new(ch, settings.insert, ledger)
+    Ok(Writer::new(ch, settings.insert, ledger))
 }
 
 /// An evicted batch record would read as committed. (CONFIG may be disabled: then say nothing.)
@@ -231,7 +256,7 @@ async fn warn_if_evicting(conn: &RedisConn) {
 }
 
 /// One consumer per configured BullMQ queue, routing jobs to the deployer's pipelines.
-async fn start_bullmq(settings: &Settings, deployer: &Deployer, control: &RedisConn) -> Vec<QueueConsumer> {
+async fn start_bullmq(settings: &Settings, deployer: &Deployer, control: &RedisConn) -> Result<Vec<QueueConsumer>> {
     let mut consumers = Vec::new();
     let url = settings.redis.url_with_password();
     for queue in &settings.bullmq {
@@ -239,10 +264,10 @@ async fn start_bullmq(settings: &Settings, deployer: &Deployer, control: &RedisC
         let consumer = crate::backoff::until_ok("Redis (BullMQ)", || {
             QueueConsumer::start(queue.clone(), &url, routes.clone(), ledger.clone())
         })
-        .await;
+        .await?;
         consumers.push(consumer);
     }
-    consumers
+    Ok(consumers)
 }
 
 /// Hot reload until SIGTERM or SIGINT.

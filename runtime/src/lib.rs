@@ -38,6 +38,7 @@ mod schema;
 mod secret;
 mod source;
 mod status;
+mod suggest;
 mod tls;
 mod upkeep;
 mod writer;

@@ -20,8 +20,21 @@ fn init_logs(format: &str) {
     }
 }
 
+unsafe extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+}
+
 fn main() -> ExitCode {
     let args = Cli::parse();
+    // The tools' output piped into `head` and the like: end quietly when the reader goes away,
+    // as command-line tools do, instead of panicking on a broken pipe. (`run` keeps Rust's
+    // default: a peer closing a socket must not kill the host.)
+    if !matches!(args.command, sluice::cli::Command::Run(_)) {
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe { signal(SIGPIPE, SIG_DFL) };
+    }
     // One TLS crypto provider for the process (the Redis and ClickHouse clients use rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     init_logs(&args.log_format);

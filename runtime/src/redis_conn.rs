@@ -266,10 +266,33 @@ pub async fn connect(o: &RedisOptions, block: Duration) -> Result<RedisConn> {
                     }
                     _ => "",
                 };
-                last = Some(
-                    anyhow::Error::new(e)
-                        .context(format!("cannot connect to Redis at {}{hint}", crate::secret::redact_url(url))),
-                );
+                let shown = crate::secret::redact_url(url);
+                let text = e.to_string();
+                // Answers no retry changes: give up after a few tries, saying what is wrong.
+                let never = if text.contains("Parse error")
+                    || text.contains("Incompatible type")
+                    || text.contains("invalid response")
+                {
+                    Some(format!(
+                        "the server at {shown} answered, but not in the Redis protocol: is it Redis's port (6379 by default), or a TLS port given as redis://?"
+                    ))
+                } else if text.contains("timed out") {
+                    // No answer at all: a slow Redis, or not Redis (a TLS port given as redis://,
+                    // an HTTP server waiting for its request). Retried, with the question.
+                    last = Some(anyhow::Error::new(e).context(format!(
+                        "cannot connect to Redis at {shown}: no answer in the Redis protocol within 3 s (is it Redis's port? a TLS server needs rediss://)"
+                    )));
+                    continue;
+                } else if !hint.is_empty() {
+                    Some(format!("cannot connect to Redis at {shown}{hint}"))
+                } else {
+                    None
+                };
+                let error = anyhow::Error::new(e).context(format!("cannot connect to Redis at {shown}{hint}"));
+                last = Some(match never {
+                    Some(why) => error.context(crate::backoff::NeverSucceeds(why)),
+                    None => error,
+                });
                 continue;
             }
         };

@@ -172,6 +172,26 @@ export function parseTimestampNs(text) {
 
 const KINDS = { string: 'a string', number: 'a number', integer: 'an integer', boolean: 'a boolean', object: 'an object', array: 'an array' };
 
+/**
+ * "payload is not valid JSON (line 1, column 9): …" from JSON.parse's error, whichever engine
+ * threw it: V8 says "… in JSON at position 8", SpiderMonkey (the components' engine) "… at line
+ * 1 column 9 of the JSON data".
+ */
+function syntaxError(text, e) {
+  const msg = e.message.replace(/^JSON\.parse: /, '');
+  const lc = /at line (\d+) column (\d+)/.exec(msg);
+  const pos = /position (\d+)/.exec(msg);
+  let where = '';
+  if (lc) {
+    where = ` (line ${lc[1]}, column ${lc[2]})`;
+  } else if (pos) {
+    const before = text.slice(0, Number(pos[1]));
+    where = ` (line ${before.split('\n').length}, column ${Number(pos[1]) - before.lastIndexOf('\n')})`;
+  }
+  const what = msg.replace(/ (in JSON )?at (line \d+ column \d+ of the JSON data|position \d+).*$/, '');
+  return `payload is not valid JSON${where}: ${what}`;
+}
+
 function jsonKind(v) {
   if (v === null) return 'null';
   if (Array.isArray(v)) return 'an array';
@@ -217,9 +237,10 @@ export class Event {
         return v;
       });
     } catch (e) {
+      if (e instanceof SyntaxError) throw new Permanent(prefix + syntaxError(this.payload, e));
       throw new Permanent(prefix + e.message);
     }
-    if (!hasKind(value, 'object')) throw new Permanent(prefix + `expected an object, got ${jsonKind(value)}`);
+    if (!hasKind(value, 'object')) throw new Permanent(prefix + `payload must be a JSON object, got ${jsonKind(value)}`);
     for (const [name, kind] of Object.entries(fields)) {
       if (!(name in value)) throw new Permanent(prefix + `missing field \`${name}\``);
       if (!hasKind(value[name], kind)) {

@@ -310,10 +310,12 @@ class Event:
         prefix = f"invalid {self.event_type} payload: "
         try:
             value = _json.loads(self.payload, parse_float=_finite_float, parse_constant=_no_constant)
+        except _json.JSONDecodeError as e:
+            raise Permanent(prefix + f"payload is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
         except ValueError as e:
             raise Permanent(prefix + str(e)) from None
         if not isinstance(value, dict):
-            raise Permanent(prefix + f"expected an object, got {_json_kind(value)}")
+            raise Permanent(prefix + f"payload must be a JSON object, got {_json_kind(value)}")
         for name, ty in (fields or {}).items():
             if name not in value:
                 raise Permanent(prefix + f"missing field `{name}`")

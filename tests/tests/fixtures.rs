@@ -94,6 +94,25 @@ fn a_new_rust_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() 
     sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[])?;
     let again = sluice(&["plugin", "new", "demo", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
     assert!(again.to_string().contains("already exists"), "{again}");
+    // The host's own prefix is refused at `new`, not at load.
+    let ours = sluice(&["plugin", "new", "sluice", "--dir", &dir.path().display().to_string()], &[]).unwrap_err();
+    assert!(ours.to_string().contains("names starting with `sluice` are the host's own"), "{ours}");
+    assert!(!dir.path().join("sluice").exists());
+    Ok(())
+}
+
+/// The tools end quietly when their output is piped into `head`: no panic, no exit 101.
+#[test]
+fn output_piped_into_head_ends_quietly() -> Result<()> {
+    let wasm = plugins_dir().join("user-stats.wasm").display().to_string();
+    let script = format!(
+        "'{}' plugin inspect '{wasm}' | head -c 20 >/dev/null; echo \"status=${{PIPESTATUS[0]}}\"",
+        sluice_tests::sluice_bin().display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+    assert!(!stdout.contains("status=101"), "{stdout}");
     Ok(())
 }
 

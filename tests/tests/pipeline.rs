@@ -209,6 +209,8 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped(release: Release) -> Res
     std::fs::write(dir.path().join("garbage.wasm"), b"this is not wasm")?;
     // A valid core module, but not a component of the sluice:plugin world.
     std::fs::write(dir.path().join("core-module.wasm"), [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00])?;
+    // A component of a contract version this host does not implement.
+    std::fs::copy(sluice_tests::test_plugin("future-wit"), dir.path().join("future-wit.wasm"))?;
     let mut conn = redis.conn()?;
     let p = json!({"orderId": "o1", "userId": "u1", "amount": 5.25, "createdAt": "2024-06-01T00:00:00Z"});
     let _: String = redis::cmd("XADD").arg(STREAMS[1]).arg("*").arg("payload").arg(p.to_string()).query(&mut conn)?;
@@ -220,12 +222,20 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped(release: Release) -> Res
     let log = host.log_text();
     assert!(
         log.contains(&format!(
-            "{} is not a valid WebAssembly component: failed to parse WebAssembly module: magic header not detected",
+            "{} is not a valid WebAssembly component: it does not start with \\0asm as WebAssembly does",
             dir.path().join("garbage.wasm").display()
         )),
         "{log}"
     );
-    assert!(log.contains(&format!("{} is not a valid WebAssembly component: failed to parse WebAssembly module: attempted to parse a wasm module with a component parser", dir.path().join("core-module.wasm").display())), "{log}");
+    assert!(log.contains(&format!("{} is not a valid WebAssembly component: it is a core WebAssembly module — build the plugin for wasm32-wasip2", dir.path().join("core-module.wasm").display())), "{log}");
+    assert!(
+        log.contains(&format!(
+            "{} does not export the sluice:plugin@0.1.0 handler (it exports: sluice:plugin/handler@0.9.0;",
+            dir.path().join("future-wit.wasm").display()
+        )),
+        "{log}"
+    );
+    assert!(log.contains("build it against this host's contract, package sluice:plugin@0.1.0"), "{log}");
     Ok(())
 }
 

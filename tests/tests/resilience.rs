@@ -131,9 +131,11 @@ fn the_admin_api_answers_from_the_first_second_while_dependencies_are_down() -> 
     wait_until("/ready to say what it waits for", Duration::from_secs(10), || {
         let (status, body) = ready(&host);
         status == 503
-            && body["starting"]
-                .as_str()
-                .is_some_and(|s| s.contains("waiting for ClickHouse at") && s.contains("attempt"))
+            && body["starting"].as_str().is_some_and(|s| {
+                s.contains("waiting for ClickHouse at")
+                    && s.contains("(SLUICE_CLICKHOUSE_URL)")
+                    && s.contains("attempt")
+            })
     })
     .map_err(|e| e.context(format!("{:?}", ready(&host))))?;
     let addr = format!("127.0.0.1:{}", host.admin_port);
@@ -157,6 +159,57 @@ fn the_admin_api_answers_from_the_first_second_while_dependencies_are_down() -> 
         status == 200 && uptime as f64 + 1.0 >= started.elapsed().as_secs_f64() - 2.0,
         "uptime from process start: {body}"
     );
+    Ok(())
+}
+
+/// Addresses that can never work — ClickHouse's URL pointing at a Redis server, Redis's at an
+/// HTTP server — stop the host after a few tries, naming the address, where it came from and
+/// what to check, instead of retrying forever.
+#[test]
+fn addresses_that_can_never_work_stop_the_host_with_what_to_check() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start(Release::V18)?;
+    let dir = tempfile::tempdir()?;
+    let run = |clickhouse: &str, redis: &str| -> Result<(i32, String)> {
+        let out = std::process::Command::new("timeout")
+            .arg("60")
+            .arg(sluice_bin())
+            .args(["run", "--admin-addr", "off"])
+            .env("SLUICE_PLUGINS_DIR", dir.path())
+            .env("SLUICE_CLICKHOUSE_URL", clickhouse)
+            .env("SLUICE_REDIS_URL", redis)
+            .env_remove("SLUICE_CONFIG")
+            .output()?;
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let started = Instant::now();
+    let redis_as_ch = format!("http://127.0.0.1:{}", redis.port);
+    let (code, log) = run(&redis_as_ch, &redis.url())?;
+    assert_eq!(code, 2, "{log}");
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up after a few tries");
+    let last = log.lines().last().unwrap_or_default();
+    let expected = format!("error: ClickHouse at {redis_as_ch} (SLUICE_CLICKHOUSE_URL): giving up after 3 tries");
+    assert!(last.starts_with(&expected), "{log}");
+    assert!(last.contains("HTTP port (8123 by default"), "{log}");
+    // An HTTP server where Redis should be.
+    let port = free_port();
+    let mut web = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    wait_until("the HTTP server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    let result = run(&ch.url(), &format!("redis://127.0.0.1:{port}"));
+    let _ = web.kill();
+    let _ = web.wait();
+    let (code, log) = result?;
+    assert_eq!(code, 2, "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("(SLUICE_REDIS_URL): giving up after 3 tries"), "{log}");
+    assert!(last.contains("not in the Redis protocol"), "{log}");
     Ok(())
 }
 

@@ -89,11 +89,37 @@ pub struct Event {
 }
 
 impl Event {
-    /// Parses the JSON payload into `T`. A payload that is not valid JSON, or lacks a field
-    /// `T` requires, is a permanent failure that names what is wrong.
+    /// Parses the JSON payload into `T`. A payload that is not valid JSON, is not an object,
+    /// or lacks a field `T` requires, is a permanent failure that says so in plain words:
+    /// `invalid order.created payload: payload is not valid JSON (line 1, column 2): …`,
+    /// `… payload must be a JSON object, got an array`, `… missing field `orderId``.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Failure> {
-        serde_json::from_str(&self.payload)
-            .map_err(|e| Failure::permanent(format!("invalid {} payload: {e}", self.event_type)))
+        serde_json::from_str(&self.payload).map_err(|e| {
+            let what = if e.is_syntax() || e.is_eof() {
+                let detail = e.to_string();
+                let detail = detail.split(" at line ").next().unwrap_or(&detail).to_string();
+                format!("payload is not valid JSON (line {}, column {}): {detail}", e.line(), e.column())
+            } else {
+                // Only on failure: what the payload is, to say an array is not an object.
+                match serde_json::from_str::<serde_json::Value>(&self.payload) {
+                    Ok(v) if !v.is_object() => format!("payload must be a JSON object, got {}", json_kind(&v)),
+                    _ => e.to_string(),
+                }
+            };
+            Failure::permanent(format!("invalid {} payload: {what}", self.event_type))
+        })
+    }
+}
+
+/// `an array`, `string "x"`, `number `1``: what a JSON value is, for messages.
+fn json_kind(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Bool(b) => format!("boolean `{b}`"),
+        serde_json::Value::Number(n) => format!("number `{n}`"),
+        serde_json::Value::String(s) => format!("string {}", serde_json::Value::String(s.clone())),
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::Object(_) => "an object".into(),
     }
 }
 
@@ -392,4 +418,39 @@ macro_rules! table {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: &str) -> Event {
+        Event {
+            id: "e".into(),
+            event_type: "order.created".into(),
+            timestamp_ms: 0,
+            payload: payload.into(),
+            source: None,
+            tenant: None,
+            attempt: 1,
+        }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Order {
+        #[serde(rename = "orderId")]
+        order_id: String,
+    }
+
+    #[test]
+    fn payload_errors_are_said_in_plain_words() {
+        let e = |p: &str| event(p).json::<Order>().unwrap_err().message;
+        assert_eq!(e("{\"orderId\": "), "invalid order.created payload: payload is not valid JSON (line 1, column 12): EOF while parsing a value");
+        assert!(e("{\"a\" 1}").starts_with("invalid order.created payload: payload is not valid JSON (line 1, column 6): "), "{}", e("{\"a\" 1}"));
+        assert_eq!(e("[1]"), "invalid order.created payload: payload must be a JSON object, got an array");
+        assert_eq!(e("\"x\""), "invalid order.created payload: payload must be a JSON object, got string \"x\"");
+        assert!(e("{}").contains("missing field `orderId`"), "{}", e("{}"));
+        assert!(event("{\"orderId\": \"o\"}").json::<Order>().is_ok());
+    }
 }

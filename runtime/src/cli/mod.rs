@@ -243,7 +243,27 @@ pub async fn run(command: Command) -> Result<bool> {
     }
 }
 
+/// How to run this binary again in a printed hint: `sluice` when that is what `PATH` finds,
+/// else the binary's own path (`make install` or `cargo install --path runtime` puts it on
+/// `PATH`).
+pub(crate) fn this_command() -> String {
+    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("sluice"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+    });
+    match (me, on_path) {
+        (Some(me), Some(found)) if me == found => "sluice".into(),
+        (Some(me), _) => me.display().to_string(),
+        (None, _) => "sluice".into(),
+    }
+}
+
 /// Connects to Redis for a tool.
 async fn tool_connection(tool: &crate::config::ToolSettings) -> Result<crate::redis_conn::RedisConn> {
-    crate::redis_conn::connect(&tool.redis, Duration::from_secs(1)).await
+    crate::redis_conn::connect(&tool.redis, Duration::from_secs(1))
+        .await
+        .map_err(|e| anyhow::anyhow!("{} — the address comes from {}", crate::backoff::one_line(&e), tool.redis_origin))
 }

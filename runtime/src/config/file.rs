@@ -89,6 +89,6 @@ impl FileSettings {
     pub fn load(path: &Path) -> Result<FileSettings> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        toml::from_str(&text).map_err(|e| crate::suggest::toml_error(&format!("config file {}", path.display()), &e))
     }
 }

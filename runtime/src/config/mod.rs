@@ -58,6 +58,34 @@ pub struct Settings {
     pub retention: RetentionPolicy,
     /// How often retention is applied and unread streams looked for (see `upkeep`).
     pub housekeeping_interval: Duration,
+    /// Where the addresses came from, for messages that say what to change.
+    pub origins: Origins,
+}
+
+/// Where a setting's value came from: `--clickhouse-url`, `SLUICE_CLICKHOUSE_URL`,
+/// `clickhouse_url in sluice.toml`, or the default.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    pub redis_url: String,
+    pub clickhouse_url: String,
+}
+
+/// Where the value of one setting came from (flags and environment are merged by clap: an
+/// equal environment variable means it came from there).
+fn origin(
+    flag: &str,
+    env: &str,
+    given: Option<&String>,
+    file_key: &str,
+    in_file: bool,
+    file: Option<&PathBuf>,
+) -> String {
+    match (given, file) {
+        (Some(v), _) if std::env::var(env).ok().as_ref() == Some(v) => env.to_string(),
+        (Some(_), _) => flag.to_string(),
+        (None, Some(f)) if in_file => format!("{file_key} in {}", f.display()),
+        _ => format!("the default; set {flag} or {env}"),
+    }
 }
 
 /// What the tools (`publish`, `dlq`, `replay`) need: how to reach Redis, and where the events are.
@@ -65,6 +93,8 @@ pub struct Settings {
 pub struct ToolSettings {
     pub redis: RedisOptions,
     pub stream_prefix: String,
+    /// Where the Redis URL came from.
+    pub redis_origin: String,
 }
 
 /// A password given directly, or in a file; both is an error.
@@ -134,6 +164,11 @@ impl CommonArgs {
         Ok(o)
     }
 
+    fn redis_origin(&self, f: &FileSettings) -> String {
+        let (given, file) = (self.redis_url.as_ref(), self.config.as_ref());
+        origin("--redis-url", "SLUICE_REDIS_URL", given, "redis_url", f.redis_url.is_some(), file)
+    }
+
     fn stream_prefix(&self, f: &FileSettings) -> String {
         self.stream_prefix.clone().or(f.stream_prefix.clone()).unwrap_or_else(|| defaults::STREAM_PREFIX.into())
     }
@@ -141,7 +176,11 @@ impl CommonArgs {
     /// The tools' settings.
     pub fn resolve(&self) -> Result<ToolSettings> {
         let f = self.file()?;
-        Ok(ToolSettings { redis: self.redis_options(&f)?, stream_prefix: self.stream_prefix(&f) })
+        Ok(ToolSettings {
+            redis: self.redis_options(&f)?,
+            stream_prefix: self.stream_prefix(&f),
+            redis_origin: self.redis_origin(&f),
+        })
     }
 }
 
@@ -243,6 +282,17 @@ impl RunArgs {
                 f.bullmq.as_ref(),
             )?,
             retention: self.retention(&f)?,
+            origins: Origins {
+                redis_url: self.common.redis_origin(&f),
+                clickhouse_url: origin(
+                    "--clickhouse-url",
+                    "SLUICE_CLICKHOUSE_URL",
+                    self.clickhouse_url.as_ref(),
+                    "clickhouse_url",
+                    f.clickhouse_url.is_some(),
+                    self.common.config.as_ref(),
+                ),
+            },
             housekeeping_interval: ms(f
                 .housekeeping_interval_ms
                 .unwrap_or(defaults::HOUSEKEEPING_INTERVAL_MS)
@@ -476,7 +526,10 @@ mod tests {
         let f = file("batch_sise = 10");
         let e = error(&["--config", f.to_str().unwrap()]);
         std::fs::remove_file(&f).unwrap();
-        assert!(e.contains("invalid config file") && e.contains("batch_sise"), "{e}");
+        assert!(
+            e.contains("invalid config file") && e.contains("unknown key `batch_sise` — did you mean `batch_size`?"),
+            "{e}"
+        );
         let f = file("[concurrency]\nurgent = 1");
         let e = error(&["--config", f.to_str().unwrap()]);
         std::fs::remove_file(&f).unwrap();

@@ -125,8 +125,8 @@ pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConf
     }
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let file: toml::Table =
-                toml::from_str(&text).map_err(|e| anyhow!("invalid plugin settings file {}: {e}", path.display()))?;
+            let file: toml::Table = toml::from_str(&text)
+                .map_err(|e| crate::suggest::toml_error(&format!("plugin settings file {}", path.display()), &e))?;
             if file.contains_key("name") {
                 return Err(anyhow!(
                     "{}: `name` cannot be set in a plugin's own settings file: which plugin a file is, the host config says ([plugins.{stem}] name = \"...\")",

@@ -60,6 +60,32 @@ impl Default for PluginLimits {
     }
 }
 
+/// How to fix a component built against another version of the contract.
+const WIT_FIX: &str = "build it against this host's contract, package sluice:plugin@0.1.0 (wit/sluice.wit and the SDKs of this release; `sluice plugin new` makes a project that does), or run a host that supports its version";
+
+/// A plugin file must be a WebAssembly component: a core module (what `wasm32-wasip1` or
+/// `wasm32-unknown-unknown` builds give) or something else entirely is named as such, with the
+/// fix.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<()> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(anyhow!(
+            "{} is not a valid WebAssembly component: it is a core WebAssembly module — build the plugin for wasm32-wasip2 (`cargo build --target wasm32-wasip2`, componentize-py, jco componentize), or wrap a WASI module with `wasm-tools component new --adapt`",
+            path.display()
+        )),
+        Some([0, b'a', b's', b'm', ..]) => Err(anyhow!(
+            "{} is not a valid WebAssembly component: it starts with \\0asm but its version bytes {:02x?} are neither a component's nor a core module's (a truncated or corrupt file, or a toolchain newer than this host)",
+            path.display(),
+            &bytes[4..8]
+        )),
+        _ => Err(anyhow!(
+            "{} is not a valid WebAssembly component: it does not start with \\0asm as WebAssembly does (it starts with {:?}) — the plugin's source, or a text file?",
+            path.display(),
+            String::from_utf8_lossy(&bytes[..bytes.len().min(16)])
+        )),
+    }
+}
+
 /// One checked version of a plugin, ready to instantiate.
 pub struct LoadedPlugin {
     pub path: PathBuf,
@@ -99,6 +125,7 @@ impl LoadedPlugin {
             read_sidecar(path, defaults)?;
         let bytes =
             tokio::fs::read(path).await.with_context(|| format!("cannot read plugin file {}", path.display()))?;
+        check_header(path, &bytes)?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let compile_started = std::time::Instant::now();
         let (compiler, h) = (engine.clone(), hash.clone());
@@ -112,11 +139,23 @@ impl LoadedPlugin {
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow!("{} does not match the sluice:plugin@0.1.0 world: {e:#}", path.display()))?;
-        let pre = bindings::PluginPre::new(instance_pre)
-            .map_err(|e| anyhow!("{} does not export the sluice:plugin@0.1.0 handler: {e:#}", path.display()))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!(
+                "{} does not match the sluice:plugin@0.1.0 world ({}): {WIT_FIX}",
+                path.display(),
+                sandbox::first_line(&e)
+            )
+        })?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
+            let exports: Vec<String> =
+                component.component_type().exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
+            anyhow!(
+                "{} does not export the sluice:plugin@0.1.0 handler (it exports: {}; {}): {WIT_FIX}",
+                path.display(),
+                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
+                sandbox::first_line(&e)
+            )
+        })?;
         let mut plugin = LoadedPlugin {
             path: path.to_path_buf(),
             hash,

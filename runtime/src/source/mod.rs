@@ -185,6 +185,13 @@ pub fn parse_entry(
         }
         None => envelope_ts.unwrap_or(entry_ms),
     };
+    // An event time no column can hold is the event's fault, said here, not an INSERT error
+    // blamed on the plugin's table later.
+    if !(0..=MAX_EVENT_TIME_MS).contains(&timestamp_ms) {
+        return Err(format!(
+            "event time {timestamp_ms} (field `ts` or the envelope's timestamp) is out of range: milliseconds since the epoch from 0 (1970-01-01) to {MAX_EVENT_TIME_MS} (2106-02-07, the end of ClickHouse's DateTime) — seconds or microseconds by mistake?"
+        ));
+    }
     Ok(wit::Event {
         id,
         event_type: event_type.to_string(),
@@ -195,6 +202,9 @@ pub fn parse_entry(
         attempt: 1,
     })
 }
+
+/// The last millisecond ClickHouse's `DateTime` holds (2106-02-07T06:28:15.999Z).
+pub const MAX_EVENT_TIME_MS: i64 = u32::MAX as i64 * 1000 + 999;
 
 /// The envelope's `timestamp`: RFC 3339, or Python's `isoformat()` without an offset (UTC).
 fn parse_envelope_time(s: &str) -> Option<i64> {
@@ -236,6 +246,16 @@ mod tests {
         assert!(parse_entry("s", "x", "1-0", &f(&[("foo", "bar")])).unwrap_err().contains("no `payload`"));
         assert!(
             parse_entry("s", "x", "1-0", &f(&[("payload", "{}"), ("ts", "yesterday")])).unwrap_err().contains("`ts`")
+        );
+        assert!(
+            parse_entry("s", "x", "1-0", &f(&[("payload", "{}"), ("ts", "99999999999999999")]))
+                .unwrap_err()
+                .contains("is out of range")
+        );
+        assert!(
+            parse_entry("s", "x", "1-0", &f(&[("payload", "{}"), ("ts", "-1")]))
+                .unwrap_err()
+                .contains("is out of range")
         );
         assert!(parse_entry("s", "x", "1-0", &f(&[("data", "not json")])).unwrap_err().contains("not a JSON envelope"));
     }

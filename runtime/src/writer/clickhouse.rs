@@ -32,10 +32,45 @@ impl ChError {
     fn from_client(e: ::clickhouse::error::Error) -> ChError {
         use ::clickhouse::error::Error as E;
         match e {
-            E::Network(e) => ChError::Network(with_tls_hint(e.to_string())),
+            E::Network(e) => ChError::Network(with_tls_hint(error_chain(&*e))),
             E::TimedOut => ChError::Network("timed out".into()),
             E::BadResponse(text) => parse_server_error(&text),
             other => ChError::Other(other.to_string()),
+        }
+    }
+
+    /// Why no retry of a first request can succeed, if that is the case: the address answers,
+    /// but not as ClickHouse's HTTP interface, or TLS cannot work. (Only for connecting: a
+    /// server that answered before is retried whatever it says.)
+    pub fn never_succeeds(&self, url: &str) -> Option<String> {
+        let text = self.to_string();
+        let first =
+            text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(200).collect::<String>();
+        match self {
+            ChError::Other(_) if text.contains("clickhouse-client") || text.contains("native protocol") => {
+                Some(format!(
+                    "{url} is ClickHouse's native-protocol port, not its HTTP interface: use the HTTP port (8123 by default; 8443 for HTTPS)"
+                ))
+            }
+            ChError::Other(_) => Some(format!(
+                "the server at {url} answered, but not as ClickHouse's HTTP interface (\"{first}\"): is it the HTTP port (8123 by default; 8443 for HTTPS; 9000 is the native protocol)?"
+            )),
+            ChError::Network(m) if m.contains("invalid peer certificate") || m.contains("UnknownIssuer") => {
+                Some(format!("the certificate of {url} is not trusted: {first}"))
+            }
+            ChError::Network(m)
+                if m.contains("InvalidContentType")
+                    || m.contains("corrupt message")
+                    || m.contains("wrong version number") =>
+            {
+                Some(format!(
+                    "{url} does not speak TLS there: use http://, or the server's HTTPS port (8443 by default)"
+                ))
+            }
+            ChError::Network(m) if m.contains("connection closed before message completed") => Some(format!(
+                "the server at {url} closed the connection without an HTTP answer: is it ClickHouse's HTTP port (8123 by default), or a TLS port given as http://?"
+            )),
+            _ => None,
         }
     }
 
@@ -54,6 +89,22 @@ impl ChError {
             ChError::Server { .. } => ErrorClass::Table,
         }
     }
+}
+
+/// An error and its causes, each once: `client error (Connect): tcp connect error: Connection
+/// refused (os error 111)` rather than `client error (Connect)`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// A TLS failure says what to check.

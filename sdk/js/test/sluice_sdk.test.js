@@ -55,7 +55,8 @@ test('a failing event loses its rows; a bug fails its event, not the batch', () 
 test('payloads that are not JSON objects, or hold non-finite numbers, fail permanently', () => {
   const e = (payload) => new Event({ id: 'e', eventType: 'T', payload });
   assert.throws(() => e('{"a": ').json(), /invalid T payload: /);
-  assert.throws(() => e('[1]').json(), /expected an object, got an array/);
+  assert.throws(() => e('[1]').json(), /payload must be a JSON object, got an array/);
+  assert.throws(() => e('{"a": 1,}').json(), /payload is not valid JSON \(line 1, column \d+\)/);
   assert.throws(() => e('{"a": 1e400}').json(), /number out of range/);
   assert.throws(() => e('{"b": 1}').json({ a: 'string' }), /missing field `a`/);
 });

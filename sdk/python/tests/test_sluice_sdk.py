@@ -99,7 +99,7 @@ class Batches(unittest.TestCase):
 
     def test_payloads_that_are_not_json_objects_or_hold_non_finite_numbers_fail(self):
         e = lambda p: Event("e", "T", p)  # noqa: E731
-        for payload, needle in [('{"a": ', "invalid T payload: "), ("[1]", "expected an object, got an array"),
+        for payload, needle in [('{"a": ', "invalid T payload: "), ("[1]", "payload must be a JSON object, got an array"),
                                 ('{"a": 1e400}', "number out of range"), ('{"a": NaN}', "invalid JSON value `NaN`")]:
             with self.assertRaisesRegex(Permanent, needle):
                 e(payload).json()

@@ -28,6 +28,15 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
             "plugin name `{name}`: use lower-case letters, digits and `-`, starting with a letter (it names the consumer groups)"
         );
     }
+    // The host keeps `sluice_*` tables (its registry) and `sluice:*` keys for itself: a plugin
+    // named so could not load.
+    if name == "sluice" || name.starts_with("sluice-") {
+        bail!(
+            "plugin name `{name}`: names starting with `sluice` are the host's own (its `sluice_` tables and `sluice:` keys); choose another, e.g. `{}`",
+            name.trim_start_matches("sluice").trim_start_matches('-').to_string()
+                + if name == "sluice" { "my-plugin" } else { "" }
+        );
+    }
     let root = dir.join(name);
     if root.exists() {
         bail!("{} already exists; choose another name or directory", root.display());
@@ -92,8 +101,9 @@ pub fn next_steps(root: &Path, name: &str, lang: &str) -> String {
             format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
         ),
     };
+    let sluice = crate::cli::this_command();
     format!(
-        "created {}\n\nbuild:  cd {} && {build}\ntest:   {test} && sluice plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
+        "created {}\n\nbuild:  cd {} && {build}\ntest:   {test} && {sluice} plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
         root.display(),
         root.display()
     )
