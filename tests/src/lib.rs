@@ -6,7 +6,8 @@
 //! - `host`: the binary under test and its plugins;
 //! - `events`: events in (seed events, BullMQ jobs) and what they add up to;
 //! - `assertions`: what is left in Redis (dead letters, pending entries);
-//! - `process`, `http`: waiting, stopping, local HTTP.
+//! - `process`, `http`: waiting, stopping, local HTTP;
+//! - `proxy`: a TCP proxy that switches servers, as a failover does.
 
 mod assertions;
 pub mod echo;
@@ -14,6 +15,7 @@ mod events;
 mod host;
 mod http;
 mod process;
+mod proxy;
 mod servers;
 
 pub use assertions::*;
@@ -21,4 +23,5 @@ pub use events::*;
 pub use host::*;
 pub use http::*;
 pub use process::*;
+pub use proxy::*;
 pub use servers::*;

@@ -69,7 +69,10 @@ fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts(releas
     let redis = Redis::start()?;
     let ch = ClickHouse::start(release)?;
     let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
-    let host = Host::start(&redis, &ch, plugins.path(), &[("SLUICE_BULLMQ_QUEUES", "events")])?;
+    // The producer sets removeOnComplete: 100; the host's retention keeps fewer here (4).
+    let config = config_file(plugins.path(), "bullmq_keep_completed = 4\nhousekeeping_interval_ms = 300\n")?;
+    let env = [("SLUICE_BULLMQ_QUEUES", "events"), ("SLUICE_CONFIG", config.to_str().unwrap())];
+    let host = Host::start(&redis, &ch, plugins.path(), &env)?;
     host.wait_running(Duration::from_secs(60))?;
     let add = |data: &str, count: &str| {
         bullmq(&redis, &["add", "--type", "flaky.event", "--data", data, "--count", count, "--backoff-ms", "300"])
@@ -83,9 +86,9 @@ fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts(releas
     add(r#"{"n":4,"fail_first":true}"#, "1")?;
     // No plugin subscribes to this type: not failed, it waits (delayed) for one.
     bullmq(&redis, &["add", "--type", "nobody.listens", "--data", "{}", "--count", "1"])?;
-    wait_until("two failed jobs and six completed", Duration::from_secs(60), || {
+    wait_until("two failed jobs and six completed, the oldest two trimmed", Duration::from_secs(60), || {
         let c = counts(&redis);
-        c["failed"] == 2 && c["completed"] == 6
+        c["failed"] == 2 && c["completed"] == 4 && host.metric("sluice_bullmq_jobs_trimmed_total", "completed") == 2.0
     })
     .map_err(|e| anyhow::anyhow!("{e}; counts: {}\n{}", counts(&redis), host.log_text()))?;
     let failed = bullmq(&redis, &["failed"])?;
@@ -108,6 +111,10 @@ fn a_failing_job_ends_in_the_failed_set_with_its_error_after_its_attempts(releas
     );
     let c = counts(&redis);
     assert_eq!((unfinished(&c), c["failed"].as_i64()), (1, Some(2)), "only the unrouted job is left: {c}");
+    // The trimmed jobs went with their hashes: 4 completed + 2 failed + 1 waiting are left.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("bull:events:*").query(&mut redis.conn()?)?;
+    let jobs = keys.iter().filter(|k| k["bull:events:".len()..].bytes().all(|b| b.is_ascii_digit())).count();
+    assert_eq!(jobs, 7, "{keys:?}");
     host.wait_for_log("no running plugin subscribes to this event type", Duration::from_secs(5))?;
     Ok(())
 }

@@ -111,6 +111,36 @@ fn pipelines_recover_by_themselves_when_redis_loses_its_data() -> Result<()> {
     Ok(())
 }
 
+/// A failover to a replica that had not synced: the address the host uses now leads to an
+/// empty Redis (a TCP proxy switched from one server to another, dropping the connections, as
+/// a virtual IP or DNS name does). The host goes on by itself with the new server.
+#[test]
+fn a_failover_to_an_empty_replica_is_recovered_by_itself() -> Result<()> {
+    let primary = Redis::start_ephemeral()?;
+    let replica = Redis::start_ephemeral()?;
+    let proxy = Proxy::start(primary.port)?;
+    let ch = ClickHouse::start(Release::V18)?;
+    let dir = plugin_dir_with(&[test_plugin("flaky")])?;
+    let cfg = config_file(dir.path(), FAST)?;
+    let host = Host::start(
+        &primary,
+        &ch,
+        dir.path(),
+        &[("SLUICE_CONFIG", &cfg.display().to_string()), ("SLUICE_REDIS_URL", &proxy.url())],
+    )?;
+    host.wait_running(Duration::from_secs(60))?;
+    publish(&mut primary.conn()?, 0, 2000)?;
+    wait_until("2000 rows through the primary", Duration::from_secs(60), || landed(&ch, 0, 2000) == 2000)?;
+    proxy.switch_to(replica.port);
+    publish(&mut replica.conn()?, 10_000, 500)?;
+    wait_until("the events published to the new server", Duration::from_secs(60), || {
+        landed(&ch, 10_000, 10_500) == 500
+    })
+    .map_err(|e| e.context(host.log_text()))?;
+    wait_until("ready", Duration::from_secs(20), || ready(&host).0 == 200)?;
+    Ok(())
+}
+
 /// With Redis and ClickHouse both down, the admin API answers at once: `/health` within a
 /// second, `/ready` 503 saying what the host waits for; once they are up the host starts.
 #[test]
