@@ -59,7 +59,9 @@ fn sum(samples: &[(String, HashMap<String, String>, f64)], name: &str, labels: &
 
 fn start(redis: &Redis, ch: &ClickHouse, plugins: &std::path::Path, token: Option<&str>) -> Result<Host> {
     let cfg = tempfile::tempdir()?.keep();
-    let config = config_file(&cfg, "insert_linger_ms = 50\nretry_base_ms = 100\n")?.display().to_string();
+    let config = config_file(&cfg, "insert_linger_ms = 50\nretry_base_ms = 100\nhousekeeping_interval_ms = 300\n")?
+        .display()
+        .to_string();
     let mut env = vec![("SLUICE_CONFIG", config.as_str())];
     if let Some(t) = token {
         env.push(("SLUICE_ADMIN_TOKEN", t));
@@ -236,6 +238,11 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins(release: Relea
     let env = [("SLUICE_REDIS_URL", redis.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     sluice(&["publish", "OrderCreatedEvent", "--count", "200"], &env)?;
+    // A producer's typo: a stream nobody reads, shown as such.
+    sluice(&["publish", "OrderPlaced", "{}"], &env)?;
+    wait_until("the unread stream in the API", Duration::from_secs(20), || {
+        host.admin("GET", "/api/streams", &[]).is_ok_and(|(_, b)| b.contains("events:OrderPlaced"))
+    })?;
     let profile = tempfile::tempdir()?;
     let out = Command::new("timeout")
         .args([
@@ -267,6 +274,8 @@ fn the_dashboard_loads_in_headless_chromium_and_shows_the_plugins(release: Relea
     }
     assert!(dom.contains(">running<"), "{dom}");
     assert!(dom.contains("events:OrderCreatedEvent"), "{dom}");
+    assert!(dom.contains("events:OrderPlaced") && dom.contains(">no subscriber<"), "the unread stream: {dom}");
+    assert!(dom.contains("keep 7d"), "each stream's retention: {dom}");
     let shown = format!("orders_analytics ({})", release.plain_guarantee().replace('_', "-"));
     assert!(dom.contains(&shown), "each table's guarantee: {dom}");
     assert!(dom.contains(">ready<"), "{dom}");
