@@ -4,6 +4,7 @@
 #   - target/tools/python: a venv with componentize-py (pinned in examples/python/requirements.txt)
 #   - examples/js/node_modules: componentize-js (pinned in examples/js/package-lock.json)
 #   - examples/bullmq/node_modules: bullmq and ioredis for the example BullMQ producer
+#   - target/tools/python-producer: redis-py for the example Python Streams producer
 #   - target/tools/node: Node.js 20 from the npm registry, only when the system's node is older
 #     (Debian 12 ships 18; componentize-js's parser needs 20)
 # Prints the directory to put first on PATH for `node` (empty when the system's will do).
@@ -19,6 +20,15 @@ if ! "$py/bin/componentize-py" --version 2>/dev/null | grep -qF "$(sed -n 's/^co
   rm -rf "$py"
   timeout 300 python3 -m venv "$py"
   timeout 900 "$py/bin/pip" install --quiet --disable-pip-version-check -r examples/python/requirements.txt >&2
+fi
+
+# The example Python Streams producer (used by the tests): the real redis-py.
+pyprod=target/tools/python-producer
+if ! "$pyprod/bin/python" -c 'import redis' 2>/dev/null; then
+  echo "plugin-toolchains: installing redis-py into $pyprod" >&2
+  rm -rf "$pyprod"
+  timeout 300 python3 -m venv "$pyprod"
+  timeout 900 "$pyprod/bin/pip" install --quiet --disable-pip-version-check -r examples/python-streams/requirements.txt >&2
 fi
 
 node_bin=""

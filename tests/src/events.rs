@@ -14,6 +14,34 @@ pub fn bullmq(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
     bullmq_at(&redis.url(), args)
 }
 
+/// Runs the example Python Streams producer (`examples/python-streams/producer.py`, with the
+/// real redis-py) against `redis`; returns the entry id it prints.
+pub fn python_producer(redis: &Redis, args: &[&str]) -> Result<String> {
+    let root = repo_root();
+    let python = root.join("target/tools/python-producer/bin/python");
+    assert!(
+        python.exists(),
+        "no redis-py in target/tools/python-producer: run `make examples` (scripts/plugin-toolchains.sh)"
+    );
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(python)
+        .arg(root.join("examples/python-streams/producer.py"))
+        .arg("--redis-url")
+        .arg(redis.url())
+        .args(args)
+        .output()
+        .context("cannot run python")?;
+    if !out.status.success() {
+        bail!(
+            "producer.py {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// [`bullmq`] against a Redis URL.
 pub fn bullmq_at(redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
     let root = repo_root();

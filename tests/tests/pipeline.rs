@@ -239,6 +239,36 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped(release: Release) -> Res
     Ok(())
 }
 
+/// The Python services' layouts, written by the real redis-py (the example producer): the
+/// envelope in `data` or `event`, the envelope's keys as fields, `data` holding the payload
+/// alone, and Sluice's own `payload` — each lands once, with its event id.
+#[test]
+fn the_python_services_layouts_land() -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start(Release::V18)?;
+    let dir = sluice_tests::plugin_dir_with(&[sluice_tests::test_plugin("flaky")])?;
+    let host = Host::start(&redis, &ch, dir.path(), &[])?;
+    host.wait_running(Duration::from_secs(60))?;
+    let layouts = ["envelope", "event", "flat", "data-only", "payload"];
+    for (n, layout) in layouts.iter().enumerate() {
+        let payload = json!({ "n": n }).to_string();
+        let id = format!("py-{layout}");
+        let args = ["--type", "flaky.event", "--layout", layout, "--payload", &payload, "--id", &id];
+        sluice_tests::python_producer(&redis, &args)?;
+    }
+    wait_until("a row per layout", Duration::from_secs(30), || {
+        ch.number("SELECT count() FROM analytics.flaky_rows") == layouts.len() as i64
+    })
+    .map_err(|e| {
+        e.context(format!("dead letters: {:?}\n{}", dead_letters(&mut redis.conn().unwrap()), host.log_text()))
+    })?;
+    let rows = ch.query("SELECT event_id, n FROM analytics.flaky_rows ORDER BY n")?;
+    let expected: Vec<String> = layouts.iter().enumerate().map(|(n, l)| format!("py-{l}\t{n}")).collect();
+    assert_eq!(rows, expected.join("\n"));
+    assert!(dead_letters(&mut redis.conn()?).is_empty());
+    Ok(())
+}
+
 on_every_release!(
     ten_thousand_mixed_events_land_exactly_once,
     malformed_events_are_dead_lettered_with_stream_entry_and_reason,

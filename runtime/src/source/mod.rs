@@ -10,9 +10,11 @@
 //!   failed for good). The core never asks which source it serves.
 //!
 //! The wire format (`docs/contract.md`): an event of type `T` is an entry of stream
-//! `<prefix>T` with a JSON `payload` field and optional `id`, `ts`, `source`, `tenant`; or,
-//! as the Python services write it, one JSON envelope `{type, aggregate_id, data, timestamp,
-//! ...}` in a field `event` or `data`, whose `data` becomes the payload.
+//! `<prefix>T` with a JSON `payload` field and optional `id`, `ts`, `source`, `tenant`; or the
+//! layouts the Python services write: one JSON envelope `{type, aggregate_id, data, timestamp,
+//! ...}` in a field `event` or `data` (its `data` becomes the payload); the envelope's keys as
+//! fields of their own (`type`, `aggregate_id`, `data`, `timestamp`, ...: `data` is the
+//! payload); or `data` holding the payload alone.
 
 pub mod bullmq;
 pub mod delayed;
@@ -165,13 +167,32 @@ pub fn parse_entry(
     let (payload, envelope_id, envelope_ts) = if let Some(p) = field(fields, "payload") {
         (utf8("payload", p)?.to_string(), None, None)
     } else if let Some((name, raw)) = ["event", "data"].iter().find_map(|n| field(fields, n).map(|v| (*n, v))) {
-        // The seed's Python envelope: {"type", "aggregate_id", "aggregate_type", "data", "timestamp"}.
-        let env: serde_json::Value =
-            serde_json::from_slice(raw).map_err(|e| format!("field `{name}` is not a JSON envelope: {e}"))?;
-        let data = env.get("data").ok_or_else(|| format!("envelope in field `{name}` has no `data`"))?;
-        let ts = env.get("timestamp").and_then(|t| t.as_str()).and_then(parse_envelope_time);
-        let id = env.get("event_id").or_else(|| env.get("id")).and_then(|v| v.as_str()).map(str::to_string);
-        (data.to_string(), id, ts)
+        // The Python services' layouts (see the module's comment).
+        let value: serde_json::Value = serde_json::from_slice(raw)
+            .map_err(|e| format!("field `{name}` is neither a JSON envelope nor a JSON payload: {e}"))?;
+        let text_field = |k: &str| field(fields, k).and_then(|v| std::str::from_utf8(v).ok());
+        if is_envelope(&value) {
+            // {"type", "aggregate_id", "aggregate_type", "data", "timestamp", "event_id"?} in one field.
+            let data = &value["data"];
+            let ts = value.get("timestamp").and_then(|t| t.as_str()).and_then(parse_envelope_time);
+            let id = value.get("event_id").or_else(|| value.get("id")).and_then(|v| v.as_str()).map(str::to_string);
+            (data.to_string(), id, ts)
+        } else if name == "data" {
+            // Flat: the envelope's keys as fields, `data` the payload — or `data` alone.
+            let ts = match text_field("timestamp") {
+                Some(t) => Some(
+                    parse_envelope_time(t)
+                        .ok_or_else(|| format!("field `timestamp` = {t:?} is not an RFC 3339 or ISO 8601 time"))?,
+                ),
+                None => None,
+            };
+            (value.to_string(), text_field("event_id").map(str::to_string), ts)
+        } else {
+            return Err(
+                "field `event` is not an envelope: a JSON object with `data` and `type`, `aggregate_id` or `timestamp`"
+                    .into(),
+            );
+        }
     } else {
         return Err("entry has no `payload` field (nor an `event`/`data` envelope)".into());
     };
@@ -201,6 +222,14 @@ pub fn parse_entry(
         tenant: opt("tenant")?,
         attempt: 1,
     })
+}
+
+/// Whether a JSON value is the Python services' envelope (rather than a payload that happens to
+/// be in a field named `data`): an object with `data` and at least one of the envelope's other
+/// keys.
+fn is_envelope(v: &serde_json::Value) -> bool {
+    v.get("data").is_some()
+        && ["type", "aggregate_id", "aggregate_type", "timestamp", "event_id"].iter().any(|k| v.get(*k).is_some())
 }
 
 /// The last millisecond ClickHouse's `DateTime` holds (2106-02-07T06:28:15.999Z).
@@ -239,6 +268,32 @@ mod tests {
         let e = parse_entry("events:task.created", "task.created", "9-0", &f(&[("event", env)])).unwrap();
         assert_eq!(e.payload, r#"{"task_id":1}"#);
         assert_eq!(e.timestamp_ms, 1_736_937_000_000);
+        // The same envelope in `data`.
+        let e = parse_entry("events:task.created", "task.created", "9-0", &f(&[("data", env)])).unwrap();
+        assert_eq!((e.payload.as_str(), e.timestamp_ms), (r#"{"task_id":1}"#, 1_736_937_000_000));
+        // Flat: the envelope's keys as fields of their own.
+        let flat = f(&[
+            ("type", "task.created"),
+            ("aggregate_id", "1"),
+            ("aggregate_type", "task"),
+            ("data", r#"{"task_id":1,"title":"Fix bug"}"#),
+            ("timestamp", "2025-01-15T10:30:00"),
+            ("event_id", "ev-1"),
+        ]);
+        let e = parse_entry("events:task.created", "task.created", "9-0", &flat).unwrap();
+        assert_eq!(e.payload, r#"{"task_id":1,"title":"Fix bug"}"#);
+        assert_eq!((e.id.as_str(), e.timestamp_ms), ("ev-1", 1_736_937_000_000));
+        // `data` holding the payload alone (a payload may have a `data` key of its own).
+        let e =
+            parse_entry("events:user.created", "user.created", "7-0", &f(&[("data", r#"{"email":"a@b"}"#)])).unwrap();
+        assert_eq!((e.payload.as_str(), e.timestamp_ms), (r#"{"email":"a@b"}"#, 7));
+        let e = parse_entry("s", "x", "7-0", &f(&[("data", r#"{"data":[1],"n":2}"#)])).unwrap();
+        assert_eq!(e.payload, r#"{"data":[1],"n":2}"#);
+        assert!(
+            parse_entry("s", "x", "7-0", &f(&[("data", "{}"), ("timestamp", "soon")]))
+                .unwrap_err()
+                .contains("field `timestamp`")
+        );
     }
 
     #[test]
@@ -257,6 +312,8 @@ mod tests {
                 .unwrap_err()
                 .contains("is out of range")
         );
-        assert!(parse_entry("s", "x", "1-0", &f(&[("data", "not json")])).unwrap_err().contains("not a JSON envelope"));
+        assert!(
+            parse_entry("s", "x", "1-0", &f(&[("data", "not json")])).unwrap_err().contains("neither a JSON envelope")
+        );
     }
 }
