@@ -54,9 +54,11 @@ impl std::fmt::Display for NeverSucceeds {
 
 impl std::error::Error for NeverSucceeds {}
 
-/// Tries of an answer that [`NeverSucceeds`] before [`until_ok`] gives up (in a row: a server
-/// restarting behind the address may answer oddly once).
+/// How long, and how many tries in a row, an answer that [`NeverSucceeds`] must persist before
+/// [`until_ok`] gives up: a server starting behind a proxy (a container's published port) may
+/// answer oddly for a few seconds.
 const NEVER_SUCCEEDS_TRIES: u32 = 3;
+const NEVER_SUCCEEDS_FOR: Duration = Duration::from_secs(20);
 
 /// Runs `f` until it succeeds, saying why it did not each time (`what` is not available yet;
 /// also shown by `/ready` meanwhile) and waiting 200 ms doubling to 5 s in between. An error
@@ -68,6 +70,7 @@ where
 {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut hopeless = 0;
+    let mut hopeless_since = std::time::Instant::now();
     for attempt in 1.. {
         match f().await {
             Ok(v) => {
@@ -75,10 +78,17 @@ where
                 return Ok(v);
             }
             Err(e) if e.downcast_ref::<NeverSucceeds>().is_some() || e.chain().any(|c| c.is::<NeverSucceeds>()) => {
+                if hopeless == 0 {
+                    hopeless_since = std::time::Instant::now();
+                }
                 hopeless += 1;
-                if hopeless >= NEVER_SUCCEEDS_TRIES {
+                if hopeless >= NEVER_SUCCEEDS_TRIES && hopeless_since.elapsed() >= NEVER_SUCCEEDS_FOR {
                     crate::status::arrived(what);
-                    return Err(anyhow::anyhow!("{what}: giving up after {hopeless} tries: {}", one_line(&e)));
+                    let secs = hopeless_since.elapsed().as_secs();
+                    return Err(anyhow::anyhow!(
+                        "{what}: giving up after {hopeless} tries in {secs} s: {}",
+                        one_line(&e)
+                    ));
                 }
                 tracing::warn!("{what} is not available ({}); trying again in case it is restarting", one_line(&e));
                 tokio::time::sleep(backoff.next_delay()).await;

@@ -67,7 +67,7 @@ impl Upkeep {
         for stream in &streams {
             let event_type = &stream[prefix.len()..];
             let retention = self.retention.of_type(event_type);
-            match trim(&mut self.conn, stream, retention).await {
+            match trim(&mut self.conn, stream, retention, false).await {
                 Ok(r) => {
                     report.insert(stream.clone(), r);
                 }
@@ -82,7 +82,7 @@ impl Upkeep {
                     tracing::warn!(
                         stream = %stream,
                         length,
-                        "no plugin subscribes to event type `{event_type}`: its events are kept but nobody reads them (a typo in the producer's type, or a plugin not deployed?); subscribed types: {}",
+                        "no plugin subscribes to event type `{event_type}`: its events are kept (for the streams' retention) but nobody reads them (a typo in the producer's type, or a plugin not deployed?); subscribed types: {}",
                         if types.is_empty() { "none".to_string() } else { types.join(", ") }
                     );
                 }
@@ -96,15 +96,16 @@ impl Upkeep {
         }
         warned.retain(|s| unsubscribed.iter().any(|u| &u.stream == s));
 
-        // Replay streams: what every group acknowledged is done with.
+        // Replay streams: what every group acknowledged is done with. One without a group
+        // (its plugin's group not created yet) keeps everything: it is waiting for a reader.
         for stream in self.conn.scan_keys("sluice:replay:*", "stream").await? {
             let done = Retention { max_len: Some(0), max_age: None };
-            if let Err(e) = trim(&mut self.conn, &stream, done).await {
+            if let Err(e) = trim(&mut self.conn, &stream, done, true).await {
                 tracing::warn!(stream = %stream, error = format!("{e:#}"), "cannot trim the replay stream");
             }
         }
         let dlq = crate::keys::DLQ_STREAM;
-        match trim(&mut self.conn, dlq, self.retention.dead_letters).await {
+        match trim(&mut self.conn, dlq, self.retention.dead_letters, false).await {
             Ok(r) => {
                 report.insert(dlq.to_string(), r);
             }
@@ -140,9 +141,15 @@ impl Upkeep {
     }
 }
 
-/// Trims `stream` to `retention`, never past what a consumer group still needs. Returns what
-/// was done (`trimmed_total` of this run).
-async fn trim(conn: &mut RedisConn, stream: &str, retention: Retention) -> Result<StreamRetention> {
+/// Trims `stream` to `retention`, never past what a consumer group still needs;
+/// `needs_a_group`: a stream without any group keeps everything. Returns what was done
+/// (`trimmed_total` of this run).
+async fn trim(
+    conn: &mut RedisConn,
+    stream: &str,
+    retention: Retention,
+    needs_a_group: bool,
+) -> Result<StreamRetention> {
     let mut out = StreamRetention { retention: retention.to_string(), ..StreamRetention::default() };
     if retention.is_unbounded() {
         return Ok(out);
@@ -163,6 +170,7 @@ async fn trim(conn: &mut RedisConn, stream: &str, retention: Retention) -> Resul
     let Some(cut) = cut else { return Ok(out) };
     let (floor, holder) = match oldest_needed(conn, stream).await? {
         Some((floor, group)) if floor < cut => (floor, Some(group)),
+        None if needs_a_group => return Ok(out),
         _ => (cut, None),
     };
     let trimmed: u64 = cmd("XTRIM").arg(stream).arg("MINID").arg(floor.to_string()).query_async(conn).await?;

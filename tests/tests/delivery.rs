@@ -399,6 +399,9 @@ fn delayed_events_are_delivered_once_when_due_and_dead_letters_can_be_reprocesse
     assert!(table.contains("retries_exhausted") && table.contains("flaky"), "{table}");
     let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     std::thread::sleep(Duration::from_millis((now + 4100).saturating_sub(now_ms())));
+    let dry = sluice(&["dlq", "reprocess", entry["dlq_id"].as_str().unwrap(), "--dry-run"], &env)?;
+    assert!(dry.contains("plan: reprocess 1 dead letters") && dry.contains("dry run: nothing changed"), "{dry}");
+    assert_eq!(dead_letters(&mut conn).len(), 1, "a dry run changes nothing");
     let out = sluice(&["dlq", "reprocess", entry["dlq_id"].as_str().unwrap()], &env)?;
     assert!(out.contains("sluice:replay:flaky:flaky.event"), "{out}");
     wait_until("the reprocessed row", Duration::from_secs(20), || {

@@ -103,11 +103,13 @@ fn pipelines_recover_by_themselves_when_redis_loses_its_data() -> Result<()> {
     .map_err(|e| e.context(format!("{:?}", ready(&host))))?;
     assert_eq!(host.metric("sluice_pipelines_stalled", ""), 1.0);
     redis::cmd("DEL").arg("events:flaky.event").query::<()>(&mut conn)?;
+    // Ready again with no traffic at all: an idle stream read fine is not stalled.
+    wait_until("ready again, idle", Duration::from_secs(20), || ready(&host).0 == 200)
+        .map_err(|e| e.context(format!("{:?}", ready(&host))))?;
     publish(&mut conn, 300_000, 10)?;
     wait_until("the events published once the key is gone", Duration::from_secs(60), || {
         landed(&ch, 300_000, 300_010) == 10
     })?;
-    wait_until("ready again", Duration::from_secs(20), || ready(&host).0 == 200)?;
     Ok(())
 }
 
@@ -202,7 +204,7 @@ fn addresses_that_can_never_work_stop_the_host_with_what_to_check() -> Result<()
     let dir = tempfile::tempdir()?;
     let run = |clickhouse: &str, redis: &str| -> Result<(i32, String)> {
         let out = std::process::Command::new("timeout")
-            .arg("60")
+            .arg("90")
             .arg(sluice_bin())
             .args(["run", "--admin-addr", "off"])
             .env("SLUICE_PLUGINS_DIR", dir.path())
@@ -216,9 +218,9 @@ fn addresses_that_can_never_work_stop_the_host_with_what_to_check() -> Result<()
     let redis_as_ch = format!("http://127.0.0.1:{}", redis.port);
     let (code, log) = run(&redis_as_ch, &redis.url())?;
     assert_eq!(code, 2, "{log}");
-    assert!(started.elapsed() < Duration::from_secs(30), "gave up after a few tries");
+    assert!(started.elapsed() < Duration::from_secs(60), "gave up after a few tries");
     let last = log.lines().last().unwrap_or_default();
-    let expected = format!("error: ClickHouse at {redis_as_ch} (SLUICE_CLICKHOUSE_URL): giving up after 3 tries");
+    let expected = format!("error: ClickHouse at {redis_as_ch} (SLUICE_CLICKHOUSE_URL): giving up after ");
     assert!(last.starts_with(&expected), "{log}");
     assert!(last.contains("HTTP port (8123 by default"), "{log}");
     // An HTTP server where Redis should be.
@@ -238,7 +240,7 @@ fn addresses_that_can_never_work_stop_the_host_with_what_to_check() -> Result<()
     let (code, log) = result?;
     assert_eq!(code, 2, "{log}");
     let last = log.lines().last().unwrap_or_default();
-    assert!(last.contains("(SLUICE_REDIS_URL): giving up after 3 tries"), "{log}");
+    assert!(last.contains("(SLUICE_REDIS_URL): giving up after "), "{log}");
     assert!(last.contains("not in the Redis protocol"), "{log}");
     Ok(())
 }

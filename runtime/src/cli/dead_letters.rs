@@ -35,11 +35,19 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             }
             eprintln!("{} of {} dead letters shown{}", shown.len(), all.len(), describe(&filter));
         }
-        DlqCommand::Reprocess { id: Some(id), .. } => {
+        DlqCommand::Reprocess { id: Some(id), filter, confirm, .. } => {
+            if filter.plugin.is_some() || filter.event_type.is_some() || filter.kind.is_some() {
+                bail!("--plugin, --type and --kind choose dead letters for --all; with an id they would be ignored");
+            }
             crate::dlq::check_id(&id)?;
             let entry = crate::dlq::get(&mut conn, &id)
                 .await?
                 .with_context(|| format!("no dead letter {id} in sluice:dlq (see `sluice dlq list`)"))?;
+            if confirm.dry_run {
+                print_plan("reprocess", std::slice::from_ref(&entry));
+                println!("dry run: nothing changed");
+                return Ok(());
+            }
             match crate::dlq::reprocess(&mut conn, &entry).await? {
                 Some((stream, new_id)) => println!("{id} -> {stream} {new_id}"),
                 None => bail!("dead letter {id} was removed meanwhile"),
@@ -235,6 +243,36 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
     Ok(())
 }
 
+/// Events of a replay stream the plugin's group has not finished: its pending entries, plus
+/// those not read yet (`lag`; when Redis cannot say, at least one if the group has not read up
+/// to the last entry). `None`: not known now (no group yet, an error) — not done.
+async fn left_in(conn: &mut RedisConn, stream: &str, group: &str) -> Option<u64> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
+    let g = groups.iter().find(|g| {
+        g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref() == Some(group)
+    })?;
+    let num = |k: &str| g.get(k).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+    let text = |k: &str| g.get(k).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+    let unread = match num("lag") {
+        Some(lag) => lag,
+        None => {
+            let info: std::collections::HashMap<String, redis::Value> =
+                redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await.ok()?;
+            let last = info.get("last-generated-id").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
+            let key = |id: &str| -> (u64, u64) {
+                let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+                (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+            };
+            match (text("last-delivered-id"), last) {
+                (Some(d), Some(l)) if key(&d) < key(&l) => 1,
+                _ => 0,
+            }
+        }
+    };
+    Some(num("pending")? + unread)
+}
+
 /// Follows the plugin's group on the replay streams until nothing is left to read or pending.
 async fn wait_processed(conn: &mut RedisConn, streams: &[String], group: &str, queued: u64) -> Result<()> {
     let progress = Progress::new("processed", queued);
@@ -242,14 +280,15 @@ async fn wait_processed(conn: &mut RedisConn, streams: &[String], group: &str, q
     let mut last_left = u64::MAX;
     loop {
         let mut left = 0u64;
+        let mut known = true;
         for s in streams {
-            let groups: Vec<std::collections::HashMap<String, redis::Value>> =
-                redis::cmd("XINFO").arg("GROUPS").arg(s).query_async(conn).await.unwrap_or_default();
-            let g = groups.iter().find(|g| {
-                g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref() == Some(group)
-            });
-            let num = |k: &str| g.and_then(|g| g.get(k)).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
-            left += num("lag").unwrap_or(0) + num("pending").unwrap_or(0);
+            match left_in(conn, s, group).await {
+                Some(n) => left += n,
+                None => known = false,
+            }
+        }
+        if !known {
+            left = left.max(1);
         }
         progress.update(queued.saturating_sub(left));
         if left == 0 {

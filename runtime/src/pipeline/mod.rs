@@ -93,7 +93,7 @@ impl<I: Intake> Pipeline<I> {
         let who = &self.stage.who;
         tracing::info!(plugin = %who.plugin, version = self.stage.plugin.short_hash(), source = %source, event_type = %who.event_type, group = %who.group, priority = %policy.priority, "pipeline started");
         // How `/ready` names this pipeline when it cannot read.
-        let name = format!("{} / {} from {source}", who.plugin, who.event_type);
+        let name = who.pipeline_name(&source);
         let permits = Arc::new(Semaphore::new(policy.max_inflight_events));
         let mut sandbox = Some(Sandbox::new(self.stage.plugin.clone()));
         let mut backoff = Backoff::brief();

@@ -63,6 +63,14 @@ pub struct Subscriber {
     pub ledger_tables: Arc<[String]>,
 }
 
+impl Subscriber {
+    /// How `/ready` names this version's pipeline over `source` when it cannot read (the
+    /// version is in it: during a hot swap the old version's stop must not clear the new one's).
+    pub fn pipeline_name(&self, source: &str) -> String {
+        format!("{}@{} / {} from {source}", self.plugin, &self.version[..self.version.len().min(12)], self.event_type)
+    }
+}
+
 /// What becomes of one event, as the delivery core decided it (`pipeline::decide`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
@@ -186,7 +194,8 @@ pub fn parse_entry(
                 ),
                 None => None,
             };
-            (value.to_string(), text_field("event_id").map(str::to_string), ts)
+            // The field's own text, not re-serialised: numbers keep every digit.
+            (utf8("data", raw)?.trim().to_string(), text_field("event_id").map(str::to_string), ts)
         } else {
             return Err(
                 "field `event` is not an envelope: a JSON object with `data` and `type`, `aggregate_id` or `timestamp`"
@@ -226,10 +235,10 @@ pub fn parse_entry(
 
 /// Whether a JSON value is the Python services' envelope (rather than a payload that happens to
 /// be in a field named `data`): an object with `data` and at least one of the envelope's other
-/// keys.
+/// keys (`id` included: envelopes name their event id so).
 fn is_envelope(v: &serde_json::Value) -> bool {
     v.get("data").is_some()
-        && ["type", "aggregate_id", "aggregate_type", "timestamp", "event_id"].iter().any(|k| v.get(*k).is_some())
+        && ["type", "aggregate_id", "aggregate_type", "timestamp", "event_id", "id"].iter().any(|k| v.get(*k).is_some())
 }
 
 /// The last millisecond ClickHouse's `DateTime` holds (2106-02-07T06:28:15.999Z).
@@ -289,6 +298,11 @@ mod tests {
         assert_eq!((e.payload.as_str(), e.timestamp_ms), (r#"{"email":"a@b"}"#, 7));
         let e = parse_entry("s", "x", "7-0", &f(&[("data", r#"{"data":[1],"n":2}"#)])).unwrap();
         assert_eq!(e.payload, r#"{"data":[1],"n":2}"#);
+        // An envelope naming its id `id`; a payload keeps every digit of its numbers.
+        let e = parse_entry("s", "x", "7-0", &f(&[("data", r#"{"id":"e1","data":{"a":1}}"#)])).unwrap();
+        assert_eq!((e.payload.as_str(), e.id.as_str()), (r#"{"a":1}"#, "e1"));
+        let e = parse_entry("s", "x", "7-0", &f(&[("data", r#"{"big": 123456789012345678901234567890}"#)])).unwrap();
+        assert_eq!(e.payload, r#"{"big": 123456789012345678901234567890}"#);
         assert!(
             parse_entry("s", "x", "7-0", &f(&[("data", "{}"), ("timestamp", "soon")]))
                 .unwrap_err()

@@ -52,9 +52,15 @@ impl ChError {
                     "{url} is ClickHouse's native-protocol port, not its HTTP interface: use the HTTP port (8123 by default; 8443 for HTTPS)"
                 ))
             }
-            ChError::Other(_) => Some(format!(
-                "the server at {url} answered, but not as ClickHouse's HTTP interface (\"{first}\"): is it the HTTP port (8123 by default; 8443 for HTTPS; 9000 is the native protocol)?"
-            )),
+            // A web page where ClickHouse should answer (not a proxy's plain-text 5xx, not an
+            // exception code alone: those are retried).
+            ChError::Other(_)
+                if text.to_ascii_lowercase().contains("<html") || text.to_ascii_lowercase().contains("<!doctype") =>
+            {
+                Some(format!(
+                    "the server at {url} answered with a web page, not as ClickHouse's HTTP interface (\"{first}\"): is it the HTTP port (8123 by default; 8443 for HTTPS; 9000 is the native protocol)?"
+                ))
+            }
             ChError::Network(m) if m.contains("invalid peer certificate") || m.contains("UnknownIssuer") => {
                 Some(format!("the certificate of {url} is not trusted: {first}"))
             }

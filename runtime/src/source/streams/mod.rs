@@ -58,6 +58,8 @@ pub struct StreamsIntake {
     last_reclaim: Instant,
     last_ledger_gc: Instant,
     heartbeat: Option<AbortOnDrop>,
+    /// This pipeline's name in `/ready`'s stalled list.
+    stall_name: String,
 }
 
 impl StreamsIntake {
@@ -74,6 +76,7 @@ impl StreamsIntake {
         exactly_once: bool,
     ) -> Self {
         StreamsIntake {
+            stall_name: who.pipeline_name(stream),
             reader: StreamReader::new(reading, stream, who.clone(), consumer.clone()),
             control: StreamReader::new(control, stream, who, consumer),
             policy,
@@ -180,6 +183,9 @@ impl Intake for StreamsIntake {
             }
             let block = self.policy.block.min(RECLAIM_INTERVAL);
             let read = self.reader.read_new(max, block).await?;
+            // A read that worked, even an empty one: the pipeline is not stalled (an idle stream
+            // returns no batch for hours, and must not stay "stalled" after a blip).
+            crate::status::progressing(&self.stall_name);
             if !read.is_empty() {
                 return Ok(Some(self.batch(read, false)));
             }

@@ -240,7 +240,8 @@ impl StreamReader {
             }
             let reply: Value = match c.query_async(&mut self.conn).await {
                 Ok(v) => v,
-                Err(e) if self.recreate_if_missing(&e, "XCLAIM").await? => return Ok((Vec::new(), Vec::new())),
+                // Nothing pending in a group created now; what the other stream gave is kept.
+                Err(e) if self.recreate_if_missing(&e, "XCLAIM").await? => continue,
                 Err(e) => return Err(e).with_context(|| format!("XCLAIM on {stream} failed")),
             };
             for (id, fields) in entries_reply(reply)? {
