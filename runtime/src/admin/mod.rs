@@ -116,6 +116,10 @@ fn internal(e: anyhow::Error) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
 }
 
+/// A handler's answer: the response, or the error response it stopped at (so that handlers
+/// read as their steps, with `?`).
+type Answer = Result<Response, Response>;
+
 /// Checks the bearer token of a mutating call. (The refusal is the response itself: handlers
 /// return it as it is.)
 #[allow(clippy::result_large_err)]
@@ -252,11 +256,8 @@ async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
     })
 }
 
-async fn streams(State(s): State<Arc<AdminState>>) -> Response {
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn streams(State(s): State<Arc<AdminState>>) -> Answer {
+    let mut conn = s.redis()?;
     let pipelines = s.pipelines();
     let (retention, unsubscribed) = {
         let reg = s.registry.read().unwrap();
@@ -276,7 +277,7 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Response {
             "length": u.length, "subscribed": false, "retention": retention.get(&u.stream),
         }));
     }
-    Json(out).into_response()
+    Ok(Json(out).into_response())
 }
 
 /// Prometheus text. Gauges that live in Redis (stream lengths, lag, pending, dead letters) and
@@ -338,117 +339,60 @@ fn dlq_id(id: &str) -> Result<(), Response> {
     crate::dlq::check_id(id).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))
 }
 
-async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Response {
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let filter = match q.filter() {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    match crate::dlq::list(&mut conn, filter, q.limit.unwrap_or(100).min(10_000)).await {
-        Ok(entries) => Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response(),
-        Err(e) => internal(e),
+async fn dlq_list(State(s): State<Arc<AdminState>>, Query(q): Query<DlqQuery>) -> Answer {
+    let mut conn = s.redis()?;
+    let entries =
+        crate::dlq::list(&mut conn, q.filter()?, q.limit.unwrap_or(100).min(10_000)).await.map_err(internal)?;
+    Ok(Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response())
+}
+
+async fn dlq_get(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Answer {
+    dlq_id(&id)?;
+    let mut conn = s.redis()?;
+    match crate::dlq::get(&mut conn, &id).await.map_err(internal)? {
+        Some(e) => Ok(Json(e.to_json()).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq"))),
     }
 }
 
-async fn dlq_get(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
-    if let Err(r) = dlq_id(&id) {
-        return r;
-    }
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    match crate::dlq::get(&mut conn, &id).await {
-        Ok(Some(e)) => Json(e.to_json()).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
-        Err(e) => internal(e),
-    }
-}
-
-async fn dlq_reprocess_one(State(s): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    if let Err(r) = dlq_id(&id) {
-        return r;
-    }
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let entry = match crate::dlq::get(&mut conn, &id).await {
-        Ok(Some(e)) => e,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")),
-        Err(e) => return internal(e),
-    };
-    match crate::dlq::reprocess(&mut conn, &entry).await {
-        Ok(Some((stream, new_id))) => {
+async fn dlq_reprocess_one(State(s): State<Arc<AdminState>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
+    authorize(&s, &headers)?;
+    dlq_id(&id)?;
+    let mut conn = s.redis()?;
+    let entry = crate::dlq::get(&mut conn, &id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no dead letter {id} in sluice:dlq")))?;
+    match crate::dlq::reprocess(&mut conn, &entry).await.map_err(internal)? {
+        Some((stream, new_id)) => {
             tracing::info!(dlq_id = %id, stream = %stream, entry_id = %new_id, "dead letter reprocessed through the admin API");
-            Json(json!({"reprocessed": 1, "stream": stream, "entry_id": new_id})).into_response()
+            Ok(Json(json!({"reprocessed": 1, "stream": stream, "entry_id": new_id})).into_response())
         }
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("dead letter {id} was removed meanwhile")),
-        Err(e) => internal(e),
+        None => Err(error(StatusCode::NOT_FOUND, format!("dead letter {id} was removed meanwhile"))),
     }
 }
 
-async fn dlq_reprocess_all(
-    State(s): State<Arc<AdminState>>,
-    headers: HeaderMap,
-    Query(q): Query<DlqQuery>,
-) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let filter = match q.filter() {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let entries = match crate::dlq::list(&mut conn, filter, usize::MAX).await {
-        Ok(e) => e,
-        Err(e) => return internal(e),
-    };
+async fn dlq_reprocess_all(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> Answer {
+    authorize(&s, &headers)?;
+    let mut conn = s.redis()?;
+    let entries = crate::dlq::list(&mut conn, q.filter()?, usize::MAX).await.map_err(internal)?;
     let mut n = 0;
     for e in &entries {
-        match crate::dlq::reprocess(&mut conn, e).await {
-            Ok(Some(_)) => n += 1,
-            Ok(None) => {}
-            Err(e) => return internal(e),
+        if crate::dlq::reprocess(&mut conn, e).await.map_err(internal)?.is_some() {
+            n += 1;
         }
     }
     tracing::info!(count = n, plugin = ?q.plugin, "dead letters reprocessed through the admin API");
-    Json(json!({"reprocessed": n})).into_response()
+    Ok(Json(json!({"reprocessed": n})).into_response())
 }
 
-async fn dlq_purge(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let filter = match q.filter() {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let purged = match crate::dlq::list(&mut conn, filter, usize::MAX).await {
-        Ok(entries) => crate::dlq::delete(&mut conn, &entries).await,
-        Err(e) => Err(e),
-    };
-    match purged {
-        Ok(n) => {
-            tracing::info!(count = n, plugin = ?q.plugin, "dead letters purged through the admin API");
-            Json(json!({"purged": n})).into_response()
-        }
-        Err(e) => internal(e),
-    }
+async fn dlq_purge(State(s): State<Arc<AdminState>>, headers: HeaderMap, Query(q): Query<DlqQuery>) -> Answer {
+    authorize(&s, &headers)?;
+    let mut conn = s.redis()?;
+    let entries = crate::dlq::list(&mut conn, q.filter()?, usize::MAX).await.map_err(internal)?;
+    let n = crate::dlq::delete(&mut conn, &entries).await.map_err(internal)?;
+    tracing::info!(count = n, plugin = ?q.plugin, "dead letters purged through the admin API");
+    Ok(Json(json!({"purged": n})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -464,52 +408,33 @@ struct ReplayRequest {
 
 /// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
 /// through the replay streams at their own pace).
-async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    let req: ReplayRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("expected {{\"plugin\", \"from\", \"to\"?, \"types\"?}}: {e}"),
-            );
-        }
-    };
+async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
+    authorize(&s, &headers)?;
+    let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, format!("expected {{\"plugin\", \"from\", \"to\"?, \"types\"?}}: {e}"))
+    })?;
     let to_arg = req.to.as_deref().unwrap_or("+");
-    let positions = crate::dlq::position(&req.from).and_then(|f| {
-        let t = crate::dlq::position(to_arg)?;
-        crate::dlq::check_range(&f, &t, &req.from, to_arg)?;
-        Ok((f, t))
-    });
-    let (from, to) = match positions {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
-    };
-    let mut conn = match s.redis() {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let (from, to) = crate::dlq::position(&req.from)
+        .and_then(|f| {
+            let t = crate::dlq::position(to_arg)?;
+            crate::dlq::check_range(&f, &t, &req.from, to_arg)?;
+            Ok((f, t))
+        })
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+    let mut conn = s.redis()?;
     let types = if req.types.is_empty() {
-        match crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await {
-            Ok(t) => t,
-            Err(e) => return internal(e),
-        }
+        crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await.map_err(internal)?
     } else {
         req.types.clone()
     };
     if types.is_empty() {
-        return error(StatusCode::NOT_FOUND, format!("no stream has the consumer group sluice:{}", req.plugin));
+        return Err(error(StatusCode::NOT_FOUND, format!("no stream has the consumer group sluice:{}", req.plugin)));
     }
     let mut total = 0;
     for t in &types {
         let stream = format!("{}{t}", s.stream_prefix);
-        match crate::dlq::replay(&mut conn, &stream, &req.plugin, t, &from, &to, |_| {}).await {
-            Ok(n) => total += n,
-            Err(e) => return internal(e),
-        }
+        total += crate::dlq::replay(&mut conn, &stream, &req.plugin, t, &from, &to, |_| {}).await.map_err(internal)?;
     }
     tracing::info!(plugin = %req.plugin, events = total, types = ?types, "replay queued through the admin API");
-    Json(json!({"replayed": total, "plugin": req.plugin, "types": types})).into_response()
+    Ok(Json(json!({"replayed": total, "plugin": req.plugin, "types": types})).into_response())
 }
