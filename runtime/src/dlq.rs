@@ -237,11 +237,8 @@ pub fn position(arg: &str) -> Result<String> {
 
 /// Checks that `from` (as given) does not come after `to`.
 pub fn check_range(from: &str, to: &str, from_arg: &str, to_arg: &str) -> Result<()> {
-    let key = |p: &str| -> Option<(u64, u64)> {
-        let (ms, seq) = p.split_once('-').unwrap_or((p, "0"));
-        Some((ms.parse().ok()?, seq.parse().ok()?))
-    };
-    if let (Some(f), Some(t)) = (key(from), key(to))
+    use crate::keys::StreamId;
+    if let (Some(f), Some(t)) = (StreamId::parse(from), StreamId::parse(to))
         && f > t
     {
         bail!("--from {from_arg} comes after --to {to_arg}: nothing lies between them");

@@ -74,9 +74,42 @@ pub fn same_slot_as(key: &str) -> String {
     if slot_tag(key).len() < key.len() { key.to_string() } else { format!("{{{key}}}") }
 }
 
+/// A stream entry id, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId(pub u64, pub u64);
+
+impl StreamId {
+    /// `1717245000123-5`, or `1717245000123` (sequence 0).
+    pub fn parse(s: &str) -> Option<StreamId> {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    /// The id right after this one.
+    pub fn next(self) -> StreamId {
+        if self.1 == u64::MAX { StreamId(self.0 + 1, 0) } else { StreamId(self.0, self.1 + 1) }
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_ids_order_and_step() {
+        let a = StreamId::parse("1717245000123-5").unwrap();
+        assert!(a < StreamId::parse("1717245000124-0").unwrap());
+        assert!(a > StreamId::parse("1717245000123").unwrap());
+        assert_eq!(a.next().to_string(), "1717245000123-6");
+        assert_eq!(StreamId(7, u64::MAX).next(), StreamId(8, 0));
+        assert!(StreamId::parse("x-1").is_none());
+    }
 
     #[test]
     fn names() {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use redis::{Value, cmd};
 
+use crate::keys::StreamId;
 use crate::policy::{Retention, RetentionPolicy};
 use crate::redis_conn::RedisConn;
 use crate::status::{SharedRegistry, StreamRetention, Unsubscribed};
@@ -190,28 +191,6 @@ async fn trim(
     Ok(out)
 }
 
-/// A stream entry id, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
-
-impl StreamId {
-    fn parse(s: &str) -> Option<StreamId> {
-        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
-        Some(StreamId(ms.parse().ok()?, seq.parse().ok()?))
-    }
-
-    /// The id right after this one.
-    fn next(self) -> StreamId {
-        if self.1 == u64::MAX { StreamId(self.0 + 1, 0) } else { StreamId(self.0, self.1 + 1) }
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
 /// The id right after the `n`-th entry (1-based) from the start: trimming below it removes
 /// `n` entries.
 async fn nth_id(conn: &mut RedisConn, stream: &str, n: u64) -> Result<Option<StreamId>> {
@@ -285,19 +264,4 @@ async fn trim_jobs(conn: &mut RedisConn, base: &str, set: &str, keep: u64) -> Re
     let n: u64 =
         redis::Script::new(TRIM_JOBS).key(format!("{base}:{set}")).arg(base).arg(keep).invoke_async(conn).await?;
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_order_and_step() {
-        let a = StreamId::parse("1717245000123-5").unwrap();
-        assert!(a < StreamId::parse("1717245000124-0").unwrap());
-        assert!(a > StreamId::parse("1717245000123").unwrap());
-        assert_eq!(a.next().to_string(), "1717245000123-6");
-        assert_eq!(StreamId(7, u64::MAX).next(), StreamId(8, 0));
-        assert!(StreamId::parse("x-1").is_none());
-    }
 }

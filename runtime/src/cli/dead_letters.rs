@@ -260,12 +260,9 @@ async fn left_in(conn: &mut RedisConn, stream: &str, group: &str) -> Option<u64>
             let info: std::collections::HashMap<String, redis::Value> =
                 redis::cmd("XINFO").arg("STREAM").arg(stream).query_async(conn).await.ok()?;
             let last = info.get("last-generated-id").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
-            let key = |id: &str| -> (u64, u64) {
-                let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-                (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-            };
+            let id = |t: &str| crate::keys::StreamId::parse(t);
             match (text("last-delivered-id"), last) {
-                (Some(d), Some(l)) if key(&d) < key(&l) => 1,
+                (Some(d), Some(l)) if id(&d) < id(&l) => 1,
                 _ => 0,
             }
         }
