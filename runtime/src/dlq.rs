@@ -5,7 +5,7 @@
 //! their event id and time (the `id` and `ts` fields are filled in from the original entry if
 //! the producer had not set them), so deduplication and event dates are unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::redis_conn::RedisConn;
 use anyhow::{Context, Result, bail};
@@ -160,24 +160,11 @@ pub struct Known {
 impl Known {
     pub async fn find(conn: &mut RedisConn, prefix: &str, letters: &[DeadLetterEntry]) -> Result<Known> {
         let mut k = Known::default();
-        for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
-            if key.starts_with("sluice:") {
-                continue;
+        for (event_type, groups) in groups_by_type(conn, prefix).await? {
+            if !groups.is_empty() {
+                k.event_types.insert(event_type);
             }
-            let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
-            let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
-            let mut read = false;
-            for g in groups {
-                if let Some(name) = g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()) {
-                    read = true;
-                    if let Some(plugin) = name.strip_prefix("sluice:") {
-                        k.plugins.insert(plugin.to_string());
-                    }
-                }
-            }
-            if read {
-                k.event_types.insert(key[prefix.len()..].to_string());
-            }
+            k.plugins.extend(groups.iter().filter_map(|g| g.strip_prefix("sluice:")).map(str::to_string));
         }
         for e in letters {
             k.plugins.extend(e.get(record::PLUGIN));
@@ -277,33 +264,39 @@ pub async fn count_range(
     Ok((n, first, last))
 }
 
-/// The event types whose streams some consumer group reads.
-pub async fn read_types(conn: &mut RedisConn, prefix: &str) -> Result<Vec<String>> {
-    let mut types = Vec::new();
+/// The event streams under `prefix` (not the host's own `sluice:` keys, which a short prefix
+/// could match), by event type, with the names of the consumer groups that read each.
+async fn groups_by_type(conn: &mut RedisConn, prefix: &str) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
     for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
-        let groups: Vec<Value> = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
-        if !groups.is_empty() && !key.starts_with("sluice:") {
-            types.push(key[prefix.len()..].to_string());
+        if key.starts_with("sluice:") {
+            continue;
         }
+        let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
+        let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
+        let names = groups
+            .iter()
+            .filter_map(|g| g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()))
+            .collect();
+        out.insert(key[prefix.len()..].to_string(), names);
     }
-    types.sort();
-    Ok(types)
+    Ok(out)
+}
+
+/// What `XINFO GROUPS` says of one consumer group of `stream` (`pending`, `lag`,
+/// `last-delivered-id`, `consumers`...); `None` if the stream or the group is not there.
+pub async fn group_info(conn: &mut RedisConn, stream: &str, group: &str) -> Option<HashMap<String, Value>> {
+    let groups: Vec<HashMap<String, Value>> = cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
+    groups.into_iter().find(|g| {
+        g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref() == Some(group)
+    })
 }
 
 /// The event types whose streams have the plugin's consumer group (what it subscribes to).
 pub async fn subscribed_types(conn: &mut RedisConn, prefix: &str, plugin: &str) -> Result<Vec<String>> {
     let group = crate::keys::group_name(plugin);
-    let mut types = BTreeMap::new();
-    for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
-        let groups: Value = cmd("XINFO").arg("GROUPS").arg(&key).query_async(conn).await?;
-        let groups: Vec<BTreeMap<String, Value>> = redis::from_redis_value(groups).unwrap_or_default();
-        if groups.iter().any(|g| {
-            g.get("name").and_then(|n| redis::from_redis_value::<String>(n.clone()).ok()).as_deref() == Some(&group)
-        }) {
-            types.insert(key[prefix.len()..].to_string(), ());
-        }
-    }
-    Ok(types.into_keys().collect())
+    let by_type = groups_by_type(conn, prefix).await?;
+    Ok(by_type.into_iter().filter(|(_, groups)| groups.contains(&group)).map(|(t, _)| t).collect())
 }
 
 /// Copies the entries of `stream` between `from` and `to` (inclusive) to the plugin's replay

@@ -5,7 +5,7 @@
 //! `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`, and are refused outright when no token is
 //! configured — an admin port is never writable by accident.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -232,13 +232,9 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
 /// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
 async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
     let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
-    let groups: Vec<HashMap<String, redis::Value>> =
-        redis::cmd("XINFO").arg("GROUPS").arg(&p.stream).query_async(conn).await.unwrap_or_default();
-    let group = groups.iter().find(|g| {
-        g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref()
-            == Some(p.group.as_str())
-    });
-    let field = |k: &str| group.and_then(|g| g.get(k)).and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
+    let group = crate::dlq::group_info(conn, &p.stream, &p.group).await;
+    let field =
+        |k: &str| group.as_ref().and_then(|g| g.get(k)).and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok());
     // XPENDING summary: [count, smallest id, greatest id, consumers]; the smallest id's time
     // is when the oldest unfinished event was published.
     let summary: (i64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")

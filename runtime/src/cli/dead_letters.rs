@@ -247,11 +247,7 @@ pub async fn replay(args: ReplayArgs) -> Result<()> {
 /// those not read yet (`lag`; when Redis cannot say, at least one if the group has not read up
 /// to the last entry). `None`: not known now (no group yet, an error) — not done.
 async fn left_in(conn: &mut RedisConn, stream: &str, group: &str) -> Option<u64> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> =
-        redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.ok()?;
-    let g = groups.iter().find(|g| {
-        g.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).as_deref() == Some(group)
-    })?;
+    let g = crate::dlq::group_info(conn, stream, group).await?;
     let num = |k: &str| g.get(k).and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
     let text = |k: &str| g.get(k).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok());
     let unread = match num("lag") {

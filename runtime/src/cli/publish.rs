@@ -16,7 +16,10 @@ async fn warn_if_unread(conn: &mut crate::redis_conn::RedisConn, prefix: &str, e
     if matches!(&groups, Ok(g) if !g.is_empty()) {
         return;
     }
-    let read = crate::dlq::read_types(conn, prefix).await.unwrap_or_default();
+    let read: Vec<String> = crate::dlq::Known::find(conn, prefix, &[])
+        .await
+        .map(|k| k.event_types.into_iter().collect())
+        .unwrap_or_default();
     let known = if read.is_empty() { "none yet".to_string() } else { read.join(", ") };
     eprintln!(
         "warning: no plugin reads `{event_type}` (no consumer group on {stream}): the event is kept in the stream, but nothing handles it until a plugin subscribes to that type. Types read: {known}"
