@@ -77,7 +77,7 @@ where
                 crate::status::arrived(what);
                 return Ok(v);
             }
-            Err(e) if e.downcast_ref::<NeverSucceeds>().is_some() || e.chain().any(|c| c.is::<NeverSucceeds>()) => {
+            Err(e) if e.downcast_ref::<NeverSucceeds>().is_some() => {
                 if hopeless == 0 {
                     hopeless_since = std::time::Instant::now();
                 }
@@ -163,6 +163,15 @@ mod tests {
         assert_eq!(one_line(&e), "cannot connect to Redis at redis://h:1: Connection refused (os error 111)");
         let e = anyhow::anyhow!("Incompatible type - Parse error at 1\nUnexpected `33`").context("the server answered");
         assert_eq!(one_line(&e), "the server answered: Incompatible type - Parse error at 1");
+    }
+
+    #[test]
+    fn an_answer_that_never_succeeds_is_found_as_error_or_context_under_more_context() {
+        let as_error = anyhow::Error::new(NeverSucceeds("a".into())).context("outer");
+        let as_context = anyhow::anyhow!("io").context(NeverSucceeds("b".into())).context("outer");
+        assert!(as_error.downcast_ref::<NeverSucceeds>().is_some());
+        assert!(as_context.downcast_ref::<NeverSucceeds>().is_some());
+        assert!(anyhow::anyhow!("plain").context("outer").downcast_ref::<NeverSucceeds>().is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! their statuses, and the recent errors — written by the stages, read by the admin server.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
@@ -164,6 +164,7 @@ static STALLS: Mutex<BTreeMap<String, Stall>> = Mutex::new(BTreeMap::new());
 /// until [`progressing`]. `/ready` is false meanwhile, naming it.
 pub fn stalled(pipeline: &str, error: &str) {
     let mut s = STALLS.lock().unwrap();
+    ANY_STALLED.store(true, Ordering::Relaxed);
     let entry = s.entry(pipeline.to_string()).or_insert_with(|| Stall {
         pipeline: pipeline.to_string(),
         error: String::new(),
@@ -174,12 +175,18 @@ pub fn stalled(pipeline: &str, error: &str) {
     entry.attempts += 1;
 }
 
+/// Whether [`STALLS`] may hold anything: every read of every pipeline says it progressed, and
+/// almost always nothing is stalled — that case takes no lock.
+static ANY_STALLED: AtomicBool = AtomicBool::new(false);
+
 /// A pipeline read again (or stopped): no longer stalled.
 pub fn progressing(pipeline: &str) {
-    let mut s = STALLS.lock().unwrap();
-    if !s.is_empty() {
-        s.remove(pipeline);
+    if !ANY_STALLED.load(Ordering::Relaxed) {
+        return;
     }
+    let mut s = STALLS.lock().unwrap();
+    s.remove(pipeline);
+    ANY_STALLED.store(!s.is_empty(), Ordering::Relaxed);
 }
 
 /// The pipelines stalled now.

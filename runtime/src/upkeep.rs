@@ -11,7 +11,7 @@
 //!   subscribes to (a producer's typo, a plugin not deployed) is logged once, counted in
 //!   `sluice_unsubscribed_stream_length` and listed on the dashboard.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -51,14 +51,9 @@ impl Upkeep {
     }
 
     async fn once(&mut self, warned: &mut HashSet<String>) -> Result<()> {
-        let subscribed: BTreeMap<String, Vec<String>> = {
-            let reg = self.registry.read().unwrap();
-            let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for p in &reg.pipelines {
-                m.entry(p.stream.clone()).or_default().push(p.plugin.clone());
-            }
-            m
-        };
+        // The streams some running plugin reads.
+        let subscribed: BTreeSet<String> =
+            self.registry.read().unwrap().pipelines.iter().map(|p| p.stream.clone()).collect();
         let prefix = self.stream_prefix.clone();
         let mut streams = self.conn.scan_keys(&format!("{}*", crate::keys::glob_escape(&prefix)), "stream").await?;
         streams.retain(|s| !s.starts_with("sluice:"));
@@ -76,10 +71,10 @@ impl Upkeep {
                     tracing::warn!(stream = %stream, error = format!("{e:#}"), "cannot apply the stream's retention")
                 }
             }
-            if !subscribed.contains_key(stream) {
+            if !subscribed.contains(stream) {
                 let length: u64 = cmd("XLEN").arg(stream).query_async(&mut self.conn).await.unwrap_or(0);
                 if warned.insert(stream.clone()) {
-                    let types: Vec<&str> = subscribed.keys().filter_map(|s| s.strip_prefix(&prefix)).collect();
+                    let types: Vec<&str> = subscribed.iter().filter_map(|s| s.strip_prefix(&prefix)).collect();
                     tracing::warn!(
                         stream = %stream,
                         length,
