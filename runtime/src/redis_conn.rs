@@ -254,45 +254,40 @@ pub async fn connect(o: &RedisOptions, block: Duration) -> Result<RedisConn> {
         let mut single = match client.get_connection_manager_with_config(config).await {
             Ok(c) => c,
             Err(e) => {
-                let hint = match e.to_string() {
-                    m if m.contains("invalid peer certificate") => {
-                        " (is SLUICE_REDIS_CA_FILE the CA that signed the server's certificate, for this host name?)"
+                // What to check, and whether no retry can change the answer (then the wait
+                // gives up after a while, saying so).
+                let (hint, never) = match e.to_string() {
+                    m if m.contains("Parse error")
+                        || m.contains("Incompatible type")
+                        || m.contains("invalid response") =>
+                    {
+                        (
+                            " (it answered, but not in the Redis protocol: is it Redis's port (6379 by default), or a TLS port given as redis://?)",
+                            true,
+                        )
                     }
-                    m if m.contains("CertificateRequired") => {
-                        " (the server requires a client certificate: SLUICE_REDIS_CERT_FILE and SLUICE_REDIS_KEY_FILE)"
-                    }
+                    m if m.contains("invalid peer certificate") => (
+                        " (is SLUICE_REDIS_CA_FILE the CA that signed the server's certificate, for this host name?)",
+                        true,
+                    ),
+                    m if m.contains("CertificateRequired") => (
+                        " (the server requires a client certificate: SLUICE_REDIS_CERT_FILE and SLUICE_REDIS_KEY_FILE)",
+                        true,
+                    ),
                     m if m.contains("AuthenticationFailed") || m.contains("NOAUTH") || m.contains("WRONGPASS") => {
-                        " (check SLUICE_REDIS_PASSWORD / SLUICE_REDIS_PASSWORD_FILE)"
+                        (" (check SLUICE_REDIS_PASSWORD / SLUICE_REDIS_PASSWORD_FILE)", true)
                     }
-                    _ => "",
-                };
-                let shown = crate::secret::redact_url(url);
-                let text = e.to_string();
-                // Answers no retry changes: give up after a few tries, saying what is wrong.
-                let never = if text.contains("Parse error")
-                    || text.contains("Incompatible type")
-                    || text.contains("invalid response")
-                {
-                    Some(format!(
-                        "the server at {shown} answered, but not in the Redis protocol: is it Redis's port (6379 by default), or a TLS port given as redis://?"
-                    ))
-                } else if text.contains("timed out") {
                     // No answer at all: a slow Redis, or not Redis (a TLS port given as redis://,
                     // an HTTP server waiting for its request). Retried, with the question.
-                    last = Some(anyhow::Error::new(e).context(format!(
-                        "cannot connect to Redis at {shown}: no answer in the Redis protocol within 3 s (is it Redis's port? a TLS server needs rediss://)"
-                    )));
-                    continue;
-                } else if !hint.is_empty() {
-                    Some(format!("cannot connect to Redis at {shown}{hint}"))
-                } else {
-                    None
+                    m if m.contains("timed out") => (
+                        " (no answer in the Redis protocol within 3 s: is it Redis's port? a TLS server needs rediss://)",
+                        false,
+                    ),
+                    _ => ("", false),
                 };
-                let error = anyhow::Error::new(e).context(format!("cannot connect to Redis at {shown}{hint}"));
-                last = Some(match never {
-                    Some(why) => error.context(crate::backoff::NeverSucceeds(why)),
-                    None => error,
-                });
+                let message = format!("cannot connect to Redis at {}{hint}", crate::secret::redact_url(url));
+                let error = anyhow::Error::new(e).context(message.clone());
+                last = Some(if never { error.context(crate::backoff::NeverSucceeds(message)) } else { error });
                 continue;
             }
         };
