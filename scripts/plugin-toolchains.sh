@@ -3,7 +3,8 @@
 # into the repository (nothing global besides Debian packages), skipping what is present:
 #   - target/tools/python: a venv with componentize-py (pinned in examples/python/requirements.txt)
 #   - examples/js/node_modules: componentize-js (pinned in examples/js/package-lock.json)
-#   - examples/bullmq/node_modules: bullmq and ioredis for the example BullMQ producer
+#   - examples/bullmq/node_modules, examples/bull/node_modules: bullmq (with ioredis) and bull for
+#     the example BullMQ and classic Bull producers
 #   - target/tools/python-producer: redis-py for the example Python Streams producer
 #   - target/tools/node: Node.js 20 from the npm registry, only when the system's node is older
 #     (Debian 12 ships 18; componentize-js's parser needs 20)
@@ -51,11 +52,14 @@ if [ ! -x examples/js/node_modules/.bin/componentize-js ] \
   (cd examples/js && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
-# The BullMQ example producer (used by the BullMQ tests): the real `bullmq` package.
-if [ ! -d examples/bullmq/node_modules/bullmq ] \
-  || [ examples/bullmq/package-lock.json -nt examples/bullmq/node_modules/.package-lock.json ]; then
-  echo "plugin-toolchains: installing bullmq into examples/bullmq/node_modules" >&2
-  (cd examples/bullmq && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2)
-fi
+# The BullMQ and classic Bull example producers (used by the queue tests): the real `bullmq` and
+# `bull` packages.
+for pkg in bullmq bull; do
+  if [ ! -d examples/$pkg/node_modules/$pkg ] \
+    || [ examples/$pkg/package-lock.json -nt examples/$pkg/node_modules/.package-lock.json ]; then
+    echo "plugin-toolchains: installing $pkg into examples/$pkg/node_modules" >&2
+    (cd examples/$pkg && timeout 900 npm ci --no-audit --no-fund --loglevel=error >&2)
+  fi
+done
 
 echo "$node_bin"

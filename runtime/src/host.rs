@@ -258,11 +258,13 @@ async fn warn_if_evicting(conn: &RedisConn) {
 /// One consumer per configured BullMQ queue, routing jobs to the deployer's pipelines.
 async fn start_bullmq(settings: &Settings, deployer: &Deployer, control: &RedisConn) -> Result<Vec<QueueConsumer>> {
     let mut consumers = Vec::new();
-    let url = settings.redis.url_with_password();
+    for queue in &settings.bullmq {
+        crate::source::bullmq::refuse_repeatable(&mut control.clone(), queue).await?;
+    }
     for queue in &settings.bullmq {
         let (routes, ledger) = (deployer.routes.clone(), control.clone());
         let consumer = crate::backoff::until_ok("Redis (BullMQ)", || {
-            QueueConsumer::start(queue.clone(), &url, routes.clone(), ledger.clone())
+            QueueConsumer::start(queue.clone(), &settings.redis, routes.clone(), ledger.clone())
         })
         .await?;
         consumers.push(consumer);

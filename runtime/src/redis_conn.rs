@@ -116,6 +116,16 @@ impl RedisOptions {
         Ok(redis::TlsCertificates { client_tls, root_cert })
     }
 
+    /// A client of the first server named (TLS as configured): for what a multiplexed connection
+    /// cannot carry, such as a pub/sub subscription.
+    pub fn first_client(&self) -> Result<redis::Client> {
+        let info = self.infos()?.remove(0);
+        Ok(match self.urls.iter().any(|u| u.starts_with("rediss://")) {
+            true => redis::Client::build_with_tls(info, self.certificates()?)?,
+            false => redis::Client::open(info)?,
+        })
+    }
+
     fn infos(&self) -> Result<Vec<redis::ConnectionInfo>> {
         self.urls
             .iter()

@@ -44,19 +44,30 @@ pub fn python_producer(redis: &Redis, args: &[&str]) -> Result<String> {
 
 /// [`bullmq`] against a Redis URL.
 pub fn bullmq_at(redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
+    node_producer("bullmq", redis_url, args)
+}
+
+/// Runs the example classic Bull producer (`examples/bull/producer.js`, with the real `bull`
+/// package from npm) against `redis`; returns the JSON line it prints.
+pub fn bull(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
+    node_producer("bull", &redis.url(), args)
+}
+
+/// Runs `examples/<package>/producer.js` (which uses the npm package `package`).
+fn node_producer(package: &str, redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
     let root = repo_root();
     assert!(
-        root.join("examples/bullmq/node_modules/bullmq").exists(),
-        "no bullmq in examples/bullmq/node_modules: run `make examples` (scripts/plugin-toolchains.sh)"
+        root.join(format!("examples/{package}/node_modules/{package}")).exists(),
+        "no {package} in examples/{package}/node_modules: run `make examples` (scripts/plugin-toolchains.sh)"
     );
     // Node.js 20 that scripts/plugin-toolchains.sh fetched when the system's is older.
     let own = root.join("target/tools/node/bin/node");
     let node = if own.exists() { own } else { PathBuf::from("node") };
     // A bound on every wait: a producer whose Redis is gone would retry for ever.
     let mut cmd = Command::new("timeout");
-    cmd.arg("120")
+    cmd.arg("180")
         .arg(node)
-        .arg(root.join("examples/bullmq/producer.js"))
+        .arg(root.join(format!("examples/{package}/producer.js")))
         .args(&args[..1])
         .arg("--redis-url")
         .arg(redis_url);

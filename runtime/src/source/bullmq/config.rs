@@ -18,6 +18,22 @@ pub struct BullQueue {
     pub lock: Duration,
     /// Times a job may be found stalled (its host died holding it) before BullMQ fails it.
     pub max_stalled: u32,
+    /// Which library writes the queue: classic Bull and BullMQ share the key layout but not all
+    /// of their habits (`bull.rs`).
+    pub library: Library,
+}
+
+/// The Node.js library a queue's producers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Library {
+    /// Told apart per job: classic Bull stores `timestamp` in a job's options, BullMQ does not.
+    #[default]
+    Auto,
+    /// `bull` 3/4 (`@nestjs/bull`).
+    Bull,
+    /// `bullmq` (`@nestjs/bullmq`).
+    Bullmq,
 }
 
 impl BullQueue {
@@ -35,7 +51,7 @@ impl BullQueue {
         }
         if self.prefix.is_empty() || self.prefix.contains(':') {
             bail!(
-                "BullMQ prefix `{}` of queue `{}`: must be non-empty and without `:` (Node.js accepts one, BullMQ's Rust port that Sluice uses does not)",
+                "queue prefix `{}` of queue `{}`: must be non-empty and without `:`. Classic Bull and Node.js BullMQ accept one, but Sluice's queue consumer (BullMQ's Rust port) reads a job's key `<prefix>:<queue>:<id>` back by its `:`s and refuses such a prefix; give the producers and Sluice a prefix without `:` (e.g. `myapp-bull`)",
                 self.prefix,
                 self.name
             );
@@ -62,7 +78,9 @@ pub struct BullSection {
     pub lock_duration_ms: Option<u64>,
     /// Times a job may stall (its host died holding it) before BullMQ fails it [3].
     pub max_stalled_count: Option<u32>,
-    /// Queue names, or tables `{ name, prefix?, concurrency? }`.
+    /// Which library writes the queues below: "bull", "bullmq" or "auto" (per job) ["auto"].
+    pub library: Option<Library>,
+    /// Queue names, or tables `{ name, prefix?, concurrency?, library? }`.
     #[serde(default)]
     pub queues: Vec<QueueEntry>,
 }
@@ -71,7 +89,7 @@ pub struct BullSection {
 #[serde(untagged)]
 pub enum QueueEntry {
     Name(String),
-    Table { name: String, prefix: Option<String>, concurrency: Option<usize> },
+    Table { name: String, prefix: Option<String>, concurrency: Option<usize>, library: Option<Library> },
 }
 
 pub const DEFAULT_PREFIX: &str = "bull";
@@ -94,26 +112,28 @@ pub fn resolve_queues(
     let concurrency = concurrency.or(file.concurrency).unwrap_or(DEFAULT_CONCURRENCY);
     let lock = Duration::from_millis(file.lock_duration_ms.unwrap_or(DEFAULT_LOCK_MS));
     let max_stalled = file.max_stalled_count.unwrap_or(DEFAULT_MAX_STALLED);
+    let library = file.library.unwrap_or_default();
     let queues: Vec<BullQueue> = match names {
         Some(names) => names
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock, max_stalled })
+            .map(|n| BullQueue { name: n.to_string(), prefix: prefix.clone(), concurrency, lock, max_stalled, library })
             .collect(),
         None => file
             .queues
             .iter()
             .map(|q| match q {
                 QueueEntry::Name(n) => {
-                    BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock, max_stalled }
+                    BullQueue { name: n.clone(), prefix: prefix.clone(), concurrency, lock, max_stalled, library }
                 }
-                QueueEntry::Table { name, prefix: p, concurrency: c } => BullQueue {
+                QueueEntry::Table { name, prefix: p, concurrency: c, library: l } => BullQueue {
                     name: name.clone(),
                     prefix: p.clone().unwrap_or_else(|| prefix.clone()),
                     concurrency: c.unwrap_or(concurrency),
                     lock,
                     max_stalled,
+                    library: l.unwrap_or(library),
                 },
             })
             .collect(),
@@ -136,16 +156,19 @@ mod tests {
         let file: BullSection = toml::from_str(
             r#"prefix = "app"
                concurrency = 10
-               queues = ["events", { name = "payments", prefix = "pay", concurrency = 2 }]"#,
+               library = "bull"
+               queues = ["events", { name = "payments", prefix = "pay", concurrency = 2, library = "bullmq" }]"#,
         )
         .unwrap();
         let q = resolve_queues(None, None, None, Some(&file)).unwrap();
         assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:events", "pay:payments"]);
         assert_eq!((q[0].concurrency, q[1].concurrency), (10, 2));
+        assert_eq!((q[0].library, q[1].library), (Library::Bull, Library::Bullmq));
         let q = resolve_queues(Some("a, b"), None, None, Some(&file)).unwrap();
         assert_eq!(q.iter().map(|q| q.key()).collect::<Vec<_>>(), ["app:a", "app:b"]);
         let q = resolve_queues(Some("events"), None, None, None).unwrap();
         assert_eq!((q[0].key().as_str(), q[0].concurrency), ("bull:events", DEFAULT_CONCURRENCY));
+        assert_eq!(q[0].library, Library::Auto);
         assert!(resolve_queues(None, None, None, None).unwrap().is_empty());
     }
 

@@ -22,6 +22,7 @@
 //! or removed (`records`); a job failed for good keeps them until it is removed, so that a retry
 //! from the failed set does not write its committed rows again.
 
+mod bull;
 mod config;
 mod jobs;
 mod records;
@@ -36,13 +37,15 @@ use bullmq::worker::WorkerEvent;
 use bullmq::{Job, Worker, WorkerOptions};
 use tokio::sync::{mpsc, oneshot};
 
-pub use self::config::{BullQueue, BullSection, resolve_queues};
+use self::bull::Finished;
+pub use self::bull::refuse_repeatable;
+pub use self::config::{BullQueue, BullSection, Library, resolve_queues};
 use self::jobs::Records;
 pub use self::jobs::{Delivery, JobInbox, JobsIntake};
 use self::records::{forget_finished, sweep_records};
 use super::{Settlement, SourceEvent};
 use crate::contract::wit;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{RedisConn, RedisOptions};
 
 /// How long a job whose event type no running plugin subscribes to waits before it is looked at
 /// again.
@@ -132,6 +135,19 @@ struct Answer {
     completed: bool,
     records: Vec<Records>,
     at: std::time::Instant,
+    /// What to announce on bull's channels once the worker reports the job finished (bull
+    /// jobs only).
+    bull: Option<Finished>,
+}
+
+/// What every job of one queue is handled with.
+struct QueueCtx {
+    /// The queue's key base, `<prefix>:<name>`.
+    stream: Arc<str>,
+    routes: Routes,
+    answers: Arc<Answers>,
+    library: Library,
+    conn: RedisConn,
 }
 
 /// A running consumer of one queue.
@@ -144,25 +160,41 @@ pub struct QueueConsumer {
     answers: Arc<Answers>,
     events: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Wakes the worker on bull's announcements of new jobs (queues bull may write).
+    wake: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl QueueConsumer {
     /// Starts consuming `queue`, routing its jobs by `routes`.
-    pub async fn start(queue: BullQueue, redis_url: &str, routes: Routes, ledger: RedisConn) -> Result<QueueConsumer> {
+    pub async fn start(
+        queue: BullQueue,
+        redis: &RedisOptions,
+        routes: Routes,
+        ledger: RedisConn,
+    ) -> Result<QueueConsumer> {
         let stream: Arc<str> = Arc::from(queue.key().as_str());
         let answers: Arc<Answers> = Default::default();
         let (hand_back, hand_back_rx) = tokio::sync::watch::channel(false);
         let routes_for_sweeper = routes.clone();
-        let processor = {
-            let (stream, answers) = (stream.clone(), answers.clone());
-            move |job: Job, _cancel| {
-                let (stream, routes, answers) = (stream.clone(), routes.clone(), answers.clone());
-                let hand_back = hand_back_rx.clone();
-                async move { process(job, stream, routes, answers, hand_back).await }
+        let ctx = Arc::new(QueueCtx {
+            stream: stream.clone(),
+            routes,
+            answers: answers.clone(),
+            library: queue.library,
+            conn: ledger.clone(),
+        });
+        let processor = move |job: Job, _cancel| {
+            let (ctx, hand_back) = (ctx.clone(), hand_back_rx.clone());
+            async move { process(job, ctx, hand_back).await }
+        };
+        let wake = match queue.library {
+            Library::Bullmq => None,
+            Library::Bull | Library::Auto => {
+                Some(tokio::spawn(bull::wake_on_signals(redis.first_client()?, ledger.clone(), queue.key())))
             }
         };
         let opts = WorkerOptions::new()
-            .connection(RedisConnectionOptions::new().url(redis_url))
+            .connection(RedisConnectionOptions::new().url(redis.url_with_password()))
             .prefix(queue.prefix.clone())
             .concurrency(queue.concurrency)
             .lock_duration(queue.lock)
@@ -176,8 +208,8 @@ impl QueueConsumer {
             tokio::spawn(watch_events(worker.clone(), stream.clone(), answers.clone(), ledger.clone(), queue.key()));
         let sweep_every = queue.lock.max(Duration::from_secs(5));
         let sweeper = tokio::spawn(sweep_records(routes_for_sweeper, stream, ledger, queue.key(), sweep_every));
-        tracing::info!(queue = %queue.key(), concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, max_stalled = queue.max_stalled, "BullMQ queue consumer started");
-        Ok(QueueConsumer { queue, worker, hand_back, answers, events, sweeper })
+        tracing::info!(queue = %queue.key(), library = ?queue.library, concurrency = queue.concurrency, lock_ms = queue.lock.as_millis() as u64, max_stalled = queue.max_stalled, "BullMQ queue consumer started");
+        Ok(QueueConsumer { queue, worker, hand_back, answers, events, sweeper, wake })
     }
 
     /// First step of a stop: fetch no more jobs (those held go on being handled).
@@ -190,6 +222,9 @@ impl QueueConsumer {
     pub async fn stop(self, timeout: Duration) {
         let _ = self.hand_back.send(true);
         self.sweeper.abort();
+        if let Some(w) = &self.wake {
+            w.abort();
+        }
         if let Err(e) = self.worker.close(timeout.as_millis() as u64).await {
             tracing::warn!(queue = %self.queue.key(), error = %e, "BullMQ worker did not close cleanly");
         }
@@ -208,13 +243,31 @@ impl QueueConsumer {
 /// stopping) is handed back without counting an attempt.
 async fn process(
     job: Job,
-    stream: Arc<str>,
-    routes: Routes,
-    answers: Arc<Answers>,
+    ctx: Arc<QueueCtx>,
     mut hand_back: tokio::sync::watch::Receiver<bool>,
 ) -> bullmq::Result<serde_json::Value> {
     use bullmq::Error::{ProcessingError, RateLimited, Unrecoverable};
-    let targets = routes.get(job.name());
+    let (stream, answers) = (&ctx.stream, &ctx.answers);
+    let bull = bull::is_bull(ctx.library, &job);
+    if bull {
+        if let Err(e) = bull::taken(&mut ctx.conn.clone(), stream, &job).await {
+            tracing::warn!(queue = %stream, job_id = job.id(), error = format!("{e:#}"), "cannot remove a taken bull job from bull's priority set");
+        }
+        if job.opts().repeat.is_some() {
+            let reason = bull::REPEAT_REFUSED.to_string();
+            tracing::error!(queue = %stream, job_id = job.id(), event_type = job.name(), "job failed for good: {reason}");
+            let _ = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, false).await;
+            let answer = Answer {
+                completed: false,
+                records: vec![],
+                at: std::time::Instant::now(),
+                bull: Some(Finished::Failed(reason.clone())),
+            };
+            answers.by_job.lock().unwrap().insert(job.id().to_string(), answer);
+            return Err(Unrecoverable(reason));
+        }
+    }
+    let targets = ctx.routes.get(job.name());
     if targets.is_empty() {
         // Not a failure of the job: no plugin for its type runs (yet, or any more). It waits in
         // the delayed set, no attempt counted, and comes back until one does.
@@ -306,25 +359,64 @@ async fn process(
         Ok(serde_json::Value::Null)
     };
     let last = matches!(result, Err(Unrecoverable(_))) || result.is_err() && last_attempt;
+    let mut announce = None;
     if let Err(e) = &result {
-        let (queue, id, attempt) = (&*stream, job.id(), job.attempts_made() + 1);
-        match last {
-            true => {
-                tracing::error!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed for good: it goes to BullMQ's failed set")
-            }
-            false => {
-                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed; BullMQ runs it again (per its attempts and backoff)")
+        let (queue, id, attempt) = (&**stream, job.id(), job.attempts_made() + 1);
+        let reason = e.to_string();
+        if bull && !last {
+            // bull's backoff, not BullMQ's: the job is moved to the delayed set here.
+            if let Some(delay_ms) = bull::backoff_ms(&job) {
+                let due = chrono::Utc::now().timestamp_millis() as u64 + delay_ms;
+                match job.move_to_delayed(due).await {
+                    Ok(()) => {
+                        if let Err(e) = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, true).await {
+                            tracing::warn!(
+                                queue,
+                                job_id = id,
+                                error = format!("{e:#}"),
+                                "cannot count a failed attempt of a bull job"
+                            );
+                        }
+                        tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, delay_ms, error = %e, "job failed; it runs again after bull's backoff");
+                        return Err(bullmq::Error::Delayed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(queue, job_id = id, error = %e, "cannot delay a failed bull job by bull's backoff: BullMQ's backoff applies")
+                    }
+                }
             }
         }
+        if bull {
+            if let Err(e) = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, false).await {
+                tracing::warn!(
+                    queue,
+                    job_id = id,
+                    error = format!("{e:#}"),
+                    "cannot count a failed attempt of a bull job"
+                );
+            }
+            if last {
+                announce = Some(Finished::Failed(reason));
+            }
+        }
+        match last {
+            true => {
+                tracing::error!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed for good: it goes to the queue's failed set")
+            }
+            false => {
+                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, error = %e, "job failed; it runs again (per its attempts and backoff)")
+            }
+        }
+    } else if bull {
+        announce = Some(Finished::Completed);
     }
     // Records are deleted once the job completes; a job failed for good keeps them, so that a
     // retry from the failed set (Bull Board) does not write its committed rows again — they go
     // when the job is removed (`removeOnFail`, by hand), by the sweep.
-    answers
-        .by_job
-        .lock()
-        .unwrap()
-        .insert(job.id().to_string(), Answer { completed: result.is_ok(), records, at: std::time::Instant::now() });
+    answers.by_job.lock().unwrap().insert(
+        job.id().to_string(),
+        Answer { completed: result.is_ok(), records, at: std::time::Instant::now(), bull: announce },
+    );
     result
 }
 
@@ -355,6 +447,7 @@ async fn watch_events(
             }
         }
         let mut finished: Vec<(String, Vec<Records>)> = Vec::new();
+        let mut announce: Vec<(String, Finished)> = Vec::new();
         for ev in events {
             let (job_id, completed, error) = match ev {
                 WorkerEvent::Completed { job_id, .. } => (job_id, true, String::new()),
@@ -374,6 +467,11 @@ async fn watch_events(
                 _ => continue,
             };
             let answer = answers.by_job.lock().unwrap().remove(&job_id);
+            match answer.as_ref().and_then(|a| a.bull.clone()) {
+                Some(f @ Finished::Completed) if completed => announce.push((job_id.clone(), f)),
+                Some(f @ Finished::Failed(_)) if !completed => announce.push((job_id.clone(), f)),
+                _ => {}
+            }
             match answer {
                 None if !completed => {
                     tracing::error!(queue = %stream, job_id, error, "BullMQ failed this job without running it (e.g. it stalled more than max_stalled_count times): it is in the failed set")
@@ -390,6 +488,11 @@ async fn watch_events(
             if by_job.len() > 10_000 {
                 by_job.retain(|_, a| a.at.elapsed() < Duration::from_secs(600));
             }
+        }
+        if !announce.is_empty()
+            && let Err(e) = bull::publish_finished(&mut ledger, &stream, &announce).await
+        {
+            tracing::warn!(queue = %stream, jobs = announce.len(), error = format!("{e:#}"), "cannot announce finished bull jobs on bull's channels");
         }
         if finished.is_empty() {
             continue;
