@@ -5,11 +5,12 @@
 //
 //   node producer.js add --redis-url URL [--queue events] [--prefix bull] --count N [--from K]
 //        [--delayed-every D] [--prioritized-every P] [--envelope-every E] [--attempts A]
-//        [--backoff-ms B] [--job-id-prefix J] [--await-global]
+//        [--backoff-ms B] [--job-id-prefix J] [--event-id-prefix X] [--await-global]
 //     Adds N PromoCodeAppliedEvent jobs (numbers K..K+N-1). Every D-th job is delayed (0.5-2.5 s),
 //     every P-th prioritized (priority 1-10), every E-th wrapped as the NestJS adapter writes it:
 //     queue.add(event, { event, payload }). With --job-id-prefix, job i gets the id J<i> (bull
-//     ignores an add whose id exists). With --await-global, waits until bull's global events
+//     ignores an add whose id exists), with --event-id-prefix its event carries `eventId: X<i>`.
+//     With --await-global, waits until bull's global events
 //     (`global:completed` / `global:failed`, what NestJS's @OnGlobalQueueCompleted hears) were
 //     heard for every job added (at most 120 s). Prints one JSON line: the jobs added, the sums the
 //     rows must add up to, and the global events heard.
@@ -99,6 +100,7 @@ try {
           summary.order_cents += Math.round(data.orderAmount * 100);
           summary.discount_cents += Math.round(data.discountAmount * 100);
         }
+        if (a['event-id-prefix']) data = { eventId: `${a['event-id-prefix']}${i}`, ...data };
         if (envelopeEvery && i % envelopeEvery === 0) {
           data = { event: name, payload: data };
           summary.envelopes++;

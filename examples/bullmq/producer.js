@@ -4,10 +4,12 @@
 //
 //   node producer.js add --redis-url URL [--queue events] [--prefix bull] --count N [--from K]
 //        [--delayed-every D] [--prioritized-every P] [--envelope-every E] [--attempts A] [--backoff-ms B]
+//        [--event-id-prefix X]
 //     Adds N PromoCodeAppliedEvent jobs (numbers K..K+N-1). Every D-th job is delayed (0.5-2.5 s),
 //     every P-th prioritized (priority 1-10), every E-th wrapped as the NestJS adapter writes it:
-//     queue.add(event, { event, payload }). Prints one JSON line: the jobs added and the sums
-//     the rows must add up to.
+//     queue.add(event, { event, payload }). With --event-id-prefix, job i's event carries
+//     `eventId: X<i>` (the seed's idempotency key). Prints one JSON line: the jobs added and the
+//     sums the rows must add up to.
 //   node producer.js add ... --type T --data JSON --count N
 //     Adds N jobs of type T with that data (e.g. flaky.event {"n":1,"permanent":true}); `__I__`
 //     in the data is replaced by each job's number.
@@ -72,6 +74,7 @@ try {
           summary.order_cents += Math.round(data.orderAmount * 100);
           summary.discount_cents += Math.round(data.discountAmount * 100);
         }
+        if (a['event-id-prefix']) data = { eventId: `${a['event-id-prefix']}${i}`, ...data };
         if (envelopeEvery && i % envelopeEvery === 0) {
           data = { event: name, payload: data };
           summary.envelopes++;

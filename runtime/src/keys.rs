@@ -35,6 +35,17 @@ pub fn replay_stream(plugin: &str, event_type: &str) -> String {
     format!("sluice:replay:{plugin}:{event_type}")
 }
 
+/// Whether `stream` is one of the plugins' replay streams.
+pub fn is_replay_stream(stream: &str) -> bool {
+    stream.starts_with("sluice:replay:")
+}
+
+/// The ids of `stream`'s events `group` saw in time bucket `bucket` (see `pipeline::dedup`): in
+/// the stream's slot, so that one script checks a window's buckets on a Redis Cluster too.
+pub fn seen(group: &str, stream: &str, bucket: u64) -> String {
+    format!("sluice:seen:{group}:{}:{bucket}", same_slot_as(stream))
+}
+
 /// A recorded batch of an exactly-once table (see `ledger`).
 pub fn batch(id: &str) -> String {
     format!("sluice:batch:{id}")

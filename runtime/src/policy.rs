@@ -27,6 +27,8 @@ pub struct DeliveryPolicy {
     pub stop_grace: Duration,
     /// The event type's priority at the plugin-call gate.
     pub priority: Priority,
+    /// Repeated events dropped by the producer's event id (`pipeline::dedup`); `None`: off.
+    pub idempotency: Option<Idempotency>,
 }
 
 impl DeliveryPolicy {
@@ -81,34 +83,6 @@ impl fmt::Display for Priority {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_double_up_to_the_cap_with_some_jitter() {
-        let p = DeliveryPolicy {
-            batch_size: 1,
-            block: Duration::ZERO,
-            max_inflight_events: 1,
-            max_attempts: 5,
-            retry_base: Duration::from_secs(1),
-            retry_max: Duration::from_secs(5),
-            visibility_timeout: Duration::from_secs(60),
-            stop_grace: Duration::ZERO,
-            priority: Priority::Default,
-        };
-        let within = |d: Duration, base: f64| d.as_secs_f64() >= base && d.as_secs_f64() <= base * 1.2;
-        assert!(within(p.retry_delay(1), 1.0));
-        assert!(within(p.retry_delay(2), 2.0));
-        assert!(within(p.retry_delay(3), 4.0));
-        assert!(within(p.retry_delay(4), 5.0));
-        assert!(within(p.retry_delay(100), 5.0));
-        assert_eq!("low".parse::<Priority>(), Ok(Priority::Low));
-        assert!("urgent".parse::<Priority>().unwrap_err().contains("high, default or low"));
-    }
-}
-
 /// How much of a stream is kept once every consumer group is done with it. An entry goes once
 /// it is outside either limit (the tighter wins) — and never while a group has not acknowledged
 /// it or not read it yet. `None`: no limit of that kind.
@@ -153,5 +127,93 @@ impl RetentionPolicy {
     /// The retention of event type `t`'s stream.
     pub fn of_type(&self, t: &str) -> Retention {
         self.per_type.get(t).copied().unwrap_or(self.streams)
+    }
+}
+
+/// Where an event's id is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdKey {
+    /// A stream field (`field:id`).
+    Field(String),
+    /// A path of object keys in the JSON payload (`payload:eventId`, `payload:meta.eventId`).
+    Payload(Vec<String>),
+    /// A BullMQ job's id (`job-id`): the producer's own when it gives one (`jobId`).
+    JobId,
+}
+
+impl FromStr for IdKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "job-id" {
+            return Ok(IdKey::JobId);
+        }
+        match s.split_once(':') {
+            Some(("field", f)) if !f.is_empty() => Ok(IdKey::Field(f.to_string())),
+            Some(("payload", p)) if !p.is_empty() && p.split('.').all(|k| !k.is_empty()) => {
+                Ok(IdKey::Payload(p.split('.').map(str::to_string).collect()))
+            }
+            _ => Err(format!(
+                "unknown idempotency key `{s}`: use `field:<stream field>` (e.g. `field:id`), `payload:<path>` (e.g. `payload:eventId`, `payload:meta.eventId`), `job-id`, or `off`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdKey::Field(x) => write!(f, "field:{x}"),
+            IdKey::Payload(p) => write!(f, "payload:{}", p.join(".")),
+            IdKey::JobId => f.write_str("job-id"),
+        }
+    }
+}
+
+/// How a pipeline drops repeated events: by which ids, within which window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    pub keys: Vec<IdKey>,
+    pub window: Duration,
+}
+
+impl Idempotency {
+    /// From the settings' text: keys separated by commas (or `off`), a window (or `off`).
+    pub fn parse(keys: &str, window: Option<Duration>) -> Result<Option<Idempotency>, String> {
+        let keys = keys.trim();
+        if keys == "off" || keys.is_empty() {
+            return Ok(None);
+        }
+        let keys = keys.split(',').map(IdKey::from_str).collect::<Result<Vec<_>, _>>()?;
+        Ok(window.filter(|w| !w.is_zero()).map(|window| Idempotency { keys, window }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_up_to_the_cap_with_some_jitter() {
+        let p = DeliveryPolicy {
+            batch_size: 1,
+            block: Duration::ZERO,
+            max_inflight_events: 1,
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5),
+            visibility_timeout: Duration::from_secs(60),
+            stop_grace: Duration::ZERO,
+            priority: Priority::Default,
+            idempotency: None,
+        };
+        let within = |d: Duration, base: f64| d.as_secs_f64() >= base && d.as_secs_f64() <= base * 1.2;
+        assert!(within(p.retry_delay(1), 1.0));
+        assert!(within(p.retry_delay(2), 2.0));
+        assert!(within(p.retry_delay(3), 4.0));
+        assert!(within(p.retry_delay(4), 5.0));
+        assert!(within(p.retry_delay(100), 5.0));
+        assert_eq!("low".parse::<Priority>(), Ok(Priority::Low));
+        assert!("urgent".parse::<Priority>().unwrap_err().contains("high, default or low"));
     }
 }

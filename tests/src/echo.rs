@@ -18,8 +18,11 @@ pub fn manifest(name: &str, version: &str, tables: Value) -> String {
 }
 
 pub fn publish(conn: &mut redis::Connection, event_type: &str, payloads: &[Value]) -> Result<()> {
+    // Ids unique in the test process: the host drops an event whose id it has seen.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut pipe = redis::pipe();
-    for (i, p) in payloads.iter().enumerate() {
+    for p in payloads {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         pipe.cmd("XADD")
             .arg(format!("events:{event_type}"))
             .arg("*")

@@ -97,6 +97,14 @@ pub struct RunArgs {
     /// everywhere, without batch records in Redis: `off` [default: auto]
     #[arg(long, env = "SLUICE_EXACTLY_ONCE", value_parser = ["auto", "off"])]
     pub exactly_once: Option<String>,
+    /// Where an event's id is found, to drop the same event published twice: comma-separated,
+    /// the first an event has wins — `field:<stream field>`, `payload:<path>`, `job-id` — or
+    /// `off` [default: field:id,payload:eventId]
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_KEY")]
+    pub idempotency_key: Option<String>,
+    /// How long an event's id is remembered (`10m`, `1h`), or `off` [default: 10m]
+    #[arg(long, env = "SLUICE_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<String>,
     /// Deliveries of an event before it is dead-lettered [default: 3]
     #[arg(long, env = "SLUICE_MAX_ATTEMPTS")]
     pub max_attempts: Option<u64>,

@@ -247,6 +247,7 @@ impl RunArgs {
                     self.shutdown_grace_s.or(f.shutdown_grace_s).unwrap_or(defaults::SHUTDOWN_GRACE_S),
                 ),
                 priority: Priority::Default,
+                idempotency: self.idempotency(&f)?,
             },
             insert: BatchPolicy {
                 max_rows: self.insert_max_rows.or(f.insert_max_rows).unwrap_or(defaults::INSERT_MAX_ROWS),
@@ -316,6 +317,24 @@ impl RunArgs {
 }
 
 impl RunArgs {
+    fn idempotency(&self, f: &FileSettings) -> Result<Option<crate::policy::Idempotency>> {
+        let keys = match (&self.idempotency_key, &f.idempotency_key) {
+            (Some(k), _) => k.clone(),
+            (None, Some(toml::Value::Array(a))) => {
+                let keys: Option<Vec<&str>> = a.iter().map(|v| v.as_str()).collect();
+                keys.context("idempotency_key: expected a key or a list of keys (strings)")?.join(",")
+            }
+            (None, Some(v)) => toml_text(Some(v.clone())).unwrap_or_default(),
+            (None, None) => defaults::IDEMPOTENCY_KEY.to_string(),
+        };
+        let window = duration_or_off(
+            "idempotency_window",
+            self.idempotency_window.clone().or(f.idempotency_window.clone()),
+            Some(defaults::IDEMPOTENCY_WINDOW),
+        )?;
+        crate::policy::Idempotency::parse(&keys, window).map_err(|e| anyhow::anyhow!("idempotency_key: {e}"))
+    }
+
     fn retention(&self, f: &FileSettings) -> Result<RetentionPolicy> {
         let streams = Retention {
             max_len: count_or_off(

@@ -18,6 +18,7 @@
 //! unsettled: its source delivers it again later.
 
 pub mod decide;
+mod dedup;
 pub mod gate;
 mod recover;
 
@@ -173,21 +174,41 @@ impl Stage {
         mut batch: Batch<I::Settle>,
     ) -> Result<(Sandbox, Handled<I::Settle>), (Sandbox, Unhandled)> {
         let chunked = I::CHUNKED_LEDGER;
-        if batch.maybe_written
-            && let Err(e) = self.find_written(&mut batch.events, chunked).await
-        {
-            // Without knowing what an earlier delivery wrote, the events must not run now.
-            let why = format!("cannot look up earlier batch records: {e:#}");
-            tracing::error!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = batch.events.len(), error = %why, "the events are retried");
-            let n = batch.events.len();
-            let settled = Settled {
-                events: batch.events,
-                settlements: vec![Settlement::Retry(why); n],
-                chunk: None,
-                recorded: Vec::new(),
-            };
-            self.count(&settled.settlements);
-            return Err((sandbox, Box::pin(batch.settle.settle(settled))));
+        // Without knowing what an earlier delivery wrote, or which events repeat one already
+        // seen, the events must not run now.
+        let looked_up = async {
+            if batch.maybe_written {
+                self.find_written(&mut batch.events, chunked)
+                    .await
+                    .map_err(|e| format!("cannot look up earlier batch records: {e:#}"))?;
+            }
+            match &self.policy.idempotency {
+                Some(p) => dedup::duplicates(&mut self.control.clone(), p, &self.who.group, &batch.events, I::JOB_IDS)
+                    .await
+                    .map_err(|e| format!("cannot check the events' ids against those already seen: {e:#}")),
+                None => Ok(vec![false; batch.events.len()]),
+            }
+        };
+        let duplicate = match looked_up.await {
+            Ok(d) => d,
+            Err(why) => {
+                tracing::error!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = batch.events.len(), error = %why, "the events are retried");
+                let n = batch.events.len();
+                let settled = Settled {
+                    events: batch.events,
+                    settlements: vec![Settlement::Retry(why); n],
+                    chunk: None,
+                    recorded: Vec::new(),
+                };
+                self.count(&settled.settlements);
+                return Err((sandbox, Box::pin(batch.settle.settle(settled))));
+            }
+        };
+        let dropped = duplicate.iter().filter(|d| **d).count();
+        if dropped > 0 {
+            metrics::counter!("sluice_duplicates_dropped_total", "plugin" => self.who.plugin.to_string(), "event_type" => self.who.event_type.to_string())
+                .increment(dropped as u64);
+            tracing::debug!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = dropped, "events whose id was already seen dropped");
         }
         let plugin = self.plugin.clone();
         metrics::counter!("sluice_events_read_total", "plugin" => plugin.name().to_string(), "event_type" => self.who.event_type.to_string())
@@ -200,6 +221,11 @@ impl Stage {
         let mut entries: Vec<u64> = Vec::new();
         let mut decided: Vec<Option<Settlement>> = vec![None; batch.events.len()];
         for (i, e) in batch.events.iter().enumerate() {
+            if duplicate[i] {
+                // Acknowledged without running: its first copy is (or was) handled.
+                decided[i] = Some(Settlement::Ack);
+                continue;
+            }
             let attempts = self.attempts(e, I::OWN_RETRY_POLICY);
             let admitted = match &e.parsed {
                 Err(why) => decide(Outcome::Invalid(why), attempts),

@@ -48,6 +48,46 @@ pub struct Delivery {
     pub priority: Option<String>,
     /// Consume only these of the event types the plugin subscribes to.
     pub event_types: Option<Vec<String>>,
+    /// Where its events' ids are found (a key, a list, or `"off"`), over the host's.
+    pub idempotency_key: Option<toml::Value>,
+    /// How long its events' ids are remembered (`"10m"`, `"off"`), over the host's.
+    pub idempotency_window: Option<String>,
+}
+
+impl Delivery {
+    /// This plugin's idempotency over the host's (`host`: the host's, `None` when off there).
+    pub fn idempotency(
+        &self,
+        host: Option<&crate::policy::Idempotency>,
+    ) -> Result<Option<crate::policy::Idempotency>, String> {
+        if self.idempotency_key.is_none() && self.idempotency_window.is_none() {
+            return Ok(host.cloned());
+        }
+        let keys = match &self.idempotency_key {
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("delivery.idempotency_key: expected a key or a list of keys (strings)")?
+                .join(","),
+            Some(_) => return Err("delivery.idempotency_key: expected a key or a list of keys (strings)".into()),
+            None => match host {
+                Some(h) => h.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(","),
+                None => crate::config::defaults::IDEMPOTENCY_KEY.to_string(),
+            },
+        };
+        let window = match self.idempotency_window.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(w) => Some(
+                crate::source::delayed::parse_duration(w).map_err(|e| format!("delivery.idempotency_window: {e:#}"))?,
+            ),
+            None => Some(host.map(|h| h.window).unwrap_or_else(|| {
+                crate::source::delayed::parse_duration(crate::config::defaults::IDEMPOTENCY_WINDOW).expect("valid")
+            })),
+        };
+        crate::policy::Idempotency::parse(&keys, window).map_err(|e| format!("delivery.idempotency_key: {e}"))
+    }
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -206,6 +246,7 @@ pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConf
     if d.retry_base_ms == Some(0) || d.retry_max_ms == Some(0) {
         return Err(bad("delivery.retry_base_ms and retry_max_ms must be at least 1".into()));
     }
+    d.idempotency(None).map_err(bad)?;
     let table_prefix = sidecar.clickhouse.table_prefix;
     if let Some(p) = &table_prefix {
         crate::schema::check_identifier("clickhouse.table_prefix", p).map_err(bad)?;

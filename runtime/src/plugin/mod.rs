@@ -234,6 +234,10 @@ impl LoadedPlugin {
         if let Some(priority) = d.priority.as_deref().and_then(|p| p.parse().ok()) {
             p.priority = priority;
         }
+        // Checked when the sidecar was read.
+        if let Ok(i) = d.idempotency(host.idempotency.as_ref()) {
+            p.idempotency = i;
+        }
         p
     }
 

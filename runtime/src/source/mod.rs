@@ -123,6 +123,8 @@ pub trait Intake: Send + 'static {
     const OWN_RETRY_POLICY: bool;
     /// Where this source's dead letters go, for logs.
     const DEAD_LETTERS: &'static str;
+    /// Entry ids are the producer's job ids (BullMQ), which the `job-id` idempotency key names.
+    const JOB_IDS: bool;
 
     /// The stream or queue name, for logs and metrics.
     fn source(&self) -> &Arc<str>;

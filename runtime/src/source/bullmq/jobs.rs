@@ -61,6 +61,7 @@ impl JobsIntake {
 impl Intake for JobsIntake {
     type Settle = JobsSettle;
     const CHUNKED_LEDGER: bool = false;
+    const JOB_IDS: bool = true;
     const OWN_RETRY_POLICY: bool = true;
     const DEAD_LETTERS: &'static str = "BullMQ's failed set";
 

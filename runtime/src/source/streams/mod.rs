@@ -152,6 +152,7 @@ impl StreamsIntake {
 impl Intake for StreamsIntake {
     type Settle = StreamsSettle;
     const CHUNKED_LEDGER: bool = true;
+    const JOB_IDS: bool = false;
     const OWN_RETRY_POLICY: bool = false;
     const DEAD_LETTERS: &'static str = crate::keys::DLQ_STREAM;
 
