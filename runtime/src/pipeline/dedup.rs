@@ -78,7 +78,8 @@ pub async fn duplicates(
 ) -> Result<Vec<bool>> {
     let mut dup = vec![false; events.len()];
     // By stream (a batch has one, but nothing here needs that): (event index, id).
-    let mut by_stream: Vec<(&str, Vec<(usize, Vec<u8>)>)> = Vec::new();
+    type Ids = Vec<(usize, Vec<u8>)>;
+    let mut by_stream: Vec<(&str, Ids)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         if e.deliveries > 1 || crate::keys::is_replay_stream(&e.stream) {
             continue;
