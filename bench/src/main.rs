@@ -13,7 +13,7 @@
 //! private ZooKeeper on 18.16, deduplication tokens on 26.9.
 //!
 //! usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26]
-//!                     [--only limit,sluice,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
+//!                     [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ const DDL: &str = "CREATE TABLE analytics.promo_code_usages_analytics (event_dat
 enum Kind {
     Limit,
     Sluice,
+    SluiceNoIdempotency,
     SluiceExactlyOnce,
     SluiceBullmq,
     Python,
@@ -46,6 +47,7 @@ impl Kind {
         match self {
             Kind::Limit => "limit",
             Kind::Sluice => "sluice",
+            Kind::SluiceNoIdempotency => "sluice-no-idem",
             Kind::SluiceExactlyOnce => "sluice-eo",
             Kind::SluiceBullmq => "sluice-bullmq",
             Kind::Python => "python",
@@ -59,6 +61,7 @@ impl Kind {
         match self {
             Kind::Limit => "limit: Rust reader/writer, no plugin",
             Kind::Sluice => "Sluice + promo-code-analytics (wasm)",
+            Kind::SluiceNoIdempotency => "Sluice, idempotency by event id off",
             Kind::SluiceExactlyOnce => "Sluice, exactly-once",
             Kind::SluiceBullmq => "Sluice, BullMQ source (same jobs)",
             Kind::Python => "seed: Python Streams, 1,000/insert",
@@ -169,7 +172,12 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             c.args([redis.url(), ch.url()]);
             c
         }
-        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluiceBullmq | Kind::SluicePython | Kind::SluiceJs => {
+        Kind::Sluice
+        | Kind::SluiceNoIdempotency
+        | Kind::SluiceExactlyOnce
+        | Kind::SluiceBullmq
+        | Kind::SluicePython
+        | Kind::SluiceJs => {
             let plugins = work.join("plugins");
             std::fs::create_dir_all(&plugins)?;
             // The twins declare the Rust plugin's table: the same rows, the same table.
@@ -200,6 +208,10 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
             // would make its tables exactly-once by default).
             if kind != Kind::SluiceExactlyOnce {
                 c.env("SLUICE_EXACTLY_ONCE", "off");
+            }
+            // Every event carries an `id`: the others drop repeats by it (the default).
+            if kind == Kind::SluiceNoIdempotency {
+                c.env("SLUICE_IDEMPOTENCY_KEY", "off");
             }
             c
         }
@@ -266,7 +278,12 @@ fn run_one(kind: Kind, release: Release, n: u64, live_secs: f64) -> Result<Figur
     let work = tempfile::tempdir()?;
     if !matches!(
         kind,
-        Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluiceBullmq | Kind::SluicePython | Kind::SluiceJs
+        Kind::Sluice
+            | Kind::SluiceNoIdempotency
+            | Kind::SluiceExactlyOnce
+            | Kind::SluiceBullmq
+            | Kind::SluicePython
+            | Kind::SluiceJs
     ) {
         ch.query("CREATE DATABASE IF NOT EXISTS analytics")?;
         ch.query(DDL)?;
@@ -398,7 +415,7 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.next().context("--only a,b")?.split(',').map(String::from).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26] [--only limit,sluice,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
+                    "usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26] [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
                 );
                 return Ok(());
             }
@@ -410,6 +427,7 @@ fn main() -> Result<()> {
     let kinds: Vec<Kind> = [
         Kind::Limit,
         Kind::Sluice,
+        Kind::SluiceNoIdempotency,
         Kind::SluiceExactlyOnce,
         Kind::SluiceBullmq,
         Kind::Python,
@@ -473,12 +491,28 @@ fn print_table(release: Release, all: &[Figures]) {
     }
     if let Some(s) = all.iter().find(|f| f.kind == Kind::Sluice) {
         println!();
-        let ours = |k: Kind| matches!(k, Kind::Sluice | Kind::SluiceExactlyOnce | Kind::SluicePython | Kind::SluiceJs);
+        let ours = |k: Kind| {
+            matches!(
+                k,
+                Kind::Sluice
+                    | Kind::SluiceNoIdempotency
+                    | Kind::SluiceExactlyOnce
+                    | Kind::SluicePython
+                    | Kind::SluiceJs
+            )
+        };
         for f in all.iter().filter(|f| !ours(f.kind)) {
             println!("Sluice / {:<38} {:>8.2}x", f.kind.label(), s.per_sec / f.per_sec);
         }
         if let Some(eo) = all.iter().find(|f| f.kind == Kind::SluiceExactlyOnce) {
             println!("exactly-once costs {:.0}% of the throughput", (1.0 - eo.per_sec / s.per_sec) * 100.0);
+        }
+        if let Some(off) = all.iter().find(|f| f.kind == Kind::SluiceNoIdempotency) {
+            println!(
+                "idempotency by event id costs {:.0}% of the throughput, {:.2} µs of CPU per event",
+                (1.0 - s.per_sec / off.per_sec) * 100.0,
+                s.cpu_per_million - off.cpu_per_million
+            );
         }
     }
 }

@@ -14,12 +14,12 @@ pub const DELAYED: &str = "sluice:delayed";
 /// Which host moves delayed events on a Redis Cluster, for a few seconds at a time.
 pub const DELAYED_MOVER_LOCK: &str = "sluice:delayed-mover";
 
-/// The stream of events of type `event_type`.
 /// `s` with the glob characters of `SCAN MATCH` escaped.
 pub fn glob_escape(s: &str) -> String {
     s.chars().flat_map(|c| if "*?[]\\".contains(c) { vec!['\\', c] } else { vec![c] }).collect()
 }
 
+/// The stream of events of type `event_type`.
 pub fn event_stream(prefix: &str, event_type: &str) -> String {
     format!("{prefix}{event_type}")
 }

@@ -133,7 +133,11 @@ impl RetentionPolicy {
 /// Where an event's id is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdKey {
-    /// A stream field (`field:id`).
+    /// The producer's event id on a stream (`id`): the field `id`, or the envelope's `event_id`
+    /// or `id` (what a plugin sees as `event.id`, unless that is the `<stream>/<entry id>`
+    /// stand-in for an event without one).
+    EventId,
+    /// A stream field (`field:<name>`).
     Field(String),
     /// A path of object keys in the JSON payload (`payload:eventId`, `payload:meta.eventId`).
     Payload(Vec<String>),
@@ -145,8 +149,10 @@ impl FromStr for IdKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        if s == "job-id" {
-            return Ok(IdKey::JobId);
+        match s {
+            "job-id" => return Ok(IdKey::JobId),
+            "id" => return Ok(IdKey::EventId),
+            _ => {}
         }
         match s.split_once(':') {
             Some(("field", f)) if !f.is_empty() => Ok(IdKey::Field(f.to_string())),
@@ -154,7 +160,7 @@ impl FromStr for IdKey {
                 Ok(IdKey::Payload(p.split('.').map(str::to_string).collect()))
             }
             _ => Err(format!(
-                "unknown idempotency key `{s}`: use `field:<stream field>` (e.g. `field:id`), `payload:<path>` (e.g. `payload:eventId`, `payload:meta.eventId`), `job-id`, or `off`"
+                "unknown idempotency key `{s}`: use `id` (the producer's event id on a stream), `field:<stream field>`, `payload:<path>` (e.g. `payload:eventId`, `payload:meta.eventId`), `job-id` (BullMQ), or `off`"
             )),
         }
     }
@@ -163,6 +169,7 @@ impl FromStr for IdKey {
 impl std::fmt::Display for IdKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            IdKey::EventId => f.write_str("id"),
             IdKey::Field(x) => write!(f, "field:{x}"),
             IdKey::Payload(p) => write!(f, "payload:{}", p.join(".")),
             IdKey::JobId => f.write_str("job-id"),

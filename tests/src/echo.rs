@@ -18,11 +18,21 @@ pub fn manifest(name: &str, version: &str, tables: Value) -> String {
 }
 
 pub fn publish(conn: &mut redis::Connection, event_type: &str, payloads: &[Value]) -> Result<()> {
-    // Ids unique in the test process: the host drops an event whose id it has seen.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Ids `<type>-0`, `<type>-1`... numbered on across a test's calls (each test runs in a
+    // thread of its own): the host drops an event whose id it has seen.
+    thread_local! {
+        static NEXT: std::cell::RefCell<std::collections::HashMap<String, u64>> = Default::default();
+    }
+    let first = NEXT.with(|n| {
+        let mut n = n.borrow_mut();
+        let next = n.entry(event_type.to_string()).or_default();
+        let first = *next;
+        *next += payloads.len() as u64;
+        first
+    });
     let mut pipe = redis::pipe();
-    for p in payloads {
-        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for (k, p) in payloads.iter().enumerate() {
+        let i = first + k as u64;
         pipe.cmd("XADD")
             .arg(format!("events:{event_type}"))
             .arg("*")

@@ -18,7 +18,7 @@ pub fn bullmq(redis: &Redis, args: &[&str]) -> Result<serde_json::Value> {
 /// real redis-py) against `redis`; returns the entry id it prints.
 pub fn python_producer(redis: &Redis, args: &[&str]) -> Result<String> {
     let root = repo_root();
-    let python = root.join("target/tools/python-producer/bin/python");
+    let python = producer_python();
     assert!(
         python.exists(),
         "no redis-py in target/tools/python-producer: run `make examples` (scripts/plugin-toolchains.sh)"
@@ -42,6 +42,17 @@ pub fn python_producer(redis: &Redis, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Node.js: the 20 that scripts/plugin-toolchains.sh fetched when the system's is older.
+pub fn node_bin() -> PathBuf {
+    let own = repo_root().join("target/tools/node/bin/node");
+    if own.exists() { own } else { PathBuf::from("node") }
+}
+
+/// The Python with redis-py that scripts/plugin-toolchains.sh installed.
+pub fn producer_python() -> PathBuf {
+    repo_root().join("target/tools/python-producer/bin/python")
+}
+
 /// [`bullmq`] against a Redis URL.
 pub fn bullmq_at(redis_url: &str, args: &[&str]) -> Result<serde_json::Value> {
     node_producer("bullmq", redis_url, args)
@@ -60,9 +71,7 @@ fn node_producer(package: &str, redis_url: &str, args: &[&str]) -> Result<serde_
         root.join(format!("examples/{package}/node_modules/{package}")).exists(),
         "no {package} in examples/{package}/node_modules: run `make examples` (scripts/plugin-toolchains.sh)"
     );
-    // Node.js 20 that scripts/plugin-toolchains.sh fetched when the system's is older.
-    let own = root.join("target/tools/node/bin/node");
-    let node = if own.exists() { own } else { PathBuf::from("node") };
+    let node = node_bin();
     // A bound on every wait: a producer whose Redis is gone would retry for ever.
     let mut cmd = Command::new("timeout");
     cmd.arg("180")

@@ -145,7 +145,7 @@ fn print_plan(action: &str, entries: &[DeadLetterEntry]) {
 
 /// Whether to go ahead: `--dry-run` never, `--yes` always, otherwise the answer typed at a
 /// terminal; without a terminal it is an error saying what to add.
-fn confirmed(c: Confirm, what: &str) -> Result<bool> {
+pub(super) fn confirmed(c: Confirm, what: &str) -> Result<bool> {
     if c.dry_run {
         println!("dry run: nothing changed");
         return Ok(false);

@@ -10,6 +10,7 @@ mod dead_letters;
 mod health;
 mod plugin;
 mod publish;
+mod takeover;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +46,30 @@ pub enum Command {
     /// Ask a running host whether it is alive (/health) or ready (/ready); exit 0 if so, 1 if
     /// not. For container health checks (the image has no curl).
     Health(HealthArgs),
+    /// Hand a consumer group's streams to a plugin: the plugin's group starts exactly where
+    /// the group of the service it replaces stopped (a switch with no gap and no double rows).
+    Takeover(TakeoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TakeoverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The plugin taking over (its consumer group is `sluice:<plugin>`).
+    #[arg(long)]
+    pub plugin: String,
+    /// The consumer group of the service being replaced (e.g. `analytics-consumers`).
+    #[arg(long)]
+    pub from_group: String,
+    /// The event types to take over (their streams `<prefix><type>`); repeat or comma-separate.
+    #[arg(long = "type", value_delimiter = ',', required = true)]
+    pub event_types: Vec<String>,
+    /// Take over although the old group still has entries delivered and not acknowledged:
+    /// the plugin starts at the oldest of them (their rows may then be written twice).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub confirm: Confirm,
 }
 
 #[derive(Args, Debug)]
@@ -239,6 +264,7 @@ pub async fn run(command: Command) -> Result<bool> {
         Command::Dlq(d) => dead_letters::dlq(d).await.map(|_| true),
         Command::Replay(r) => dead_letters::replay(r).await.map(|_| true),
         Command::Health(h) => health::health(h).await,
+        Command::Takeover(t) => takeover::takeover(t).await.map(|_| true),
         Command::Plugin(p) => plugin::run(p).await,
     }
 }

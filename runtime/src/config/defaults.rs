@@ -18,7 +18,7 @@ pub const INSERT_LINGER_MS: u64 = 100;
 /// Bytes of RowBinary per INSERT at most (not a setting: a bound on the writer's memory).
 pub const INSERT_MAX_BYTES: usize = 64 << 20;
 pub const MAX_ATTEMPTS: u64 = 3;
-pub const IDEMPOTENCY_KEY: &str = "field:id,payload:eventId";
+pub const IDEMPOTENCY_KEY: &str = "id,payload:eventId";
 pub const IDEMPOTENCY_WINDOW: &str = "10m";
 pub const RETRY_BASE_MS: u64 = 1000;
 pub const RETRY_MAX_MS: u64 = 60_000;

@@ -44,8 +44,8 @@ pub struct FileSettings {
     pub shutdown_grace_s: Option<u64>,
     /// How often retention is applied and streams nobody reads are looked for.
     pub housekeeping_interval_ms: Option<u64>,
-    /// Where an event's id is found: a key or a list of them (`"field:id"`, `"payload:eventId"`,
-    /// `"job-id"`), or `"off"`.
+    /// Where an event's id is found: a key or a list of them (`"id"`, `"field:<name>"`,
+    /// `"payload:eventId"`, `"job-id"`), or `"off"`.
     pub idempotency_key: Option<toml::Value>,
     /// How long an event's id is remembered (`"10m"`), or `"off"`.
     pub idempotency_window: Option<String>,

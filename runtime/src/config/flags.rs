@@ -98,8 +98,9 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_EXACTLY_ONCE", value_parser = ["auto", "off"])]
     pub exactly_once: Option<String>,
     /// Where an event's id is found, to drop the same event published twice: comma-separated,
-    /// the first an event has wins — `field:<stream field>`, `payload:<path>`, `job-id` — or
-    /// `off` [default: field:id,payload:eventId]
+    /// the first an event has wins — `id` (a stream's `id` field or envelope id),
+    /// `field:<stream field>`, `payload:<path>`, `job-id` (BullMQ) — or `off` [default:
+    /// id,payload:eventId]
     #[arg(long, env = "SLUICE_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
     /// How long an event's id is remembered (`10m`, `1h`), or `off` [default: 10m]

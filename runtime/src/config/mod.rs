@@ -495,6 +495,35 @@ mod tests {
         assert_eq!(s.max_memory_mb, defaults::MAX_MEMORY_MB);
         assert_eq!(s.concurrency, defaults::CONCURRENCY);
         assert!(s.exactly_once && s.bullmq.is_empty() && s.admin_token.is_none());
+        let i = d.idempotency.as_ref().expect("on by default");
+        assert_eq!(i.keys.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(","), defaults::IDEMPOTENCY_KEY);
+        assert_eq!(i.window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_sample_config_file_says_the_defaults() {
+        if !environment_is_clean() {
+            return;
+        }
+        let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sluice.toml");
+        let s = resolve(&["--config", sample]).unwrap();
+        let d = resolve(&[]).unwrap();
+        assert_eq!((&s.delivery, &s.retention), (&d.delivery, &d.retention));
+        assert_eq!((s.insert.max_rows, s.insert.linger), (d.insert.max_rows, d.insert.linger));
+    }
+
+    #[test]
+    fn idempotency_settings() {
+        if !environment_is_clean() {
+            return;
+        }
+        let f = file("idempotency_key = [\"payload:meta.id\", \"job-id\"]\nidempotency_window = \"1h\"\n");
+        let s = resolve(&["--config", f.to_str().unwrap()]).unwrap();
+        let i = s.delivery.idempotency.unwrap();
+        assert_eq!((i.keys.len(), i.window), (2, Duration::from_secs(3600)));
+        assert!(resolve(&["--idempotency-key", "off"]).unwrap().delivery.idempotency.is_none());
+        let e = resolve(&["--idempotency-key", "eventId"]).unwrap_err().to_string();
+        assert!(e.contains("unknown idempotency key `eventId`"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! on the same stream or queue within the window is acknowledged without running — the same
 //! event published twice (a producer's retry after a timeout) gives one set of rows.
 //!
-//! The id is the first of the configured keys an event has (`field:id` — the stream field `id`;
+//! The id is the first of the configured keys an event has (`id` — the producer's event id on a
+//! stream: the field `id` or the envelope's; `field:<name>` — another stream field;
 //! `payload:eventId` — a path in the payload; `job-id` — a BullMQ job's id). Seen ids live in
 //! Redis, shared by every host and kept across restarts: one set per time bucket (a tenth of the
 //! window), `sluice:seen:<group>:{<stream>}:<bucket>`, each expiring a window after its bucket
@@ -30,6 +31,13 @@ use crate::source::SourceEvent;
 /// source's entry ids are a producer's job ids (BullMQ).
 fn id_of(policy: &Idempotency, e: &SourceEvent, job_ids: bool) -> Option<Vec<u8>> {
     let id = policy.keys.iter().find_map(|k| match k {
+        IdKey::EventId => {
+            let id = &e.parsed.as_ref().ok()?.id;
+            let stand_in = id.len() == e.stream.len() + 1 + e.entry_id.len()
+                && id.starts_with(&*e.stream)
+                && id.ends_with(&e.entry_id);
+            (!job_ids && !stand_in).then(|| id.as_bytes().to_vec())
+        }
         IdKey::Field(f) => e.fields.iter().find(|(n, _)| n == f).map(|(_, v)| v.clone()),
         IdKey::Payload(path) => {
             let payload: serde_json::Value = serde_json::from_str(&e.parsed.as_ref().ok()?.payload).ok()?;
@@ -126,13 +134,14 @@ mod tests {
     use crate::contract::wit;
 
     fn event(fields: &[(&str, &str)], payload: &str) -> SourceEvent {
+        let id = fields.iter().find(|(k, _)| *k == "id").map_or("events:t/7".to_string(), |(_, v)| v.to_string());
         SourceEvent {
             stream: Arc::from("events:t"),
             entry_id: "7".into(),
             deliveries: 1,
             fields: fields.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
             parsed: Ok(wit::Event {
-                id: String::new(),
+                id,
                 event_type: "t".into(),
                 timestamp_ms: 0,
                 payload: payload.into(),
@@ -147,11 +156,15 @@ mod tests {
 
     #[test]
     fn keys_in_order_of_preference() {
-        let p = Idempotency::parse("field:id, payload:meta.eventId, job-id", Some(Duration::from_secs(60)))
-            .unwrap()
-            .unwrap();
+        let p = Idempotency::parse("id, payload:meta.eventId, job-id", Some(Duration::from_secs(60))).unwrap().unwrap();
         assert_eq!(p.keys[1], IdKey::Payload(vec!["meta".into(), "eventId".into()]));
-        assert_eq!(id_of(&p, &event(&[("id", "a")], r#"{"meta":{"eventId":"b"}}"#), true), Some(b"a".to_vec()));
+        assert_eq!(
+            Idempotency::parse("field:key", Some(Duration::from_secs(1))).unwrap().unwrap().keys,
+            [IdKey::Field("key".into())]
+        );
+        assert_eq!(id_of(&p, &event(&[("id", "a")], r#"{"meta":{"eventId":"b"}}"#), false), Some(b"a".to_vec()));
+        // A job's id is only `job-id`; an event without an id of its own has its stand-in.
+        assert_eq!(id_of(&p, &event(&[("id", "a")], r#"{"meta":{"eventId":"b"}}"#), true), Some(b"b".to_vec()));
         assert_eq!(id_of(&p, &event(&[], r#"{"meta":{"eventId":"b"}}"#), false), Some(b"b".to_vec()));
         assert_eq!(id_of(&p, &event(&[], r#"{"meta":{"eventId":12}}"#), false), Some(b"12".to_vec()));
         // No key found: the job id only where entry ids are a producer's job ids.
