@@ -5,7 +5,7 @@
 //! The id is the first of the configured keys an event has (`id` — the producer's event id on a
 //! stream: the field `id` or the envelope's; `field:<name>` — another stream field;
 //! `payload:eventId` — a path in the payload; `job-id` — a BullMQ job's id). Seen ids live in
-//! Redis, shared by every host and kept across restarts: one set per time bucket (a tenth of the
+//! Redis, shared by every host and kept across restarts: one set per time bucket (a fifth of the
 //! window), `sluice:seen:<group>:{<stream>}:<bucket>`, each expiring a window after its bucket
 //! ends. An id is claimed on its event's first delivery, by one script that checks every bucket
 //! of the window and adds the new ids to the current one, so two copies read at once — by two
@@ -13,7 +13,7 @@
 //!
 //! What holds at the edges:
 //! - a copy read within `window` of the first copy's claim is dropped; one read more than
-//!   `window` plus a tenth later runs again; in between it may go either way (the bucket);
+//!   `window` plus a fifth later runs again; in between it may go either way (the bucket);
 //! - the claim is made when the first copy is read, not when its rows commit: a first copy that
 //!   is retried keeps its claim (its redeliveries are not checked) and a first copy that ends
 //!   dead-lettered keeps it too — its copies are dropped, and the dead letter is the way back
@@ -56,21 +56,43 @@ fn id_of(policy: &Idempotency, e: &SourceEvent, job_ids: bool) -> Option<Vec<u8>
     Some(if id.len() <= 40 { id } else { sha2::Sha256::digest(&id)[..16].to_vec() })
 }
 
+/// Buckets per window: an id is remembered for the window and up to one bucket more.
+const BUCKETS: u64 = 5;
+
 /// The script that claims ids: KEYS are the window's buckets, oldest first, the current one
 /// last; ARGV[1] the current bucket's expiry (ms since the epoch), then the ids. Answers 1 for
-/// each id already seen (a duplicate), 0 for each claimed now.
+/// each id already seen (a duplicate, also of an earlier id of the same call), 0 for each
+/// claimed now. One SMISMEMBER per bucket and one SADD, in chunks that Lua's `unpack` can pass.
 const CLAIM: &str = r#"
-local current = KEYS[#KEYS]
-local out = {}
-for i = 2, #ARGV do
-  local seen = 0
-  for k = #KEYS, 1, -1 do
-    if redis.call('SISMEMBER', KEYS[k], ARGV[i]) == 1 then seen = 1 break end
+local n = #ARGV - 1
+local seen = {}
+for k = 1, #KEYS do
+  -- A bucket nobody wrote (the window's older part, at start or on a quiet stream) is skipped.
+  if k == #KEYS or redis.call('EXISTS', KEYS[k]) == 1 then
+  for from = 2, #ARGV, 1000 do
+    local to = math.min(from + 999, #ARGV)
+    local r = redis.call('SMISMEMBER', KEYS[k], unpack(ARGV, from, to))
+    for i = 1, #r do
+      if r[i] == 1 then seen[from - 2 + i] = true end
+    end
   end
-  if seen == 0 then redis.call('SADD', current, ARGV[i]) end
-  out[#out + 1] = seen
+  end
 end
-if #ARGV > 1 then redis.call('PEXPIREAT', current, ARGV[1]) end
+local out, new, here = {}, {}, {}
+for i = 1, n do
+  local id = ARGV[i + 1]
+  if seen[i] or here[id] then
+    out[i] = 1
+  else
+    here[id] = true
+    new[#new + 1] = id
+    out[i] = 0
+  end
+end
+for from = 1, #new, 1000 do
+  redis.call('SADD', KEYS[#KEYS], unpack(new, from, math.min(from + 999, #new)))
+end
+if #new > 0 then redis.call('PEXPIREAT', KEYS[#KEYS], ARGV[1]) end
 return out
 "#;
 
@@ -101,7 +123,7 @@ pub async fn duplicates(
     if by_stream.is_empty() {
         return Ok(dup);
     }
-    let bucket_ms = (policy.window.as_millis() as u64 / 10).max(1000);
+    let bucket_ms = (policy.window.as_millis() as u64 / BUCKETS).max(1000);
     let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let current = now / bucket_ms;
     // Buckets back to the one holding `now - window`.

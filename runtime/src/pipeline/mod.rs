@@ -3,7 +3,8 @@
 //!
 //! 1. **read** — the source's [`Intake`] hands over a batch with its [`Settle`];
 //! 2. **call** — events delivered before are looked up in the ledger first (`recover`), then the
-//!    plugin runs the batch in its sandbox, behind the call gate (`gate`);
+//!    plugin runs the batch in its sandbox, behind the call gate (`gate`), while Redis says which
+//!    events repeat one already seen (`dedup`: their rows and failures are dropped);
 //! 3. **write** — the rows go to the writer's table channels, all of a batch's or none;
 //! 4. **settle** — once the writer says what was committed, [`decide`] gives each event its
 //!    [`Settlement`], and the source carries them out (XACK / dead letter, or the job's outcome).
@@ -174,41 +175,11 @@ impl Stage {
         mut batch: Batch<I::Settle>,
     ) -> Result<(Sandbox, Handled<I::Settle>), (Sandbox, Unhandled)> {
         let chunked = I::CHUNKED_LEDGER;
-        // Without knowing what an earlier delivery wrote, or which events repeat one already
-        // seen, the events must not run now.
-        let looked_up = async {
-            if batch.maybe_written {
-                self.find_written(&mut batch.events, chunked)
-                    .await
-                    .map_err(|e| format!("cannot look up earlier batch records: {e:#}"))?;
-            }
-            match &self.policy.idempotency {
-                Some(p) => dedup::duplicates(&mut self.control.clone(), p, &self.who.group, &batch.events, I::JOB_IDS)
-                    .await
-                    .map_err(|e| format!("cannot check the events' ids against those already seen: {e:#}")),
-                None => Ok(vec![false; batch.events.len()]),
-            }
-        };
-        let duplicate = match looked_up.await {
-            Ok(d) => d,
-            Err(why) => {
-                tracing::error!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = batch.events.len(), error = %why, "the events are retried");
-                let n = batch.events.len();
-                let settled = Settled {
-                    events: batch.events,
-                    settlements: vec![Settlement::Retry(why); n],
-                    chunk: None,
-                    recorded: Vec::new(),
-                };
-                self.count(&settled.settlements);
-                return Err((sandbox, Box::pin(batch.settle.settle(settled))));
-            }
-        };
-        let dropped = duplicate.iter().filter(|d| **d).count();
-        if dropped > 0 {
-            metrics::counter!("sluice_duplicates_dropped_total", "plugin" => self.who.plugin.to_string(), "event_type" => self.who.event_type.to_string())
-                .increment(dropped as u64);
-            tracing::debug!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = dropped, "events whose id was already seen dropped");
+        // Without knowing what an earlier delivery wrote, the events must not run now.
+        if batch.maybe_written
+            && let Err(e) = self.find_written(&mut batch.events, chunked).await
+        {
+            return Err((sandbox, self.retry_all(batch, format!("cannot look up earlier batch records: {e:#}"))));
         }
         let plugin = self.plugin.clone();
         metrics::counter!("sluice_events_read_total", "plugin" => plugin.name().to_string(), "event_type" => self.who.event_type.to_string())
@@ -221,11 +192,6 @@ impl Stage {
         let mut entries: Vec<u64> = Vec::new();
         let mut decided: Vec<Option<Settlement>> = vec![None; batch.events.len()];
         for (i, e) in batch.events.iter().enumerate() {
-            if duplicate[i] {
-                // Acknowledged without running: its first copy is (or was) handled.
-                decided[i] = Some(Settlement::Ack);
-                continue;
-            }
             let attempts = self.attempts(e, I::OWN_RETRY_POLICY);
             let admitted = match &e.parsed {
                 Err(why) => decide(Outcome::Invalid(why), attempts),
@@ -245,20 +211,53 @@ impl Stage {
         }
         let slot = self.gate.acquire(self.policy.priority, plugin.name()).await;
         let started = Instant::now();
-        let (sandbox, outcome) = crate::plugin::off_reactor(async move {
+        let call = crate::plugin::off_reactor(async move {
             let mut sandbox = sandbox;
             let outcome = sandbox.run(&calls, &entries).await;
             (sandbox, outcome)
-        })
-        .await;
+        });
+        // Which events repeat one already seen is asked of Redis while the plugin runs (the
+        // round trip is hidden behind the call); a repeat's rows and failures are then dropped.
+        let claim = async {
+            match &self.policy.idempotency {
+                Some(p) => {
+                    dedup::duplicates(&mut self.control.clone(), p, &self.who.group, &batch.events, I::JOB_IDS).await
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let ((sandbox, outcome), duplicate) = tokio::join!(call, claim);
         let handled_in = started.elapsed();
         drop(slot);
+        let duplicate = match duplicate {
+            Ok(d) => d,
+            Err(e) => {
+                let why = format!("cannot check the events' ids against those already seen: {e:#}");
+                return Err((sandbox, self.retry_all(batch, why)));
+            }
+        };
+        let repeated = |i: usize| duplicate.get(i).copied().unwrap_or(false);
+        let dropped = duplicate.iter().filter(|d| **d).count();
+        if dropped > 0 {
+            for (i, d) in decided.iter_mut().enumerate() {
+                if repeated(i) {
+                    // Acknowledged without effect: its first copy is (or was) handled.
+                    *d = Some(Settlement::Ack);
+                }
+            }
+            metrics::counter!("sluice_duplicates_dropped_total", "plugin" => self.who.plugin.to_string(), "event_type" => self.who.event_type.to_string())
+                .increment(dropped as u64);
+            tracing::debug!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = dropped, "events whose id was already seen dropped");
+        }
         metrics::histogram!("sluice_plugin_call_duration_seconds", "plugin" => plugin.name().to_string())
             .record(handled_in.as_secs_f64());
         metrics::histogram!("sluice_batch_size_events", "plugin" => plugin.name().to_string())
             .record(batch.events.len() as f64);
         for f in &outcome.failures {
             let i = origin[f.event as usize];
+            if repeated(i) {
+                continue;
+            }
             let attempts = self.attempts(&batch.events[i], I::OWN_RETRY_POLICY);
             let failed = Outcome::Failed { permanent: f.permanent, message: &f.message };
             decided[i] = decide(failed, attempts);
@@ -278,9 +277,13 @@ impl Stage {
         let mut commits = Vec::new();
         let mut chunks = Vec::new();
         for (table, mut rows) in outcome.tables.into_iter().enumerate() {
-            // Rows an earlier delivery already committed to this table are dropped.
-            if batch.events.iter().any(|e| e.written.contains(&table)) {
-                rows = rows.without(|e| batch.events[origin[e as usize]].written.contains(&table));
+            // Rows an earlier delivery already committed to this table are dropped, and those of
+            // repeated events.
+            if dropped > 0 || batch.events.iter().any(|e| e.written.contains(&table)) {
+                rows = rows.without(|e| {
+                    let i = origin[e as usize];
+                    repeated(i) || batch.events[i].written.contains(&table)
+                });
             }
             if rows.rows == 0 {
                 continue;
@@ -326,6 +329,20 @@ impl Stage {
             handled_in,
         };
         Ok((sandbox, handled))
+    }
+
+    /// Every event of a batch that could not be handled is left for a retry, saying why.
+    fn retry_all<S: Settle>(&self, batch: Batch<S>, why: String) -> Unhandled {
+        tracing::error!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = batch.events.len(), error = %why, "the events are retried");
+        let n = batch.events.len();
+        let settled = Settled {
+            events: batch.events,
+            settlements: vec![Settlement::Retry(why); n],
+            chunk: None,
+            recorded: Vec::new(),
+        };
+        self.count(&settled.settlements);
+        Box::pin(batch.settle.settle(settled))
     }
 
     /// Whose count says when `e` has had enough attempts.
