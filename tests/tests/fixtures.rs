@@ -77,7 +77,13 @@ fn a_new_project_builds_and_passes_its_tests_as_printed(lang: &str, unit_test_pa
         anyhow::ensure!(out.status.success(), "`{script}` failed:\n{text}");
         Ok(text)
     };
-    run(dir.path(), &build)?;
+    assert!(build.ends_with("plugin build"), "one build command in every language: {printed}");
+    let built = run(dir.path(), &build)?;
+    // The last line on stdout is the component's path.
+    assert!(
+        built.lines().any(|l| l.ends_with(".wasm") && std::path::Path::new(l).is_file()),
+        "no built component named:\n{built}"
+    );
     let out = run(&dir.path().join("demo"), &test)?;
     assert!(out.contains(unit_test_passed), "the unit test did not run:\n{out}");
     assert!(out.contains("1 fixtures: 1 passed, 0 failed (demo)"), "{out}");

@@ -1,6 +1,7 @@
-//! `sluice plugin inspect|run|test|new`: plugins without Redis or ClickHouse (inspect can compare
+//! `sluice plugin inspect|run|test|new|build`: plugins without Redis or ClickHouse (inspect can compare
 //! with a live ClickHouse).
 
+mod build;
 mod fixtures;
 mod inspect;
 mod offline;
@@ -22,6 +23,10 @@ pub async fn run(command: PluginCommand) -> Result<bool> {
         }
         PluginCommand::New { name, lang, dir } => scaffold::new_plugin(&name, &lang, &dir).map(|root| {
             println!("{}", scaffold::next_steps(&root, &name, &lang));
+            true
+        }),
+        PluginCommand::Build { dir } => build::build(&dir).map(|wasm| {
+            println!("{}", wasm.display());
             true
         }),
         PluginCommand::Test { file, fixtures } => fixtures::run(&file, &fixtures).await,

@@ -92,18 +92,14 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
 
 /// What to run next, printed after the project is made.
 pub fn next_steps(root: &Path, name: &str, lang: &str) -> String {
-    let (build, test, wasm) = match lang {
-        "python" => ("./build.sh".to_string(), "python3 -m unittest".to_string(), format!("{name}.wasm")),
-        "js" => ("npm install && npm run build".to_string(), "npm test".to_string(), format!("{name}.wasm")),
-        _ => (
-            "cargo build --release --target wasm32-wasip2".to_string(),
-            "cargo test".to_string(),
-            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
-        ),
+    let (test, wasm) = match lang {
+        "python" => ("python3 -m unittest".to_string(), format!("{name}.wasm")),
+        "js" => ("npm test".to_string(), format!("{name}.wasm")),
+        _ => ("cargo test".to_string(), format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"))),
     };
     let sluice = crate::cli::this_command();
     format!(
-        "created {}\n\nbuild:  cd {} && {build}\ntest:   {test} && {sluice} plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
+        "created {}\n\nbuild:  cd {} && {sluice} plugin build\ntest:   {test} && {sluice} plugin test {wasm} --fixtures fixtures\ndeploy: cp {wasm} <plugins dir>/{name}.wasm   (the host hot-reloads it)",
         root.display(),
         root.display()
     )
@@ -247,7 +243,8 @@ A Sluice plugin made by `sluice plugin new {name}`.
 
 ```sh
 rustup target add wasm32-wasip2                       # once
-cargo build --release --target wasm32-wasip2          # -> target/wasm32-wasip2/release/{snake}.wasm
+sluice plugin build                                   # -> target/wasm32-wasip2/release/{snake}.wasm
+                                                      #    (cargo build --release --target wasm32-wasip2)
 cargo test                                            # the unit test in src/lib.rs
 sluice plugin test target/wasm32-wasip2/release/{snake}.wasm --fixtures fixtures
 sluice plugin inspect target/wasm32-wasip2/release/{snake}.wasm   # manifest and DDL
@@ -354,7 +351,7 @@ const PY_README: &str = r#"# {name}
 A Sluice plugin in Python, made by `sluice plugin new {name} --lang python`.
 
 ```sh
-./build.sh                                        # -> {name}.wasm (componentize-py in .venv)
+sluice plugin build                               # -> {name}.wasm (./build.sh: componentize-py in .venv)
 python3 -m unittest                               # the unit test in test_app.py
 sluice plugin test {name}.wasm --fixtures fixtures
 sluice plugin inspect {name}.wasm                 # manifest and DDL
@@ -456,7 +453,7 @@ const JS_README: &str = r#"# {name}
 A Sluice plugin in JavaScript, made by `sluice plugin new {name} --lang js`.
 
 ```sh
-npm install && npm run build                      # -> {name}.wasm (componentize-js)
+sluice plugin build                               # -> {name}.wasm (npm install, npm run build: componentize-js)
 npm test                                          # the unit test in handler.test.js
 sluice plugin test {name}.wasm --fixtures fixtures
 sluice plugin inspect {name}.wasm                 # manifest and DDL
