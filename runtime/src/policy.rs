@@ -188,8 +188,11 @@ impl Idempotency {
     /// From the settings' text: keys separated by commas (or `off`), a window (or `off`).
     pub fn parse(keys: &str, window: Option<Duration>) -> Result<Option<Idempotency>, String> {
         let keys = keys.trim();
-        if keys == "off" || keys.is_empty() {
+        if keys == "off" {
             return Ok(None);
+        }
+        if keys.is_empty() {
+            return Err("no key given: name one (`id`, `payload:eventId`...) or say `off`".into());
         }
         let keys = keys.split(',').map(IdKey::from_str).collect::<Result<Vec<_>, _>>()?;
         Ok(window.filter(|w| !w.is_zero()).map(|window| Idempotency { keys, window }))

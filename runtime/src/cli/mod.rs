@@ -64,8 +64,9 @@ pub struct TakeoverArgs {
     /// The event types to take over (their streams `<prefix><type>`); repeat or comma-separate.
     #[arg(long = "type", value_delimiter = ',', required = true)]
     pub event_types: Vec<String>,
-    /// Take over although the old group still has entries delivered and not acknowledged:
-    /// the plugin starts at the oldest of them (their rows may then be written twice).
+    /// Take over although the old group still has entries delivered and not acknowledged: the
+    /// plugin starts at the oldest of them, and every entry from there on is delivered to it
+    /// again, acknowledged ones too (their rows may then be written twice).
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
@@ -209,6 +210,14 @@ pub enum PluginCommand {
         lang: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin project in DIR, whatever its language (Cargo.toml: Rust; package.json:
+    /// JavaScript; app.py: Python); the toolchain's output goes to stderr, and the last line on
+    /// stdout is the built component's path.
+    Build {
+        /// The project's directory.
+        #[arg(default_value = ".")]
         dir: PathBuf,
     },
     /// Run fixture files against a plugin (events in, expected rows or errors out) and print a

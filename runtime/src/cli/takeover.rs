@@ -29,7 +29,8 @@ struct Step {
     stream: String,
     /// The plugin's group starts after this entry.
     after: StreamId,
-    /// Entries the old group had not been given yet.
+    /// Entries the old group had not been given yet (`None` with --force over pending ones:
+    /// more than that are delivered again).
     following: Option<i64>,
     /// The plugin's group as it is: entries pending in it (acknowledged by the takeover), or
     /// `None` when it does not exist yet.
@@ -66,7 +67,7 @@ pub async fn takeover(args: TakeoverArgs) -> Result<()> {
         let after = if pending > 0 {
             if !args.force {
                 bail!(
-                    "group `{}` has {pending} entries of {stream} delivered and not acknowledged: stop its consumers gracefully and wait until none is pending (`XINFO GROUPS {stream}`), or take over with --force from the oldest of them (rows its consumers wrote for them are then written again)",
+                    "group `{}` has {pending} entries of {stream} delivered and not acknowledged: stop its consumers gracefully and wait until none is pending (`XINFO GROUPS {stream}`), or take over with --force from the oldest of them (every entry from there to where the group got is then delivered again, acknowledged ones too: their rows may be written twice)",
                     args.from_group
                 );
             }
@@ -92,7 +93,8 @@ pub async fn takeover(args: TakeoverArgs) -> Result<()> {
                 Some(int(g, "pending").unwrap_or(0))
             }
         };
-        steps.push(Step { stream, after, following: int(old, "lag"), ours_pending });
+        let following = if pending > 0 { None } else { int(old, "lag") };
+        steps.push(Step { stream, after, following, ours_pending });
     }
     println!("plan: plugin {} takes over from group `{}`:", args.plugin, args.from_group);
     for s in &steps {
@@ -124,17 +126,18 @@ pub async fn takeover(args: TakeoverArgs) -> Result<()> {
 
 /// Creates the group at `after`, or moves it there and acknowledges what it holds.
 async fn move_group(conn: &mut RedisConn, stream: &str, group: &str, after: StreamId, exists: bool) -> Result<()> {
-    if !exists {
-        cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg(after.to_string()).query_async::<()>(conn).await?;
-        return Ok(());
-    }
-    cmd("XGROUP").arg("SETID").arg(stream).arg(group).arg(after.to_string()).query_async::<()>(conn).await?;
-    // Ids claimed by a trial run: the events after `after` are new to the plugin's tables.
+    // Ids claimed by a trial run (its group may be gone since): the events after `after` are
+    // new to the plugin's tables.
     let seen = crate::keys::seen(group, stream, 0);
     let pattern = format!("{}*", crate::keys::glob_escape(seen.strip_suffix('0').unwrap_or(&seen)));
     for key in conn.scan_keys(&pattern, "set").await? {
         cmd("DEL").arg(&key).query_async::<()>(conn).await?;
     }
+    if !exists {
+        cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg(after.to_string()).query_async::<()>(conn).await?;
+        return Ok(());
+    }
+    cmd("XGROUP").arg("SETID").arg(stream).arg(group).arg(after.to_string()).query_async::<()>(conn).await?;
     loop {
         let page: Vec<Vec<Value>> =
             cmd("XPENDING").arg(stream).arg(group).arg("-").arg("+").arg(1000).query_async(conn).await?;

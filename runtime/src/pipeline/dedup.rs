@@ -59,8 +59,8 @@ fn id_of(policy: &Idempotency, e: &SourceEvent, job_ids: bool) -> Option<Vec<u8>
 /// Buckets per window: an id is remembered for the window and up to one bucket more.
 const BUCKETS: u64 = 5;
 
-/// The script that claims ids: KEYS are the window's buckets, oldest first, the current one
-/// last; ARGV[1] the current bucket's expiry (ms since the epoch), then the ids. Answers 1 for
+/// The script that claims ids: KEYS are the window's buckets (and the next one), the current
+/// one last; ARGV[1] the current bucket's time to live in ms, then the ids. Answers 1 for
 /// each id already seen (a duplicate, also of an earlier id of the same call), 0 for each
 /// claimed now. One SMISMEMBER per bucket and one SADD, in chunks that Lua's `unpack` can pass.
 const CLAIM: &str = r#"
@@ -92,7 +92,7 @@ end
 for from = 1, #new, 1000 do
   redis.call('SADD', KEYS[#KEYS], unpack(new, from, math.min(from + 999, #new)))
 end
-if #new > 0 then redis.call('PEXPIREAT', KEYS[#KEYS], ARGV[1]) end
+if #new > 0 then redis.call('PEXPIRE', KEYS[#KEYS], ARGV[1]) end
 return out
 "#;
 
@@ -128,14 +128,19 @@ pub async fn duplicates(
     let current = now / bucket_ms;
     // Buckets back to the one holding `now - window`.
     let back = policy.window.as_millis() as u64 / bucket_ms + 1;
-    let expire_at = (current + 1) * bucket_ms + policy.window.as_millis() as u64;
+    // Relative, so that Redis's clock does not matter: the current bucket is kept until a window
+    // after it ends, by this host's clock.
+    let expire_in = (current + 1) * bucket_ms - now + policy.window.as_millis() as u64;
     static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(CLAIM));
     for (stream, ids) in by_stream {
         let mut inv = SCRIPT.prepare_invoke();
-        for b in current.saturating_sub(back)..=current {
+        // The next bucket too: a host whose clock is a little ahead may have claimed there.
+        for b in current.saturating_sub(back)..current {
             inv.key(crate::keys::seen(group, stream, b));
         }
-        inv.arg(expire_at);
+        inv.key(crate::keys::seen(group, stream, current + 1));
+        inv.key(crate::keys::seen(group, stream, current));
+        inv.arg(expire_in);
         for (_, id) in &ids {
             inv.arg(id.as_slice());
         }
@@ -200,6 +205,7 @@ mod tests {
     #[test]
     fn off_and_bad_keys() {
         assert_eq!(Idempotency::parse("off", Some(Duration::from_secs(1))).unwrap(), None);
+        assert!(Idempotency::parse(" ", Some(Duration::from_secs(1))).unwrap_err().contains("or say `off`"));
         assert_eq!(Idempotency::parse("field:id", None).unwrap(), None);
         let e = Idempotency::parse("eventId", Some(Duration::from_secs(1))).unwrap_err();
         assert!(e.contains("unknown idempotency key `eventId`") && e.contains("payload:<path>"), "{e}");

@@ -23,12 +23,15 @@ use super::config::{BullQueue, Library};
 use crate::redis_conn::RedisConn;
 
 /// Whether `job` was written by classic Bull: said by the queue's `library`, or else by the job
-/// itself — bull stores the job's `timestamp` among its options, BullMQ never does.
+/// itself — bull stores the job's `timestamp` among its options; BullMQ does only for the runs
+/// its job schedulers add, which carry a `repeatJobKey`.
 pub(super) fn is_bull(library: Library, job: &Job) -> bool {
     match library {
         Library::Bull => true,
         Library::Bullmq => false,
-        Library::Auto => job.opts().timestamp.is_some(),
+        Library::Auto => {
+            job.opts().timestamp.is_some() && job.opts().repeat_job_key.is_none() && job.repeat_job_key().is_none()
+        }
     }
 }
 
@@ -214,6 +217,10 @@ mod tests {
         let bull = job(r#"{"attempts":3,"timestamp":1796075461433}"#, "0");
         let bullmq = job(r#"{"attempts":3}"#, "0");
         assert!(is_bull(Library::Auto, &bull) && !is_bull(Library::Auto, &bullmq));
+        // A run a BullMQ job scheduler added has a timestamp too, and its scheduler's key.
+        let scheduled =
+            job(r#"{"timestamp":1796075461433,"repeat":{"every":1000},"repeatJobKey":"k","prevMillis":1}"#, "0");
+        assert!(!is_bull(Library::Auto, &scheduled));
         assert!(is_bull(Library::Bull, &bullmq) && !is_bull(Library::Bullmq, &bull));
     }
 
