@@ -149,6 +149,17 @@ impl SeedSums {
     }
 }
 
+/// What the queue producers' PromoCodeAppliedEvent jobs add up to in promo-code-analytics'
+/// table: (rows, distinct orders, order amounts in cents, discounts in cents).
+pub fn promo_sums(ch: &ClickHouse) -> Result<(i64, i64, i64, i64)> {
+    let r = ch.query(
+        "SELECT count(), uniqExact(order_id), sum(toInt64(round(order_amount * 100))), \
+         sum(toInt64(round(discount_amount * 100))) FROM analytics.promo_code_usages_analytics",
+    )?;
+    let v: Vec<i64> = r.split('\t').map(|x| x.trim().parse().unwrap_or(-1)).collect();
+    Ok((v[0], v[1], v[2], v[3]))
+}
+
 /// `users_analytics`' sums (a SummingMergeTree: its row count shrinks as parts merge, its
 /// sums do not); empty if it cannot be read.
 pub fn user_sums(ch: &ClickHouse) -> String {

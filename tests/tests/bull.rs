@@ -9,15 +9,6 @@ use anyhow::Result;
 use serde_json::Value;
 use sluice_tests::*;
 
-fn promo_sums(ch: &ClickHouse) -> Result<(i64, i64, i64, i64)> {
-    let r = ch.query(
-        "SELECT count(), uniqExact(order_id), sum(toInt64(round(order_amount * 100))), \
-         sum(toInt64(round(discount_amount * 100))) FROM analytics.promo_code_usages_analytics",
-    )?;
-    let v: Vec<i64> = r.split('\t').map(|x| x.trim().parse().unwrap_or(-1)).collect();
-    Ok((v[0], v[1], v[2], v[3]))
-}
-
 fn counts(redis: &Redis) -> Value {
     bull(redis, &["counts"]).unwrap_or(Value::Null)
 }

@@ -363,37 +363,34 @@ async fn process(
     if let Err(e) = &result {
         let (queue, id, attempt) = (&**stream, job.id(), job.attempts_made() + 1);
         let reason = e.to_string();
-        if bull && !last {
-            // bull's backoff, not BullMQ's: the job is moved to the delayed set here.
-            if let Some(delay_ms) = bull::backoff_ms(&job) {
-                let due = chrono::Utc::now().timestamp_millis() as u64 + delay_ms;
-                match job.move_to_delayed(due).await {
-                    Ok(()) => {
-                        if let Err(e) = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, true).await {
-                            tracing::warn!(
-                                queue,
-                                job_id = id,
-                                error = format!("{e:#}"),
-                                "cannot count a failed attempt of a bull job"
-                            );
+        if bull {
+            // bull's backoff, not BullMQ's: the job is moved to the delayed set here, and its
+            // attempt counted with the others (BullMQ's script, skipped, would have).
+            let delayed = match bull::backoff_ms(&job).filter(|_| !last) {
+                Some(delay_ms) => {
+                    let due = chrono::Utc::now().timestamp_millis() as u64 + delay_ms;
+                    match job.move_to_delayed(due).await {
+                        Ok(()) => Some(delay_ms),
+                        Err(e) => {
+                            tracing::warn!(queue, job_id = id, error = %e, "cannot delay a failed bull job by bull's backoff: BullMQ's backoff applies");
+                            None
                         }
-                        tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, delay_ms, error = %e, "job failed; it runs again after bull's backoff");
-                        return Err(bullmq::Error::Delayed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(queue, job_id = id, error = %e, "cannot delay a failed bull job by bull's backoff: BullMQ's backoff applies")
                     }
                 }
-            }
-        }
-        if bull {
-            if let Err(e) = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, false).await {
+                None => None,
+            };
+            if let Err(e) = bull::failed_attempt(&mut ctx.conn.clone(), stream, &job, &reason, delayed.is_some()).await
+            {
                 tracing::warn!(
                     queue,
                     job_id = id,
                     error = format!("{e:#}"),
                     "cannot count a failed attempt of a bull job"
                 );
+            }
+            if let Some(delay_ms) = delayed {
+                tracing::warn!(queue, job_id = id, event_type = job.name(), attempt, delay_ms, error = %e, "job failed; it runs again after bull's backoff");
+                return Err(bullmq::Error::Delayed);
             }
             if last {
                 announce = Some(Finished::Failed(reason));
