@@ -27,18 +27,22 @@ plugins: deps
 	@mkdir -p target/test-plugins
 	@for p in $(TEST_PLUGINS); do cp plugins/target/wasm32-wasip2/release/$${p//-/_}.wasm target/test-plugins/$$p.wasm; done
 
-# Builds the Python and JavaScript example plugins (twins of promo-code-analytics) into
-# target/examples/, installing componentize-py and componentize-js first (into the repository).
+# Builds the Python, JavaScript and TypeScript example plugins (twins of promo-code-analytics)
+# into target/examples/, installing componentize-py, componentize-js and tsc first (into the
+# repository).
 # componentize-js resolves imports inside the directory it runs in: run it from the top.
 EXAMPLES_OUT := target/examples
 examples: deps
 	@mkdir -p $(EXAMPLES_OUT)
 	@node_bin=$$(bash scripts/plugin-toolchains.sh) && export PATH="$${node_bin:+$$node_bin:}$$PATH" && set -x && \
-	  timeout 600 target/tools/python/bin/componentize-py -q -d wit -w plugin componentize \
+	  timeout 600 target/tools/python/bin/componentize-py -q -d wit/0.2.0 -w plugin componentize \
 	    -p examples/python/promo-code-analytics -p sdk/python app \
 	    -o $(EXAMPLES_OUT)/promo-code-analytics-py.wasm && \
 	  timeout 600 examples/js/node_modules/.bin/componentize-js examples/js/promo-code-analytics/plugin.js \
-	    --wit wit -n plugin -d http fetch-event -o $(EXAMPLES_OUT)/promo-code-analytics-js.wasm
+	    --wit wit/0.2.0 -n plugin -d http fetch-event -o $(EXAMPLES_OUT)/promo-code-analytics-js.wasm && \
+	  timeout 300 examples/js/node_modules/.bin/tsc -p examples/ts && \
+	  timeout 600 examples/js/node_modules/.bin/componentize-js target/ts/promo-code-analytics/plugin.js \
+	    --wit wit/0.2.0 -n plugin -d http fetch-event -o $(EXAMPLES_OUT)/promo-code-analytics-ts.wasm
 
 build: deps
 	$(CARGO) build --release --locked -p sluice

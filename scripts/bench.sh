@@ -2,7 +2,7 @@
 # `make bench`: installs the seed baselines' packages (npm: bullmq, @clickhouse/client; PyPI:
 # redis, clickhouse-driver — pinned in bench/seed-baseline/), builds the benchmark and the limit
 # pipeline, and runs them: every contender on its own private Redis and ClickHouse.
-#   usage: bench.sh [--quick] [--events N] [--only limit,sluice,sluice-no-idem,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
+#   usage: bench.sh [--quick] [--events N] [--only limit,sluice,sluice-no-idem,sluice-eo,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js,sluice-ts]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

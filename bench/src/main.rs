@@ -13,7 +13,7 @@
 //! private ZooKeeper on 18.16, deduplication tokens on 26.9.
 //!
 //! usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26]
-//!                     [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]
+//!                     [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js,sluice-ts]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ enum Kind {
     BullPerJob,
     SluicePython,
     SluiceJs,
+    SluiceTs,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Kind::BullPerJob => "bullmq-per-job",
             Kind::SluicePython => "sluice-py",
             Kind::SluiceJs => "sluice-js",
+            Kind::SluiceTs => "sluice-ts",
         }
     }
     fn label(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Kind {
             Kind::BullPerJob => "seed: BullMQ worker, 1 row/insert",
             Kind::SluicePython => "Sluice + the Python twin (wasm)",
             Kind::SluiceJs => "Sluice + the JavaScript twin (wasm)",
+            Kind::SluiceTs => "Sluice + the TypeScript twin (wasm)",
         }
     }
     fn bullmq(self) -> bool {
@@ -80,7 +83,7 @@ impl Kind {
         match self {
             Kind::BullPerJob => n.min(5_000),
             Kind::BullBatched | Kind::SluiceBullmq => n.min(100_000),
-            Kind::SluicePython | Kind::SluiceJs => n.min(200_000),
+            Kind::SluicePython | Kind::SluiceJs | Kind::SluiceTs => n.min(200_000),
             _ => n,
         }
     }
@@ -177,13 +180,15 @@ fn start(kind: Kind, redis: &Redis, ch: &ClickHouse, work: &Path, log: &Path) ->
         | Kind::SluiceExactlyOnce
         | Kind::SluiceBullmq
         | Kind::SluicePython
-        | Kind::SluiceJs => {
+        | Kind::SluiceJs
+        | Kind::SluiceTs => {
             let plugins = work.join("plugins");
             std::fs::create_dir_all(&plugins)?;
             // The twins declare the Rust plugin's table: the same rows, the same table.
             let file = match kind {
                 Kind::SluicePython => sluice_tests::example_plugin("promo-code-analytics-py"),
                 Kind::SluiceJs => sluice_tests::example_plugin("promo-code-analytics-js"),
+                Kind::SluiceTs => sluice_tests::example_plugin("promo-code-analytics-ts"),
                 _ => sluice_tests::plugins_dir().join("promo-code-analytics.wasm"),
             };
             // Under its own name: a plugin's file is named after the plugin (`plugin::identity`).
@@ -284,6 +289,7 @@ fn run_one(kind: Kind, release: Release, n: u64, live_secs: f64) -> Result<Figur
             | Kind::SluiceBullmq
             | Kind::SluicePython
             | Kind::SluiceJs
+            | Kind::SluiceTs
     ) {
         ch.query("CREATE DATABASE IF NOT EXISTS analytics")?;
         ch.query(DDL)?;
@@ -415,7 +421,7 @@ fn main() -> Result<()> {
             "--only" => only = Some(args.next().context("--only a,b")?.split(',').map(String::from).collect()),
             "-h" | "--help" => {
                 println!(
-                    "usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26] [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js]"
+                    "usage: sluice-bench [--quick] [--events N] [--clickhouse 18,26] [--only limit,sluice,sluice-no-idem,sluice-eo,sluice-bullmq,python,bullmq-batched,bullmq-per-job,sluice-py,sluice-js,sluice-ts]"
                 );
                 return Ok(());
             }
@@ -435,6 +441,7 @@ fn main() -> Result<()> {
         Kind::BullPerJob,
         Kind::SluicePython,
         Kind::SluiceJs,
+        Kind::SluiceTs,
     ]
     .into_iter()
     .filter(|k| only.as_ref().is_none_or(|o| o.iter().any(|x| x == k.key())))
@@ -499,6 +506,7 @@ fn print_table(release: Release, all: &[Figures]) {
                     | Kind::SluiceExactlyOnce
                     | Kind::SluicePython
                     | Kind::SluiceJs
+                    | Kind::SluiceTs
             )
         };
         for f in all.iter().filter(|f| !ours(f.kind)) {

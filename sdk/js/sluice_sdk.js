@@ -5,9 +5,16 @@
 // `Permanent` / `Transient`. `exportPlugin(plugin, host)` turns it into the `handler` object
 // the component exports.
 //
-// The SDK does what the Rust SDK does, in the same encoding (see `wit/sluice.wit`):
-// - rows are packed into one buffer per batch: u32 event index, u16 table index, u16 value
-//   count, then one tagged value per column;
+// The SDK builds against `sluice:plugin@0.2.0` (`wit/0.2.0/sluice.wit`): the host hands it a
+// batch as one JSON text, parsed by one `JSON.parse` (native code inside the engine, with the
+// payloads already in it), and it returns the batch's rows as one `JSON.stringify` text, which
+// the host checks and converts per column in Rust: per event, interpreted JavaScript runs only
+// the handler and a few lines around it (docs/performance.md has the figures). A batch whose
+// rows JSON cannot carry exactly (NaN, -0, bigint, Uint8Array, Map...) is sent in the packed
+// encoding of the contract instead: u32 event index, u16 table index, u16 value count, then one
+// tagged value per column.
+//
+// As the Rust SDK does:
 // - an event that throws loses the rows it emitted before it threw; its batch-mates go on;
 // - an exception that is not a `Failure` fails its event permanently with its name and
 //   message (a bug in the handler is not fixed by retrying), instead of failing the batch;
@@ -44,28 +51,51 @@ export class Transient extends Failure {
 
 // ----- dates and times -------------------------------------------------------------------------
 
+// The subset of the forms `parseTimestampNs` accepts that the host reads into exactly the same
+// instant (every day of every month exists, offsets within a day, at most nine fractional
+// digits): `Instant.parse` hands these over as text.
+const HOST_READS =
+  /^[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?$/;
+
 /** A ClickHouse `Date`: days since 1970-01-01. */
 export class Day {
-  constructor(days) {
-    this.days = Math.trunc(days);
+  constructor(days, text = undefined) {
+    this._days = text === undefined ? Math.trunc(days) : undefined;
+    this._text = text;
+  }
+  get days() {
+    if (this._days === undefined) this._days = Number(floorDiv(parseTimestampNs(this._text), 86400000000000n));
+    return this._days;
   }
 }
 
 /** A ClickHouse `DateTime`: whole seconds since the epoch, UTC. */
 export class Instant {
-  constructor(seconds) {
-    this.seconds = Math.trunc(seconds);
+  constructor(seconds, text = undefined) {
+    this._seconds = text === undefined ? Math.trunc(seconds) : undefined;
+    this._text = text;
+  }
+  get seconds() {
+    if (this._seconds === undefined) this._seconds = Math.floor(parseTimestampMs(this._text) / 1000);
+    return this._seconds;
   }
   static fromMillis(ms) {
     return new Instant(Math.floor(ms / 1000));
   }
-  /** Parses RFC 3339 (`2024-06-01T12:30:00.123Z`, `...+03:00`; no offset means UTC). */
+  /**
+   * Parses RFC 3339 (`2024-06-01T12:30:00.123Z`, `...+03:00`; no offset means UTC); throws
+   * `Permanent` if it is not one. A timestamp of the common forms is checked here and handed to
+   * the host as the text it is, which reads it into the same number (in Rust, where it is
+   * cheaper); the number is worked out here only when the handler asks for it (`seconds`).
+   */
   static parse(text) {
+    if (typeof text === 'string' && HOST_READS.test(text)) return new Instant(0, text);
     return Instant.fromMillis(parseTimestampMs(text));
   }
   /** The UTC calendar date of this instant. */
   date() {
-    return new Day(Math.floor(this.seconds / 86400));
+    if (this._seconds === undefined) return new Day(0, this._text);
+    return new Day(Math.floor(this._seconds / 86400));
   }
 }
 
@@ -209,17 +239,42 @@ function hasKind(v, kind) {
   }
 }
 
-/** One event, as the host passes it (the WIT `event` record). */
+/** `fields` as two arrays, names and kinds, worked out once per fields object (indexed loops
+ * cost the engine's interpreter far less than iterating pairs). */
+const SPECS = new WeakMap();
+function spec(fields) {
+  let s = SPECS.get(fields);
+  if (s === undefined) SPECS.set(fields, (s = [Object.keys(fields), Object.values(fields)]));
+  return s;
+}
+
+/**
+ * One event, as the host passes it (the fields of the WIT `event` record), kept as the host
+ * sent it: `[payload value, id, event type, timestamp ms, attempt, source, tenant]` (plus the
+ * payload's text when the host could not parse it), so the handler pays for the fields it
+ * reads, not for all of them.
+ */
 export class Event {
   constructor({ id, eventType, payload, timestampMs = 0n, source, tenant, attempt = 1 }) {
-    this.id = id;
-    this.eventType = eventType;
-    this.payload = typeof payload === 'string' ? payload : JSON.stringify(payload);
-    this.timestampMs = BigInt(timestampMs);
-    this.source = source;
-    this.tenant = tenant;
-    this.attempt = attempt;
+    const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
+    this.r = [null, id, eventType, timestampMs, attempt, source ?? null, tenant ?? null, text];
   }
+
+  static fromHost(r) {
+    const e = Object.create(Event.prototype);
+    e.r = r;
+    return e;
+  }
+
+  get id() { return this.r[1]; }
+  get eventType() { return this.r[2]; }
+  /** Event time, ms since the epoch (a bigint). */
+  get timestampMs() { return BigInt(this.r[3]); }
+  get attempt() { return this.r[4]; }
+  get source() { return this.r[5] ?? undefined; }
+  get tenant() { return this.r[6] ?? undefined; }
+  /** The payload's JSON text (re-written from the parsed value when the host parsed it). */
+  get payload() { return this.r.length > 7 ? this.r[7] : JSON.stringify(this.r[0]); }
 
   /**
    * The payload as an object; throws `Permanent` naming the problem if it is not one.
@@ -227,27 +282,44 @@ export class Event {
    * `boolean`, `object`, `array`); a missing field or a wrong kind fails the event with the
    * same words the Rust SDK uses: "missing field `promoCodeId`".
    */
-  json(fields = {}) {
-    const prefix = `invalid ${this.eventType} payload: `;
-    let value;
+  json(fields = undefined) {
+    const r = this.r;
+    let value = r[0];
+    if (value === null && r.length > 7) value = this.parse(r[7]);
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new Permanent(`invalid ${r[2]} payload: payload must be a JSON object, got ${jsonKind(value)}`);
+    }
+    if (fields !== undefined) {
+      const [names, kinds] = spec(fields);
+      for (let i = 0; i < names.length; i++) {
+        if (typeof value[names[i]] !== kinds[i]) this.check(value, names[i], kinds[i]);
+      }
+    }
+    return value;
+  }
+
+  /** The host could not parse the payload (or this Event was made by hand): JSON.parse judges,
+   * with JSON's rules (no infinities), and its words name the problem. */
+  parse(text) {
+    const prefix = `invalid ${this.r[2]} payload: `;
     try {
       // JSON has no infinities: `1e400` is out of range (as serde_json says), not Infinity.
-      value = JSON.parse(this.payload, (key, v) => {
+      return JSON.parse(text, (key, v) => {
         if (typeof v === 'number' && !Number.isFinite(v)) throw new Error(`number out of range in \`${key}\``);
         return v;
       });
     } catch (e) {
-      if (e instanceof SyntaxError) throw new Permanent(prefix + syntaxError(this.payload, e));
+      if (e instanceof SyntaxError) throw new Permanent(prefix + syntaxError(text, e));
       throw new Permanent(prefix + e.message);
     }
-    if (!hasKind(value, 'object')) throw new Permanent(prefix + `payload must be a JSON object, got ${jsonKind(value)}`);
-    for (const [name, kind] of Object.entries(fields)) {
-      if (!(name in value)) throw new Permanent(prefix + `missing field \`${name}\``);
-      if (!hasKind(value[name], kind)) {
-        throw new Permanent(prefix + `invalid type: ${jsonKind(value[name])}, expected ${KINDS[kind] ?? kind} for field \`${name}\``);
-      }
+  }
+
+  check(value, name, kind) {
+    const prefix = `invalid ${this.r[2]} payload: `;
+    if (!(name in value)) throw new Permanent(prefix + `missing field \`${name}\``);
+    if (!hasKind(value[name], kind)) {
+      throw new Permanent(prefix + `invalid type: ${jsonKind(value[name])}, expected ${KINDS[kind] ?? kind} for field \`${name}\``);
     }
-    return value;
   }
 }
 
@@ -357,12 +429,8 @@ function writeValue(w, v, ty) {
     w.u8(TAG.string); w.u32(b.length); w.raw(b);
   } else if (v instanceof Uint8Array) {
     w.u8(TAG.bytes); w.u32(v.length); w.raw(v);
-  } else if (v instanceof Day || v instanceof Instant || v instanceof Timestamp || v instanceof Date) {
-    const t = Timestamp.of(v);
-    const precision = datetime64Precision(ty);
-    if (precision !== null) writeValue(w, t.ticks(precision), ty);
-    else if (base === 'Date' || base === 'Date32') writeValue(w, v instanceof Day ? v.days : t.date().days, ty);
-    else writeValue(w, t.seconds, ty);
+  } else if (isTemporal(v)) {
+    writeValue(w, temporalNumber(v, ty), ty);
   } else if (v instanceof Map || (typeof v === 'object' && !Array.isArray(v) && base.startsWith('Map('))) {
     // A Map(K, V) column takes [key, value] pairs.
     const [kt, vt] = typeArgs(ty, 'Map');
@@ -385,55 +453,203 @@ function writeValue(w, v, ty) {
   }
 }
 
-/** Collects the rows of a batch in the packed encoding of the WIT contract. */
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const isTemporal = (v) => v instanceof Day || v instanceof Instant || v instanceof Timestamp || v instanceof Date;
+
+/** A date or time as the number a column of type `ty` counts. */
+function temporalNumber(v, ty) {
+  const t = Timestamp.of(v);
+  const precision = datetime64Precision(ty);
+  const base = inner(ty);
+  if (precision !== null) return t.ticks(precision);
+  if (base === 'Date' || base === 'Date32') return v instanceof Day ? v.days : t.date().days;
+  return t.seconds;
+}
+
+/**
+ * For a column whose values need the column's type to travel as JSON, the function that
+ * converts them (other values pass); null for the rest. Date and time columns take the SDK's
+ * date and time values as numbers, or as the text they were parsed from; a JSON column takes
+ * an object as its text.
+ */
+function converter(ty) {
+  const base = inner(ty);
+  const precision = datetime64Precision(ty);
+  if (base === 'JSON') return (v) => (v !== null && typeof v === 'object' ? JSON.stringify(v) : v);
+  if (base === 'Date' || base === 'Date32') {
+    return (v) => (v instanceof Day ? (v._days === undefined ? v._text : v._days) : isTemporal(v) ? temporalNumber(v, ty) : v);
+  }
+  // Not to a column with a time zone: it would read a text without an offset in its zone.
+  if (base === 'DateTime') {
+    return (v) => (v instanceof Instant ? (v._seconds === undefined ? v._text : v._seconds) : isTemporal(v) ? temporalNumber(v, ty) : v);
+  }
+  if (precision !== null || base.startsWith('DateTime(')) {
+    // Ticks are a bigint: a number when it is exact, else the bigint sends the batch packed.
+    return (v) => {
+      if (!isTemporal(v)) return v;
+      const n = temporalNumber(v, ty);
+      return typeof n === 'bigint' && n >= -MAX_SAFE && n <= MAX_SAFE ? Number(n) : n;
+    };
+  }
+  return null;
+}
+
+/** Whether values of a column travel as JSON: not when a date or time or a Map is nested in it
+ * (their encoding needs the element's type). */
+function jsonReady(ty) {
+  const base = inner(ty);
+  if (!/^(Array|Tuple|Map|Nested)\(/.test(base)) return true;
+  if (base.startsWith('Map(')) {
+    const [k, v] = typeArgs(base, 'Map');
+    return inner(k) === 'String' && !/Date|Map\(/.test(v);
+  }
+  return !/Date|Map\(/.test(base);
+}
+
+/** True for a value JSON would not carry exactly: NaN, infinities, -0, and objects other than
+ * plain ones and arrays (Map, Uint8Array, class instances). */
+function notJson(v) {
+  if (typeof v === 'number') return v - v !== 0 || (v === 0 && 1 / v < 0);
+  if (typeof v === 'object' && v !== null) return !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype;
+  return typeof v === 'bigint' || typeof v === 'undefined';
+}
+
+/** What `Output` knows of a table: its index, column names and types, and the converters. */
+function tableEntry(t, i) {
+  const names = t.columns.map(([c]) => c);
+  const types = t.columns.map(([, ty]) => ty);
+  return { index: i, table: t, names, types, convert: types.map(converter), jsonReady: types.every(jsonReady) };
+}
+
+/**
+ * Collects the rows of a batch, `[event index, table index, [values]]`, sent as JSON or, when
+ * JSON cannot carry them exactly, in the packed encoding of the WIT contract.
+ */
 export class Output {
   constructor(tables) {
-    this.tables = new Map(tables.map((t, i) => [t.name, [i, t]]));
-    this.w = new Writer();
+    this.tables = new Map(tables.map((t, i) => [t.name, tableEntry(t, i)]));
+    this.entries = [...this.tables.values()];
+    this.rows = [];
     this.event = 0;
+    this.packedOnly = !this.entries.every((e) => e.jsonReady);
   }
 
   /**
    * Emits one row of `table` (a `Table` or its name) for the current event. `values` maps
    * every column name to its value: null, boolean, number, bigint, string, Uint8Array,
-   * `Day`/`Instant`/`Date`, or an array for `Array` columns.
+   * `Day`/`Instant`/`Date`, or an array for `Array` columns. A time column also takes the
+   * RFC 3339 text as it came: the host reads it.
    */
   row(table, values) {
     const name = typeof table === 'string' ? table : table.name;
     const entry = this.tables.get(name);
     if (!entry) throw new Permanent(`plugin bug: table \`${name}\` is not declared in the manifest`);
-    const [index, t] = entry;
-    const names = t.columns.map(([c]) => c);
-    const missing = names.filter((c) => !(c in values));
-    const extra = Object.keys(values).filter((c) => !names.includes(c));
-    if (missing.length || extra.length) {
-      throw new Permanent(`plugin bug: row for \`${name}\`: missing columns [${missing}], unknown columns [${extra}]`);
+    const names = entry.names, convert = entry.convert, n = names.length;
+    const row = [];
+    let missing = false;
+    // One loop, no calls for the common values: the engine interprets every step.
+    for (let i = 0; i < n; i++) {
+      let v = values[names[i]];
+      const c = convert[i];
+      if (c !== null) {
+        if (v !== undefined) v = c(v);
+        else missing = true;
+      } else if (typeof v === 'string') {
+        // as it is
+      } else if (typeof v === 'number') {
+        if (v - v !== 0 || (v === 0 && 1 / v < 0)) this.packedOnly = true;
+      } else if (v === undefined) {
+        missing = true;
+      } else if (notJson(v)) {
+        this.packedOnly = true;
+      }
+      row.push(v);
     }
-    this.w.u32(this.event);
-    this.w.u16(index);
-    this.w.u16(names.length);
-    for (const [c, ty] of t.columns) writeValue(this.w, values[c], ty);
+    if (missing || Object.keys(values).length !== n) {
+      const miss = names.filter((c) => values[c] === undefined);
+      const extra = Object.keys(values).filter((c) => !names.includes(c));
+      if (miss.length || extra.length) {
+        throw new Permanent(`plugin bug: row for \`${name}\`: missing columns [${miss}], unknown columns [${extra}]`);
+      }
+    }
+    this.rows.push([this.event, entry.index, row]);
   }
+
+  /** The rows as `rows-json` text, or null if JSON cannot carry them exactly. */
+  json() {
+    if (this.packedOnly) return null;
+    try {
+      return JSON.stringify(this.rows);
+    } catch {
+      return null; // a bigint nested in an array
+    }
+  }
+
+  /** The rows in the packed encoding; an event whose values cannot be written fails (pushed to
+   * `failures` as [index, Failure]) and loses its rows. */
+  packed(failures) {
+    const w = new Writer();
+    const rows = this.rows;
+    let i = 0;
+    while (i < rows.length) {
+      const event = rows[i][0];
+      const start = w.len;
+      try {
+        for (; i < rows.length && rows[i][0] === event; i++) {
+          const [, index, row] = rows[i];
+          const types = this.entries[index].types;
+          w.u32(event);
+          w.u16(index);
+          w.u16(row.length);
+          row.forEach((v, k) => writeValue(w, v, types[k]));
+        }
+      } catch (e) {
+        w.len = start;
+        failures.push([event, e instanceof Failure ? e : new Permanent(`${e?.name ?? 'Error'}: ${e?.message ?? e}`)]);
+        while (i < rows.length && rows[i][0] === event) i++;
+      }
+    }
+    return w.finish();
+  }
+}
+
+function handleAll(plugin, events) {
+  const out = new Output(plugin.tables);
+  const rows = out.rows;
+  const failures = [];
+  for (let i = 0; i < events.length; i++) {
+    out.event = i;
+    const start = rows.length;
+    try {
+      plugin.handle(events[i], out);
+    } catch (e) {
+      rows.length = start; // drop the rows this event emitted before it failed
+      failures.push([i, e instanceof Failure ? e : new Permanent(`${e?.name ?? 'Error'}: ${e?.message ?? e}`)]);
+    }
+  }
+  return { out, failures };
 }
 
 /**
  * Handles a batch as the host would: returns `{rows, failures}` with the packed rows and
- * `[index, Failure]` pairs. Used by `exportPlugin` and by unit tests.
+ * `[index, Failure]` pairs. Used by unit tests.
  */
 export function runBatch(plugin, events) {
-  const out = new Output(plugin.tables);
-  const failures = [];
-  events.forEach((event, i) => {
-    out.event = i;
-    const start = out.w.len;
-    try {
-      plugin.handle(event, out);
-    } catch (e) {
-      out.w.len = start; // drop the rows this event emitted before it failed
-      failures.push([i, e instanceof Failure ? e : new Permanent(`${e?.name ?? 'Error'}: ${e?.message ?? e}`)]);
-    }
-  });
-  return { rows: out.w.finish(), failures };
+  const { out, failures } = handleAll(plugin, events);
+  const rows = out.packed(failures);
+  return { rows, failures: failures.sort((a, b) => a[0] - b[0]) };
+}
+
+/**
+ * Handles a batch given as `handle-json` text (`wit/0.2.0/sluice.wit`): returns
+ * `{rowsJson, rows, failures}`, the rows in one of the two forms.
+ */
+export function runJson(plugin, text) {
+  const events = JSON.parse(text).map(Event.fromHost);
+  const { out, failures } = handleAll(plugin, events);
+  const rowsJson = out.json();
+  if (rowsJson !== null) return { rowsJson, rows: new Uint8Array(0), failures };
+  return { rowsJson: '', rows: out.packed(failures), failures };
 }
 
 function engine(e) {
@@ -450,7 +666,7 @@ function engine(e) {
 /**
  * The `handler` export for `plugin`. In the entry module:
  * ```js
- * import * as host from 'sluice:plugin/host@0.1.0';
+ * import * as host from 'sluice:plugin/host@0.2.0';
  * export const handler = exportPlugin(myPlugin, host);
  * ```
  * `host` gives `plugin.config(key)` (the `[settings]` of the sidecar file) and
@@ -476,10 +692,11 @@ export function exportPlugin(plugin, host) {
         extensions: [],
       };
     },
-    handleBatch(events) {
-      const { rows, failures } = runBatch(plugin, events.map((e) => new Event(e)));
+    handleJson(events) {
+      const { rowsJson, rows, failures } = runJson(plugin, events);
       return {
         rows,
+        rowsJson,
         failures: failures.map(([event, f]) => ({ event, kind: f.permanent ? 'permanent' : 'transient', message: f.message })),
       };
     },

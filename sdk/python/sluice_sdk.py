@@ -4,9 +4,16 @@ A plugin is a class with a name, a version, the event types it subscribes to, th
 writes, and a `handle(event, out)` method that emits rows for one event or raises `Permanent`
 / `Transient`. `export(plugin)` turns it into the `Handler` class componentize-py exports.
 
-The SDK does what the Rust SDK does, in the same encoding (see `wit/sluice.wit`):
-- rows are packed into one buffer per batch: u32 event index, u16 table index, u16 value
-  count, then one tagged value per column;
+The SDK builds against `sluice:plugin@0.2.0` (`wit/0.2.0/sluice.wit`): the host hands it a
+batch as one JSON text, parsed by one `json.loads` (native code inside the interpreter, with the
+payloads already in it), and it returns the batch's rows as one `json.dumps` text, which the host
+checks and converts per column in Rust. Per event, interpreted Python runs only the handler and
+a few lines around it (docs/performance.md has the figures). A batch whose rows JSON cannot
+carry exactly (NaN, integers beyond 64 bits, bytes, IP addresses...) is sent in the packed
+encoding of the contract instead: u32 event index, u16 table index, u16 value count, then one
+tagged value per column.
+
+As the Rust SDK does:
 - an event that raises loses the rows it emitted before it raised; its batch-mates go on;
 - an exception that is not a `Failure` fails its event permanently with the exception's type
   and message (a bug in the handler is not fixed by retrying), instead of failing the batch;
@@ -18,6 +25,7 @@ module and call `handle` without building a component.
 """
 
 import json as _json
+import re as _re
 import struct as _struct
 import sys as _sys
 from datetime import date as _date
@@ -78,10 +86,17 @@ class Transient(Failure):
 class Date:
     """A ClickHouse `Date`: days since 1970-01-01."""
 
-    __slots__ = ("days",)
+    __slots__ = ("_days", "_text")
 
     def __init__(self, days):
-        self.days = int(days)
+        self._days = int(days)
+        self._text = None
+
+    @property
+    def days(self):
+        if self._days is None:
+            self._days = parse_timestamp_ns(self._text) // 86_400_000_000_000
+        return self._days
 
     @staticmethod
     def of(value):
@@ -103,10 +118,17 @@ class Date:
 class DateTime:
     """A ClickHouse `DateTime`: whole seconds since the epoch, UTC."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("_seconds", "_text")
 
     def __init__(self, seconds):
-        self.seconds = int(seconds)
+        self._seconds = int(seconds)
+        self._text = None
+
+    @property
+    def seconds(self):
+        if self._seconds is None:
+            self._seconds = parse_timestamp_ns(self._text) // 1_000_000_000
+        return self._seconds
 
     @staticmethod
     def from_millis(ms):
@@ -114,7 +136,17 @@ class DateTime:
 
     @staticmethod
     def parse(text):
-        """Parses RFC 3339 (`2024-06-01T12:30:00.123Z`, `...+03:00`; no offset means UTC)."""
+        """Parses RFC 3339 (`2024-06-01T12:30:00.123Z`, `...+03:00`; no offset means UTC);
+        `Permanent` if it is not one.
+
+        A timestamp of the common forms is checked here and handed to the host as the text it
+        is, which reads it into the same number (in Rust, where it is cheaper); the number is
+        worked out here only when the handler asks for it (`seconds`).
+        """
+        if type(text) is str and _HOST_READS.match(text) is not None:
+            t = DateTime.__new__(DateTime)
+            t._seconds, t._text = None, text
+            return t
         return DateTime.from_millis(parse_timestamp_ms(text))
 
     @staticmethod
@@ -129,7 +161,11 @@ class DateTime:
 
     def date(self):
         """The UTC calendar date of this instant."""
-        return Date(self.seconds // 86_400)
+        if self._seconds is None:
+            d = Date.__new__(Date)
+            d._days, d._text = None, self._text
+            return d
+        return Date(self._seconds // 86_400)
 
     def __eq__(self, other):
         return isinstance(other, DateTime) and other.seconds == self.seconds
@@ -206,53 +242,47 @@ def parse_timestamp_ms(text):
     return parse_timestamp_ns(text) // 1_000_000
 
 
+# The forms `parse_timestamp_ns` accepts; ASCII digits only, as in the Rust SDK.
+_RFC3339 = _re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?([Zz]|[+-][0-9]{2}:[0-9]{2})?)?\Z"
+)
+_ORDINAL_EPOCH = _EPOCH_DATE.toordinal()
+# The subset of those forms the host reads into exactly the same instant (every day of every
+# month exists, offsets within a day, at most nine fractional digits): `DateTime.parse` hands
+# these over as text.
+_HOST_READS = _re.compile(
+    r"[1-9][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?\Z"
+)
+
+
 def parse_timestamp_ns(text):
     """Nanoseconds since the epoch of an RFC 3339 timestamp (up to nine fractional digits
     kept); `Permanent` if it is not one. The same rules as `parse_timestamp_ms`."""
-
-    def bad():
-        return Permanent(f"invalid timestamp `{text}`: expected RFC 3339 like 2024-06-01T12:30:00Z")
-
-    if not isinstance(text, str):
-        raise bad()
-    b = text
-
-    def num(start, length):
-        s = b[start : start + length]
-        if len(s) != length or not all("0" <= c <= "9" for c in s):
-            raise bad()
-        return int(s)
-
-    if len(b) < 10 or b[4] != "-" or b[7] != "-":
-        raise bad()
-    y, mo, d = num(0, 4), num(5, 2), num(8, 2)
-    if not 1 <= mo <= 12 or not 1 <= d <= 31:
-        raise bad()
-    ns = _days_from_civil(y, mo, d) * 86_400_000_000_000
-    if len(b) == 10:
-        return ns
-    if b[10] not in "Tt " or len(b) < 19 or b[13] != ":" or b[16] != ":":
-        raise bad()
-    h, mi, s = num(11, 2), num(14, 2), num(17, 2)
+    m = _RFC3339.match(text) if type(text) is str else None
+    if m is None:
+        raise Permanent(f"invalid timestamp `{text}`: expected RFC 3339 like 2024-06-01T12:30:00Z")
+    y, mo, d, h, mi, s, frac, off = m.groups()
+    y, mo, d = int(y), int(mo), int(d)
+    if not (1 <= mo <= 12 and 1 <= d <= 31):
+        raise Permanent(f"invalid timestamp `{text}`: expected RFC 3339 like 2024-06-01T12:30:00Z")
+    try:
+        days = _date(y, mo, d).toordinal() - _ORDINAL_EPOCH
+    except ValueError:  # 2024-02-31 and year 0: the Rust SDK counts on past the month's end
+        days = _days_from_civil(y, mo, d)
+    if h is None:
+        return days * 86_400_000_000_000
+    h, mi, s = int(h), int(mi), int(s)
     if h > 23 or mi > 59 or s > 60:
-        raise bad()
-    ns += (h * 3600 + mi * 60 + s) * 1_000_000_000
-    i = 19
-    if i < len(b) and b[i] == ".":
-        i += 1
-        start = i
-        while i < len(b) and "0" <= b[i] <= "9":
-            i += 1
-        if i == start:
-            raise bad()
-        ns += int((b[start:i] + "00000000")[:9])
-    rest = b[i:]
-    if rest == "" or rest in ("Z", "z"):
-        return ns
-    if len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        off = (num(i + 1, 2) * 60 + num(i + 4, 2)) * 60_000_000_000
-        return ns - off if rest[0] == "+" else ns + off
-    raise bad()
+        raise Permanent(f"invalid timestamp `{text}`: expected RFC 3339 like 2024-06-01T12:30:00Z")
+    ns = (days * 86_400 + h * 3600 + mi * 60 + s) * 1_000_000_000
+    if frac:
+        ns += int((frac + "00000000")[:9])
+    if off and off != "Z" and off != "z":
+        shift = (int(off[1:3]) * 60 + int(off[4:6])) * 60_000_000_000
+        ns = ns - shift if off[0] == "+" else ns + shift
+    return ns
 
 
 # ----- events ---------------------------------------------------------------------------------
@@ -286,19 +316,53 @@ def _no_constant(name):
     raise ValueError(f"invalid JSON value `{name}`")
 
 
-class Event:
-    """One event, as the host passes it (the WIT `event` record)."""
+# `fields` types checked by exact type (bool is not an int here, as in JSON); others by isinstance.
+_EXACT = {str: (str,), float: (int, float), int: (int,), bool: (bool,), dict: (dict,), list: (list,)}
+_SPECS = {}
 
-    __slots__ = ("id", "event_type", "timestamp_ms", "payload", "source", "tenant", "attempt")
+
+def _spec(fields):
+    """`fields` as (names, the types a payload usually has), cached per dict; None if a type
+    needs isinstance. A payload whose values have exactly those types passes with two calls
+    into native code; any other is checked field by field (an integer in a float field is fine)."""
+    cached = _SPECS.get(id(fields))
+    if cached is not None and cached[0] is fields:
+        return cached[1]
+    spec = None
+    if all(ty in _EXACT for ty in fields.values()):
+        spec = (tuple(fields), tuple(_EXACT[ty][-1] for ty in fields.values()))
+    if len(_SPECS) > 256:
+        _SPECS.clear()
+    _SPECS[id(fields)] = (fields, spec)
+    return spec
+
+
+class Event:
+    """One event, as the host passes it (the fields of the WIT `event` record).
+
+    Kept as the host sent it, `[payload value, id, event type, timestamp ms, attempt, source,
+    tenant]` (plus the payload's text when the host could not parse it): the handler pays for
+    the fields it reads, not for all of them.
+    """
+
+    __slots__ = ("_r",)
 
     def __init__(self, id, event_type, payload, timestamp_ms=0, source=None, tenant=None, attempt=1):
-        self.id = id
-        self.event_type = event_type
-        self.timestamp_ms = timestamp_ms
-        self.payload = payload if isinstance(payload, str) else _json.dumps(payload)
-        self.source = source
-        self.tenant = tenant
-        self.attempt = attempt
+        text = payload if isinstance(payload, str) else _json.dumps(payload)
+        self._r = [None, id, event_type, timestamp_ms, attempt, source, tenant, text]
+
+    id = property(lambda self: self._r[1], doc="The idempotency key (the producer's `id`, or `<stream>/<entry id>`).")
+    event_type = property(lambda self: self._r[2], doc="The event type (the stream name without its prefix).")
+    timestamp_ms = property(lambda self: self._r[3], doc="Event time, ms since the epoch.")
+    attempt = property(lambda self: self._r[4], doc="1 the first time, 2 on the first retry...")
+    source = property(lambda self: self._r[5], doc="The producer's `source` field, or None.")
+    tenant = property(lambda self: self._r[6], doc="The producer's `tenant` field, or None.")
+
+    @property
+    def payload(self):
+        """The payload's JSON text (re-written from the parsed value when the host parsed it)."""
+        r = self._r
+        return r[7] if len(r) > 7 else _json.dumps(r[0], ensure_ascii=False, separators=(",", ":"))
 
     def json(self, fields=None):
         """The payload as a dict; `Permanent` naming the problem if it is not one.
@@ -307,16 +371,32 @@ class Event:
         takes integers —, `int`, `bool`, `dict`, `list`); a missing field or a wrong type fails
         the event with the same words the Rust SDK uses: "missing field `promoCodeId`".
         """
-        prefix = f"invalid {self.event_type} payload: "
+        r = self._r
+        value = r[0]
+        if value is None and len(r) > 7:
+            value = self._parse(r[7])
+        if type(value) is not dict:
+            raise Permanent(f"invalid {r[2]} payload: payload must be a JSON object, got {_json_kind(value)}")
+        if fields:
+            spec = _spec(fields)
+            if spec is None or tuple(map(type, map(value.get, spec[0]))) != spec[1]:
+                self._check(value, fields)
+        return value
+
+    def _parse(self, text):
+        # The host could not parse it (or this Event was made by hand): Python's parser judges,
+        # with JSON's rules (no NaN, no infinities), and its words name the problem.
+        prefix = f"invalid {self._r[2]} payload: "
         try:
-            value = _json.loads(self.payload, parse_float=_finite_float, parse_constant=_no_constant)
+            return _json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
         except _json.JSONDecodeError as e:
             raise Permanent(prefix + f"payload is not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
         except ValueError as e:
             raise Permanent(prefix + str(e)) from None
-        if not isinstance(value, dict):
-            raise Permanent(prefix + f"payload must be a JSON object, got {_json_kind(value)}")
-        for name, ty in (fields or {}).items():
+
+    def _check(self, value, fields):
+        prefix = f"invalid {self._r[2]} payload: "
+        for name, ty in fields.items():
             if name not in value:
                 raise Permanent(prefix + f"missing field `{name}`")
             v = value[name]
@@ -325,7 +405,6 @@ class Event:
             if not ok:
                 raise Permanent(prefix + f"invalid type: {_json_kind(v)}, expected {_JSON_TYPES.get(ty, ty.__name__)} "
                                          f"for field `{name}`")
-        return value
 
 
 # ----- tables and rows ------------------------------------------------------------------------
@@ -347,6 +426,10 @@ class Table:
         self.order_by = list(order_by)
         self.settings = list(settings)
         self.comments = dict(comments or {})
+        # What `Output.row` does per value: date and time columns turn the SDK's date and time
+        # types into the numbers the column counts; everything else goes to JSON as it is.
+        self._converters = [(i, c) for i, c in enumerate(map(_converter, self.types)) if c is not None]
+        self._json_ready = all(map(_json_ready, self.types))
 
 
 _TAG_NULL, _TAG_BOOL, _TAG_INT, _TAG_UINT, _TAG_FLOAT, _TAG_STRING, _TAG_BYTES, _TAG_ARRAY = range(8)
@@ -403,6 +486,61 @@ def _datetime64_precision(ty):
     return None
 
 
+_TEMPORAL = (Date, DateTime, Timestamp, _date)  # datetime is a date
+
+
+def _temporal_int(value, base, precision):
+    """A date or time as the number a column of `base` type (DateTime64: `precision`) counts."""
+    if precision is not None:
+        return Timestamp.of(value).ticks(precision)
+    if base in ("Date", "Date32"):
+        return value.days if isinstance(value, Date) else Timestamp.of(value).date().days
+    if isinstance(value, Date) or (isinstance(value, _date) and not isinstance(value, _datetime)):
+        return Date.of(value).days * 86_400  # its midnight, UTC
+    return Timestamp.of(value).seconds
+
+
+def _converter(ty):
+    """For a date or time column, a function turning the SDK's date and time values into the
+    column's number (other values pass); None for other columns."""
+    base, precision = _inner(ty), _datetime64_precision(ty)
+    if precision is None and base not in ("Date", "Date32", "DateTime") and not base.startswith("DateTime("):
+        return None
+    if base in ("Date", "Date32"):
+        # A date parsed from a timestamp goes as that text: the host takes its UTC date.
+        def convert(v):
+            if type(v) is Date:
+                return v._text if v._days is None else v._days
+            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
+
+    elif base == "DateTime":
+        # A parsed timestamp goes as its text; not to a column with a time zone, which would
+        # read a text without an offset in its zone, not in UTC as the SDK does.
+        def convert(v):
+            if type(v) is DateTime:
+                return v._text if v._seconds is None else v._seconds
+            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
+
+    else:
+
+        def convert(v):
+            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
+
+    return convert
+
+
+def _json_ready(ty):
+    """Whether values of a column travel as JSON: not when a date or time or a Map with keys
+    other than strings is nested in it (their encoding needs the element's type)."""
+    base = _inner(ty)
+    if not base.startswith(("Array(", "Tuple(", "Map(", "Nested(")):
+        return True
+    if base.startswith("Map("):
+        key, value = (_type_args(base, "Map") + ["", ""])[:2]
+        return _inner(key) == "String" and "Date" not in value and "Map(" not in value
+    return "Date" not in base and "Map(" not in base
+
+
 def _write_value(buf, value, ty):
     """Appends one tagged value; `ty` (the column's ClickHouse type) decides how dates, times,
     maps, tuples and array elements are written. The host checks the value against the column."""
@@ -432,17 +570,8 @@ def _write_value(buf, value, ty):
         buf.append(_TAG_BYTES)
         buf += _struct.pack("<I", len(value))
         buf += value
-    elif isinstance(value, (Date, DateTime, Timestamp, _date)):
-        base = _inner(ty)
-        precision = _datetime64_precision(ty)
-        if precision is not None:
-            _write_value(buf, Timestamp.of(value).ticks(precision), ty)
-        elif base in ("Date", "Date32"):
-            _write_value(buf, value.days if isinstance(value, Date) else Timestamp.of(value).date().days, ty)
-        elif isinstance(value, Date) or (isinstance(value, _date) and not isinstance(value, _datetime)):
-            _write_value(buf, Date.of(value).days * 86_400, ty)  # its midnight, UTC
-        else:
-            _write_value(buf, Timestamp.of(value).seconds, ty)
+    elif isinstance(value, _TEMPORAL):
+        _write_value(buf, _temporal_int(value, _inner(ty), _datetime64_precision(ty)), ty)
     elif isinstance(value, dict):
         # A Map(K, V) column takes [key, value] pairs.
         kt, vt = (_type_args(ty, "Map") + ["", ""])[:2]
@@ -470,31 +599,87 @@ def _write_value(buf, value, ty):
         raise Permanent(f"cannot write a {type(value).__name__} value")
 
 
+# Digits as zeros: an integer beyond 64 bits is then twenty zeros in a row (or a longer text of
+# digits: those batches go packed too, to be safe). Found with bytes.translate and `in`, both
+# native and far faster than a regular expression over the text.
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
+
+
 class Output:
-    """Collects the rows of a batch in the packed encoding of the WIT contract."""
+    """Collects the rows of a batch: `(event index, table index, [values])`, sent as JSON or,
+    when JSON cannot carry them exactly, in the packed encoding."""
 
     def __init__(self, tables):
         self._tables = {t.name: (i, t) for i, t in enumerate(tables)}
-        self.buffer = bytearray()
+        self._types = [t.types for t in tables]
+        self._json_ready = all(t._json_ready for t in tables)
+        self.rows = []
         self.event = 0
 
     def row(self, table, values):
         """Emits one row of `table` (a `Table` or its name) for the current event.
 
         `values` maps every column name to its value: None, bool, int, float, str, bytes,
-        `Date`/`DateTime`/`datetime.date`/`datetime.datetime`, or a list for `Array` columns.
+        `Date`/`DateTime`/`Timestamp`/`datetime.date`/`datetime.datetime`, or a list for `Array`
+        columns. A time column also takes the RFC 3339 text as it came: the host reads it.
         """
-        name = table.name if isinstance(table, Table) else table
-        if name not in self._tables:
-            raise Permanent(f"plugin bug: table `{name}` is not declared in the manifest")
-        index, t = self._tables[name]
-        missing = [c for c in t.names if c not in values]
-        extra = [c for c in values if c not in t.names]
-        if missing or extra:
-            raise Permanent(f"plugin bug: row for `{name}`: missing columns {missing}, unknown columns {extra}")
-        self.buffer += _struct.pack("<IHH", self.event, index, len(t.names))
-        for column, ty in t.columns:
-            _write_value(self.buffer, values[column], ty)
+        entry = self._tables.get(table if type(table) is str else table.name)
+        if entry is None:
+            raise Permanent(f"plugin bug: table `{table if type(table) is str else table.name}` is not declared in the manifest")
+        index, t = entry
+        try:
+            row = list(map(values.__getitem__, t.names))
+        except KeyError:
+            row = None
+        if row is None or len(values) != len(row):
+            missing = [c for c in t.names if c not in values]
+            extra = [c for c in values if c not in t.names]
+            raise Permanent(f"plugin bug: row for `{t.name}`: missing columns {missing}, unknown columns {extra}")
+        for i, convert in t._converters:
+            row[i] = convert(row[i])
+        self.rows.append((self.event, index, row))
+
+    def json(self):
+        """The rows as `rows-json` text, or None if JSON cannot carry them exactly."""
+        if not self._json_ready:
+            return None
+        try:
+            text = _json.dumps(self.rows, ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":"))
+            data = text.encode("utf-8")  # a lone surrogate cannot cross into the host as a string
+        except (TypeError, ValueError):  # bytes, IP addresses, NaN...
+            return None
+        # An integer beyond 64 bits would reach the host as a float: pack those batches.
+        return None if _TWENTY_DIGITS in data.translate(_DIGITS_AS_ZEROS) else text
+
+    def packed(self, failures):
+        """The rows in the packed encoding; an event whose values cannot be written fails
+        (appended to `failures` as (index, Failure)) and loses its rows."""
+        buf, rows, i = bytearray(), self.rows, 0
+        while i < len(rows):
+            event, start = rows[i][0], len(buf)
+            try:
+                while i < len(rows) and rows[i][0] == event:
+                    _, index, row = rows[i]
+                    buf += _struct.pack("<IHH", event, index, len(row))
+                    for value, ty in zip(row, self._types[index]):
+                        _write_value(buf, value, ty)
+                    i += 1
+            except Exception as e:
+                del buf[start:]
+                failures.append((event, e if isinstance(e, Failure) else Permanent(f"{type(e).__name__}: {e}")))
+                while i < len(rows) and rows[i][0] == event:
+                    i += 1
+        return bytes(buf)
+
+    @property
+    def buffer(self):
+        """The rows packed (for tests of the encoding)."""
+        failures = []
+        buf = self.packed(failures)
+        if failures:
+            raise failures[0][1]
+        return buf
 
 
 # ----- the plugin -----------------------------------------------------------------------------
@@ -511,22 +696,39 @@ class Plugin:
     def handle(self, event, out):
         raise NotImplementedError
 
-    def run(self, events):
-        """Handles a batch as the host would: returns (packed rows, [(index, Failure)])."""
+    def _handle_all(self, events):
         out = Output(self.tables)
-        failures = []
+        rows, failures, handle = out.rows, [], self.handle
         for i, event in enumerate(events):
             out.event = i
-            start = len(out.buffer)
+            start = len(rows)
             try:
-                self.handle(event, out)
+                handle(event, out)
             except Failure as f:
-                del out.buffer[start:]
+                del rows[start:]
                 failures.append((i, f))
             except Exception as e:  # a bug: fail this event, not the batch
-                del out.buffer[start:]
+                del rows[start:]
                 failures.append((i, Permanent(f"{type(e).__name__}: {e}")))
-        return bytes(out.buffer), failures
+        return out, failures
+
+    def run(self, events):
+        """Handles a batch as the host would: returns (packed rows, [(index, Failure)])."""
+        out, failures = self._handle_all(events)
+        rows = out.packed(failures)
+        return rows, sorted(failures, key=lambda f: f[0])
+
+    def run_json(self, text):
+        """Handles a batch given as `handle-json` text (`wit/0.2.0/sluice.wit`): returns
+        (rows-json text or None, packed rows, [(index, Failure)])."""
+        new, events = object.__new__, []
+        for r in _json.loads(text):
+            e = new(Event)
+            e._r = r
+            events.append(e)
+        out, failures = self._handle_all(events)
+        text = out.json()
+        return (text, b"", failures) if text is not None else (None, out.packed(failures), failures)
 
 
 # ----- host imports, usable outside a component for tests --------------------------------------
@@ -596,15 +798,13 @@ def export(plugin):
                 extensions=[],
             )
 
-        def handle_batch(self, events):
+        def handle_json(self, events):
             from wit_world.imports import types
 
-            batch = [
-                Event(e.id, e.event_type, e.payload, e.timestamp_ms, e.source, e.tenant, e.attempt) for e in events
-            ]
-            rows, failures = plugin.run(batch)
+            rows_json, rows, failures = plugin.run_json(events)
             return types.BatchOutput(
                 rows=rows,
+                rows_json=rows_json or "",
                 failures=[
                     types.EventFailure(
                         i, types.FailureKind.PERMANENT if f.permanent else types.FailureKind.TRANSIENT, f.message

@@ -87,6 +87,23 @@ fn a_new_project_builds_and_passes_its_tests_as_printed(lang: &str, unit_test_pa
     let out = run(&dir.path().join("demo"), &test)?;
     assert!(out.contains(unit_test_passed), "the unit test did not run:\n{out}");
     assert!(out.contains("1 fixtures: 1 passed, 0 failed (demo)"), "{out}");
+
+    // `plugin dev`, one round: build, fixtures, then the component lands in the plugins
+    // directory under the plugin's name; with a fixture failing, nothing lands.
+    let plugins = dir.path().join("plugins");
+    let dev = format!("sluice plugin dev --once --plugins-dir '{}'", plugins.display());
+    let out = run(&dir.path().join("demo"), &dev)?;
+    assert!(plugins.join("demo.wasm").is_file() && out.contains("deployed"), "{out}");
+    std::fs::remove_file(plugins.join("demo.wasm"))?;
+    let fixture = dir.path().join("demo/fixtures/example.json");
+    std::fs::write(
+        &fixture,
+        std::fs::read_to_string(&fixture)?
+            .replace("\"x1\", \"amount\": 12.5, \"note\"", "\"x9\", \"amount\": 12.5, \"note\""),
+    )?;
+    let failed = run(&dir.path().join("demo"), &dev).unwrap_err().to_string();
+    assert!(failed.contains("fixtures failed: nothing deployed"), "{failed}");
+    assert!(std::fs::read_dir(&plugins)?.next().is_none(), "a failing version was deployed");
     Ok(())
 }
 
@@ -130,6 +147,11 @@ fn a_new_python_plugin_project_builds_tests_and_passes_its_fixture_on_first_try(
 #[test]
 fn a_new_javascript_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
     a_new_project_builds_and_passes_its_tests_as_printed("js", "# pass 1")
+}
+
+#[test]
+fn a_new_typescript_plugin_project_builds_tests_and_passes_its_fixture_on_first_try() -> Result<()> {
+    a_new_project_builds_and_passes_its_tests_as_printed("ts", "# pass 1")
 }
 
 /// `sluice plugin run` on plugins that sleep in a host call, return rows nested far deeper than

@@ -13,7 +13,8 @@ use sluice_tests::{
     wait_until,
 };
 
-const TWINS: [(&str, &str); 2] = [("promo-code-analytics-py", "py_"), ("promo-code-analytics-js", "js_")];
+const TWINS: [(&str, &str); 3] =
+    [("promo-code-analytics-py", "py_"), ("promo-code-analytics-js", "js_"), ("promo-code-analytics-ts", "ts_")];
 
 #[test]
 fn the_python_and_javascript_twins_pass_the_rust_plugins_fixtures() -> Result<()> {
@@ -110,9 +111,14 @@ fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin(release: R
     // Python and JavaScript components take seconds each to compile on first load.
     let host = Host::start(&redis, &ch, dir.path(), &[])?;
     host.wait_running(Duration::from_secs(120))?;
-    let tables = ["promo_code_usages_analytics", "py_promo_code_usages_analytics", "js_promo_code_usages_analytics"];
+    let tables = [
+        "promo_code_usages_analytics",
+        "py_promo_code_usages_analytics",
+        "js_promo_code_usages_analytics",
+        "ts_promo_code_usages_analytics",
+    ];
     wait_until("every plugin's rows and dead letters", Duration::from_secs(120), || {
-        tables.iter().all(|t| ch.rows(t) == GOOD as i64) && dead_letters(&mut conn).len() == 3 * bad.len()
+        tables.iter().all(|t| ch.rows(t) == GOOD as i64) && dead_letters(&mut conn).len() == 4 * bad.len()
     })
     .map_err(|e| {
         let counts: Vec<i64> = tables.iter().map(|t| ch.rows(t)).collect();
@@ -144,7 +150,7 @@ fn python_and_javascript_twins_write_the_same_rows_as_the_rust_plugin(release: R
         failed.entry(d["plugin"].clone()).or_default().insert(d["event_id"].clone());
     }
     let expected: BTreeSet<String> = bad.keys().map(|k| k.to_string()).collect();
-    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert_eq!(failed.len(), 4, "{failed:?}");
     for (plugin, ids) in &failed {
         assert_eq!(ids, &expected, "dead letters of {plugin}");
     }

@@ -230,12 +230,12 @@ fn a_broken_plugin_file_is_reported_by_path_and_skipped(release: Release) -> Res
     assert!(log.contains(&format!("{} is not a valid WebAssembly component: it is a core WebAssembly module — build the plugin for wasm32-wasip2", dir.path().join("core-module.wasm").display())), "{log}");
     assert!(
         log.contains(&format!(
-            "{} does not export the sluice:plugin@0.1.0 handler (it exports: sluice:plugin/handler@0.9.0;",
+            "{} does not export the sluice:plugin handler, neither @0.1.0 nor @0.2.0 (it exports: sluice:plugin/handler@0.9.0;",
             dir.path().join("future-wit.wasm").display()
         )),
         "{log}"
     );
-    assert!(log.contains("build it against this host's contract, package sluice:plugin@0.1.0"), "{log}");
+    assert!(log.contains("build it against a contract this host speaks, package sluice:plugin@0.1.0 (wit/sluice.wit, the Rust SDK) or @0.2.0"), "{log}");
     Ok(())
 }
 

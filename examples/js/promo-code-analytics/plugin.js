@@ -1,5 +1,5 @@
 // The component's entry module: the only one that imports the host interface.
-import * as host from 'sluice:plugin/host@0.1.0';
+import * as host from 'sluice:plugin/host@0.2.0';
 import { exportPlugin } from '../../../sdk/js/sluice_sdk.js';
 import { plugin } from './handler.js';
 

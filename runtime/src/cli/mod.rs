@@ -204,21 +204,41 @@ pub enum PluginCommand {
     New {
         /// The plugin's name (lower-case letters, digits, `-`); also the directory created.
         name: String,
-        /// The language of the project: rust (cargo, wasm32-wasip2), python (componentize-py)
-        /// or js (componentize-js, Node.js 20+).
-        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js"])]
+        /// The language of the project: rust (cargo, wasm32-wasip2), python (componentize-py),
+        /// js (componentize-js, Node.js 20+) or ts (TypeScript: tsc, then componentize-js; rows
+        /// typed by their table's columns, the contract's types generated from the WIT).
+        #[arg(long, default_value = "rust", value_parser = ["rust", "python", "js", "ts"])]
         lang: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
     /// Build the plugin project in DIR, whatever its language (Cargo.toml: Rust; package.json:
-    /// JavaScript; app.py: Python); the toolchain's output goes to stderr, and the last line on
+    /// JavaScript or TypeScript; app.py: Python); the toolchain's output goes to stderr, and the last line on
     /// stdout is the built component's path.
     Build {
         /// The project's directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Build, test and deploy on every change: builds the project in DIR (as `plugin build`),
+    /// runs its fixtures (as `plugin test`), and only when they pass copies the component into
+    /// the plugins directory as `<plugin name>.wasm`, where a running host hot-reloads it; then
+    /// waits for the next change to the project's sources and starts again. A failed build or
+    /// fixture deploys nothing.
+    Dev {
+        /// The project's directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The running host's plugins directory.
+        #[arg(long, env = "SLUICE_PLUGINS_DIR")]
+        plugins_dir: PathBuf,
+        /// The fixtures to pass before deploying [default: DIR/fixtures].
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        /// One round (build, fixtures, deploy) and exit: 1 if the build or a fixture failed.
+        #[arg(long)]
+        once: bool,
     },
     /// Run fixture files against a plugin (events in, expected rows or errors out) and print a
     /// readable difference for each that does not match; exit 1 if any fails.
@@ -228,6 +248,36 @@ pub enum PluginCommand {
         /// A fixture file, or a directory of them (*.json).
         #[arg(long)]
         fixtures: PathBuf,
+    },
+    /// Measure what a plugin costs per event, with no Redis and no ClickHouse: the call (lifting
+    /// the events into the component, the handler, lowering its output) plus the host's check
+    /// and encoding of its rows, in batches as the pipeline makes them. Prints µs per event and
+    /// events/s, the best of --rounds rounds after a warm-up one.
+    Bench {
+        /// The plugin's .wasm file(s).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Events to use, as for `plugin run` (cycled up to --count); without it, events of the
+        /// plugin's first seed type (PromoCodeAppliedEvent, OrderCreatedEvent, order.created)
+        /// as `sluice publish --count` generates them.
+        #[arg(long)]
+        event: Option<PathBuf>,
+        /// Events per round.
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Events per call (the pipeline's batch size, `--batch-size`).
+        #[arg(long, default_value_t = 1_000)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Print the plugin contract's types as TypeScript declarations (`declare module
+    /// 'sluice:plugin/...'`), as `plugin new --lang ts` writes them into types/: for a project
+    /// moving to this release's contract.
+    Types {
+        /// A WIT file to declare instead of this release's sluice:plugin@0.2.0.
+        #[arg(long)]
+        wit: Option<PathBuf>,
     },
     /// Run a plugin's handler on events from a file and print the rows as JSON lines.
     Run {

@@ -10,9 +10,9 @@
 //!    [`Settlement`], and the source carries them out (XACK / dead letter, or the job's outcome).
 //!
 //! Backpressure: a pipeline holds at most `max_inflight_events` events between read and
-//! settlement; it stops reading while they wait for ClickHouse. Steps 1–3 run in the pipeline's
-//! task, one batch at a time; step 4 runs in a task per batch, so the next batch is read while
-//! the writer lingers.
+//! settlement; it stops reading while they wait for ClickHouse. Steps 2–3 run in the pipeline's
+//! task, one batch at a time, while step 1 reads the next batch; step 4 runs in a task per
+//! batch, so reading goes on while the writer lingers.
 //!
 //! A stop: no more reads; in-flight batches get up to the grace period to settle. A batch
 //! whose rows could not reach the writer by then (ClickHouse down, its channel full) is dropped
@@ -99,14 +99,18 @@ impl<I: Intake> Pipeline<I> {
         let permits = Arc::new(Semaphore::new(policy.max_inflight_events));
         let mut sandbox = Some(Sandbox::new(self.stage.plugin.clone()));
         let mut backoff = Backoff::brief();
-        while !*shutdown.borrow() {
-            let held = tokio::select! {
-                p = permits.clone().acquire_many_owned(policy.batch_size as u32) => p.expect("never closed"),
-                _ = shutdown.wait_for(|&stop| stop) => break,
-            };
-            let batch = tokio::select! {
-                b = self.intake.next(policy.batch_size) => b,
-                _ = shutdown.wait_for(|&stop| stop) => break,
+        let (stage, intake) = (&mut self.stage, &mut self.intake);
+        // The next batch, read while the plugin ran on the one before (see `read_ahead`).
+        let mut ahead: Option<ReadAhead<I>> = None;
+        // A batch read ahead is handled even if the stop came meanwhile: nothing read is left
+        // unsettled by a graceful stop.
+        while !*shutdown.borrow() || ahead.is_some() {
+            let (held, batch) = match ahead.take() {
+                Some(read) => read,
+                None => match read_ahead(intake, &permits, policy.batch_size, shutdown.clone()).await {
+                    Some(read) => read,
+                    None => break,
+                },
             };
             let batch = match batch {
                 Ok(Some(b)) => b,
@@ -124,25 +128,44 @@ impl<I: Intake> Pipeline<I> {
             backoff.reset();
             // A stop waits at most the grace period for a writer that cannot take rows: the
             // batch is then dropped unsettled, and delivered again later.
-            let stop_waiting = async {
-                let _ = shutdown.wait_for(|&stop| stop).await;
+            let mut stopping = shutdown.clone();
+            let stop_waiting = async move {
+                let _ = stopping.wait_for(|&stop| stop).await;
                 tokio::time::sleep(policy.stop_grace).await;
             };
             let sb = sandbox.take().expect("returned after every batch");
-            let handled = tokio::select! {
-                r = self.stage.handle::<I>(sb, batch) => r,
-                _ = stop_waiting => break,
+            // Steps 2-3 for this batch, and step 1 for the next one at the same time: the
+            // plugin's CPU and Redis' round trip overlap instead of taking turns. The batch's
+            // settlement starts the moment it is handled, not when the read ahead returns.
+            let call = async {
+                let handled = tokio::select! {
+                    r = stage.handle::<I>(sb, batch) => r,
+                    _ = stop_waiting => return None,
+                };
+                Some(match handled {
+                    Ok((sb, handled)) => {
+                        tokio::spawn(stage.settle_when_committed::<I>(handled, held));
+                        (sb, false)
+                    }
+                    Err((sb, unhandled)) => {
+                        tokio::spawn(unhandled);
+                        (sb, true)
+                    }
+                })
             };
-            match handled {
-                Ok((sb, handled)) => {
-                    sandbox = Some(sb);
-                    tokio::spawn(self.stage.settle_when_committed::<I>(handled, held));
+            let stopped = *shutdown.borrow();
+            let next = async {
+                match stopped {
+                    true => None,
+                    false => read_ahead(intake, &permits, policy.batch_size, shutdown.clone()).await,
                 }
-                Err((sb, unhandled)) => {
-                    sandbox = Some(sb);
-                    tokio::spawn(unhandled);
-                    backoff.wait().await;
-                }
+            };
+            let (called, read) = tokio::join!(call, next);
+            let Some((sb, failed)) = called else { break };
+            sandbox = Some(sb);
+            ahead = read;
+            if failed {
+                backoff.wait().await;
             }
         }
         // Graceful stop: wait for every in-flight batch to settle (or be left for redelivery).
@@ -160,6 +183,29 @@ impl<I: Intake> Pipeline<I> {
         drop(self.intake);
         crate::status::progressing(&name);
         Ok(())
+    }
+}
+
+/// A batch read (or the error reading it), with its room among the in-flight events.
+type ReadAhead<I> = (OwnedSemaphorePermit, anyhow::Result<Option<Batch<<I as Intake>::Settle>>>);
+
+/// Step 1: room for a batch among the in-flight events, then the batch; None when the host
+/// stops first. The permit travels with the batch to its settlement.
+async fn read_ahead<I: Intake>(
+    intake: &mut I,
+    permits: &Arc<Semaphore>,
+    batch_size: usize,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<ReadAhead<I>> {
+    let held = tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|&stop| stop) => return None,
+        p = permits.clone().acquire_many_owned(batch_size as u32) => p.expect("never closed"),
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.wait_for(|&stop| stop) => None,
+        b = intake.next(batch_size) => Some((held, b)),
     }
 }
 

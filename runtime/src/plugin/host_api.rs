@@ -20,6 +20,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::sluice::plugin::host::{self, Level};
+use super::bindings_json::sluice::plugin::host as json_host;
 use super::wit;
 
 pub const MAX_LOG_MESSAGE: usize = 4096;
@@ -91,6 +92,26 @@ impl host::Host for HostState {
 }
 
 impl wit::Host for HostState {}
+
+/// The same `host` interface for components of `sluice:plugin@0.2.0`.
+impl json_host::Host for HostState {
+    async fn log(&mut self, level: json_host::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            json_host::Level::Trace => Level::Trace,
+            json_host::Level::Debug => Level::Debug,
+            json_host::Level::Info => Level::Info,
+            json_host::Level::Warn => Level::Warn,
+            json_host::Level::Error => Level::Error,
+        };
+        host::Host::log(self, level, message, fields).await
+    }
+
+    async fn config_get(&mut self, key: String) -> Option<String> {
+        host::Host::config_get(self, key).await
+    }
+}
+
+impl super::bindings_json::sluice::plugin::types::Host for HostState {}
 
 /// A plugin's log rate: a token bucket shared by all its instances.
 pub struct LogBudget {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod host_api;
 pub mod identity;
+mod json_batch;
 pub mod rows;
 pub mod sandbox;
 
@@ -37,8 +38,8 @@ pub use sandbox::{Sandbox, off_reactor};
 
 use crate::schema::TableSchema;
 
-pub(crate) use crate::contract::bindings;
 pub use crate::contract::wit;
+pub(crate) use crate::contract::{bindings, bindings_json};
 
 /// Limits applied to every call of a plugin.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +62,15 @@ impl Default for PluginLimits {
 }
 
 /// How to fix a component built against another version of the contract.
-const WIT_FIX: &str = "build it against this host's contract, package sluice:plugin@0.1.0 (wit/sluice.wit and the SDKs of this release; `sluice plugin new` makes a project that does), or run a host that supports its version";
+const WIT_FIX: &str = "build it against a contract this host speaks, package sluice:plugin@0.1.0 (wit/sluice.wit, the Rust SDK) or @0.2.0 (wit/0.2.0/sluice.wit, the Python and JavaScript SDKs) of this release (`sluice plugin new` makes a project that does), or run a host that supports its version";
+
+/// A compiled version, ready to instantiate, in the contract version it speaks.
+enum PluginPre {
+    /// `sluice:plugin@0.1.0`: events as records, rows packed.
+    Records(bindings::PluginPre<HostState>),
+    /// `sluice:plugin@0.2.0`: events and rows as JSON text (see `json_batch`).
+    Json(bindings_json::PluginPre<HostState>),
+}
 
 /// A plugin file must be a WebAssembly component: a core module (what `wasm32-wasip1` or
 /// `wasm32-unknown-unknown` builds give) or something else entirely is named as such, with the
@@ -105,7 +114,7 @@ pub struct LoadedPlugin {
     /// Whether the compiled code came from the cache, and how long getting it took.
     pub compiled: (bool, u64),
     engine: SandboxEngine,
-    pre: bindings::PluginPre<HostState>,
+    pre: PluginPre,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -139,23 +148,27 @@ impl LoadedPlugin {
         let mut linker: Linker<HostState> = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        bindings_json::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
-                "{} does not match the sluice:plugin@0.1.0 world ({}): {WIT_FIX}",
+                "{} does not match the sluice:plugin world ({}): {WIT_FIX}",
                 path.display(),
                 sandbox::first_line(&e)
             )
         })?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(|e| {
-            let exports: Vec<String> =
-                component.component_type().exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
-            anyhow!(
-                "{} does not export the sluice:plugin@0.1.0 handler (it exports: {}; {}): {WIT_FIX}",
-                path.display(),
-                if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
-                sandbox::first_line(&e)
-            )
-        })?;
+        let pre = match bindings::PluginPre::new(instance_pre.clone()) {
+            Ok(pre) => PluginPre::Records(pre),
+            Err(records) => PluginPre::Json(bindings_json::PluginPre::new(instance_pre).map_err(|_| {
+                let exports: Vec<String> =
+                    component.component_type().exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
+                anyhow!(
+                    "{} does not export the sluice:plugin handler, neither @0.1.0 nor @0.2.0 (it exports: {}; {}): {WIT_FIX}",
+                    path.display(),
+                    if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
+                    sandbox::first_line(&records)
+                )
+            })?),
+        };
         let mut plugin = LoadedPlugin {
             path: path.to_path_buf(),
             hash,

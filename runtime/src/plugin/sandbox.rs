@@ -29,7 +29,7 @@ use wasmtime::Store;
 
 use super::host_api::{HostState, Limiter};
 use super::rows::{self, DecodedRows, decode_rows};
-use super::{LoadedPlugin, SandboxEngine, bindings, wit};
+use super::{LoadedPlugin, PluginPre, SandboxEngine, bindings, bindings_json, json_batch, wit};
 
 /// The smallest share of a deadline a part of a batch gets while a deadline trap is isolated.
 pub const MIN_SHARE: Duration = Duration::from_millis(50);
@@ -69,7 +69,13 @@ pub struct EventFailure {
 /// A live instance of a plugin version.
 pub struct PluginInstance {
     pub(super) store: Store<HostState>,
-    pub(super) bindings: bindings::Plugin,
+    pub(super) bindings: Bindings,
+}
+
+/// An instance's exports, in the contract version it speaks.
+pub(super) enum Bindings {
+    Records(bindings::Plugin),
+    Json(bindings_json::Plugin),
 }
 
 impl LoadedPlugin {
@@ -87,7 +93,13 @@ impl LoadedPlugin {
         let mut store = Store::new(&self.engine.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(SandboxEngine::ticks(deadline));
-        let bindings = match tokio::time::timeout(deadline, self.pre.instantiate_async(&mut store)).await {
+        let instantiated = async {
+            Ok::<_, wasmtime::Error>(match &self.pre {
+                PluginPre::Records(pre) => Bindings::Records(pre.instantiate_async(&mut store).await?),
+                PluginPre::Json(pre) => Bindings::Json(pre.instantiate_async(&mut store).await?),
+            })
+        };
+        let bindings = match tokio::time::timeout(deadline, instantiated).await {
             Ok(b) => b?,
             Err(_) => return Err(anyhow!("instantiation exceeded the deadline of {deadline:?} (call_timeout)")),
         };
@@ -99,7 +111,14 @@ impl PluginInstance {
     /// Calls `describe` within `deadline`.
     pub async fn describe(&mut self, deadline: Duration) -> Result<wit::Manifest> {
         self.store.set_epoch_deadline(SandboxEngine::ticks(deadline));
-        let call = self.bindings.sluice_plugin_handler().call_describe(&mut self.store);
+        let call = async {
+            match &self.bindings {
+                Bindings::Records(b) => b.sluice_plugin_handler().call_describe(&mut self.store).await,
+                Bindings::Json(b) => {
+                    b.sluice_plugin_handler().call_describe(&mut self.store).await.map(json_batch::manifest)
+                }
+            }
+        };
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(m)) => Ok(m),
             Ok(Err(e)) => {
@@ -124,9 +143,32 @@ impl PluginInstance {
     ) -> Result<BatchResult, CallError> {
         let trap = |reason: String, deadline: bool| CallError { plugin: plugin.name().to_string(), reason, deadline };
         self.store.set_epoch_deadline(SandboxEngine::ticks(deadline));
-        let call = self.bindings.sluice_plugin_handler().call_handle_batch(&mut self.store, events);
+        // A 0.2.0 plugin's JSON rows are rewritten as packed rows, or are malformed.
+        let call = async {
+            match &self.bindings {
+                Bindings::Records(b) => {
+                    b.sluice_plugin_handler().call_handle_batch(&mut self.store, events).await.map(Ok)
+                }
+                Bindings::Json(b) => {
+                    let text = json_batch::events_json(events);
+                    let out = b.sluice_plugin_handler().call_handle_json(&mut self.store, &text).await?;
+                    let failures = out.failures.into_iter().map(json_batch::failure).collect();
+                    Ok(match (out.rows.is_empty(), out.rows_json.is_empty()) {
+                        (_, true) => Ok(wit::BatchOutput { rows: out.rows, failures }),
+                        (true, false) => {
+                            rows::json_to_packed(&out.rows_json).map(|rows| wit::BatchOutput { rows, failures })
+                        }
+                        (false, false) => Err(rows::MalformedRows {
+                            offset: 0,
+                            reason: "the plugin returned both rows and rows-json; one of them must be empty".into(),
+                        }),
+                    })
+                }
+            }
+        };
         let out = match tokio::time::timeout(deadline, call).await {
-            Ok(Ok(out)) => out,
+            Ok(Ok(Ok(out))) => out,
+            Ok(Ok(Err(malformed))) => return Err(trap(malformed.to_string(), false)),
             Ok(Err(e)) => {
                 let interrupted = matches!(e.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt));
                 let panic = self.store.data_mut().last_panic.take();

@@ -1,7 +1,7 @@
 // Unit tests of the JavaScript SDK under plain Node: `node --test sdk/js/test/`.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Day, Event, Instant, Output, Permanent, Table, Timestamp, Transient, parseTimestampMs, parseTimestampNs, runBatch } from '../sluice_sdk.js';
+import { Day, Event, Instant, Output, Permanent, Table, Timestamp, Transient, parseTimestampMs, parseTimestampNs, runBatch, runJson } from '../sluice_sdk.js';
 
 test('timestamps parse as the Rust SDK parses them', () => {
   assert.equal(parseTimestampMs('1970-01-01T00:00:00Z'), 0);
@@ -22,7 +22,7 @@ test('a row is packed byte for byte as the WIT describes', () => {
   const out = new Output([t]);
   out.event = 3;
   out.row(t, { d: new Day(2), at: new Instant(7), n: 5, f: 1, s: null, a: [1, -1] });
-  const bytes = Buffer.from(out.w.finish()).toString('hex');
+  const bytes = Buffer.from(out.packed([])).toString('hex');
   const i64 = (n) => Buffer.from(new BigInt64Array([BigInt(n)]).buffer).toString('hex');
   const expected = '03000000' + '0000' + '0600' +
     '02' + i64(2) + '02' + i64(7) + '02' + i64(5) +
@@ -71,7 +71,7 @@ test('nanoseconds and the types of current releases', () => {
   const out = new Output([ts]);
   const at = Timestamp.parse('2024-06-01T12:30:00.123456Z');
   out.row(ts, { t3: new Date(1717245000123), dt: at, m: { k: new Instant(10) }, tu: [7, at], big: -(2n ** 200n), js: { a: [1] }, d32: new Day(-25567) });
-  const hex = Buffer.from(out.w.finish()).toString('hex');
+  const hex = Buffer.from(out.packed([])).toString('hex');
   const i64 = (n) => '02' + Buffer.from(new BigInt64Array([BigInt(n)]).buffer).toString('hex');
   const str = (s) => '05' + Buffer.from(new Uint32Array([Buffer.byteLength(s)]).buffer).toString('hex') + Buffer.from(s).toString('hex');
   const arr = (n) => '07' + Buffer.from(new Uint32Array([n]).buffer).toString('hex');
@@ -79,4 +79,29 @@ test('nanoseconds and the types of current releases', () => {
     arr(1) + arr(2) + str('k') + i64(100) + arr(2) + i64(7) + i64(1717245000123456n) +
     str((-(2n ** 200n)).toString()) + str('{"a":[1]}') + i64(-25567);
   assert.equal(hex, expected);
+});
+
+test('handle-json: rows come back as JSON, timestamps as they came; what JSON cannot carry goes packed', () => {
+  const t = new Table('t', [['k', 'UInt64'], ['d', 'Date'], ['at', 'DateTime'], ['f', 'Float64']]);
+  const plugin = {
+    tables: [t],
+    handle(event, out) {
+      const p = event.json({ k: 'number', at: 'string' });
+      const at = Instant.parse(p.at);
+      out.row(t, { k: p.k, d: at.date(), at, f: p.f ?? 0.5 });
+    },
+  };
+  const run = (...payloads) => runJson(plugin, JSON.stringify(payloads.map((p, i) =>
+    typeof p === 'string' ? [null, `e${i}`, 'x', 5, 1, null, null, p] : [p, `e${i}`, 'x', 5, 1, null, null])));
+  const r = run({ k: 1, at: '2024-06-01T10:30:00+03:00' }, '{"k": ', { k: 3, at: 'yesterday' }, { k: 4, at: '2024-02-30' });
+  assert.deepEqual(JSON.parse(r.rowsJson), [[0, 0, [1, '2024-06-01T10:30:00+03:00', '2024-06-01T10:30:00+03:00', 0.5]],
+    [3, 0, [4, 19783, 1709251200, 0.5]]]);
+  assert.equal(r.rows.length, 0);
+  assert.deepEqual(r.failures.map(([i, f]) => [i, f.permanent]), [[1, true], [2, true]]);
+  assert.match(r.failures[0][1].message, /payload is not valid JSON/);
+  assert.match(r.failures[1][1].message, /invalid timestamp `yesterday`/);
+  // -0 would come back as 0 in JSON: that batch goes packed, -0 kept.
+  const z = runJson(plugin, '[[{"k": 1, "at": "2024-06-01", "f": -0.0}, "e0", "x", 5, 1, null, null]]');
+  assert.equal(z.rowsJson, '');
+  assert.equal(Buffer.from(z.rows).toString('hex').slice(-18), '04' + '0000000000000080');
 });

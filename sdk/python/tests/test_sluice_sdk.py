@@ -1,5 +1,6 @@
 """Unit tests of the Python SDK under plain Python: `python3 -m unittest discover sdk/python/tests`."""
 
+import json
 import os
 import struct
 import sys
@@ -103,6 +104,44 @@ class Batches(unittest.TestCase):
                                 ('{"a": 1e400}', "number out of range"), ('{"a": NaN}', "invalid JSON value `NaN`")]:
             with self.assertRaisesRegex(Permanent, needle):
                 e(payload).json()
+
+
+class JsonBatches(unittest.TestCase):
+    """`handle-json` (sluice:plugin@0.2.0): a batch in as one JSON text, rows out as one."""
+
+    t = Table("t", [("k", "UInt64"), ("d", "Date"), ("at", "DateTime"), ("f", "Float64")])
+
+    class P(Plugin):
+        def handle(self, event, out):
+            p = event.json({"k": int, "at": str})
+            at = DateTime.parse(p["at"])
+            out.row(JsonBatches.t, {"k": p["k"], "d": at.date(), "at": at, "f": p.get("f", 0.5)})
+
+    def run_json(self, *payloads):
+        plugin = self.P()
+        plugin.tables = [self.t]
+        events = [[p, f"e{i}", "x", 5, 1, None, None] if not isinstance(p, str) else [None, f"e{i}", "x", 5, 1, None, None, p]
+                  for i, p in enumerate(payloads)]
+        return plugin.run_json(json.dumps(events))
+
+    def test_rows_come_back_as_json_with_timestamps_as_they_came(self):
+        rows_json, packed, failures = self.run_json(
+            {"k": 1, "at": "2024-06-01T10:30:00+03:00"}, '{"k": ', {"k": 3, "at": "yesterday"}, {"k": 4, "at": "2024-02-30"})
+        self.assertEqual(packed, b"")
+        # A form the host reads alike goes as text; 2024-02-30 (the Rust SDK's March 1) as numbers.
+        self.assertEqual(json.loads(rows_json), [[0, 0, [1, "2024-06-01T10:30:00+03:00", "2024-06-01T10:30:00+03:00", 0.5]],
+                                                 [3, 0, [4, 19_783, 1_709_251_200, 0.5]]])
+        self.assertEqual([(i, f.permanent) for i, f in failures], [(1, True), (2, True)])
+        self.assertIn("payload is not valid JSON", failures[0][1].message)
+        self.assertIn("invalid timestamp `yesterday`", failures[1][1].message)
+
+    def test_what_json_cannot_carry_exactly_goes_packed(self):
+        for payload in [{"k": 2**64, "at": "2024-06-01"}, {"k": 1, "at": "2024-06-01", "f": float("nan")}]:
+            rows_json, packed, failures = self.run_json(payload)
+            self.assertEqual((rows_json, failures), (None, []))
+            self.assertEqual(packed[:8], struct.pack("<IHH", 0, 0, 4))
+        rows_json, packed, _ = self.run_json({"k": 2**64, "at": "2024-06-01"})
+        self.assertIn(str(2**64).encode(), packed)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 //! `sluice plugin build [DIR]`: one build command whatever the plugin's language. The language is
 //! told by the project's files (as `plugin new` makes them): `Cargo.toml` → Rust (cargo,
-//! wasm32-wasip2), `package.json` → JavaScript (componentize-js through `npm run build`),
+//! wasm32-wasip2), `package.json` → JavaScript or TypeScript (`npm run build`: componentize-js,
+//! after tsc for TypeScript),
 //! `app.py` → Python (componentize-py through `build.sh`). The toolchain's own output goes to
 //! stderr; the last line on stdout is the component's path, for scripts
 //! (`cp "$(sluice plugin build | tail -1)" plugins/`).
@@ -29,7 +30,7 @@ pub fn detect(dir: &Path) -> Result<Lang> {
         Ok(Lang::Python)
     } else {
         bail!(
-            "{} is not a plugin project: no Cargo.toml (Rust), package.json (JavaScript) or app.py (Python) in it — `sluice plugin new NAME --lang rust|python|js` makes one",
+            "{} is not a plugin project: no Cargo.toml (Rust), package.json (JavaScript, TypeScript) or app.py (Python) in it — `sluice plugin new NAME --lang rust|python|js|ts` makes one",
             dir.display()
         )
     }

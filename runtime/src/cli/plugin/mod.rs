@@ -1,12 +1,15 @@
-//! `sluice plugin inspect|run|test|new|build`: plugins without Redis or ClickHouse (inspect can compare
+//! `sluice plugin inspect|run|test|bench|new|build|dev|types`: plugins without Redis or ClickHouse (inspect can compare
 //! with a live ClickHouse).
 
+mod bench;
 mod build;
+mod dev;
 mod fixtures;
 mod inspect;
 mod offline;
 mod run;
 mod scaffold;
+mod ts_types;
 
 use anyhow::Result;
 
@@ -29,7 +32,24 @@ pub async fn run(command: PluginCommand) -> Result<bool> {
             println!("{}", wasm.display());
             true
         }),
+        PluginCommand::Dev { dir, plugins_dir, fixtures, once } => {
+            dev::dev(&dir, &plugins_dir, fixtures.as_deref(), once).await
+        }
         PluginCommand::Test { file, fixtures } => fixtures::run(&file, &fixtures).await,
+        PluginCommand::Bench { files, event, count, batch, rounds } => {
+            bench::bench(&files, event.as_deref(), count, batch, rounds).await.map(|_| true)
+        }
+        PluginCommand::Types { wit } => {
+            let (text, source) = match &wit {
+                Some(p) => (
+                    std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
+                    p.display().to_string(),
+                ),
+                None => (scaffold::WIT_JSON.to_string(), "wit/0.2.0/sluice.wit".to_string()),
+            };
+            print!("{}", ts_types::declarations(&text, &source)?);
+            Ok(true)
+        }
         PluginCommand::Run { file, event, event_type } => run::run_plugin(&file, &event, event_type.as_deref()).await,
     }
 }

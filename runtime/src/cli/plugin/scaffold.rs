@@ -1,5 +1,7 @@
 //! `sluice plugin new`: a ready-to-build plugin project — manifest, one handler, one fixture,
-//! one test — in Rust, Python (componentize-py) or JavaScript (componentize-js). The project
+//! one test — in Rust, Python (componentize-py), JavaScript (componentize-js) or TypeScript
+//! (tsc, then componentize-js; the contract's types generated from the WIT, rows typed by their
+//! table's columns). The project
 //! depends on nothing but public packages: the SDK of its language and the WIT contract are
 //! copied into it (from the ones this binary was built with), so it builds anywhere.
 //!
@@ -15,7 +17,10 @@ const SDK_TIME: &str = include_str!("../../../../plugins/sdk/src/time.rs");
 const SDK_VALUE: &str = include_str!("../../../../plugins/sdk/src/value.rs");
 const SDK_PYTHON: &str = include_str!("../../../../sdk/python/sluice_sdk.py");
 const SDK_JS: &str = include_str!("../../../../sdk/js/sluice_sdk.js");
+const SDK_JS_TYPES: &str = include_str!("../../../../sdk/js/sluice_sdk.d.ts");
 const WIT: &str = include_str!("../../../../wit/sluice.wit");
+/// The contract the Python and JavaScript SDKs build against (batches and rows as JSON text).
+pub const WIT_JSON: &str = include_str!("../../../../wit/0.2.0/sluice.wit");
 
 /// Creates the project `<dir>/<name>` in `lang` (`rust`, `python` or `js`); returns its path.
 pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
@@ -44,7 +49,8 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
     let snake = name.replace('-', "_");
     let table = format!("{snake}_rows");
     let fill = |t: &str| t.replace("{name}", name).replace("{table}", &table).replace("{snake}", &snake);
-    let mut files: Vec<(&str, String)> = vec![("fixtures/example.json", fill(FIXTURE)), ("wit/sluice.wit", WIT.into())];
+    let wit = if lang == "rust" { WIT } else { WIT_JSON };
+    let mut files: Vec<(&str, String)> = vec![("fixtures/example.json", fill(FIXTURE)), ("wit/sluice.wit", wit.into())];
     match lang {
         "rust" => files.extend([
             ("Cargo.toml", fill(CARGO_TOML)),
@@ -75,7 +81,19 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
             ("README.md", fill(JS_README)),
             (".gitignore", "/node_modules\n*.wasm\n".into()),
         ]),
-        other => bail!("--lang {other}: choose rust, python or js"),
+        "ts" => files.extend([
+            ("package.json", fill(TS_PACKAGE)),
+            ("tsconfig.json", TS_CONFIG.into()),
+            ("src/plugin.ts", TS_ENTRY.into()),
+            ("src/handler.ts", fill(TS_HANDLER)),
+            ("src/handler.test.ts", fill(TS_TEST)),
+            ("src/sluice_sdk.js", SDK_JS.into()),
+            ("src/sluice_sdk.d.ts", SDK_JS_TYPES.into()),
+            ("types/sluice-plugin.d.ts", super::ts_types::declarations(WIT_JSON, "wit/sluice.wit")?),
+            ("README.md", fill(TS_README)),
+            (".gitignore", "/node_modules\n/dist\n*.wasm\n".into()),
+        ]),
+        other => bail!("--lang {other}: choose rust, python, js or ts"),
     }
     for (path, text) in files {
         let p = root.join(path);
@@ -94,7 +112,7 @@ pub fn new_plugin(name: &str, lang: &str, dir: &Path) -> Result<PathBuf> {
 pub fn next_steps(root: &Path, name: &str, lang: &str) -> String {
     let (test, wasm) = match lang {
         "python" => ("python3 -m unittest".to_string(), format!("{name}.wasm")),
-        "js" => ("npm test".to_string(), format!("{name}.wasm")),
+        "js" | "ts" => ("npm test".to_string(), format!("{name}.wasm")),
         _ => ("cargo test".to_string(), format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_"))),
     };
     let sluice = crate::cli::this_command();
@@ -359,7 +377,7 @@ cp {name}.wasm /path/to/plugins/{name}.wasm       # hot-reloaded
 ```
 
 `sluice_sdk.py` and `wit/` are copies of the Python SDK and the WIT contract
-(`sluice:plugin@0.1.0`) from the Sluice release that made this project. Needs python3 with
+(`sluice:plugin@0.2.0`: batches in and rows out as JSON text) from the Sluice release that made this project. Needs python3 with
 venv. The component is about 18 MB (it carries the Python interpreter) and takes a few seconds
 to compile the first time the host loads it; the host caches the compiled code.
 "#;
@@ -385,7 +403,7 @@ const JS_PACKAGE: &str = r#"{
 "#;
 
 const JS_ENTRY: &str = r#"// The component's entry module: the only one that imports the host interface.
-import * as host from 'sluice:plugin/host@0.1.0';
+import * as host from 'sluice:plugin/host@0.2.0';
 import { exportPlugin } from './sluice_sdk.js';
 import { plugin } from './handler.js';
 
@@ -461,9 +479,139 @@ cp {name}.wasm /path/to/plugins/{name}.wasm       # hot-reloaded
 ```
 
 `sluice_sdk.js` and `wit/` are copies of the JavaScript SDK and the WIT contract
-(`sluice:plugin@0.1.0`) from the Sluice release that made this project. Needs Node.js 20 or
+(`sluice:plugin@0.2.0`: batches in and rows out as JSON text) from the Sluice release that made this project. Needs Node.js 20 or
 later. componentize-js only resolves imports inside this directory: keep modules here.
 `@bytecodealliance/preview2-shim` is listed because componentize-js 0.23.0 imports it without
 declaring it (a fresh `npm ci` would otherwise leave it out). The
 component is about 12 MB (it carries a JavaScript engine); the host caches the compiled code.
+"#;
+
+const TS_PACKAGE: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "description": "A Sluice plugin made by `sluice plugin new {name} --lang ts`",
+  "type": "module",
+  "engines": {
+    "node": ">=20"
+  },
+  "scripts": {
+    "compile": "tsc -p . && node -e \"require('fs').copyFileSync('src/sluice_sdk.js', 'dist/sluice_sdk.js')\"",
+    "build": "npm run compile && componentize-js dist/plugin.js --wit wit -n plugin -d http fetch-event -o {name}.wasm",
+    "test": "npm run compile && node --test dist/"
+  },
+  "devDependencies": {
+    "@bytecodealliance/componentize-js": "0.23.0",
+    "@bytecodealliance/preview2-shim": "0.25.0",
+    "@types/node": "20.19.43",
+    "typescript": "5.9.3"
+  }
+}
+"#;
+
+const TS_CONFIG: &str = r#"{
+  "compilerOptions": {
+    "target": "ES2022",
+    "module": "ES2022",
+    "moduleResolution": "Bundler",
+    "strict": true,
+    "noEmitOnError": true,
+    "types": ["node"],
+    "rootDir": "src",
+    "outDir": "dist"
+  },
+  "include": ["src", "types"]
+}
+"#;
+
+const TS_ENTRY: &str = r#"// The component's entry module: the only one that imports the host interface. Its export is
+// checked against the contract's `handler` interface (types/sluice-plugin.d.ts, generated from
+// wit/sluice.wit).
+import * as host from 'sluice:plugin/host@0.2.0';
+import type * as Handler from 'sluice:plugin/handler@0.2.0';
+import { exportPlugin } from './sluice_sdk.js';
+import { plugin } from './handler.js';
+
+export const handler: typeof Handler = exportPlugin(plugin, host);
+"#;
+
+const TS_HANDLER: &str = r#"// The `{name}` Sluice plugin: `example.created` events become rows of `{table}`.
+//
+// Edit the payload fields, the table and `toRow`; keep the plugin's name stable (it names the
+// consumer groups). The table's columns type its rows: a missing or misspelled column, or a
+// value its ClickHouse type does not take, is a compile error. The host checks every row too.
+
+import { Instant, Permanent, Table, type Payload, type Plugin, type Row } from './sluice_sdk.js';
+
+export const rows = new Table(
+  '{table}',
+  [
+    ['event_date', 'Date'],
+    ['created_at', 'DateTime'],
+    ['id', 'String'],
+    ['amount', 'Float64'],
+    ['note', 'Nullable(String)'],
+  ],
+  { partitionBy: 'toYYYYMM(event_date)', orderBy: ['event_date', 'id'] },
+);
+
+// The event's payload, as the producer writes it (JSON, camelCase): required fields and kinds.
+const exampleCreated = { id: 'string', amount: 'number', createdAt: 'string' } as const;
+
+/** Turns one payload into its row; a bad value is a permanent failure that names it. */
+export function toRow(p: Payload<typeof exampleCreated>): Row<typeof rows.columns> {
+  if (!Number.isFinite(p.amount) || p.amount < 0) {
+    throw new Permanent(`amount must be a non-negative number, got ${p.amount}`);
+  }
+  const note = p.note ?? null;
+  if (note !== null && typeof note !== 'string') throw new Permanent(`note must be a string, got ${JSON.stringify(note)}`);
+  const at = Instant.parse(p.createdAt);
+  return { event_date: at.date(), created_at: at, id: p.id, amount: p.amount, note };
+}
+
+export const plugin: Plugin = {
+  name: '{name}',
+  version: '0.1.0',
+  subscriptions: ['example.created'],
+  tables: [rows],
+  handle(event, out) {
+    out.row(rows, toRow(event.json(exampleCreated)));
+  },
+};
+"#;
+
+const TS_TEST: &str = r#"import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { toRow } from './handler.js';
+
+test('a payload becomes a row and a negative amount fails', () => {
+  const p = (amount: number) => ({ id: 'x1', amount, createdAt: '2024-06-01T10:30:00Z' });
+  const row = toRow(p(12.5));
+  assert.deepEqual([row.id, row.amount], ['x1', 12.5]);
+  assert.throws(() => toRow(p(-1)), /non-negative/);
+});
+"#;
+
+const TS_README: &str = r#"# {name}
+
+A Sluice plugin in TypeScript, made by `sluice plugin new {name} --lang ts`.
+
+```sh
+sluice plugin build                               # -> {name}.wasm (npm install; npm run build: tsc, componentize-js)
+npm test                                          # tsc, then the unit test in src/handler.test.ts
+sluice plugin test {name}.wasm --fixtures fixtures
+sluice plugin dev --plugins-dir /path/to/plugins  # build, test and deploy on every save
+```
+
+- `src/handler.ts`: the plugin. A `Table`'s column declarations type its rows (`Row<...>`), and
+  `event.json(fields)` types the payload's required fields (`Payload<...>`).
+- `types/sluice-plugin.d.ts`: the contract's types (`sluice:plugin@0.2.0`, `wit/sluice.wit`),
+  generated from the WIT; `src/plugin.ts` checks the component's export against them.
+  `sluice plugin types > types/sluice-plugin.d.ts` regenerates them for a newer release.
+- `src/sluice_sdk.js` and `src/sluice_sdk.d.ts`: the JavaScript SDK and its types, copied from
+  the Sluice release that made this project.
+
+Needs Node.js 20 or later. componentize-js only resolves imports inside this directory: keep
+modules here. The component is about 12 MB (it carries a JavaScript engine); the host caches
+the compiled code.
 "#;

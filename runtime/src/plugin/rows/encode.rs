@@ -133,9 +133,8 @@ pub fn encode(ty: &ColumnType, v: Val<'_>, buf: &[u8], out: &mut Vec<u8>) -> Res
         }
         T::Date => {
             let days = match v {
-                Val::Str(s) => {
-                    text::parse_date(s).ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", v.describe()))?
-                }
+                Val::Str(s) => text::parse_day(s)
+                    .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD, or an RFC 3339 time)", v.describe()))?,
                 _ => int_range(0, u16::MAX as i128).map_err(|_| {
                     format!("{} is not a day number in 0..=65535 (1970-01-01..2149-06-06)", v.describe())
                 })? as i64,
@@ -147,9 +146,8 @@ pub fn encode(ty: &ColumnType, v: Val<'_>, buf: &[u8], out: &mut Vec<u8>) -> Res
         }
         T::Date32 => {
             let days = match v {
-                Val::Str(s) => {
-                    text::parse_date(s).ok_or_else(|| format!("{} is not a date (YYYY-MM-DD)", v.describe()))?
-                }
+                Val::Str(s) => text::parse_day(s)
+                    .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD, or an RFC 3339 time)", v.describe()))?,
                 _ => int_range(DATE32_MIN as i128, DATE32_MAX as i128)? as i64,
             };
             if !(DATE32_MIN..=DATE32_MAX).contains(&days) {

@@ -16,10 +16,12 @@
 //! fixtures.
 
 mod encode;
+mod json;
 mod packed;
 mod render;
 mod text;
 
+pub use json::json_to_packed;
 pub use render::rowbinary_to_json;
 
 use crate::schema::TableSchema;

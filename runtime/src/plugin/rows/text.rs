@@ -26,6 +26,13 @@ pub fn parse_date(s: &str) -> Option<i64> {
     Some(days_from_civil(y, m, d))
 }
 
+/// A date as days since 1970-01-01: `YYYY-MM-DD`, or the UTC date of an RFC 3339 time (what
+/// the SDKs' `date()` of a parsed timestamp gives), so that a plugin can hand a timestamp
+/// over as it arrived.
+pub fn parse_day(s: &str) -> Option<i64> {
+    parse_date(s).or_else(|| parse_datetime(s, None).ok().map(|t| t.secs.div_euclid(86_400)))
+}
+
 /// A point in time read from text: seconds since the epoch and nanoseconds after them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Instant {
@@ -39,11 +46,13 @@ pub struct Instant {
 /// does not exist and is refused; one it repeats is the earlier of the two.
 pub fn parse_datetime(s: &str, tz: Option<&chrono_tz::Tz>) -> Result<Instant, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(Instant { secs: t.timestamp(), nanos: t.timestamp_subsec_nanos() });
+        return Ok(Instant::leap_second_after(t.timestamp(), t.timestamp_subsec_nanos()));
     }
-    let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+    let naive = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dt%H:%M:%S%.f"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+        // A date alone is its midnight, as in the SDKs.
+        .or_else(|| parse_date(s).and_then(|_| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)))
         .ok_or_else(|| "is not a date-time (YYYY-MM-DD hh:mm:ss[.fff] or RFC 3339)".to_string())?;
     let t = match tz {
         None => naive.and_utc(),
@@ -55,7 +64,19 @@ pub fn parse_datetime(s: &str, tz: Option<&chrono_tz::Tz>) -> Result<Instant, St
             }
         },
     };
-    Ok(Instant { secs: t.timestamp(), nanos: t.timestamp_subsec_nanos() })
+    Ok(Instant::leap_second_after(t.timestamp(), t.timestamp_subsec_nanos()))
+}
+
+impl Instant {
+    /// chrono keeps a leap second (`23:59:60`) as a second billion nanoseconds of 23:59:59;
+    /// ClickHouse and the SDKs read it as the next second, 00:00:00.
+    fn leap_second_after(secs: i64, nanos: u32) -> Instant {
+        if nanos >= 1_000_000_000 {
+            Instant { secs: secs + 1, nanos: nanos - 1_000_000_000 }
+        } else {
+            Instant { secs, nanos }
+        }
+    }
 }
 
 /// Why a value is not a decimal of a column.
@@ -243,6 +264,25 @@ mod tests {
         assert_eq!(float_to_decimal(0.1, 2), Ok(10));
         assert_eq!(float_to_decimal(-2.5, 0), Ok(-2));
         assert_eq!(float_to_decimal(1e300, 2), Err(DecimalError::TooManyDigits));
+    }
+
+    #[test]
+    fn times_read_as_the_sdks_read_them() {
+        let at = |s: &str| parse_datetime(s, None).map(|t| (t.secs, t.nanos));
+        assert_eq!(at("2024-06-30T23:59:60Z"), at("2024-07-01T00:00:00Z"));
+        assert_eq!(at("2025-01-15"), at("2025-01-15 00:00:00"));
+        assert_eq!(at("2024-07-04t12:00:00z"), at("2024-07-04T12:00:00Z"));
+        assert_eq!(parse_day("2024-12-31T23:59:59.999+03:00"), parse_date("2024-12-31"));
+        assert_eq!(parse_day("2024-12-31T23:59:59-01:00"), parse_date("2025-01-01"));
+        assert_eq!(parse_day("yesterday"), None);
+        assert!(at("2024-13-01T00:00:00Z").is_err() && at("2024-06-01T10:30").is_err());
+        // Every form the Python SDK hands over as text (`_HOST_READS`), read as it reads them.
+        let utc = |s: &str| at(s).unwrap();
+        assert_eq!(utc("2024-03-10 08:15:00+03:00"), (1_710_047_700, 0));
+        assert_eq!(utc("2024-03-10t08:15:00-00:30"), (1_710_060_300, 0));
+        assert_eq!(utc("2024-03-10 08:15:00.123456789z"), (1_710_058_500, 123_456_789));
+        assert_eq!(utc("2024-03-10T08:15:00.5"), (1_710_058_500, 500_000_000));
+        assert_eq!(utc("2024-03-10t23:59:60.25+23:59"), (1_710_028_860, 250_000_000));
     }
 
     #[test]

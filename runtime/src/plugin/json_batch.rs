@@ -1,0 +1,174 @@
+//! The `sluice:plugin@0.2.0` side of a call: a batch of events written as one JSON text for
+//! `handle-json`, and what such a plugin returns turned into the host's (0.1.0) types, so that
+//! nothing past the sandbox knows which version a plugin speaks.
+//!
+//! Why JSON: an interpreter inside a component (CPython, SpiderMonkey) lifts a `list<event>`
+//! record by record and field by field in its own bytecode, and parses each payload with a
+//! separate call; one JSON text is parsed by the interpreter's native parser in one call, with
+//! the payloads already spliced in as values (docs/performance.md has the figures).
+
+use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::bindings_json::sluice::plugin::types as v2;
+use super::wit;
+
+/// Accepts any JSON value, parsing every number (so that `1e400` is refused, as it would be by
+/// a plugin's own parser) and every string escape, and keeps nothing.
+struct Validate;
+
+impl<'de> de::Deserialize<'de> for Validate {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Validate)
+    }
+}
+
+impl<'de> Visitor<'de> for Validate {
+    type Value = Validate;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(Validate)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<Validate>()?.is_some() {}
+        Ok(Validate)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<IgnoredAny, Validate>()?.is_some() {}
+        Ok(Validate)
+    }
+}
+
+/// True if `text` is one JSON value that JSON parsers agree on.
+fn is_json(text: &str) -> bool {
+    let mut d = serde_json::Deserializer::from_str(text);
+    d.deserialize_any(Validate).is_ok() && d.end().is_ok()
+}
+
+fn push_str(out: &mut String, s: &str) {
+    out.push_str(&serde_json::Value::from(s).to_string());
+}
+
+/// The batch as `handle-json` takes it (see `wit/0.2.0/sluice.wit`): per event
+/// `[payload, id, event-type, timestamp-ms, attempt, source, tenant]`, the payload spliced in
+/// verbatim when it is valid JSON, else `null` and the text as an eighth element.
+pub fn events_json(events: &[wit::Event]) -> String {
+    let size: usize = events.iter().map(|e| e.payload.len() + e.id.len() + e.event_type.len() + 64).sum();
+    let mut out = String::with_capacity(size + 2);
+    out.push('[');
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        let valid = is_json(&e.payload);
+        out.push_str(if valid { &e.payload } else { "null" });
+        out.push(',');
+        push_str(&mut out, &e.id);
+        out.push(',');
+        push_str(&mut out, &e.event_type);
+        out.push_str(&format!(",{},{},", e.timestamp_ms, e.attempt));
+        for (k, v) in [&e.source, &e.tenant].into_iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            match v {
+                Some(s) => push_str(&mut out, s),
+                None => out.push_str("null"),
+            }
+        }
+        if !valid {
+            out.push(',');
+            push_str(&mut out, &e.payload);
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+/// A 0.2.0 manifest in the host's types (the two versions' records are the same).
+pub fn manifest(m: v2::Manifest) -> wit::Manifest {
+    wit::Manifest {
+        name: m.name,
+        version: m.version,
+        subscriptions: m.subscriptions,
+        tables: m
+            .tables
+            .into_iter()
+            .map(|t| wit::Table {
+                name: t.name,
+                columns: t
+                    .columns
+                    .into_iter()
+                    .map(|c| wit::Column { name: c.name, ty: c.ty, comment: c.comment })
+                    .collect(),
+                engine: match t.engine {
+                    v2::Engine::MergeTree => wit::Engine::MergeTree,
+                    v2::Engine::ReplacingMergeTree(v) => wit::Engine::ReplacingMergeTree(v),
+                    v2::Engine::SummingMergeTree(c) => wit::Engine::SummingMergeTree(c),
+                    v2::Engine::AggregatingMergeTree => wit::Engine::AggregatingMergeTree,
+                },
+                partition_by: t.partition_by,
+                order_by: t.order_by,
+                settings: t.settings,
+            })
+            .collect(),
+        extensions: m.extensions,
+    }
+}
+
+/// A 0.2.0 failure in the host's types.
+pub fn failure(f: v2::EventFailure) -> wit::EventFailure {
+    wit::EventFailure {
+        event: f.event,
+        kind: match f.kind {
+            v2::FailureKind::Permanent => wit::FailureKind::Permanent,
+            v2::FailureKind::Transient => wit::FailureKind::Transient,
+        },
+        message: f.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(payload: &str) -> wit::Event {
+        wit::Event {
+            id: "id-\"1\"".into(),
+            event_type: "t".into(),
+            timestamp_ms: -5,
+            payload: payload.into(),
+            source: Some("s".into()),
+            tenant: None,
+            attempt: 2,
+        }
+    }
+
+    #[test]
+    fn payloads_are_spliced_in_and_bad_ones_travel_as_text() {
+        let text = events_json(&[event(r#" {"a": [1, 2.5, "x"]} "#), event("{\"a\": 1e400}"), event("nope")]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v[0], serde_json::json!([{"a": [1, 2.5, "x"]}, "id-\"1\"", "t", -5, 2, "s", null]));
+        assert_eq!(v[1], serde_json::json!([null, "id-\"1\"", "t", -5, 2, "s", null, "{\"a\": 1e400}"]));
+        assert_eq!(v[2][7], "nope");
+        assert!(!is_json("{} {}") && !is_json("[1,") && !is_json("\"\\ud800\"") && is_json(" 3 "));
+    }
+}
