@@ -229,17 +229,20 @@ declare module 'sluice:plugin/handler@0.2.0' {
    */
   export function describe(): Manifest;
   /**
-   * Handles a batch of events (1 to a few thousand), given as one JSON text: an array with
-   * one element per event, each an array of the `event` record's fields in this order:
+   * Handles a batch of events (1 to a few thousand), given as two JSON texts, so that a
+   * handler that reads only payloads never parses the rest:
    *
-   *   [payload, id, event-type, timestamp-ms, attempt, source or null, tenant or null]
+   * - `payloads`: an array with one element per event, the event's body itself, verbatim
+   *   (not a string holding it), when it is valid JSON; `null` when it is not (or the host's
+   *   parser refuses it: numbers out of f64 range, nesting beyond 128 levels);
+   * - `events`: an array with one element per event, the other fields of the `event` record
+   *   in this order: `[id, event-type, timestamp-ms, attempt, source or null, tenant or null]`,
+   *   and a seventh element, the body as a JSON string, when its payload is `null` for not
+   *   being valid JSON, for the plugin to judge as it would have.
    *
-   * `payload` is the event body itself, verbatim (not a string holding it), when it is valid
-   * JSON; when it is not (or the host's parser refuses it: numbers out of f64 range, nesting
-   * beyond 128 levels), it is `null` and an eighth element carries the body as a JSON string,
-   * for the plugin to judge as it would have. Must not fail as a whole: a bad event is
-   * reported in `batch-output.failures` and its batch-mates go on. A trap (panic) fails the
-   * whole call; the host then isolates the culprit by retrying smaller batches.
+   * Must not fail as a whole: a bad event is reported in `batch-output.failures` and its
+   * batch-mates go on. A trap (panic) fails the whole call; the host then isolates the
+   * culprit by retrying smaller batches.
    */
-  export function handleJson(events: string): BatchOutput;
+  export function handleJson(payloads: string, events: string): BatchOutput;
 }

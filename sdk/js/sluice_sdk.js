@@ -248,33 +248,56 @@ function spec(fields) {
   return s;
 }
 
+/** The fields of a batch's events other than their payloads, parsed on first use: a handler
+ * that reads only payloads never pays for them. */
+class Fields {
+  constructor(text, rows = null) {
+    this.text = text;
+    this.rows = rows;
+  }
+  of(i) {
+    if (this.rows === null) this.rows = JSON.parse(this.text);
+    return this.rows[i];
+  }
+}
+
 /**
  * One event, as the host passes it (the fields of the WIT `event` record), kept as the host
- * sent it: `[payload value, id, event type, timestamp ms, attempt, source, tenant]` (plus the
- * payload's text when the host could not parse it), so the handler pays for the fields it
- * reads, not for all of them.
+ * sent it: the payload's value, and the batch's other fields, `[id, event type, timestamp ms,
+ * attempt, source, tenant]` (plus the payload's text when the host could not parse it), read
+ * when the handler asks for one of them.
  */
 export class Event {
   constructor({ id, eventType, payload, timestampMs = 0n, source, tenant, attempt = 1 }) {
     const text = typeof payload === 'string' ? payload : JSON.stringify(payload);
-    this.r = [null, id, eventType, timestampMs, attempt, source ?? null, tenant ?? null, text];
+    this.p = null;
+    this.batch = new Fields(null, [[id, eventType, timestampMs, attempt, source ?? null, tenant ?? null, text]]);
+    this.i = 0;
   }
 
-  static fromHost(r) {
+  static fromHost(p, batch, i) {
     const e = Object.create(Event.prototype);
-    e.r = r;
+    e.p = p;
+    e.batch = batch;
+    e.i = i;
     return e;
   }
 
-  get id() { return this.r[1]; }
-  get eventType() { return this.r[2]; }
+  get id() { return this.batch.of(this.i)[0]; }
+  get eventType() { return this.batch.of(this.i)[1]; }
   /** Event time, ms since the epoch (a bigint). */
-  get timestampMs() { return BigInt(this.r[3]); }
-  get attempt() { return this.r[4]; }
-  get source() { return this.r[5] ?? undefined; }
-  get tenant() { return this.r[6] ?? undefined; }
+  get timestampMs() { return BigInt(this.batch.of(this.i)[2]); }
+  get attempt() { return this.batch.of(this.i)[3]; }
+  get source() { return this.batch.of(this.i)[4] ?? undefined; }
+  get tenant() { return this.batch.of(this.i)[5] ?? undefined; }
   /** The payload's JSON text (re-written from the parsed value when the host parsed it). */
-  get payload() { return this.r.length > 7 ? this.r[7] : JSON.stringify(this.r[0]); }
+  get payload() {
+    if (this.p === null) {
+      const f = this.batch.of(this.i);
+      if (f.length > 6) return f[6];
+    }
+    return JSON.stringify(this.p);
+  }
 
   /**
    * The payload as an object; throws `Permanent` naming the problem if it is not one.
@@ -283,11 +306,13 @@ export class Event {
    * same words the Rust SDK uses: "missing field `promoCodeId`".
    */
   json(fields = undefined) {
-    const r = this.r;
-    let value = r[0];
-    if (value === null && r.length > 7) value = this.parse(r[7]);
+    let value = this.p;
+    if (value === null) {
+      const f = this.batch.of(this.i);
+      if (f.length > 6) value = this.parse(f[6]);
+    }
     if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-      throw new Permanent(`invalid ${r[2]} payload: payload must be a JSON object, got ${jsonKind(value)}`);
+      throw new Permanent(`invalid ${this.eventType} payload: payload must be a JSON object, got ${jsonKind(value)}`);
     }
     if (fields !== undefined) {
       const [names, kinds] = spec(fields);
@@ -301,7 +326,7 @@ export class Event {
   /** The host could not parse the payload (or this Event was made by hand): JSON.parse judges,
    * with JSON's rules (no infinities), and its words name the problem. */
   parse(text) {
-    const prefix = `invalid ${this.r[2]} payload: `;
+    const prefix = `invalid ${this.eventType} payload: `;
     try {
       // JSON has no infinities: `1e400` is out of range (as serde_json says), not Infinity.
       return JSON.parse(text, (key, v) => {
@@ -315,7 +340,7 @@ export class Event {
   }
 
   check(value, name, kind) {
-    const prefix = `invalid ${this.r[2]} payload: `;
+    const prefix = `invalid ${this.eventType} payload: `;
     if (!(name in value)) throw new Permanent(prefix + `missing field \`${name}\``);
     if (!hasKind(value[name], kind)) {
       throw new Permanent(prefix + `invalid type: ${jsonKind(value[name])}, expected ${KINDS[kind] ?? kind} for field \`${name}\``);
@@ -641,11 +666,12 @@ export function runBatch(plugin, events) {
 }
 
 /**
- * Handles a batch given as `handle-json` text (`wit/0.2.0/sluice.wit`): returns
+ * Handles a batch given as `handle-json` takes it (`wit/0.2.0/sluice.wit`): returns
  * `{rowsJson, rows, failures}`, the rows in one of the two forms.
  */
-export function runJson(plugin, text) {
-  const events = JSON.parse(text).map(Event.fromHost);
+export function runJson(plugin, payloads, fields) {
+  const batch = new Fields(fields);
+  const events = JSON.parse(payloads).map((p, i) => Event.fromHost(p, batch, i));
   const { out, failures } = handleAll(plugin, events);
   const rowsJson = out.json();
   if (rowsJson !== null) return { rowsJson, rows: new Uint8Array(0), failures };
@@ -692,8 +718,8 @@ export function exportPlugin(plugin, host) {
         extensions: [],
       };
     },
-    handleJson(events) {
-      const { rowsJson, rows, failures } = runJson(plugin, events);
+    handleJson(payloads, events) {
+      const { rowsJson, rows, failures } = runJson(plugin, payloads, events);
       return {
         rows,
         rowsJson,

@@ -337,32 +337,63 @@ def _spec(fields):
     return spec
 
 
+class _Fields:
+    """The fields of a batch's events other than their payloads, parsed on first use: a
+    handler that reads only payloads never pays for them."""
+
+    __slots__ = ("text", "rows")
+
+    def __init__(self, text):
+        self.text, self.rows = text, None
+
+    def of(self, i):
+        if self.rows is None:
+            self.rows = _json.loads(self.text)
+        return self.rows[i]
+
+
+def _events(payloads, fields):
+    new = object.__new__
+    for i, p in enumerate(payloads):
+        e = new(Event)
+        e._p, e._batch, e._i = p, fields, i
+        yield e
+
+
 class Event:
     """One event, as the host passes it (the fields of the WIT `event` record).
 
-    Kept as the host sent it, `[payload value, id, event type, timestamp ms, attempt, source,
-    tenant]` (plus the payload's text when the host could not parse it): the handler pays for
-    the fields it reads, not for all of them.
+    Kept as the host sent it: the payload's value, and the batch's other fields, `[id, event
+    type, timestamp ms, attempt, source, tenant]` (plus the payload's text when the host could
+    not parse it), read when the handler asks for one of them.
     """
 
-    __slots__ = ("_r",)
+    __slots__ = ("_p", "_batch", "_i")
 
     def __init__(self, id, event_type, payload, timestamp_ms=0, source=None, tenant=None, attempt=1):
         text = payload if isinstance(payload, str) else _json.dumps(payload)
-        self._r = [None, id, event_type, timestamp_ms, attempt, source, tenant, text]
+        self._p, self._i = None, 0
+        self._batch = _Fields(None)
+        self._batch.rows = [[id, event_type, timestamp_ms, attempt, source, tenant, text]]
 
-    id = property(lambda self: self._r[1], doc="The idempotency key (the producer's `id`, or `<stream>/<entry id>`).")
-    event_type = property(lambda self: self._r[2], doc="The event type (the stream name without its prefix).")
-    timestamp_ms = property(lambda self: self._r[3], doc="Event time, ms since the epoch.")
-    attempt = property(lambda self: self._r[4], doc="1 the first time, 2 on the first retry...")
-    source = property(lambda self: self._r[5], doc="The producer's `source` field, or None.")
-    tenant = property(lambda self: self._r[6], doc="The producer's `tenant` field, or None.")
+    def _f(self):
+        return self._batch.of(self._i)
+
+    id = property(lambda self: self._f()[0], doc="The idempotency key (the producer's `id`, or `<stream>/<entry id>`).")
+    event_type = property(lambda self: self._f()[1], doc="The event type (the stream name without its prefix).")
+    timestamp_ms = property(lambda self: self._f()[2], doc="Event time, ms since the epoch.")
+    attempt = property(lambda self: self._f()[3], doc="1 the first time, 2 on the first retry...")
+    source = property(lambda self: self._f()[4], doc="The producer's `source` field, or None.")
+    tenant = property(lambda self: self._f()[5], doc="The producer's `tenant` field, or None.")
 
     @property
     def payload(self):
         """The payload's JSON text (re-written from the parsed value when the host parsed it)."""
-        r = self._r
-        return r[7] if len(r) > 7 else _json.dumps(r[0], ensure_ascii=False, separators=(",", ":"))
+        if self._p is None:
+            f = self._f()
+            if len(f) > 6:
+                return f[6]
+        return _json.dumps(self._p, ensure_ascii=False, separators=(",", ":"))
 
     def json(self, fields=None):
         """The payload as a dict; `Permanent` naming the problem if it is not one.
@@ -371,12 +402,13 @@ class Event:
         takes integers —, `int`, `bool`, `dict`, `list`); a missing field or a wrong type fails
         the event with the same words the Rust SDK uses: "missing field `promoCodeId`".
         """
-        r = self._r
-        value = r[0]
-        if value is None and len(r) > 7:
-            value = self._parse(r[7])
+        value = self._p
+        if value is None:
+            f = self._f()
+            if len(f) > 6:
+                value = self._parse(f[6])
         if type(value) is not dict:
-            raise Permanent(f"invalid {r[2]} payload: payload must be a JSON object, got {_json_kind(value)}")
+            raise Permanent(f"invalid {self.event_type} payload: payload must be a JSON object, got {_json_kind(value)}")
         if fields:
             spec = _spec(fields)
             if spec is None or tuple(map(type, map(value.get, spec[0]))) != spec[1]:
@@ -386,7 +418,7 @@ class Event:
     def _parse(self, text):
         # The host could not parse it (or this Event was made by hand): Python's parser judges,
         # with JSON's rules (no NaN, no infinities), and its words name the problem.
-        prefix = f"invalid {self._r[2]} payload: "
+        prefix = f"invalid {self.event_type} payload: "
         try:
             return _json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
         except _json.JSONDecodeError as e:
@@ -395,7 +427,7 @@ class Event:
             raise Permanent(prefix + str(e)) from None
 
     def _check(self, value, fields):
-        prefix = f"invalid {self._r[2]} payload: "
+        prefix = f"invalid {self.event_type} payload: "
         for name, ty in fields.items():
             if name not in value:
                 raise Permanent(prefix + f"missing field `{name}`")
@@ -428,7 +460,9 @@ class Table:
         self.comments = dict(comments or {})
         # What `Output.row` does per value: date and time columns turn the SDK's date and time
         # types into the numbers the column counts; everything else goes to JSON as it is.
-        self._converters = [(i, c) for i, c in enumerate(map(_converter, self.types)) if c is not None]
+        # (index, the class whose parsed text the column takes as it is, or None, converter)
+        self._converters = [(i, _as_text(ty), c) for i, (ty, c) in enumerate(zip(self.types, map(_converter, self.types)))
+                            if c is not None]
         self._json_ready = all(map(_json_ready, self.types))
 
 
@@ -527,6 +561,14 @@ def _converter(ty):
             return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
 
     return convert
+
+
+def _as_text(ty):
+    """The SDK class whose values parsed from text a column takes as that text: plain Date and
+    DateTime columns (not DateTime64, which keeps fractions the SDK's DateTime drops, nor a
+    DateTime with a time zone, which reads a text without an offset in its zone)."""
+    base = _inner(ty)
+    return Date if base in ("Date", "Date32") else DateTime if base == "DateTime" else None
 
 
 def _json_ready(ty):
@@ -636,8 +678,10 @@ class Output:
             missing = [c for c in t.names if c not in values]
             extra = [c for c in values if c not in t.names]
             raise Permanent(f"plugin bug: row for `{t.name}`: missing columns {missing}, unknown columns {extra}")
-        for i, convert in t._converters:
-            row[i] = convert(row[i])
+        for i, cls, convert in t._converters:
+            v = row[i]
+            # The common case without a call: a timestamp parsed from text goes as that text.
+            row[i] = v._text if type(v) is cls and v._text is not None else convert(v)
         self.rows.append((self.event, index, row))
 
     def json(self):
@@ -718,15 +762,10 @@ class Plugin:
         rows = out.packed(failures)
         return rows, sorted(failures, key=lambda f: f[0])
 
-    def run_json(self, text):
-        """Handles a batch given as `handle-json` text (`wit/0.2.0/sluice.wit`): returns
+    def run_json(self, payloads, fields):
+        """Handles a batch given as `handle-json` takes it (`wit/0.2.0/sluice.wit`): returns
         (rows-json text or None, packed rows, [(index, Failure)])."""
-        new, events = object.__new__, []
-        for r in _json.loads(text):
-            e = new(Event)
-            e._r = r
-            events.append(e)
-        out, failures = self._handle_all(events)
+        out, failures = self._handle_all(_events(_json.loads(payloads), _Fields(fields)))
         text = out.json()
         return (text, b"", failures) if text is not None else (None, out.packed(failures), failures)
 
@@ -798,10 +837,10 @@ def export(plugin):
                 extensions=[],
             )
 
-        def handle_json(self, events):
+        def handle_json(self, payloads, events):
             from wit_world.imports import types
 
-            rows_json, rows, failures = plugin.run_json(events)
+            rows_json, rows, failures = plugin.run_json(payloads, events)
             return types.BatchOutput(
                 rows=rows,
                 rows_json=rows_json or "",

@@ -97,47 +97,20 @@ impl<I: Intake> Pipeline<I> {
         // How `/ready` names this pipeline when it cannot read.
         let name = who.pipeline_name(&source);
         let permits = Arc::new(Semaphore::new(policy.max_inflight_events));
-        let mut sandbox = Some(Sandbox::new(self.stage.plugin.clone()));
+        // One sandbox per call that may run at once; the gate decides how many actually do.
+        let mut idle: Vec<Sandbox> = (0..CALLS_PER_PIPELINE).map(|_| Sandbox::new(self.stage.plugin.clone())).collect();
         let mut backoff = Backoff::brief();
-        let (stage, intake) = (&mut self.stage, &mut self.intake);
-        // The next batch, read while the plugin ran on the one before (see `read_ahead`).
-        let mut ahead: Option<ReadAhead<I>> = None;
-        // A batch read ahead is handled even if the stop came meanwhile: nothing read is left
-        // unsettled by a graceful stop.
-        while !*shutdown.borrow() || ahead.is_some() {
-            let (held, batch) = match ahead.take() {
-                Some(read) => read,
-                None => match read_ahead(intake, &permits, policy.batch_size, shutdown.clone()).await {
-                    Some(read) => read,
-                    None => break,
-                },
-            };
-            let batch = match batch {
-                Ok(Some(b)) => b,
-                Ok(None) => break,
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    let error = format!("{e:#}");
-                    tracing::error!(source = %source, error = %error, "cannot read from Redis; retrying in {delay:?}");
-                    crate::status::stalled(&name, &format!("{error} (next try in {delay:?})"));
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            };
-            crate::status::progressing(&name);
-            backoff.reset();
-            // A stop waits at most the grace period for a writer that cannot take rows: the
-            // batch is then dropped unsettled, and delivered again later.
+        let stage = &self.stage;
+        let (grace, batch_size) = (policy.stop_grace, policy.batch_size);
+        // Steps 2-3 for one batch; its settlement starts the moment it is handled. None when a
+        // stop's grace period ran out first (the batch is then delivered again later).
+        let call = |sb: Sandbox, batch: Batch<I::Settle>, held: OwnedSemaphorePermit| {
             let mut stopping = shutdown.clone();
-            let stop_waiting = async move {
-                let _ = stopping.wait_for(|&stop| stop).await;
-                tokio::time::sleep(policy.stop_grace).await;
-            };
-            let sb = sandbox.take().expect("returned after every batch");
-            // Steps 2-3 for this batch, and step 1 for the next one at the same time: the
-            // plugin's CPU and Redis' round trip overlap instead of taking turns. The batch's
-            // settlement starts the moment it is handled, not when the read ahead returns.
-            let call = async {
+            async move {
+                let stop_waiting = async {
+                    let _ = stopping.wait_for(|&stop| stop).await;
+                    tokio::time::sleep(grace).await;
+                };
                 let handled = tokio::select! {
                     r = stage.handle::<I>(sb, batch) => r,
                     _ = stop_waiting => return None,
@@ -152,22 +125,78 @@ impl<I: Intake> Pipeline<I> {
                         (sb, true)
                     }
                 })
-            };
-            let stopped = *shutdown.borrow();
-            let next = async {
-                match stopped {
-                    true => None,
-                    false => read_ahead(intake, &permits, policy.batch_size, shutdown.clone()).await,
+            }
+        };
+        let mut calls = futures::stream::FuturesUnordered::new();
+        // A batch read and waiting for a sandbox; the read under way, which holds the intake
+        // and gives it back (step 1 runs while the calls do: the plugin's CPU and Redis' round
+        // trips overlap instead of taking turns).
+        let mut waiting: Option<(OwnedSemaphorePermit, Batch<I::Settle>)> = None;
+        type Reading<'a, I> = std::pin::Pin<Box<dyn Future<Output = (&'a mut I, Option<ReadAhead<I>>)> + Send + 'a>>;
+        let mut reading: Option<Reading<'_, I>> = None;
+        let mut intake: Option<&mut I> = Some(&mut self.intake);
+        // The next read waits this long first: after a failed read, or a batch left unhandled.
+        let mut pause: Option<Duration> = None;
+        loop {
+            let stopping = *shutdown.borrow();
+            // A batch read is handled even if the stop came meanwhile: nothing read is left
+            // unsettled by a graceful stop.
+            if waiting.is_some()
+                && let Some(sb) = idle.pop()
+            {
+                let (held, batch) = waiting.take().expect("checked");
+                calls.push(call(sb, batch, held));
+            }
+            if reading.is_none() && waiting.is_none() && !stopping {
+                let intake = intake.take().expect("one read at a time");
+                let (permits, mut stop, delay) = (permits.clone(), shutdown.clone(), pause.take());
+                reading = Some(Box::pin(async move {
+                    if let Some(delay) = delay {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = stop.wait_for(|&stop| stop) => return (intake, None),
+                        }
+                    }
+                    let read = read_ahead(&mut *intake, &permits, batch_size, stop).await;
+                    (intake, read)
+                }));
+            }
+            if reading.is_none() && waiting.is_none() && calls.is_empty() {
+                break;
+            }
+            tokio::select! {
+                (back, read) = async { reading.as_mut().expect("checked").await }, if reading.is_some() => {
+                    reading = None;
+                    intake = Some(back);
+                    match read {
+                        None => {}
+                        Some((_, Ok(None))) => break,
+                        Some((held, Ok(Some(batch)))) => {
+                            crate::status::progressing(&name);
+                            backoff.reset();
+                            waiting = Some((held, batch));
+                        }
+                        Some((_, Err(e))) => {
+                            let delay = backoff.next_delay();
+                            let error = format!("{e:#}");
+                            tracing::error!(source = %source, error = %error, "cannot read from Redis; retrying in {delay:?}");
+                            crate::status::stalled(&name, &format!("{error} (next try in {delay:?})"));
+                            pause = Some(delay);
+                        }
+                    }
                 }
-            };
-            let (called, read) = tokio::join!(call, next);
-            let Some((sb, failed)) = called else { break };
-            sandbox = Some(sb);
-            ahead = read;
-            if failed {
-                backoff.wait().await;
+                Some(called) = futures::StreamExt::next(&mut calls), if !calls.is_empty() => {
+                    let Some((sb, failed)) = called else { break };
+                    idle.push(sb);
+                    if failed {
+                        pause = Some(backoff.next_delay());
+                    }
+                }
+                _ = async { let mut s = shutdown.clone(); let _ = s.wait_for(|&stop| stop).await; }, if !stopping => {}
             }
         }
+        drop(calls);
+        drop(reading);
         // Graceful stop: wait for every in-flight batch to settle (or be left for redelivery).
         // The intake lives on meanwhile (its heartbeats keep the events from looking abandoned).
         let all = policy.max_inflight_events as u32;
@@ -185,6 +214,12 @@ impl<I: Intake> Pipeline<I> {
         Ok(())
     }
 }
+
+/// Plugin calls one pipeline may have under way at once, each on its own instance of the plugin
+/// and its own batch: an interpreted plugin (Python, JavaScript) takes most of a core per call,
+/// and a second call keeps the other core busy. The gate (`gate`) still decides how many calls
+/// run at once in the whole host: one per core.
+const CALLS_PER_PIPELINE: usize = 2;
 
 /// A batch read (or the error reading it), with its room among the in-flight events.
 type ReadAhead<I> = (OwnedSemaphorePermit, anyhow::Result<Option<Batch<<I as Intake>::Settle>>>);
@@ -216,7 +251,7 @@ type Unhandled = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 impl Stage {
     /// Steps 2 and 3: recovery, the plugin call, the rows to the writer.
     async fn handle<I: Intake>(
-        &mut self,
+        &self,
         sandbox: Sandbox,
         mut batch: Batch<I::Settle>,
     ) -> Result<(Sandbox, Handled<I::Settle>), (Sandbox, Unhandled)> {

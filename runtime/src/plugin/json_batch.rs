@@ -65,42 +65,44 @@ fn push_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::Value::from(s).to_string());
 }
 
-/// The batch as `handle-json` takes it (see `wit/0.2.0/sluice.wit`): per event
-/// `[payload, id, event-type, timestamp-ms, attempt, source, tenant]`, the payload spliced in
-/// verbatim when it is valid JSON, else `null` and the text as an eighth element.
-pub fn events_json(events: &[wit::Event]) -> String {
-    let size: usize = events.iter().map(|e| e.payload.len() + e.id.len() + e.event_type.len() + 64).sum();
-    let mut out = String::with_capacity(size + 2);
-    out.push('[');
+/// The batch as `handle-json` takes it (see `wit/0.2.0/sluice.wit`): the payloads as one JSON
+/// array, each spliced in verbatim when it is valid JSON (else `null`), and the other fields as
+/// another, per event `[id, event-type, timestamp-ms, attempt, source, tenant]` and the payload's
+/// text when it was not valid JSON.
+pub fn events_json(events: &[wit::Event]) -> (String, String) {
+    let size: usize = events.iter().map(|e| e.payload.len() + 1).sum();
+    let mut payloads = String::with_capacity(size + 2);
+    let mut meta = String::with_capacity(events.iter().map(|e| e.id.len() + e.event_type.len() + 48).sum());
+    payloads.push('[');
+    meta.push('[');
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            payloads.push(',');
+            meta.push(',');
         }
-        out.push('[');
         let valid = is_json(&e.payload);
-        out.push_str(if valid { &e.payload } else { "null" });
-        out.push(',');
-        push_str(&mut out, &e.id);
-        out.push(',');
-        push_str(&mut out, &e.event_type);
-        out.push_str(&format!(",{},{},", e.timestamp_ms, e.attempt));
-        for (k, v) in [&e.source, &e.tenant].into_iter().enumerate() {
-            if k > 0 {
-                out.push(',');
-            }
+        payloads.push_str(if valid { &e.payload } else { "null" });
+        meta.push('[');
+        push_str(&mut meta, &e.id);
+        meta.push(',');
+        push_str(&mut meta, &e.event_type);
+        meta.push_str(&format!(",{},{}", e.timestamp_ms, e.attempt));
+        for v in [&e.source, &e.tenant] {
+            meta.push(',');
             match v {
-                Some(s) => push_str(&mut out, s),
-                None => out.push_str("null"),
+                Some(s) => push_str(&mut meta, s),
+                None => meta.push_str("null"),
             }
         }
         if !valid {
-            out.push(',');
-            push_str(&mut out, &e.payload);
+            meta.push(',');
+            push_str(&mut meta, &e.payload);
         }
-        out.push(']');
+        meta.push(']');
     }
-    out.push(']');
-    out
+    payloads.push(']');
+    meta.push(']');
+    (payloads, meta)
 }
 
 /// A 0.2.0 manifest in the host's types (the two versions' records are the same).
@@ -164,11 +166,14 @@ mod tests {
 
     #[test]
     fn payloads_are_spliced_in_and_bad_ones_travel_as_text() {
-        let text = events_json(&[event(r#" {"a": [1, 2.5, "x"]} "#), event("{\"a\": 1e400}"), event("nope")]);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v[0], serde_json::json!([{"a": [1, 2.5, "x"]}, "id-\"1\"", "t", -5, 2, "s", null]));
-        assert_eq!(v[1], serde_json::json!([null, "id-\"1\"", "t", -5, 2, "s", null, "{\"a\": 1e400}"]));
-        assert_eq!(v[2][7], "nope");
+        let (payloads, meta) =
+            events_json(&[event(r#" {"a": [1, 2.5, "x"]} "#), event("{\"a\": 1e400}"), event("nope")]);
+        let p: serde_json::Value = serde_json::from_str(&payloads).unwrap();
+        let m: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!(p, serde_json::json!([{"a": [1, 2.5, "x"]}, null, null]));
+        assert_eq!(m[0], serde_json::json!(["id-\"1\"", "t", -5, 2, "s", null]));
+        assert_eq!(m[1], serde_json::json!(["id-\"1\"", "t", -5, 2, "s", null, "{\"a\": 1e400}"]));
+        assert_eq!(m[2][6], "nope");
         assert!(!is_json("{} {}") && !is_json("[1,") && !is_json("\"\\ud800\"") && is_json(" 3 "));
     }
 }

@@ -150,8 +150,8 @@ impl PluginInstance {
                     b.sluice_plugin_handler().call_handle_batch(&mut self.store, events).await.map(Ok)
                 }
                 Bindings::Json(b) => {
-                    let text = json_batch::events_json(events);
-                    let out = b.sluice_plugin_handler().call_handle_json(&mut self.store, &text).await?;
+                    let (payloads, meta) = json_batch::events_json(events);
+                    let out = b.sluice_plugin_handler().call_handle_json(&mut self.store, &payloads, &meta).await?;
                     let failures = out.failures.into_iter().map(json_batch::failure).collect();
                     Ok(match (out.rows.is_empty(), out.rows_json.is_empty()) {
                         (_, true) => Ok(wit::BatchOutput { rows: out.rows, failures }),

@@ -91,8 +91,8 @@ test('handle-json: rows come back as JSON, timestamps as they came; what JSON ca
       out.row(t, { k: p.k, d: at.date(), at, f: p.f ?? 0.5 });
     },
   };
-  const run = (...payloads) => runJson(plugin, JSON.stringify(payloads.map((p, i) =>
-    typeof p === 'string' ? [null, `e${i}`, 'x', 5, 1, null, null, p] : [p, `e${i}`, 'x', 5, 1, null, null])));
+  const run = (...payloads) => runJson(plugin, JSON.stringify(payloads.map((p) => (typeof p === 'string' ? null : p))),
+    JSON.stringify(payloads.map((p, i) => [`e${i}`, 'x', 5, 1, null, null, ...(typeof p === 'string' ? [p] : [])])));
   const r = run({ k: 1, at: '2024-06-01T10:30:00+03:00' }, '{"k": ', { k: 3, at: 'yesterday' }, { k: 4, at: '2024-02-30' });
   assert.deepEqual(JSON.parse(r.rowsJson), [[0, 0, [1, '2024-06-01T10:30:00+03:00', '2024-06-01T10:30:00+03:00', 0.5]],
     [3, 0, [4, 19783, 1709251200, 0.5]]]);
@@ -101,7 +101,7 @@ test('handle-json: rows come back as JSON, timestamps as they came; what JSON ca
   assert.match(r.failures[0][1].message, /payload is not valid JSON/);
   assert.match(r.failures[1][1].message, /invalid timestamp `yesterday`/);
   // -0 would come back as 0 in JSON: that batch goes packed, -0 kept.
-  const z = runJson(plugin, '[[{"k": 1, "at": "2024-06-01", "f": -0.0}, "e0", "x", 5, 1, null, null]]');
+  const z = runJson(plugin, '[{"k": 1, "at": "2024-06-01", "f": -0.0}]', '[["e0", "x", 5, 1, null, null]]');
   assert.equal(z.rowsJson, '');
   assert.equal(Buffer.from(z.rows).toString('hex').slice(-18), '04' + '0000000000000080');
 });

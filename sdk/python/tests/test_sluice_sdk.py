@@ -120,9 +120,9 @@ class JsonBatches(unittest.TestCase):
     def run_json(self, *payloads):
         plugin = self.P()
         plugin.tables = [self.t]
-        events = [[p, f"e{i}", "x", 5, 1, None, None] if not isinstance(p, str) else [None, f"e{i}", "x", 5, 1, None, None, p]
-                  for i, p in enumerate(payloads)]
-        return plugin.run_json(json.dumps(events))
+        fields = [[f"e{i}", "x", 5, 1, None, None] + ([p] if isinstance(p, str) else []) for i, p in enumerate(payloads)]
+        values = [None if isinstance(p, str) else p for p in payloads]
+        return plugin.run_json(json.dumps(values), json.dumps(fields))
 
     def test_rows_come_back_as_json_with_timestamps_as_they_came(self):
         rows_json, packed, failures = self.run_json(

@@ -190,7 +190,7 @@ mod tests {
             "  export function log(level: Level, message: string, fields: Array<[string, string]>): void;",
             "  export function configGet(key: string): string | undefined;",
             "  export type Manifest = import('sluice:plugin/types@0.2.0').Manifest;",
-            "  export function handleJson(events: string): BatchOutput;",
+            "  export function handleJson(payloads: string, events: string): BatchOutput;",
         ] {
             assert!(d.contains(want), "no {want:?} in:\n{d}");
         }
