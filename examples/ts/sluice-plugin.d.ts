@@ -101,8 +101,10 @@ declare module 'sluice:plugin/types@0.2.0' {
      */
     rows: Uint8Array,
     /**
-     * The rows as JSON text, the form an interpreter writes natively; empty when `rows`
-     * carries them (a call that fills both is malformed). A JSON array with one element
+     * The rows as JSON text in UTF-8, the form an interpreter writes natively (bytes, not a
+     * `string`: an engine copies bytes out in one go, where lowering a long string can cost
+     * more than writing it); empty when `rows` carries them (a call that fills both is
+     * malformed). A JSON array with one element
      * per row, `[event index, table index, [value per column, in declaration order]]`,
      * the same order rules as `rows`. Values: `null`, `true`/`false`, numbers (integers
      * within i64/u64 are integers; beyond that, give decimal text), strings, arrays (for
@@ -112,7 +114,7 @@ declare module 'sluice:plugin/types@0.2.0' {
      * plugins hand timestamps over as they arrive and the host converts them. NaN and
      * infinities are not JSON: a plugin that has one sends packed `rows` for that batch.
      */
-    rowsJson: string,
+    rowsJson: Uint8Array,
     /**
      * The events that failed; every event not listed here succeeded.
      */

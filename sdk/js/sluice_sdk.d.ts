@@ -162,7 +162,7 @@ export interface Plugin {
 
 /** Runs a batch as the host would (unit tests): packed rows and `[index, Failure]` pairs. */
 export function runBatch(plugin: Plugin, events: Event[]): { rows: Uint8Array; failures: [number, Failure][] };
-export function runJson(plugin: Plugin, payloads: string, events: string): { rowsJson: string; rows: Uint8Array; failures: [number, Failure][] };
+export function runJson(plugin: Plugin, payloads: string, events: string): { rowsJson: Uint8Array; rows: Uint8Array; failures: [number, Failure][] };
 
 /** The `handler` export of the component. */
 export function exportPlugin(
@@ -173,5 +173,5 @@ export function exportPlugin(
   },
 ): {
   describe(): any;
-  handleJson(payloads: string, events: string): { rows: Uint8Array; rowsJson: string; failures: { event: number; kind: 'permanent' | 'transient'; message: string }[] };
+  handleJson(payloads: string, events: string): { rows: Uint8Array; rowsJson: Uint8Array; failures: { event: number; kind: 'permanent' | 'transient'; message: string }[] };
 };

@@ -600,11 +600,13 @@ export class Output {
     this.rows.push([this.event, entry.index, row]);
   }
 
-  /** The rows as `rows-json` text, or null if JSON cannot carry them exactly. */
+  /** The rows as `rows-json` (JSON text in UTF-8), or null if JSON cannot carry them exactly.
+   * Bytes, not a string: the engine copies a Uint8Array out in one go, while returning a long
+   * string cost it more than everything else in the batch (measured: ~20 µs per event). */
   json() {
     if (this.packedOnly) return null;
     try {
-      return JSON.stringify(this.rows);
+      return utf8.encode(JSON.stringify(this.rows));
     } catch {
       return null; // a bigint nested in an array
     }
@@ -675,7 +677,7 @@ export function runJson(plugin, payloads, fields) {
   const { out, failures } = handleAll(plugin, events);
   const rowsJson = out.json();
   if (rowsJson !== null) return { rowsJson, rows: new Uint8Array(0), failures };
-  return { rowsJson: '', rows: out.packed(failures), failures };
+  return { rowsJson: new Uint8Array(0), rows: out.packed(failures), failures };
 }
 
 function engine(e) {

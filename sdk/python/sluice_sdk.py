@@ -685,7 +685,8 @@ class Output:
         self.rows.append((self.event, index, row))
 
     def json(self):
-        """The rows as `rows-json` text, or None if JSON cannot carry them exactly."""
+        """The rows as `rows-json` (JSON text in UTF-8), or None if JSON cannot carry them
+        exactly."""
         if not self._json_ready:
             return None
         try:
@@ -694,7 +695,7 @@ class Output:
         except (TypeError, ValueError):  # bytes, IP addresses, NaN...
             return None
         # An integer beyond 64 bits would reach the host as a float: pack those batches.
-        return None if _TWENTY_DIGITS in data.translate(_DIGITS_AS_ZEROS) else text
+        return None if _TWENTY_DIGITS in data.translate(_DIGITS_AS_ZEROS) else data
 
     def packed(self, failures):
         """The rows in the packed encoding; an event whose values cannot be written fails
@@ -764,7 +765,7 @@ class Plugin:
 
     def run_json(self, payloads, fields):
         """Handles a batch given as `handle-json` takes it (`wit/0.2.0/sluice.wit`): returns
-        (rows-json text or None, packed rows, [(index, Failure)])."""
+        (rows-json bytes or None, packed rows, [(index, Failure)])."""
         out, failures = self._handle_all(_events(_json.loads(payloads), _Fields(fields)))
         text = out.json()
         return (text, b"", failures) if text is not None else (None, out.packed(failures), failures)
@@ -843,7 +844,7 @@ def export(plugin):
             rows_json, rows, failures = plugin.run_json(payloads, events)
             return types.BatchOutput(
                 rows=rows,
-                rows_json=rows_json or "",
+                rows_json=rows_json or b"",
                 failures=[
                     types.EventFailure(
                         i, types.FailureKind.PERMANENT if f.permanent else types.FailureKind.TRANSIENT, f.message

@@ -185,6 +185,7 @@ mod tests {
             "  export type FailureKind = 'permanent' | 'transient';",
             "    | { tag: 'replacing-merge-tree', val: string | undefined }",
             "    rows: Uint8Array,\n",
+            "    rowsJson: Uint8Array,\n",
             "    settings: Array<[string, string]>,\n",
             "declare module 'sluice:plugin/host@0.2.0' {",
             "  export function log(level: Level, message: string, fields: Array<[string, string]>): void;",

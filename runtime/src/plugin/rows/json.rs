@@ -12,10 +12,10 @@ use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess,
 use super::MalformedRows;
 use super::packed::*;
 
-/// The packed rows of a JSON row text.
-pub fn json_to_packed(text: &str) -> Result<Vec<u8>, MalformedRows> {
+/// The packed rows of a JSON row text (UTF-8, checked here).
+pub fn json_to_packed(text: &[u8]) -> Result<Vec<u8>, MalformedRows> {
     let mut out = Vec::with_capacity(text.len() + text.len() / 2);
-    let mut d = serde_json::Deserializer::from_str(text);
+    let mut d = serde_json::Deserializer::from_slice(text);
     d.deserialize_seq(RowsSeed(&mut out)).and_then(|()| d.end()).map_err(|e| MalformedRows {
         offset: if e.line() <= 1 { e.column().saturating_sub(1) } else { 0 },
         reason: format!("rows-json: {e}"),
@@ -183,9 +183,10 @@ mod tests {
 
     #[test]
     fn json_rows_become_the_same_packed_rows() {
-        let packed =
-            json_to_packed(r#"[[0, 1, [null, true, -3, 18446744073709551615, 2.5, "é", [1, [2]], {"k": 7}]]]"#)
-                .unwrap();
+        let packed = json_to_packed(
+            r#"[[0, 1, [null, true, -3, 18446744073709551615, 2.5, "é", [1, [2]], {"k": 7}]]]"#.as_bytes(),
+        )
+        .unwrap();
         let mut want = vec![0, 0, 0, 0, 1, 0, 8, 0, TAG_NULL, TAG_BOOL, 1, TAG_INT];
         want.extend_from_slice(&(-3i64).to_le_bytes());
         want.push(TAG_UINT);
@@ -200,10 +201,10 @@ mod tests {
         want.extend_from_slice(&[TAG_ARRAY, 1, 0, 0, 0, TAG_ARRAY, 2, 0, 0, 0, TAG_STRING, 1, 0, 0, 0, b'k', TAG_INT]);
         want.extend_from_slice(&7i64.to_le_bytes());
         assert_eq!(packed, want);
-        assert!(json_to_packed("[]").unwrap().is_empty());
+        assert!(json_to_packed(b"[]").unwrap().is_empty());
         // Floats are read correctly rounded (serde_json's `float_roundtrip`): the plain parser
         // reads this one a bit low, and the row would differ from the Rust SDK's.
-        let packed = json_to_packed("[[0, 0, [1000000000000000.5]]]").unwrap();
+        let packed = json_to_packed(b"[[0, 0, [1000000000000000.5]]]").unwrap();
         assert_eq!(packed[9..], (1e15f64 + 0.5).to_le_bytes());
     }
 
@@ -217,10 +218,10 @@ mod tests {
             ("[[0, 0, [NaN]]]", "expected value"),
             ("[[0, 0, [1]]] x", "trailing characters"),
         ] {
-            let e = json_to_packed(text).unwrap_err().to_string();
+            let e = json_to_packed(text.as_bytes()).unwrap_err().to_string();
             assert!(e.contains("rows-json") && e.contains(says), "{text}: {e}");
         }
         let deep = format!("[[0, 0, [{}{}]]]", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(json_to_packed(&deep).unwrap_err().to_string().contains("recursion limit"));
+        assert!(json_to_packed(deep.as_bytes()).unwrap_err().to_string().contains("recursion limit"));
     }
 }
