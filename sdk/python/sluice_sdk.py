@@ -316,8 +316,9 @@ def _no_constant(name):
     raise ValueError(f"invalid JSON value `{name}`")
 
 
-# `fields` types checked by exact type (bool is not an int here, as in JSON); others by isinstance.
-_EXACT = {str: (str,), float: (int, float), int: (int,), bool: (bool,), dict: (dict,), list: (list,)}
+# `fields` types a payload's values are checked against by exact type (bool is not an int here,
+# as in JSON); a fields dict with any other type is checked by isinstance.
+_EXACT = frozenset((str, float, int, bool, dict, list))
 _SPECS = {}
 
 
@@ -330,7 +331,7 @@ def _spec(fields):
         return cached[1]
     spec = None
     if all(ty in _EXACT for ty in fields.values()):
-        spec = (tuple(fields), tuple(_EXACT[ty][-1] for ty in fields.values()))
+        spec = (tuple(fields), tuple(fields.values()))
     if len(_SPECS) > 256:
         _SPECS.clear()
     _SPECS[id(fields)] = (fields, spec)
@@ -529,6 +530,8 @@ def _temporal_int(value, base, precision):
         return Timestamp.of(value).ticks(precision)
     if base in ("Date", "Date32"):
         return value.days if isinstance(value, Date) else Timestamp.of(value).date().days
+    if isinstance(value, DateTime):
+        return value.seconds
     if isinstance(value, Date) or (isinstance(value, _date) and not isinstance(value, _datetime)):
         return Date.of(value).days * 86_400  # its midnight, UTC
     return Timestamp.of(value).seconds
@@ -540,25 +543,10 @@ def _converter(ty):
     base, precision = _inner(ty), _datetime64_precision(ty)
     if precision is None and base not in ("Date", "Date32", "DateTime") and not base.startswith("DateTime("):
         return None
-    if base in ("Date", "Date32"):
-        # A date parsed from a timestamp goes as that text: the host takes its UTC date.
-        def convert(v):
-            if type(v) is Date:
-                return v._text if v._days is None else v._days
-            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
 
-    elif base == "DateTime":
-        # A parsed timestamp goes as its text; not to a column with a time zone, which would
-        # read a text without an offset in its zone, not in UTC as the SDK does.
-        def convert(v):
-            if type(v) is DateTime:
-                return v._text if v._seconds is None else v._seconds
-            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
-
-    else:
-
-        def convert(v):
-            return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
+    # A value parsed from text that the column takes as text never gets here (`Output.row`).
+    def convert(v):
+        return _temporal_int(v, base, precision) if isinstance(v, _TEMPORAL) else v
 
     return convert
 

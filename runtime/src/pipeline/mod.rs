@@ -11,8 +11,8 @@
 //!
 //! Backpressure: a pipeline holds at most `max_inflight_events` events between read and
 //! settlement; it stops reading while they wait for ClickHouse. Steps 2–3 run in the pipeline's
-//! task, one batch at a time, while step 1 reads the next batch; step 4 runs in a task per
-//! batch, so reading goes on while the writer lingers.
+//! task for up to `CALLS_PER_PIPELINE` batches at once, while step 1 reads the next batch; step
+//! 4 runs in a task per batch, so reading goes on while the writer lingers.
 //!
 //! A stop: no more reads; in-flight batches get up to the grace period to settle. A batch
 //! whose rows could not reach the writer by then (ClickHouse down, its channel full) is dropped
@@ -137,6 +137,8 @@ impl<I: Intake> Pipeline<I> {
         let mut intake: Option<&mut I> = Some(&mut self.intake);
         // The next read waits this long first: after a failed read, or a batch left unhandled.
         let mut pause: Option<Duration> = None;
+        // Wakes the loop when the stop comes, to stop reading.
+        let mut stop_comes = shutdown.clone();
         loop {
             let stopping = *shutdown.borrow();
             // A batch read is handled even if the stop came meanwhile: nothing read is left
@@ -192,9 +194,10 @@ impl<I: Intake> Pipeline<I> {
                         pause = Some(backoff.next_delay());
                     }
                 }
-                _ = async { let mut s = shutdown.clone(); let _ = s.wait_for(|&stop| stop).await; }, if !stopping => {}
+                _ = stop_comes.wait_for(|&stop| stop), if !stopping => {}
             }
         }
+        // Both borrow the intake and the stage, which the graceful stop below uses.
         drop(calls);
         drop(reading);
         // Graceful stop: wait for every in-flight batch to settle (or be left for redelivery).

@@ -1,15 +1,18 @@
-//! The `sluice:plugin@0.2.0` side of a call: a batch of events written as one JSON text for
-//! `handle-json`, and what such a plugin returns turned into the host's (0.1.0) types, so that
-//! nothing past the sandbox knows which version a plugin speaks.
+//! The `sluice:plugin@0.2.0` side of a call: a batch of events written as the two JSON texts
+//! `handle-json` takes, and what such a plugin returns turned into the host's (0.1.0) types, so
+//! that nothing past the sandbox knows which version a plugin speaks.
 //!
 //! Why JSON: an interpreter inside a component (CPython, SpiderMonkey) lifts a `list<event>`
 //! record by record and field by field in its own bytecode, and parses each payload with a
-//! separate call; one JSON text is parsed by the interpreter's native parser in one call, with
+//! separate call; a JSON text is parsed by the interpreter's native parser in one call, with
 //! the payloads already spliced in as values (docs/performance.md has the figures).
+
+use std::fmt::Write as _;
 
 use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use super::bindings_json::sluice::plugin::types as v2;
+use super::rows::{MalformedRows, json_to_packed};
 use super::wit;
 
 /// Accepts any JSON value, parsing every number (so that `1e400` is refused, as it would be by
@@ -61,8 +64,9 @@ fn is_json(text: &str) -> bool {
     d.deserialize_any(Validate).is_ok() && d.end().is_ok()
 }
 
+/// Appends `s` as a JSON string.
 fn push_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::Value::from(s).to_string());
+    out.push_str(&serde_json::to_string(s).expect("a string is always JSON"));
 }
 
 /// The batch as `handle-json` takes it (see `wit/0.2.0/sluice.wit`): the payloads as one JSON
@@ -86,7 +90,7 @@ pub fn events_json(events: &[wit::Event]) -> (String, String) {
         push_str(&mut meta, &e.id);
         meta.push(',');
         push_str(&mut meta, &e.event_type);
-        meta.push_str(&format!(",{},{}", e.timestamp_ms, e.attempt));
+        let _ = write!(meta, ",{},{}", e.timestamp_ms, e.attempt);
         for v in [&e.source, &e.tenant] {
             meta.push(',');
             match v {
@@ -136,8 +140,25 @@ pub fn manifest(m: v2::Manifest) -> wit::Manifest {
     }
 }
 
+/// What a 0.2.0 plugin returned, in the host's types: its JSON rows rewritten as packed rows.
+/// Malformed if the rows do not parse, or if it filled both `rows` and `rows-json`.
+pub fn output(out: v2::BatchOutput) -> Result<wit::BatchOutput, MalformedRows> {
+    let failures = out.failures.into_iter().map(failure).collect();
+    let rows = match (out.rows.is_empty(), out.rows_json.is_empty()) {
+        (_, true) => out.rows,
+        (true, false) => json_to_packed(&out.rows_json)?,
+        (false, false) => {
+            return Err(MalformedRows {
+                offset: 0,
+                reason: "the plugin returned both rows and rows-json; one of them must be empty".into(),
+            });
+        }
+    };
+    Ok(wit::BatchOutput { rows, failures })
+}
+
 /// A 0.2.0 failure in the host's types.
-pub fn failure(f: v2::EventFailure) -> wit::EventFailure {
+fn failure(f: v2::EventFailure) -> wit::EventFailure {
     wit::EventFailure {
         event: f.event,
         kind: match f.kind {

@@ -152,17 +152,7 @@ impl PluginInstance {
                 Bindings::Json(b) => {
                     let (payloads, meta) = json_batch::events_json(events);
                     let out = b.sluice_plugin_handler().call_handle_json(&mut self.store, &payloads, &meta).await?;
-                    let failures = out.failures.into_iter().map(json_batch::failure).collect();
-                    Ok(match (out.rows.is_empty(), out.rows_json.is_empty()) {
-                        (_, true) => Ok(wit::BatchOutput { rows: out.rows, failures }),
-                        (true, false) => {
-                            rows::json_to_packed(&out.rows_json).map(|rows| wit::BatchOutput { rows, failures })
-                        }
-                        (false, false) => Err(rows::MalformedRows {
-                            offset: 0,
-                            reason: "the plugin returned both rows and rows-json; one of them must be empty".into(),
-                        }),
-                    })
+                    Ok(json_batch::output(out))
                 }
             }
         };

@@ -39,17 +39,7 @@ pub async fn run(command: PluginCommand) -> Result<bool> {
         PluginCommand::Bench { files, event, count, batch, rounds } => {
             bench::bench(&files, event.as_deref(), count, batch, rounds).await.map(|_| true)
         }
-        PluginCommand::Types { wit } => {
-            let (text, source) = match &wit {
-                Some(p) => (
-                    std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?,
-                    p.display().to_string(),
-                ),
-                None => (scaffold::WIT_JSON.to_string(), "wit/0.2.0/sluice.wit".to_string()),
-            };
-            print!("{}", ts_types::declarations(&text, &source)?);
-            Ok(true)
-        }
+        PluginCommand::Types { wit } => ts_types::print(wit.as_deref()).map(|_| true),
         PluginCommand::Run { file, event, event_type } => run::run_plugin(&file, &event, event_type.as_deref()).await,
     }
 }

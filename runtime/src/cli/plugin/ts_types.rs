@@ -132,6 +132,19 @@ impl Gen<'_> {
     }
 }
 
+/// `sluice plugin types`: prints the declarations of `wit`, or of this release's 0.2.0 contract.
+pub fn print(wit: Option<&std::path::Path>) -> Result<()> {
+    let (text, source) = match wit {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (super::scaffold::WIT_JSON.to_string(), "wit/0.2.0/sluice.wit".to_string()),
+    };
+    print!("{}", declarations(&text, &source)?);
+    Ok(())
+}
+
 /// The declarations of every interface of the WIT package in `wit` (one file's text).
 pub fn declarations(wit: &str, source: &str) -> Result<String> {
     let mut resolve = Resolve::new();

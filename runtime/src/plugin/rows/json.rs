@@ -28,6 +28,16 @@ fn patch_u32(out: &mut [u8], at: usize, n: u32) {
     out[at..at + 4].copy_from_slice(&n.to_le_bytes());
 }
 
+/// Writes the elements of a JSON array as packed values; returns how many (a row's values and
+/// an array value's elements alike).
+fn write_elements<'de, A: SeqAccess<'de>>(out: &mut Vec<u8>, mut seq: A) -> Result<u32, A::Error> {
+    let mut n = 0u32;
+    while seq.next_element_seed(ValueSeed(&mut *out))?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
 struct RowsSeed<'a>(&'a mut Vec<u8>);
 
 impl<'de> Visitor<'de> for RowsSeed<'_> {
@@ -88,12 +98,8 @@ impl<'de> Visitor<'de> for ValuesSeed<'_> {
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an array of values")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u32, A::Error> {
-        let mut n = 0u32;
-        while seq.next_element_seed(ValueSeed(&mut *self.0))?.is_some() {
-            n += 1;
-        }
-        Ok(n)
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<u32, A::Error> {
+        write_elements(self.0, seq)
     }
 }
 
@@ -149,14 +155,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         self.0.extend_from_slice(v.as_bytes());
         Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
         self.0.push(TAG_ARRAY);
         let at = self.0.len();
         self.0.extend_from_slice(&[0; 4]);
-        let mut n = 0u32;
-        while seq.next_element_seed(ValueSeed(&mut *self.0))?.is_some() {
-            n += 1;
-        }
+        let n = write_elements(self.0, seq)?;
         patch_u32(self.0, at, n);
         Ok(())
     }
