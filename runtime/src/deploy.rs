@@ -31,10 +31,12 @@ use crate::pipeline::{Pipeline, Stage};
 use crate::plugin::{LoadedPlugin, PluginDefaults, SandboxEngine};
 use crate::policy::{DeliveryPolicy, Priority};
 use crate::redis_conn::{RedisConn, RedisOptions};
+use crate::rollout::{Decided, Rollout, RolloutSlot};
 use crate::source::Subscriber;
 use crate::source::bullmq::{Delivery, JobInbox, JobsIntake, Route, Routes};
 use crate::source::streams::{InflightIds, StreamsIntake};
 use crate::status::{PipelineEntry, PluginEntry, PluginStatus, SharedRegistry};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::writer::Writer;
 use crate::writer::dedup::ServerDedup;
@@ -121,6 +123,12 @@ pub struct Deployer {
     jobs: HashMap<(String, String), (tokio::sync::mpsc::Sender<Delivery>, JobInbox)>,
     /// Where the BullMQ queue consumers send each event type's jobs.
     pub routes: Routes,
+    /// Each plugin's rollout slot (by name), shared by its pipelines across versions.
+    slots: HashMap<String, RolloutSlot>,
+    /// Canaries running, by the candidate's file, with their controller.
+    canaries: HashMap<PathBuf, (Arc<Rollout>, tokio::task::AbortHandle)>,
+    /// Verdicts from the rollout controllers.
+    decided: (UnboundedSender<Decided>, UnboundedReceiver<Decided>),
 }
 
 /// Jobs waiting for a (plugin, event type) pipeline; when full, the queue consumer waits (its
@@ -162,6 +170,9 @@ impl Deployer {
             inflight: HashMap::new(),
             jobs: HashMap::new(),
             routes: Routes::default(),
+            slots: HashMap::new(),
+            canaries: HashMap::new(),
+            decided: tokio::sync::mpsc::unbounded_channel(),
         }
     }
 
@@ -184,7 +195,10 @@ impl Deployer {
             async move { LoadedPlugin::load(&engine, &path, &defaults).await }
         });
         let loaded = futures::future::join_all(loads).await;
-        for ((path, fp, changed_at), plugin) in files.into_iter().zip(loaded) {
+        // Candidates (`[rollout]`) after the versions they are compared with.
+        let mut all: Vec<_> = files.into_iter().zip(loaded).collect();
+        all.sort_by_key(|(_, p)| p.as_ref().is_ok_and(|p| p.rollout.is_some()));
+        for ((path, fp, changed_at), plugin) in all {
             self.apply(&path, fp, changed_at, plugin).await;
         }
     }
@@ -223,6 +237,10 @@ impl Deployer {
                 _ = stop.changed() => return,
                 _ = rx.recv() => {}
                 _ = tokio::time::sleep(wait) => {}
+                Some(d) = self.decided.1.recv() => {
+                    self.on_verdict(d).await;
+                    continue;
+                }
             }
             while rx.try_recv().is_ok() {}
             self.rescan().await;
@@ -274,14 +292,23 @@ impl Deployer {
     ) {
         self.seen.insert(path.to_path_buf(), fp);
         let file = path.display().to_string();
+        // A new version of a candidate ends its rollout (a new one may begin below).
+        if let Some((rollout, _)) = self.canaries.get(path).cloned() {
+            self.end_canary(path, &rollout, "its file changed before a verdict").await;
+        }
         let mut plugin = match loaded {
             Ok(p) => p,
             Err(e) => return self.refuse(path, PluginStatus::Failed, format!("{e:#}")),
         };
-        // Two files bound to one name (see `plugin::identity`): the one running keeps it.
-        if let Some((other, _)) =
+        // Two files bound to one name (see `plugin::identity`): the one running keeps it,
+        // unless the new one is its canary.
+        if let Some((other, stable)) =
             self.live.iter().find(|(f, l)| f.as_path() != path && l.plugin.name() == plugin.name())
         {
+            if plugin.rollout.is_some() {
+                let (other, stable) = (other.clone(), stable.plugin.clone());
+                return self.begin_canary(path, &other, stable, plugin).await;
+            }
             let why = format!(
                 "its name `{}` is already the plugin of {}: two files cannot be one plugin (bind at most one file to a name)",
                 plugin.name(),
@@ -294,6 +321,9 @@ impl Deployer {
             && old.plugin.settings_equal(&plugin)
         {
             return; // touched, not changed
+        }
+        if plugin.rollout.is_some() {
+            tracing::warn!(path = %file, plugin = plugin.name(), "this file has a [rollout] section, but no other file runs the plugin `{}` to compare it with: it runs as the plugin", plugin.name());
         }
         let (name, version, hash) = (plugin.name().to_string(), plugin.manifest.version.clone(), plugin.hash.clone());
         // A retryable error (ClickHouse away) waits; a refusal or a fatal error is the answer.
@@ -379,6 +409,176 @@ impl Deployer {
         }
     }
 
+    /// Starts `candidate` as a canary of the version `stable` runs from `stable_path`: its
+    /// tables must be the stable version's (its rows go to the same writers), and the rollout's
+    /// record in Redis may already hold a verdict on it (another host's, or before a restart).
+    async fn begin_canary(
+        &mut self,
+        path: &Path,
+        stable_path: &Path,
+        stable: Arc<LoadedPlugin>,
+        mut candidate: LoadedPlugin,
+    ) {
+        let file = path.display().to_string();
+        if let Err(why) = same_tables(&stable, &candidate) {
+            let why = format!(
+                "it is a canary ([rollout]) of the plugin `{}` running from {}, but {why}: a canary writes into the running version's tables, so a schema change is deployed as a plain reload",
+                stable.name(),
+                stable_path.display()
+            );
+            return self.refuse(path, PluginStatus::Refused, why);
+        }
+        // The stable version's tables as prepared (entry column, guarantee), which are the
+        // candidate's too.
+        candidate.tables = stable.tables.clone();
+        let settings = candidate.rollout.clone().expect("a candidate");
+        let candidate = Arc::new(candidate);
+        let rollout = Arc::new(Rollout::new(&stable, candidate.clone(), settings));
+        let record = crate::backoff::until_ok("Redis", || {
+            let (mut conn, r) = (self.control.clone(), rollout.clone());
+            async move { crate::rollout::begin(&mut conn, &r).await }
+        })
+        .await;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => return self.refuse(path, PluginStatus::Failed, format!("cannot start its rollout: {e:#}")),
+        };
+        let entry = |status, error| PluginEntry {
+            file: file.clone(),
+            status,
+            error,
+            plugin: Some(Arc::new(candidate.summary())),
+        };
+        match record.state {
+            crate::rollout::State::Running => {
+                self.slots.entry(rollout.plugin.clone()).or_default().set(Some(rollout.clone()));
+                let task = tokio::spawn(crate::rollout::control(
+                    rollout.clone(),
+                    self.control.clone(),
+                    self.decided.0.clone(),
+                ));
+                self.canaries.insert(path.to_path_buf(), (rollout.clone(), task.abort_handle()));
+                {
+                    let mut reg = self.registry.write().unwrap();
+                    reg.plugins.insert(file.clone(), entry(PluginStatus::Canary, None));
+                    reg.rollouts.current.insert(rollout.plugin.clone(), rollout.clone());
+                }
+                metrics::gauge!("sluice_rollout_active", "plugin" => rollout.plugin.clone()).set(1.0);
+                let s = &rollout.settings;
+                tracing::info!(plugin = %rollout.plugin, stable = stable.short_hash(), stable_version = %stable.manifest.version, candidate = candidate.short_hash(), candidate_version = %candidate.manifest.version, path = %file, share = s.share, promote_after_events = s.promote_after_events, promote_after_s = s.promote_after.as_secs(), started_at = ?record.started_at, "canary rollout running: the candidate takes its share of the events");
+            }
+            crate::rollout::State::Promoted => {
+                tracing::info!(plugin = %rollout.plugin, candidate = candidate.short_hash(), path = %file, "this candidate was promoted before (its rollout's record says so): it replaces the running version");
+                self.registry.write().unwrap().rollouts.finish(rollout.clone());
+                self.promote(path, &rollout).await;
+            }
+            crate::rollout::State::RolledBack | crate::rollout::State::Withdrawn => {
+                let why = format!(
+                    "this candidate was rolled back: {} (change the file to try another build)",
+                    record.reason.as_deref().unwrap_or("no reason recorded")
+                );
+                tracing::warn!(plugin = %rollout.plugin, candidate = candidate.short_hash(), path = %file, "{why}");
+                let mut reg = self.registry.write().unwrap();
+                reg.plugins.insert(file.clone(), entry(PluginStatus::RolledBack, Some(why)));
+                reg.rollouts.finish(rollout);
+            }
+        }
+    }
+
+    /// A rollout without a verdict ends (its file changed or went, or its running version's).
+    async fn end_canary(&mut self, path: &Path, rollout: &Arc<Rollout>, why: &str) {
+        if let Some((_, task)) = self.canaries.remove(path) {
+            task.abort();
+        }
+        if let Some(slot) = self.slots.get(&rollout.plugin) {
+            slot.set(None);
+        }
+        crate::rollout::withdraw(&mut self.control.clone(), rollout, why).await;
+        metrics::gauge!("sluice_rollout_active", "plugin" => rollout.plugin.clone()).set(0.0);
+        self.registry.write().unwrap().rollouts.finish(rollout.clone());
+    }
+
+    /// A controller's verdict: the candidate replaces the running version, or is dropped.
+    async fn on_verdict(&mut self, d: Decided) {
+        let Some(path) = self.canaries.iter().find(|(_, (r, _))| Arc::ptr_eq(r, &d.rollout)).map(|(p, _)| p.clone())
+        else {
+            return; // ended meanwhile
+        };
+        self.canaries.remove(&path);
+        if let Some(slot) = self.slots.get(&d.rollout.plugin) {
+            slot.set(None);
+        }
+        let plugin = d.rollout.plugin.clone();
+        metrics::gauge!("sluice_rollout_active", "plugin" => plugin.clone()).set(0.0);
+        self.registry.write().unwrap().rollouts.finish(d.rollout.clone());
+        match d.state {
+            crate::rollout::State::Promoted => {
+                metrics::counter!("sluice_rollouts_total", "plugin" => plugin.clone(), "result" => "promoted")
+                    .increment(1);
+                tracing::info!(plugin = %plugin, candidate = d.rollout.candidate.short_hash(), candidate_version = %d.rollout.candidate.manifest.version, reason = %d.reason, "canary promoted: it replaces the running version");
+                self.promote(&path, &d.rollout).await;
+            }
+            state => {
+                metrics::counter!("sluice_rollouts_total", "plugin" => plugin.clone(), "result" => state.name())
+                    .increment(1);
+                let what = match state {
+                    crate::rollout::State::Withdrawn => "canary rollout withdrawn (by another host)",
+                    _ => "canary rolled back",
+                };
+                tracing::error!(plugin = %plugin, candidate = d.rollout.candidate.short_hash(), candidate_version = %d.rollout.candidate.manifest.version, reason = %d.reason, "{what}: every event goes to the running version again");
+                crate::status::recent_error(&plugin, "", "rollout_rolled_back", &d.reason);
+                let file = path.display().to_string();
+                let entry = PluginEntry {
+                    file: file.clone(),
+                    status: PluginStatus::RolledBack,
+                    error: Some(format!("rolled back: {}", d.reason)),
+                    plugin: Some(Arc::new(d.rollout.candidate.summary())),
+                };
+                self.registry.write().unwrap().plugins.insert(file, entry);
+            }
+        }
+    }
+
+    /// The candidate at `path` becomes the running version of its plugin, as a reload: its
+    /// pipelines start, then the old version's stop after finishing what they hold.
+    async fn promote(&mut self, path: &Path, rollout: &Arc<Rollout>) {
+        let candidate = rollout.candidate.clone();
+        let new = self.start(candidate.clone());
+        self.live.insert(path.to_path_buf(), new);
+        let old_path = self
+            .live
+            .iter()
+            .find(|(p, l)| p.as_path() != path && l.plugin.name() == candidate.name())
+            .map(|(p, _)| p.clone());
+        self.refresh_pipelines();
+        let file = path.display().to_string();
+        if let Some(old_path) = old_path
+            && let Some(old) = self.live.remove(&old_path)
+        {
+            let old_file = old_path.display().to_string();
+            let summary = Arc::new(old.plugin.summary());
+            self.stop(old).await;
+            let why = format!(
+                "superseded by {file}, a promoted canary; remove this file (and the [rollout] section of the other's settings) when convenient"
+            );
+            let entry = PluginEntry {
+                file: old_file.clone(),
+                status: PluginStatus::Superseded,
+                error: Some(why),
+                plugin: Some(summary),
+            };
+            self.registry.write().unwrap().plugins.insert(old_file, entry);
+        }
+        let entry = PluginEntry {
+            file: file.clone(),
+            status: PluginStatus::Running,
+            error: None,
+            plugin: Some(Arc::new(candidate.summary())),
+        };
+        self.registry.write().unwrap().plugins.insert(file, entry);
+        self.refresh_pipelines();
+    }
+
     /// Reports a version that cannot run; the running version of the file, if any, stays.
     fn refuse(&mut self, path: &Path, status: PluginStatus, why: String) {
         let file = path.display().to_string();
@@ -417,6 +617,27 @@ impl Deployer {
         self.settling.remove(path);
         let file = path.display().to_string();
         self.registry.write().unwrap().plugins.remove(&file);
+        if let Some((rollout, _)) = self.canaries.get(path).cloned() {
+            self.end_canary(path, &rollout, "its file was removed before a verdict").await;
+            tracing::info!(plugin = %rollout.plugin, path = %file, "canary file removed: all events go to the running version");
+        }
+        if let Some(l) = self.live.get(path) {
+            // Its canary has nothing left to be compared with.
+            let name = l.plugin.name().to_string();
+            let canaries: Vec<_> = self
+                .canaries
+                .iter()
+                .filter(|(_, (r, _))| r.plugin == name)
+                .map(|(p, (r, _))| (p.clone(), r.clone()))
+                .collect();
+            for (p, r) in canaries {
+                self.end_canary(&p, &r, "the running version's file was removed").await;
+            }
+        }
+        // Files refused because another held their name (or a canary's running version)
+        // are looked at again at the next scan: the name may be free now.
+        let keep: std::collections::HashSet<PathBuf> = self.live.keys().filter(|&p| p != path).cloned().collect();
+        self.seen.retain(|p, _| keep.contains(p));
         if let Some(old) = self.live.remove(path) {
             tracing::info!(plugin = old.plugin.name(), hash = old.plugin.short_hash(), path = %file, "plugin file removed: stopping its pipelines (its consumer groups and backlog stay)");
             // Routes first: the queue consumers must not keep filling its channels meanwhile.
@@ -431,6 +652,7 @@ impl Deployer {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let tables: Vec<_> = plugin.tables.iter().map(|t| self.writer.table(t)).collect();
+        let rollout = self.slots.entry(plugin.name().to_string()).or_default().clone();
         let ledger_tables: Arc<[String]> =
             plugin.tables.iter().filter(|t| t.guarantee.exactly_once()).map(|t| t.name.clone()).collect();
         for event_type in &plugin.consumed_event_types() {
@@ -452,6 +674,7 @@ impl Deployer {
                 writer: writer.clone(),
                 tables: tables.clone(),
                 control: control.clone(),
+                rollout: rollout.clone(),
             };
             // Streams always.
             let (streams, inflight) = (stage(), self.inflight.entry(key.clone()).or_default().clone());
@@ -547,6 +770,23 @@ impl Deployer {
         pipelines.sort_by(|a, b| (&a.plugin, &a.event_type).cmp(&(&b.plugin, &b.event_type)));
         self.registry.write().unwrap().pipelines = pipelines;
     }
+}
+
+/// Whether a candidate declares the same tables as the running version (unprefixed
+/// declarations, and the names they get): the error says which differs.
+fn same_tables(stable: &LoadedPlugin, candidate: &LoadedPlugin) -> Result<(), String> {
+    let declared = |p: &LoadedPlugin| crate::plugin::check_manifest(&p.manifest).map_err(|e| format!("{e:#}"));
+    let (a, b) = (declared(stable)?, declared(candidate)?);
+    let names = |p: &LoadedPlugin| p.tables.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    if names(stable) != names(candidate) {
+        return Err(format!("its tables are {:?}, the running version's {:?}", names(candidate), names(stable)));
+    }
+    for (s, c) in a.iter().zip(&b) {
+        if s != c {
+            return Err(format!("its table `{}` is declared differently", c.name));
+        }
+    }
+    Ok(())
 }
 
 /// Runs a pipeline to its end, saying why if it stopped on an error.

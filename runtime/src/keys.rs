@@ -24,6 +24,11 @@ pub fn event_stream(prefix: &str, event_type: &str) -> String {
     format!("{prefix}{event_type}")
 }
 
+/// The record of a plugin's canary rollout (see `rollout`): its candidate, counts and verdict.
+pub fn rollout(plugin: &str) -> String {
+    format!("sluice:rollout:{plugin}")
+}
+
 /// The consumer group of a plugin, on every stream it reads.
 pub fn group_name(plugin: &str) -> String {
     format!("sluice:{plugin}")

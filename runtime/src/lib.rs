@@ -33,6 +33,7 @@ mod pipeline;
 mod plugin;
 mod policy;
 mod redis_conn;
+mod rollout;
 pub mod sample;
 mod schema;
 mod secret;

@@ -17,15 +17,39 @@ pub enum PluginStatus {
     Refused,
     /// It cannot be loaded (not a component, bad manifest, its name taken, describe failed...).
     Failed,
+    /// A candidate version running on a share of its plugin's events (see `rollout`).
+    Canary,
+    /// A candidate rolled back: it fails more than the running version.
+    RolledBack,
+    /// A version a promoted candidate replaced.
+    Superseded,
 }
 
 impl PluginStatus {
+    pub const ALL: [PluginStatus; 6] = [
+        PluginStatus::Running,
+        PluginStatus::Refused,
+        PluginStatus::Failed,
+        PluginStatus::Canary,
+        PluginStatus::RolledBack,
+        PluginStatus::Superseded,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             PluginStatus::Running => "running",
             PluginStatus::Refused => "refused",
             PluginStatus::Failed => "failed",
+            PluginStatus::Canary => "canary",
+            PluginStatus::RolledBack => "rolled_back",
+            PluginStatus::Superseded => "superseded",
         }
+    }
+
+    /// The file is where the operator meant it to be: a rollout's verdicts are decisions, not
+    /// deployment errors, and do not make the host unready.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, PluginStatus::Refused | PluginStatus::Failed)
     }
 }
 
@@ -90,6 +114,8 @@ pub struct Registry {
     pub retention: BTreeMap<String, StreamRetention>,
     /// Streams under the event prefix that no running plugin reads.
     pub unsubscribed: Vec<Unsubscribed>,
+    /// Canary rollouts running and finished (see `rollout`).
+    pub rollouts: crate::rollout::Rollouts,
 }
 
 /// What the housekeeping did to a stream.

@@ -95,6 +95,10 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/dlq/{id}", get(dlq_get))
         .route("/api/dlq/{id}/reprocess", post(dlq_reprocess_one))
         .route("/api/replay", post(replay))
+        .route(
+            "/api/rollouts",
+            get(|State(s): State<Arc<AdminState>>| async move { Json(s.registry.read().unwrap().rollouts.to_json()) }),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }
@@ -179,7 +183,7 @@ async fn ready(State(s): State<Arc<AdminState>>) -> Response {
     let entries = s.plugins();
     let plugins: Vec<Value> =
         entries.iter().map(|p| json!({"file": p.file, "name": p.plugin.as_ref().map(|x| &x.name), "status": p.status, "error": p.error})).collect();
-    let all_running = entries.iter().all(|p| p.status == PluginStatus::Running);
+    let all_running = entries.iter().all(|p| p.status.is_settled());
     let starting = s.registry.read().unwrap().starting;
     let stalls = crate::status::stalls();
     let ready = redis.is_ok() && ch.is_ok() && all_running && !starting && stalls.is_empty();
@@ -283,7 +287,7 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
         redis_gauges(&s, &mut conn).await;
     }
     let plugins = s.plugins();
-    for state in [PluginStatus::Running, PluginStatus::Refused, PluginStatus::Failed] {
+    for state in PluginStatus::ALL {
         let n = plugins.iter().filter(|p| p.status == state).count();
         metrics::gauge!("sluice_plugins", "state" => state.name()).set(n as f64);
     }

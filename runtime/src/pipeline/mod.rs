@@ -35,6 +35,7 @@ use crate::contract::wit;
 use crate::plugin::{LoadedPlugin, Sandbox};
 use crate::policy::DeliveryPolicy;
 use crate::redis_conn::RedisConn;
+use crate::rollout::RolloutSlot;
 use crate::schema::entry_hash;
 use crate::source::{Batch, Intake, Recorded, Settle, Settled, Settlement, SourceEvent, Subscriber};
 use crate::writer::{ChunkOrigin, CommitResult, RowChunk, Writer};
@@ -50,6 +51,8 @@ pub struct Stage {
     pub tables: Vec<mpsc::Sender<RowChunk>>,
     /// The host's shared Redis connection, for ledger lookups.
     pub control: RedisConn,
+    /// The plugin's canary, when one runs: it takes its share of each batch (see `rollout`).
+    pub rollout: RolloutSlot,
 }
 
 /// One (plugin, event type) pipeline over one source.
@@ -293,11 +296,15 @@ impl Stage {
                 (None, Err(_)) => unreachable!("an invalid event is always decided"),
             }
         }
+        let rollout = self.rollout.current().filter(|r| r.splits(&self.who.event_type));
         let slot = self.gate.acquire(self.policy.priority, plugin.name()).await;
         let started = Instant::now();
         let call = crate::plugin::off_reactor(async move {
             let mut sandbox = sandbox;
-            let outcome = sandbox.run(&calls, &entries).await;
+            let outcome = match rollout {
+                Some(r) => r.run(&mut sandbox, &calls, &entries).await.0,
+                None => sandbox.run(&calls, &entries).await,
+            };
             (sandbox, outcome)
         });
         // Which events repeat one already seen is asked of Redis while the plugin runs (the

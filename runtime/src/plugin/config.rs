@@ -35,6 +35,8 @@ struct Sidecar {
     /// What the sandbox lets this plugin see beyond the WIT interface.
     #[serde(default)]
     grants: Grants,
+    /// This file is a canary of the plugin another file runs (see `rollout`).
+    rollout: Option<crate::rollout::RolloutConfig>,
 }
 
 /// A plugin's own delivery settings (the host's apply where unset).
@@ -129,6 +131,7 @@ pub struct PluginConfig {
     pub delivery: Delivery,
     pub table_prefix: Option<String>,
     pub grants: Grants,
+    pub rollout: Option<crate::rollout::RolloutSettings>,
 }
 
 /// What the host gives every plugin before its sidecar file: its default limits, and the
@@ -256,5 +259,14 @@ pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConf
             return Err(bad(format!("grants.read_dirs: {} is not an absolute path to a directory", dir.display())));
         }
     }
-    Ok(PluginConfig { name, settings, limits, delivery: sidecar.delivery, table_prefix, grants: sidecar.grants })
+    let rollout = sidecar.rollout.as_ref().map(|r| r.settings()).transpose().map_err(bad)?;
+    Ok(PluginConfig {
+        name,
+        settings,
+        limits,
+        delivery: sidecar.delivery,
+        table_prefix,
+        grants: sidecar.grants,
+        rollout,
+    })
 }

@@ -8,6 +8,10 @@
 //! host config decides which plugin a file is: a file that calls itself another plugin's name
 //! (an impostor, or a copy under a new name) is refused, whatever the order files are read in,
 //! and cannot take that plugin's events or tables.
+//!
+//! A canary (a file whose settings have `[rollout]`, see `rollout`) may also be named
+//! `<plugin>.<label>.wasm` — `orders.v2.wasm` is a candidate version of `orders` — the
+//! directory's owner says so by the name, as with a binding.
 
 use std::path::Path;
 
@@ -16,6 +20,11 @@ use anyhow::{Result, bail};
 /// The name `path` must have: the host config's binding, else its stem.
 pub fn expected_name(path: &Path, bound: Option<&str>) -> String {
     bound.map(str::to_string).unwrap_or_else(|| stem(path))
+}
+
+/// The plugin a canary's file names: `orders` for `orders.v2.wasm`.
+pub fn canary_name(path: &Path) -> Option<String> {
+    stem(path).split_once('.').map(|(name, _)| name.to_string()).filter(|n| !n.is_empty())
 }
 
 fn stem(path: &Path) -> String {
@@ -55,5 +64,7 @@ mod tests {
         assert!(check(v2, "promo-code-analytics", Some("promo-code-analytics")).is_ok());
         assert!(check(v2, "other", Some("promo-code-analytics")).unwrap_err().to_string().contains("binds this file"));
         assert_eq!(expected_name(v2, None), "promo-code-analytics-v2");
+        assert_eq!(canary_name(Path::new("/plugins/orders.v2.wasm")).as_deref(), Some("orders"));
+        assert_eq!(canary_name(Path::new("/plugins/orders.wasm")), None);
     }
 }

@@ -34,7 +34,8 @@ pub use config::{Delivery, Grants, PluginConfig, PluginDefaults, read_sidecar};
 pub use engine::SandboxEngine;
 use host_api::HostState;
 use rows::OutputLimits;
-pub use sandbox::{Sandbox, off_reactor};
+pub use rows::TableRows;
+pub use sandbox::{BatchOutcome, Sandbox, off_reactor};
 
 use crate::schema::TableSchema;
 
@@ -107,6 +108,8 @@ pub struct LoadedPlugin {
     /// The sidecar's delivery settings and grants.
     pub delivery: Delivery,
     pub grants: Grants,
+    /// `[rollout]`: this file is a candidate beside the running version of its plugin.
+    pub rollout: Option<crate::rollout::RolloutSettings>,
     /// Linear memory of the latest instance, in bytes.
     memory_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// The log rate of all its instances.
@@ -130,8 +133,10 @@ impl LoadedPlugin {
     /// plugin's `call_timeout`: a plugin that never answers costs its own load that much, never
     /// the host.
     pub async fn load(engine: &SandboxEngine, path: &Path, defaults: &PluginDefaults) -> Result<LoadedPlugin> {
-        let PluginConfig { name: bound_name, settings, limits, delivery, table_prefix, grants } =
+        let PluginConfig { name: bound_name, settings, limits, delivery, table_prefix, grants, rollout } =
             read_sidecar(path, defaults)?;
+        // A canary's file may name its plugin as `<plugin>.<label>.wasm` (see `identity`).
+        let bound_name = bound_name.or_else(|| rollout.as_ref().and_then(|_| identity::canary_name(path)));
         let bytes =
             tokio::fs::read(path).await.with_context(|| format!("cannot read plugin file {}", path.display()))?;
         check_header(path, &bytes)?;
@@ -185,6 +190,7 @@ impl LoadedPlugin {
             settings: Arc::new(settings),
             delivery,
             grants,
+            rollout,
             memory_bytes: Default::default(),
             logs: Default::default(),
             compiled: (cached, compile_ms),
@@ -256,6 +262,22 @@ impl LoadedPlugin {
 
     pub fn name(&self) -> &str {
         &self.manifest.name
+    }
+
+    /// The version's identity with its settings: the same file with other settings is another
+    /// candidate in a rollout.
+    pub fn identity(&self) -> String {
+        let mut settings: Vec<_> = self.settings.iter().collect();
+        settings.sort();
+        let mut h = Sha256::new();
+        h.update(self.hash.as_bytes());
+        for (k, v) in settings {
+            h.update([0]);
+            h.update(k.as_bytes());
+            h.update([0]);
+            h.update(v.as_bytes());
+        }
+        hex::encode(h.finalize())[..24].to_string()
     }
 
     /// True if both were loaded with the same sidecar settings.

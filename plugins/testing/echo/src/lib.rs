@@ -18,6 +18,8 @@
 //! it is not negative), a float, a string, an array, or `{"float": "nan" | "inf" | "-inf"}`,
 //! `{"bytes": [0, 255]}` for what JSON cannot say, `{"setting": "key"}` for the value of one of
 //! its own settings (which version of a hot-reloaded plugin wrote a row).
+//!
+//! The setting `fail_every_event = "why"` makes every event fail permanently (a bad version).
 
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -133,6 +135,10 @@ impl Plugin for Echo {
     }
 
     fn handle(event: &Event, out: &mut Output) -> Result<(), Failure> {
+        // A version that fails every event (a bad canary, for the rollout tests).
+        if let Some(why) = sluice_sdk::config("fail_every_event") {
+            return Err(Failure::permanent(why));
+        }
         let p: Payload = event.json()?;
         if let Some(why) = p.fail {
             return Err(Failure::permanent(why));
