@@ -12,7 +12,8 @@ Run by `make test` (and alone: `make check-monitoring`, or `python3 scripts/chec
   is one the host exports: collected from the `counter!`/`gauge!`/`histogram!` calls in
   runtime/src (a histogram as its `_bucket`, `_sum` and `_count` series), plus those listed in
   metrics-pending.txt (names being added by work not merged yet; a listed name the code
-  already has is an error, so the list empties as the code lands) and Prometheus' own `up`;
+  already has is an error, so the list empties as the code lands; the file may be deleted then)
+  and Prometheus' own `up`;
 - with promtool (on PATH, or target/tools/promtool/promtool as `scripts/install-deps.sh test`
   installs it): `promtool check rules alerts.yml`, `promtool test rules alerts_test.yml`, and
   every dashboard query parsed by promtool (as rules of a temporary file). Without promtool
@@ -90,6 +91,8 @@ def series_of(name, kind):
 def pending_metrics():
     """metrics-pending.txt: {series name: metric name}, and the metric names with their line."""
     series, lines = {}, {}
+    if not os.path.exists(PENDING):  # deleted once every name in it has landed
+        return series, lines
     with open(PENDING, encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             line = line.split("#", 1)[0].strip()
@@ -303,7 +306,7 @@ def main():
     if not exported:
         sys.exit(f"check-monitoring: no counter!/gauge!/histogram! call found under {SOURCE}")
     pending, pending_lines = pending_metrics()
-    for name, line in sorted(pending_lines.items()):
+    for name, line in sorted(pending_lines.items(), key=lambda kv: kv[1]):
         if name in exported.values():
             problem(PENDING, f"line {line}: {name} is in runtime/src now: delete it from this list")
     known = set(exported) | set(pending) | PROMETHEUS_SERIES
