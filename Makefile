@@ -6,7 +6,7 @@ TEST_PLUGINS := flaky echo hostile future-wit
 CARGO ?= cargo
 PLUGIN_OUT := target/plugins
 
-.PHONY: deps test-deps build build-failpoints plugins examples demo install test unit bench fmt clippy clean
+.PHONY: deps test-deps build build-failpoints plugins examples demo install test unit check-monitoring bench fmt clippy clean
 
 deps:
 	@bash scripts/install-deps.sh
@@ -64,12 +64,14 @@ demo: plugins build
 install: deps
 	$(CARGO) install --locked --path runtime
 
-# The whole suite: unit tests of the host and the three SDKs, plugin fixtures, and end-to-end tests
-# against real redis-server and ClickHouse processes started on free ports — each test once on
-# ClickHouse 18.16 (Debian) and once on 26.9 (chdb-core, see docs/clickhouse.md).
+# The whole suite: the monitoring examples' check, unit tests of the host and the three SDKs,
+# plugin fixtures, and end-to-end tests against real redis-server and ClickHouse processes
+# started on free ports — each test once on ClickHouse 18.16 (Debian) and once on 26.9
+# (chdb-core, see docs/clickhouse.md).
 test: test-deps plugins examples build-failpoints build
 	@mkdir -p target
 	set -o pipefail; { \
+	  timeout 120 python3 scripts/check-monitoring.py && \
 	  (cd plugins && $(CARGO) test --locked -p sluice-sdk) && \
 	  timeout 120 python3 -m unittest discover -s sdk/python/tests && \
 	  timeout 120 node --test sdk/js/test/ && \
@@ -87,6 +89,11 @@ unit: deps
 	cd plugins && $(CARGO) test --locked -p sluice-sdk
 	timeout 120 python3 -m unittest discover -s sdk/python/tests
 	timeout 120 node --test sdk/js/test/
+
+# examples/monitoring against the host's code (metric names) and promtool (the rules, their unit
+# tests, the dashboard's queries; skipped, saying so, without promtool): seconds, no build.
+check-monitoring:
+	timeout 120 python3 scripts/check-monitoring.py
 
 # The benchmark (bench/README.md): Sluice against the pipeline's limit and the seed designs.
 # `make bench BENCH_ARGS=--quick` for 100,000 events instead of 1,000,000.

@@ -8,6 +8,10 @@
 #   - with `test`: chromium, which the test suite drives headless to check the dashboard, and
 #     zookeeper (with its Java runtime), which the exactly-once tests give ClickHouse for
 #     Replicated tables, and openssl, with which the TLS tests make their certificates
+#   - with `test`: python3-yaml and promtool, for scripts/check-monitoring.py (the monitoring
+#     examples' check); promtool alone is taken out of Debian's `prometheus` package into
+#     target/tools/promtool/ — installing the package would also install (and, on a machine
+#     with systemd, enable at boot) a Prometheus server
 #     usage: install-deps.sh [test|languages]
 set -euo pipefail
 
@@ -25,6 +29,7 @@ if [ "${1:-}" = test ]; then
   [ -f /usr/share/java/zookeeper.jar ] || need_pkgs+=(zookeeper)
   [ -f /usr/share/java/slf4j-simple.jar ] || need_pkgs+=(libslf4j-java)
   command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+  python3 -c 'import yaml' >/dev/null 2>&1 || need_pkgs+=(python3-yaml)
 fi
 if [ "${1:-}" = test ] || [ "${1:-}" = languages ] || [ "${1:-}" = current-clickhouse ]; then
   command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
@@ -55,6 +60,28 @@ if command -v rustup >/dev/null 2>&1; then
 else
   echo "install-deps: rustup not found; install Rust from https://rustup.rs and re-run" >&2
   exit 1
+fi
+
+# promtool, from the Debian package of the distribution's apt sources (Debian 12: Prometheus 2.42,
+# which has `promtool test rules`), downloaded and unpacked without installing it: no server,
+# no service, no user. A promtool already on PATH is used instead (scripts/check-monitoring.py).
+if [ "${1:-}" = test ] && ! command -v promtool >/dev/null 2>&1; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  dest="$root/target/tools/promtool"
+  if ! "$dest/promtool" --version >/dev/null 2>&1; then
+    echo "install-deps: extracting promtool from Debian's prometheus package into $dest" >&2
+    work=$(mktemp -d)
+    # apt-get download needs the package lists (a fresh container has none until an update).
+    if ! (cd "$work" && timeout 600 apt-get download -qq prometheus >/dev/null 2>&1); then
+      timeout 600 $SUDO apt-get update -qq
+      (cd "$work" && timeout 600 apt-get download -qq prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
+    mkdir -p "$dest"
+    install -m 0755 "$work/x/usr/bin/promtool" "$dest/promtool"
+    rm -rf "$work"
+    "$dest/promtool" --version >/dev/null
+  fi
 fi
 
 # ClickHouse 26.9 (chdb-core's clickhouse-local, served by scripts/clickhouse/serve-current.py).
