@@ -188,14 +188,19 @@ pub enum Verdict {
 }
 
 /// The rule: worse by more than the allowed increase once judged → rolled back; enough events
-/// and time without that → promoted.
+/// and time without that → promoted. "Worse" is meant with 95% confidence: the lower bound of
+/// the candidate's failure rate (Wilson score interval) is above the stable rate plus the
+/// increase — a candidate as good as the stable version is not rolled back by a few unlucky
+/// events, while one failing everything is after `min_events` (20 of 20: lower bound 84%).
 pub fn judge(c: &Counts, s: &RolloutSettings, running_for: Duration) -> Option<Verdict> {
     let rate = |failed: u64, events: u64| if events == 0 { 0.0 } else { failed as f64 / events as f64 };
     let (cr, sr) = (rate(c.candidate_failed, c.candidate_events), rate(c.stable_failed, c.stable_events));
     let pct = |r: f64| format!("{:.1}%", r * 100.0);
-    if c.candidate_events >= s.min_events && cr > sr + s.max_failure_increase {
+    if c.candidate_events >= s.min_events
+        && wilson_lower(c.candidate_failed, c.candidate_events) > sr + s.max_failure_increase
+    {
         return Some(Verdict::RollBack(format!(
-            "the candidate failed {} of its {} events ({}), the running version {} of {} ({}): more than {} points worse",
+            "the candidate failed {} of its {} events ({}), the running version {} of {} ({}): more than {} points worse (at 95% confidence)",
             c.candidate_failed,
             c.candidate_events,
             pct(cr),
@@ -218,6 +223,16 @@ pub fn judge(c: &Counts, s: &RolloutSettings, running_for: Duration) -> Option<V
         )));
     }
     None
+}
+
+/// The lower bound of the 95% Wilson score interval of a rate of `k` in `n`.
+fn wilson_lower(k: u64, n: u64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let (n, p, z) = (n as f64, k as f64 / n as f64, 1.96_f64);
+    let z2 = z * z;
+    (p + z2 / (2.0 * n) - z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt()) / (1.0 + z2 / n)
 }
 
 /// A candidate running beside the stable version.
@@ -673,8 +688,18 @@ mod tests {
         };
         assert_eq!(judge(&c, &r, Duration::from_secs(30)), None, "too early");
         assert!(matches!(judge(&c, &r, Duration::from_secs(60)), Some(Verdict::Promote(_))));
-        let worse = Counts { candidate_failed: 20, ..c };
+        let worse = Counts { candidate_failed: 35, ..c };
         assert!(matches!(judge(&worse, &r, Duration::from_secs(60)), Some(Verdict::RollBack(_))));
+        // 20% observed against 10%: maybe bad luck on 100 events, not yet proof.
+        let unsure = Counts { candidate_failed: 20, ..c };
+        assert!(matches!(judge(&unsure, &r, Duration::from_secs(60)), Some(Verdict::Promote(_))));
+    }
+
+    #[test]
+    fn the_confidence_bound_is_the_wilson_interval() {
+        assert!((wilson_lower(20, 20) - 0.839).abs() < 0.001, "{}", wilson_lower(20, 20));
+        assert!((wilson_lower(10, 100) - 0.0552).abs() < 0.001, "{}", wilson_lower(10, 100));
+        assert_eq!(wilson_lower(0, 0), 0.0);
     }
 
     #[test]
