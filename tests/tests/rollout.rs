@@ -226,8 +226,51 @@ fn a_canary_with_other_tables_is_refused(release: Release) -> Result<()> {
     Ok(())
 }
 
+/// Two hosts share the plugins directory: both split their batches, their counts add up in
+/// Redis, and both act on the one verdict.
+fn two_hosts_judge_one_rollout_together(release: Release) -> Result<()> {
+    let DedupClickHouse { ch, zookeeper: _zk } = DedupClickHouse::start(release)?;
+    let redis = Redis::start()?;
+    let mut conn = redis.conn()?;
+    let dir = tempfile::tempdir()?;
+    let cfg = tempfile::tempdir()?;
+    let config = config(cfg.path())?;
+    install(dir.path(), "echo", "1", "stable", "", "")?;
+    let a = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
+    let b = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
+    let rules = "[rollout]\nshare = 0.5\nmin_events = 40\npromote_after_events = 1000000\n";
+    install(dir.path(), "echo.next", "2", "candidate", rules, "fail_every_event = \"bad build\"\n")?;
+    a.wait_for_log("canary rollout running", Duration::from_secs(30))?;
+    b.wait_for_log("canary rollout running", Duration::from_secs(30))?;
+    publish_slowly(&mut conn, 0..1000)?;
+    a.wait_for_log("canary rolled back", Duration::from_secs(60))?;
+    b.wait_for_log("canary rolled back", Duration::from_secs(60))?;
+    wait_rows(&ch, &a, 1000)?;
+    wait_until("every event acknowledged", Duration::from_secs(30), || {
+        total_pending(&mut conn, &["events:echo.event"]).is_ok_and(|n| n == 0)
+    })?;
+    assert_eq!(
+        ch.query(&format!("SELECT count(), uniqExact(k), countIf(tag = 'stable') FROM {QUALIFIED}"))?.trim(),
+        "1000\t1000\t1000"
+    );
+    assert_eq!(dead_letters(&mut conn).len(), 0);
+    // One record, one verdict, counts from both hosts.
+    let record: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("sluice:rollout:echo").query(&mut conn)?;
+    assert_eq!(record.get("state").map(String::as_str), Some("rolled_back"), "{record:?}");
+    let events: u64 = record["stable_events"].parse::<u64>()? + record["candidate_events"].parse::<u64>()?;
+    assert!(events > 0 && events <= 1000, "{record:?}");
+    for h in [&a, &b] {
+        assert_eq!(rollouts(h)?[0]["state"], "rolled_back");
+        // Both hosts gave the candidate its share.
+        assert!(h.metric("sluice_rollout_events_total", "role=\"candidate\"") > 0.0, "{}", h.log_text());
+    }
+    Ok(())
+}
+
 on_every_release!(
     a_canary_failing_every_event_is_rolled_back_with_nothing_lost_or_doubled,
     a_good_canary_is_promoted_and_every_event_lands_once,
     a_canary_with_other_tables_is_refused,
+    two_hosts_judge_one_rollout_together,
 );
