@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use crate::status::{PipelineEntry, PluginEntry, PluginStatus};
 use crate::writer::clickhouse::ChClient;
 
+mod trace;
+
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// How long a readiness probe waits for Redis or ClickHouse.
@@ -95,6 +97,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/dlq/{id}", get(dlq_get))
         .route("/api/dlq/{id}/reprocess", post(dlq_reprocess_one))
         .route("/api/replay", post(replay))
+        .route("/api/trace/{id}", get(trace::trace))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }
