@@ -550,7 +550,7 @@ pub fn tell(m: &mut Match) {
         )),
     }
     if let Some(p) = &m.plugin {
-        story.push(format!("read by plugin {p} (consumer group sluice:{p})"));
+        story.push(format!("plugin {p} reads it (consumer group sluice:{p})"));
     }
     if m.attempts.is_empty() {
         story.push(format!(
