@@ -147,4 +147,55 @@ fn retried_and_dead_lettered_events_tell_their_story(release: Release) -> Result
     Ok(())
 }
 
-on_every_release!(retried_and_dead_lettered_events_tell_their_story);
+/// A BullMQ job by its id: retried then completed, and one failed for good, each with BullMQ's
+/// own record of it beside the host's attempts.
+fn bullmq_jobs_tell_their_story(release: Release) -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start(release)?;
+    let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
+    let env = [("SLUICE_BULLMQ_QUEUES", "events")];
+    let host = Host::start(&redis, &ch, plugins.path(), &env)?;
+    host.wait_running(Duration::from_secs(60))?;
+    let add = |data: &str| bullmq(&redis, &["add", "--type", "flaky.event", "--data", data, "--backoff-ms", "300"]);
+    // Job ids are BullMQ's counter: 1, then 2.
+    add(r#"{"n":4,"fail_first":true}"#)?;
+    add(r#"{"n":5,"permanent":true}"#)?;
+    wait_until("one job completed and one failed", Duration::from_secs(60), || {
+        bullmq(&redis, &["counts"]).is_ok_and(|c| c["completed"] == 1 && c["failed"] == 1)
+    })
+    .map_err(|e| e.context(host.log_text()))?;
+    let env = [
+        ("SLUICE_REDIS_URL", redis.url()),
+        ("SLUICE_CLICKHOUSE_URL", ch.url()),
+        ("SLUICE_BULLMQ_QUEUES", "events".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let admin = format!("127.0.0.1:{}", host.admin_port);
+
+    let out = sluice(&["trace", "1", "--admin", &admin], &env)?;
+    has(&out, "bullmq job 1 of queue bull:events (event type flaky.event), added at ");
+    let first = out.lines().find(|l| l.contains("attempt 1:")).unwrap_or_else(|| panic!("no attempt 1:\n{out}"));
+    has(first, "failed, to be retried:");
+    has(first, "first attempt fails");
+    let second = out.lines().find(|l| l.contains("attempt 2:")).unwrap_or_else(|| panic!("no attempt 2:\n{out}"));
+    has(second, "acknowledged, rows: flaky_rows 1");
+    has(&out, "the job is completed after 2 attempt(s)");
+    has(&out, "rows written: flaky_rows 1");
+    assert_eq!(out.lines().last().map(str::trim), Some("state: acknowledged"), "{out}");
+
+    let (status, v) = api(&host, "2")?;
+    assert_eq!(status, 200, "{v}");
+    let m = &v["matches"][0];
+    assert_eq!(
+        (m["source"].as_str(), m["job_id"].as_str(), m["state"].as_str()),
+        (Some("bullmq"), Some("2"), Some("dead_lettered")),
+        "{v}"
+    );
+    assert_eq!(m["job"]["state"], "failed", "{v}");
+    assert!(m["job"]["failed_reason"].as_str().unwrap().contains("permanently bad"), "{v}");
+    assert_eq!(m["attempts"][0]["outcome"], "dead_lettered", "{v}");
+    assert_eq!(m["attempts"][0]["kind"], "permanent", "{v}");
+    Ok(())
+}
+
+on_every_release!(retried_and_dead_lettered_events_tell_their_story, bullmq_jobs_tell_their_story);
