@@ -415,7 +415,8 @@ async fn job_facts(conn: &mut RedisConn, q: &BullQueue, id: &str, m: &mut Match)
     let num = |k: &str| hash.get(k).and_then(|v| v.parse::<u64>().ok());
     m.job = Some(json!({
         "state": state.unwrap_or("unknown"),
-        "attempts_made": num("attemptsMade").or(num("attempts")),
+        // BullMQ 5 keeps it as `atm`, earlier releases and Bull as `attemptsMade`.
+        "attempts_made": num("atm").or(num("attemptsMade")),
         "failed_reason": hash.get("failedReason").filter(|r| !r.is_empty()),
         "processed_on": num("processedOn").map(|t| crate::trace::time(t as i64)),
         "finished_on": num("finishedOn").map(|t| crate::trace::time(t as i64)),
@@ -532,7 +533,14 @@ pub fn tell(m: &mut Match) {
     }
     .to_string();
     let mut story = Vec::new();
-    let id = |m: &Match| m.event_id.as_ref().map(|i| format!(", event id {i}")).unwrap_or_default();
+    // A job's event id is its job id unless the producer gave one: said once.
+    let id = |m: &Match| {
+        m.event_id
+            .as_ref()
+            .filter(|i| m.job_id.as_ref() != Some(*i))
+            .map(|i| format!(", event id {i}"))
+            .unwrap_or_default()
+    };
     let at = m.published_at.as_ref().map(|t| format!(" at {t}")).unwrap_or_default();
     match &m.job_id {
         Some(job) => story.push(format!(
@@ -549,8 +557,10 @@ pub fn tell(m: &mut Match) {
             id(m)
         )),
     }
-    if let Some(p) = &m.plugin {
-        story.push(format!("plugin {p} reads it (consumer group sluice:{p})"));
+    match (&m.plugin, &m.job_id) {
+        (Some(p), None) => story.push(format!("plugin {p} reads it (consumer group sluice:{p})")),
+        (Some(p), Some(_)) => story.push(format!("plugin {p} handles it")),
+        (None, _) => {}
     }
     if m.attempts.is_empty() {
         story.push(format!(

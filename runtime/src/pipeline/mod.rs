@@ -440,7 +440,7 @@ impl Stage {
             &batch.events,
             &settlements,
             crate::trace::now_ms(),
-            Vec::new(),
+            Default::default(),
         );
         let settled = Settled { events: batch.events, settlements, chunk: None, recorded: Vec::new() };
         self.count(&settled.settlements);
@@ -480,11 +480,8 @@ impl Stage {
         );
         let task = async move {
             let _held = held;
-            let traced_rows = crate::trace::rows_by_event(
-                h.events.len(),
-                h.commits.iter().map(|(t, e, _)| (t.as_str(), e.as_slice())),
-                &h.rows,
-            );
+            let traced_rows =
+                crate::trace::BatchRows::of(h.commits.iter().map(|(t, e, _)| (t.as_str(), e.as_slice())), &h.rows);
             // Events (by index) whose rows were not committed, and why.
             let mut not_committed: Vec<Option<Arc<str>>> = vec![None; h.events.len()];
             let mut recorded = Vec::new();
