@@ -152,7 +152,12 @@ pub async fn trace(id: &str, stores: Stores<'_>) -> Result<Trace> {
             }
         }
     }
-    let letters = crate::dlq::list(conn, crate::dlq::Filter::default(), usize::MAX).await?;
+    // An entry's dead letters come after it was published: only those are read.
+    let since = match form {
+        Form::Entry => crate::source::entry_id_millis(id).map(|ms| ms.to_string()),
+        Form::EventOrJob => None,
+    };
+    let letters = letters_since(conn, since.as_deref().unwrap_or("-")).await?;
     let mut subjects: Vec<Subject> = Vec::new();
     fn add(subjects: &mut Vec<Subject>, s: Subject) {
         if !subjects.iter().any(|t| t.plugin == s.plugin && t.stream == s.stream && t.entry_id == s.entry_id) {
@@ -268,6 +273,30 @@ pub async fn trace(id: &str, stores: Stores<'_>) -> Result<Trace> {
     Ok(Trace { query: id.to_string(), matches })
 }
 
+/// The dead letters from `start` (a stream position) on, oldest first.
+async fn letters_since(conn: &mut RedisConn, start: &str) -> Result<Vec<DeadLetterEntry>> {
+    const PAGE: usize = 1000;
+    let mut out = Vec::new();
+    let mut from = start.to_string();
+    loop {
+        let v: Value = cmd("XRANGE")
+            .arg(crate::keys::DLQ_STREAM)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await?;
+        let page = record::parse_entries(v)?;
+        let (n, last) = (page.len(), page.last().map(|e| e.id.clone()));
+        out.extend(page);
+        match last {
+            Some(last) if n == PAGE => from = format!("({last}"),
+            _ => return Ok(out),
+        }
+    }
+}
+
 fn same(a: &Remembered, b: &Remembered) -> bool {
     a.plugin == b.plugin && a.event_type == b.event_type && a.stream == b.stream && a.entry_id == b.entry_id
 }
@@ -325,6 +354,9 @@ async fn read_streams(conn: &mut RedisConn, prefix: &str) -> Result<Vec<(String,
     Ok(out)
 }
 
+/// A stream entry as XRANGE gives it: id and fields.
+type RawEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// The entry `id` in the pending list of `plugin`'s group on `stream`.
 async fn pending(conn: &mut RedisConn, stream: &str, plugin: &str, id: &str) -> Result<Option<Pending>> {
     let group = crate::keys::group_name(plugin);
@@ -346,7 +378,7 @@ async fn pending(conn: &mut RedisConn, stream: &str, plugin: &str, id: &str) -> 
 /// pending, whether the group read past it.
 async fn stream_facts(conn: &mut RedisConn, s: &Subject, m: &mut Match) -> Result<()> {
     m.published_at = crate::source::entry_id_millis(&s.entry_id).map(crate::trace::time);
-    let found: Vec<(String, Vec<(String, Vec<u8>)>)> =
+    let found: Vec<RawEntry> =
         cmd("XRANGE").arg(&s.stream).arg(&s.entry_id).arg(&s.entry_id).query_async(conn).await.unwrap_or_default();
     if let Some((_, fields)) = found.first() {
         let event_type = s.event_type.as_deref().unwrap_or("");

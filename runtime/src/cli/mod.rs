@@ -55,7 +55,7 @@ pub enum Command {
     /// handled it, each attempt's outcome and error, its rows per table (counted in ClickHouse
     /// where the table has the entry column), and whether it was acknowledged, is pending or was
     /// dead-lettered and why. Exit 1 if nothing knows the id.
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -349,7 +349,7 @@ pub async fn run(command: Command) -> Result<bool> {
         Command::Replay(r) => dead_letters::replay(r).await.map(|_| true),
         Command::Health(h) => health::health(h).await,
         Command::Takeover(t) => takeover::takeover(t).await.map(|_| true),
-        Command::Trace(t) => trace::trace(t).await,
+        Command::Trace(t) => trace::trace(*t).await,
         Command::Plugin(p) => plugin::run(p).await,
     }
 }
