@@ -2,7 +2,8 @@
 //! landed (its first attempt failed with the plugin's error, its second acknowledged with its
 //! row, counted in ClickHouse on 18.16's Replicated table by the entry column), one
 //! dead-lettered (kind, error, the dead letter's id); by entry id and by event id; what Redis and
-//! ClickHouse still tell once the host is gone; an unknown id and a malformed one.
+//! ClickHouse still tell once the host is gone; an unknown id and a malformed one; a BullMQ job
+//! by its id; two hosts' attempts at one event merged.
 
 use std::time::Duration;
 
@@ -198,4 +199,63 @@ fn bullmq_jobs_tell_their_story(release: Release) -> Result<()> {
     Ok(())
 }
 
-on_every_release!(retried_and_dead_lettered_events_tell_their_story, bullmq_jobs_tell_their_story);
+/// Two hosts share the work: each remembers only its own attempts, and `sluice trace` asking
+/// both tells every event's two attempts whichever host made them; a host that does not answer
+/// is named, and what the others said is still told.
+fn several_hosts_answers_are_merged(release: Release) -> Result<()> {
+    let redis = Redis::start()?;
+    let ch = ClickHouse::start(release)?;
+    let plugins = plugin_dir_with(&[test_plugin("flaky")])?;
+    let cfg_dir = tempfile::tempdir()?;
+    let config = config_file(cfg_dir.path(), &format!("{FAST}batch_size = 4\n"))?.display().to_string();
+    let hosts = [
+        Host::start(&redis, &ch, plugins.path(), &[("SLUICE_CONFIG", &config)])?,
+        Host::start(&redis, &ch, plugins.path(), &[("SLUICE_CONFIG", &config)])?,
+    ];
+    for h in &hosts {
+        h.wait_running(Duration::from_secs(60))?;
+    }
+    let mut conn = redis.conn()?;
+    let entries: Vec<String> = (0..40)
+        .map(|i| xadd(&mut conn, json!({"n": i, "fail_first": true}), &format!("evt-{i}")))
+        .collect::<Result<_>>()?;
+    wait_until("every event's row", Duration::from_secs(60), || {
+        total_pending(&mut conn, &[STREAM]).is_ok_and(|n| n == 0) && ch.rows("flaky_rows") == 40
+    })
+    .map_err(|e| e.context(format!("{}\n{}", hosts[0].log_text(), hosts[1].log_text())))?;
+    let env = [("SLUICE_REDIS_URL", redis.url()), ("SLUICE_CLICKHOUSE_URL", ch.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let admins: Vec<String> = hosts.iter().map(|h| format!("127.0.0.1:{}", h.admin_port)).collect();
+    let mut readers = std::collections::BTreeSet::new();
+    // Events whose two attempts were made by different hosts: only the merge tells them whole.
+    let mut split = 0;
+    for entry in &entries {
+        let out = sluice(&["trace", entry, "--admin", &admins[0], "--admin", &admins[1], "--json"], &env)?;
+        let v: Value = serde_json::from_str(&out)?;
+        let m = &v["matches"][0];
+        let attempts: Vec<_> =
+            m["attempts"].as_array().unwrap().iter().map(|a| (a["attempt"].as_u64(), a["outcome"].as_str())).collect();
+        assert_eq!(attempts, [(Some(1), Some("retry")), (Some(2), Some("acknowledged"))], "{v}");
+        assert_eq!(m["state"], "acknowledged", "{v}");
+        assert_eq!(m["rows"], json!([{"table": "flaky_rows", "count": 1, "from": "host"}]), "{v}");
+        readers.extend(m["attempts"].as_array().unwrap().iter().map(|a| a["host"].as_str().unwrap().to_string()));
+        split += (m["attempts"][0]["host"] != m["attempts"][1]["host"]) as usize;
+    }
+    assert_eq!(readers.len(), 2, "both hosts worked: {readers:?}");
+    // A retry goes to whichever host reads it next: about a third of them change hosts here.
+    assert!(split > 0, "no event's attempts were split between the hosts: the merge was not exercised");
+    // One host asked is not there: the other's answer is told, with a warning naming it.
+    let gone = format!("127.0.0.1:{}", free_port());
+    let (code, out, err) =
+        sluice_output(&["trace", &entries[0], "--admin", &admins[0], "--admin", &admins[1], "--admin", &gone], &env)?;
+    assert_eq!(code, 0, "{out}{err}");
+    has(&err, &format!("some hosts' history was not reachable (cannot reach the admin API at {gone}"));
+    has(&out, "attempt 2:");
+    Ok(())
+}
+
+on_every_release!(
+    retried_and_dead_lettered_events_tell_their_story,
+    bullmq_jobs_tell_their_story,
+    several_hosts_answers_are_merged
+);
