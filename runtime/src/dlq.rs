@@ -266,7 +266,7 @@ pub async fn count_range(
 
 /// The event streams under `prefix` (not the host's own `sluice:` keys, which a short prefix
 /// could match), by event type, with the names of the consumer groups that read each.
-async fn groups_by_type(conn: &mut RedisConn, prefix: &str) -> Result<BTreeMap<String, Vec<String>>> {
+pub async fn groups_by_type(conn: &mut RedisConn, prefix: &str) -> Result<BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
     for key in conn.scan_keys(&format!("{}*", crate::keys::glob_escape(prefix)), "stream").await? {
         if key.starts_with("sluice:") {

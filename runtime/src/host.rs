@@ -32,6 +32,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     let started = std::time::Instant::now();
     let settings = Arc::new(settings);
     let consumer: Arc<str> = Arc::from(consumer_name().as_str());
+    crate::trace::set_host(&consumer, &settings.bullmq);
     tracing::info!(consumer = %consumer, redis = %settings.redis.display(), clickhouse = ?settings.clickhouse.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(), database = %settings.clickhouse.database, plugins_dir = %settings.plugins_dir.display(), "starting sluice");
     let metrics = crate::admin::install_metrics()?;
     let admin_listener = bind_admin(&settings).await?;

@@ -10,9 +10,11 @@
 //!    `schema` (table declarations, types, comparison).
 //! 3. Stages: `source` (Redis Streams, BullMQ, delayed events) · `plugin` (the wasmtime
 //!    sandbox, row checking) · `writer` (tables, batching, INSERT, recovery).
-//! 4. The delivery core: `pipeline` (read → call → write → settle; the decision).
+//! 4. The delivery core: `pipeline` (read → call → write → settle; the decision), `trace` (the
+//!    rings of recent attempts it records).
 //! 5. Running it: `deploy` (plugin files → pipelines, hot reload), `admin` (HTTP API and
-//!    dashboard), `dlq` (dead letters and replay in Redis).
+//!    dashboard), `dlq` (dead letters and replay in Redis), `story` (an event's trace: the rings,
+//!    Redis and ClickHouse put together).
 //! 6. Entry points: `config` (settings), `host` (`sluice run`), `cli` (the command line).
 //!
 //! Only `cli` (for the binary) and `sample` (for the benchmark) are public: everything else is
@@ -39,7 +41,9 @@ mod schema;
 mod secret;
 mod source;
 mod status;
+mod story;
 mod suggest;
 mod tls;
+mod trace;
 mod upkeep;
 mod writer;

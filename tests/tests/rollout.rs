@@ -164,6 +164,15 @@ fn a_good_canary_is_promoted_and_every_event_lands_once(release: Release) -> Res
     assert!(by_candidate > 50, "the candidate handled its share: {by_candidate} rows:\n{}", host.log_text());
     let by_stable = ch.number(&format!("SELECT count() FROM {QUALIFIED} WHERE k >= 100 AND tag = 'stable'"));
     assert!(by_stable > 0, "the stable version kept the rest: {by_stable}");
+    // The trace names the version that handled each event.
+    for (tag, version) in [("candidate", "2"), ("stable", "1")] {
+        let k = ch.number(&format!("SELECT min(k) FROM {QUALIFIED} WHERE k >= 100 AND k < 500 AND tag = '{tag}'"));
+        let (status, body) = host.admin("GET", &format!("/api/trace/{EVENT_TYPE}-{k}"), &[])?;
+        assert_eq!(status, 200, "{body}");
+        let trace: Value = serde_json::from_str(&body)?;
+        let attempts = &trace["matches"][0]["attempts"];
+        assert_eq!(attempts[0]["version"], version, "event {k}, handled by the {tag} version: {trace:#}");
+    }
     // After the promotion, every event goes to the new version (once the old one drained).
     wait_until("the old version stopped", Duration::from_secs(30), || {
         plugin_status(&host, "echo.wasm").is_ok_and(|p| p["status"] == "superseded")

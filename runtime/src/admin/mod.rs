@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use crate::status::{PipelineEntry, PluginEntry, PluginStatus};
 use crate::writer::clickhouse::ChClient;
 
+mod trace;
+
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// How long a readiness probe waits for Redis or ClickHouse.
@@ -99,6 +101,7 @@ fn router(state: Arc<AdminState>) -> Router {
             "/api/rollouts",
             get(|State(s): State<Arc<AdminState>>| async move { Json(s.registry.read().unwrap().rollouts.to_json()) }),
         )
+        .route("/api/trace/{id}", get(trace::trace))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }

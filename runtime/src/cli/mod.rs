@@ -1,9 +1,10 @@
 //! The `sluice` command line, one file per command family: `run` (the host, `host`), `publish`,
-//! `dlq` and `replay` (`dead_letters`), `plugin inspect|run|test|new` (`plugin/`), `health`.
+//! `dlq` and `replay` (`dead_letters`), `plugin inspect|run|test|new` (`plugin/`), `health`,
+//! `trace`.
 //!
 //! Exit codes: 0 success; 1 the command ran and says no (a fixture did not match in `plugin test`,
 //! an event failed in `plugin run`, `plugin inspect` would refuse a table, `health` got no 200
-//! or no answer); 2 an error (printed as `error: ...`); 130 when a second signal stops `sluice
+//! or no answer, `trace` found nothing); 2 an error (printed as `error: ...`); 130 when a second signal stops `sluice
 //! run` at once.
 
 mod dead_letters;
@@ -11,6 +12,7 @@ mod health;
 mod plugin;
 mod publish;
 mod takeover;
+mod trace;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +51,29 @@ pub enum Command {
     /// Hand a consumer group's streams to a plugin: the plugin's group starts exactly where
     /// the group of the service it replaces stopped (a switch with no gap and no double rows).
     Takeover(TakeoverArgs),
+    /// Tell an event's whole story: when it was read and by which host, which plugin versions
+    /// handled it, each attempt's outcome and error, its rows per table (counted in ClickHouse
+    /// where the table has the entry column), and whether it was acknowledged, is pending or was
+    /// dead-lettered and why. Exit 1 if nothing knows the id.
+    Trace(Box<TraceArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// A stream entry id (1717245000123-0), an event id (the producer's `id`), or a BullMQ /
+    /// Bull job id.
+    pub id: String,
+    /// A running host's admin address (host:port or http://host:port) to ask for the attempts
+    /// it remembers; repeat for every host (each knows only its own) [default: the settings'
+    /// admin address, SLUICE_ADMIN_ADDR]
+    #[arg(long = "admin", value_name = "URL")]
+    pub admin: Vec<String>,
+    /// Print the admin API's JSON (`GET /api/trace/{id}`) instead of the story.
+    #[arg(long)]
+    pub json: bool,
+    /// Where Redis, ClickHouse and the queues are: the same settings as `sluice run`.
+    #[command(flatten, next_help_heading = "Host settings (as for `sluice run`)")]
+    pub host: RunArgs,
 }
 
 #[derive(Args, Debug)]
@@ -324,6 +349,7 @@ pub async fn run(command: Command) -> Result<bool> {
         Command::Replay(r) => dead_letters::replay(r).await.map(|_| true),
         Command::Health(h) => health::health(h).await,
         Command::Takeover(t) => takeover::takeover(t).await.map(|_| true),
+        Command::Trace(t) => trace::trace(*t).await,
         Command::Plugin(p) => plugin::run(p).await,
     }
 }

@@ -74,6 +74,12 @@ struct Handled<S> {
     chunk: Option<Arc<str>>,
     calls: u32,
     handled_in: Duration,
+    /// For the trace (`trace`): when the batch was read (ms since the epoch), how many rows each
+    /// event listed in `commits` has there (same order), and per event the plugin version that
+    /// ran it when not the stage's (a canary; empty: the stage's ran them all).
+    read_at: i64,
+    rows: Vec<Vec<u32>>,
+    versions: Vec<Arc<LoadedPlugin>>,
 }
 
 impl<I: Intake> Pipeline<I> {
@@ -262,11 +268,12 @@ impl Stage {
         mut batch: Batch<I::Settle>,
     ) -> Result<(Sandbox, Handled<I::Settle>), (Sandbox, Unhandled)> {
         let chunked = I::CHUNKED_LEDGER;
+        let read_at = crate::trace::now_ms();
         // Without knowing what an earlier delivery wrote, the events must not run now.
         if batch.maybe_written
             && let Err(e) = self.find_written(&mut batch.events, chunked).await
         {
-            return Err((sandbox, self.retry_all(batch, format!("cannot look up earlier batch records: {e:#}"))));
+            return Err((sandbox, self.retry_all::<I>(batch, format!("cannot look up earlier batch records: {e:#}"))));
         }
         let plugin = self.plugin.clone();
         metrics::counter!("sluice_events_read_total", "plugin" => plugin.name().to_string(), "event_type" => self.who.event_type.to_string())
@@ -301,11 +308,14 @@ impl Stage {
         let started = Instant::now();
         let call = crate::plugin::off_reactor(async move {
             let mut sandbox = sandbox;
-            let outcome = match rollout {
-                Some(r) => r.run(&mut sandbox, &calls, &entries).await.0,
-                None => sandbox.run(&calls, &entries).await,
+            let (outcome, candidate) = match rollout {
+                Some(r) => {
+                    let (outcome, by_candidate) = r.run(&mut sandbox, &calls, &entries).await;
+                    (outcome, Some((r.candidate.clone(), by_candidate)))
+                }
+                None => (sandbox.run(&calls, &entries).await, None),
             };
-            (sandbox, outcome)
+            (sandbox, (outcome, candidate))
         });
         // Which events repeat one already seen is asked of Redis while the plugin runs (the
         // round trip is hidden behind the call); a repeat's rows and failures are then dropped.
@@ -317,14 +327,26 @@ impl Stage {
                 None => Ok(Vec::new()),
             }
         };
-        let ((sandbox, outcome), duplicate) = tokio::join!(call, claim);
+        let ((sandbox, (outcome, candidate)), duplicate) = tokio::join!(call, claim);
+        // Which version handled each event, for the trace: a canary's events are the
+        // candidate's, the others the stage's.
+        let versions: Vec<Arc<LoadedPlugin>> = match candidate {
+            Some((candidate, by_candidate)) => {
+                let mut v = vec![plugin.clone(); batch.events.len()];
+                for c in by_candidate {
+                    v[origin[c as usize]] = candidate.clone();
+                }
+                v
+            }
+            None => Vec::new(),
+        };
         let handled_in = started.elapsed();
         drop(slot);
         let duplicate = match duplicate {
             Ok(d) => d,
             Err(e) => {
                 let why = format!("cannot check the events' ids against those already seen: {e:#}");
-                return Err((sandbox, self.retry_all(batch, why)));
+                return Err((sandbox, self.retry_all::<I>(batch, why)));
             }
         };
         let repeated = |i: usize| duplicate.get(i).copied().unwrap_or(false);
@@ -366,6 +388,7 @@ impl Stage {
             ack_unit: chunk.clone(),
         });
         let mut commits = Vec::new();
+        let mut rows_n = Vec::new();
         let mut chunks = Vec::new();
         for (table, mut rows) in outcome.tables.into_iter().enumerate() {
             // Rows an earlier delivery already committed to this table are dropped, and those of
@@ -385,6 +408,7 @@ impl Stage {
                 rows.events.iter().map(|&(e, end, n)| (origin[e as usize] as u32, end, n)).collect();
             let name = plugin.tables[table].name.clone();
             commits.push((name, events.iter().map(|(e, _, _)| *e as usize).collect(), rx));
+            rows_n.push(events.iter().map(|&(_, _, n)| n as u32).collect());
             chunks.push((
                 table,
                 RowChunk { data: rows.data, rows: rows.rows, events, origin: chunk_origin.clone(), done },
@@ -418,20 +442,29 @@ impl Stage {
             chunk,
             calls: outcome.calls,
             handled_in,
+            read_at,
+            rows: rows_n,
+            versions,
         };
         Ok((sandbox, handled))
     }
 
     /// Every event of a batch that could not be handled is left for a retry, saying why.
-    fn retry_all<S: Settle>(&self, batch: Batch<S>, why: String) -> Unhandled {
+    fn retry_all<I: Intake>(&self, batch: Batch<I::Settle>, why: String) -> Unhandled {
         tracing::error!(plugin = %self.who.plugin, event_type = %self.who.event_type, events = batch.events.len(), error = %why, "the events are retried");
         let n = batch.events.len();
-        let settled = Settled {
-            events: batch.events,
-            settlements: vec![Settlement::Retry(why); n],
-            chunk: None,
-            recorded: Vec::new(),
-        };
+        let settlements = vec![Settlement::Retry(why); n];
+        crate::trace::record(
+            &self.who,
+            I::JOB_IDS,
+            &self.plugin,
+            &[],
+            &batch.events,
+            &settlements,
+            crate::trace::now_ms(),
+            Default::default(),
+        );
+        let settled = Settled { events: batch.events, settlements, chunk: None, recorded: Vec::new() };
         self.count(&settled.settlements);
         Box::pin(batch.settle.settle(settled))
     }
@@ -469,6 +502,8 @@ impl Stage {
         );
         let task = async move {
             let _held = held;
+            let traced_rows =
+                crate::trace::BatchRows::of(h.commits.iter().map(|(t, e, _)| (t.as_str(), e.as_slice())), &h.rows);
             // Events (by index) whose rows were not committed, and why.
             let mut not_committed: Vec<Option<Arc<str>>> = vec![None; h.events.len()];
             let mut recorded = Vec::new();
@@ -521,6 +556,16 @@ impl Stage {
                 }
             }
             count(&who, &settlements);
+            crate::trace::record(
+                &who,
+                I::JOB_IDS,
+                &plugin,
+                &h.versions,
+                &h.events,
+                &settlements,
+                h.read_at,
+                traced_rows,
+            );
             h.settle.settle(Settled { events: h.events, settlements, chunk: h.chunk, recorded }).await;
         };
         tracing::Instrument::instrument(task, span)
