@@ -53,6 +53,8 @@ pub async fn run(settings: Settings) -> Result<()> {
                 token: settings.admin_token.as_ref().map(|t| t.0.clone()),
                 registry: registry.clone(),
                 metrics,
+                bullmq: settings.bullmq.iter().map(|q| q.key()).collect(),
+                history: Default::default(),
             },
         )
     });

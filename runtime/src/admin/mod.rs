@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 use crate::status::{PipelineEntry, PluginEntry, PluginStatus};
 use crate::writer::clickhouse::ChClient;
 
+mod console;
+pub mod history;
+
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// How long a readiness probe waits for Redis or ClickHouse.
@@ -51,6 +54,10 @@ pub struct AdminState {
     /// Plugin files and pipelines, kept current by the deployer (hot reload).
     pub registry: crate::status::SharedRegistry,
     pub metrics: PrometheusHandle,
+    /// The BullMQ/bull queues consumed, as key bases `<prefix>:<queue>` (`/api/queues`).
+    pub bullmq: Vec<String>,
+    /// The console's last 15 minutes, sampled by `history::run`.
+    pub history: history::History,
 }
 
 impl AdminState {
@@ -77,7 +84,10 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
 /// Serves the admin API until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-    axum::serve(listener, router(state)).await?;
+    let sampler = tokio::spawn(history::run(state.clone()));
+    let served = axum::serve(listener, router(state)).await;
+    sampler.abort();
+    served?;
     Ok(())
 }
 
@@ -95,6 +105,7 @@ fn router(state: Arc<AdminState>) -> Router {
         .route("/api/dlq/{id}", get(dlq_get))
         .route("/api/dlq/{id}/reprocess", post(dlq_reprocess_one))
         .route("/api/replay", post(replay))
+        .merge(console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }
@@ -229,7 +240,30 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
     Json(s.plugins().iter().map(plugin_json).collect())
 }
 
-/// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
+/// A consumer is counted live while Redis saw it read within this time: every host's reader
+/// reads at least once a second (`XREADGROUP ... BLOCK` of at most 1 s), so a consumer idle for
+/// longer is a stopped host — or one whose reading has been paused this long (ClickHouse away:
+/// the writer's backpressure stops the reads), which `consumers_registered` still counts.
+pub const LIVE_CONSUMER_IDLE: Duration = Duration::from_secs(30);
+
+/// Of a group's consumers: how many are live (idle under `LIVE_CONSUMER_IDLE`), how many
+/// are registered (live or not); `None` if the group cannot be read.
+async fn consumer_counts(conn: &mut RedisConn, stream: &str, group: &str) -> Option<(usize, usize)> {
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await.ok()?;
+    let live = consumers
+        .iter()
+        .filter(|c| {
+            c.get("idle")
+                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
+                .is_some_and(|idle| idle < LIVE_CONSUMER_IDLE.as_millis() as u64)
+        })
+        .count();
+    Some((live, consumers.len()))
+}
+
+/// Length, lag, pending count, consumers (live and registered) and oldest pending age of a
+/// pipeline's stream and group.
 async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
     let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
     let group = crate::dlq::group_info(conn, &p.stream, &p.group).await;
@@ -245,9 +279,11 @@ async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
         .unwrap_or((0, None, None, redis::Value::Nil));
     let oldest_ms = summary.1.as_deref().and_then(|id| id.split('-').next()?.parse::<i64>().ok());
     let age_s = oldest_ms.map(|ms| ((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0);
+    let counts = consumer_counts(conn, &p.stream, &p.group).await;
     json!({
         "plugin": p.plugin, "event_type": p.event_type, "stream": p.stream, "group": p.group,
-        "length": length, "lag": field("lag"), "pending": field("pending"), "consumers": field("consumers"),
+        "length": length, "lag": field("lag"), "pending": field("pending"),
+        "consumers": counts.map(|c| c.0), "consumers_registered": counts.map(|c| c.1).or(field("consumers").map(|n| n as usize)),
         "oldest_pending_age_s": age_s,
     })
 }
@@ -306,6 +342,9 @@ async fn redis_gauges(s: &AdminState, conn: &mut RedisConn) {
         metrics::gauge!("sluice_consumer_group_pending", &labels).set(info["pending"].as_f64().unwrap_or(0.0));
         if let Some(lag) = info["lag"].as_f64() {
             metrics::gauge!("sluice_consumer_group_lag", &labels).set(lag);
+        }
+        if let Some(live) = info["consumers"].as_f64() {
+            metrics::gauge!("sluice_consumer_group_live_consumers", &labels).set(live);
         }
     }
     if let Ok(n) = redis::cmd("XLEN").arg(crate::keys::DLQ_STREAM).query_async::<i64>(conn).await {
@@ -402,11 +441,10 @@ struct ReplayRequest {
     types: Vec<String>,
 }
 
-/// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
-/// through the replay streams at their own pace).
-async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
-    authorize(&s, &headers)?;
-    let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+/// A replay's body, and its positions as stream ids (`from`, `to`).
+#[allow(clippy::result_large_err)]
+fn replay_request(body: &[u8]) -> Result<(ReplayRequest, String, String), Response> {
+    let req: ReplayRequest = serde_json::from_slice(body).map_err(|e| {
         error(StatusCode::BAD_REQUEST, format!("expected {{\"plugin\", \"from\", \"to\"?, \"types\"?}}: {e}"))
     })?;
     let to_arg = req.to.as_deref().unwrap_or("+");
@@ -417,15 +455,30 @@ async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum
             Ok((f, t))
         })
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    let mut conn = s.redis()?;
+    Ok((req, from, to))
+}
+
+/// The event types a replay covers: those given, else every one the plugin subscribes to.
+async fn replay_types(s: &AdminState, conn: &mut RedisConn, req: &ReplayRequest) -> Result<Vec<String>, Response> {
     let types = if req.types.is_empty() {
-        crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await.map_err(internal)?
+        crate::dlq::subscribed_types(conn, &s.stream_prefix, &req.plugin).await.map_err(internal)?
     } else {
         req.types.clone()
     };
     if types.is_empty() {
         return Err(error(StatusCode::NOT_FOUND, format!("no stream has the consumer group sluice:{}", req.plugin)));
     }
+    Ok(types)
+}
+
+/// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
+/// through the replay streams at their own pace). `POST /api/replay/plan` says beforehand what
+/// it would queue.
+async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
+    authorize(&s, &headers)?;
+    let (req, from, to) = replay_request(&body)?;
+    let mut conn = s.redis()?;
+    let types = replay_types(&s, &mut conn, &req).await?;
     let mut total = 0;
     for t in &types {
         let stream = format!("{}{t}", s.stream_prefix);
