@@ -25,6 +25,7 @@ use crate::writer::clickhouse::ChClient;
 
 mod console;
 pub mod history;
+pub mod live;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -240,31 +241,28 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
     Json(s.plugins().iter().map(plugin_json).collect())
 }
 
-/// A consumer is counted live while Redis saw it read within this time: every host's reader
-/// reads at least once a second (`XREADGROUP ... BLOCK` of at most 1 s), so a consumer idle for
-/// longer is a stopped host — or one whose reading has been paused this long (ClickHouse away:
-/// the writer's backpressure stops the reads), which `consumers_registered` still counts.
-pub const LIVE_CONSUMER_IDLE: Duration = Duration::from_secs(30);
+/// The live consumers of each (stream, group): the hosts whose liveness key is there (`live`).
+type Live = BTreeMap<(String, String), std::collections::BTreeSet<String>>;
 
-/// Of a group's consumers: how many are live (idle under `LIVE_CONSUMER_IDLE`), how many
-/// are registered (live or not); `None` if the group cannot be read.
-async fn consumer_counts(conn: &mut RedisConn, stream: &str, group: &str) -> Option<(usize, usize)> {
+async fn live_readers(conn: &mut RedisConn) -> Option<Live> {
+    live::hosts(conn).await.ok().map(|h| live::readers(&h))
+}
+
+/// The names of a group's consumers, as the group holds them (stopped hosts included).
+async fn registered_consumers(conn: &mut RedisConn, stream: &str, group: &str) -> Option<Vec<String>> {
     let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
         redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await.ok()?;
-    let live = consumers
-        .iter()
-        .filter(|c| {
-            c.get("idle")
-                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok())
-                .is_some_and(|idle| idle < LIVE_CONSUMER_IDLE.as_millis() as u64)
-        })
-        .count();
-    Some((live, consumers.len()))
+    Some(
+        consumers
+            .iter()
+            .filter_map(|c| c.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()))
+            .collect(),
+    )
 }
 
 /// Length, lag, pending count, consumers (live and registered) and oldest pending age of a
 /// pipeline's stream and group.
-async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
+async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry, live: Option<&Live>) -> Value {
     let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
     let group = crate::dlq::group_info(conn, &p.stream, &p.group).await;
     let field =
@@ -279,11 +277,15 @@ async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
         .unwrap_or((0, None, None, redis::Value::Nil));
     let oldest_ms = summary.1.as_deref().and_then(|id| id.split('-').next()?.parse::<i64>().ok());
     let age_s = oldest_ms.map(|ms| ((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0);
-    let counts = consumer_counts(conn, &p.stream, &p.group).await;
+    let registered = registered_consumers(conn, &p.stream, &p.group).await.unwrap_or_default();
+    let readers = live.and_then(|l| l.get(&(p.stream.clone(), p.group.clone())));
+    // Consumers the group holds whose host is gone (stopped, or crashed 15 s ago or more).
+    let gone: Vec<&String> = registered.iter().filter(|c| readers.is_none_or(|r| !r.contains(*c))).take(20).collect();
     json!({
         "plugin": p.plugin, "event_type": p.event_type, "stream": p.stream, "group": p.group,
         "length": length, "lag": field("lag"), "pending": field("pending"),
-        "consumers": counts.map(|c| c.0), "consumers_registered": counts.map(|c| c.1).or(field("consumers").map(|n| n as usize)),
+        "consumers": live.map(|_| readers.map_or(0, |r| r.len())), "consumers_registered": registered.len(),
+        "consumers_gone": if live.is_some() { json!(gone) } else { Value::Null },
         "oldest_pending_age_s": age_s,
     })
 }
@@ -296,8 +298,9 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Answer {
         (reg.retention.clone(), reg.unsubscribed.clone())
     };
     let mut out = Vec::with_capacity(pipelines.len() + unsubscribed.len());
+    let live = live_readers(&mut conn).await;
     for p in &pipelines {
-        let mut row = stream_info(&mut conn, p).await;
+        let mut row = stream_info(&mut conn, p, live.as_ref()).await;
         row["subscribed"] = json!(true);
         row["retention"] = json!(retention.get(&p.stream));
         out.push(row);
@@ -334,8 +337,9 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
 
 /// The gauges read from Redis: per pipeline stream, and the dead letters.
 async fn redis_gauges(s: &AdminState, conn: &mut RedisConn) {
+    let live = live_readers(conn).await;
     for p in &s.pipelines() {
-        let info = stream_info(conn, p).await;
+        let info = stream_info(conn, p, live.as_ref()).await;
         let labels = [("stream", p.stream.clone()), ("group", p.group.clone())];
         metrics::gauge!("sluice_stream_length", "stream" => p.stream.clone())
             .set(info["length"].as_f64().unwrap_or(0.0));
