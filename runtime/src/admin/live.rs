@@ -20,10 +20,6 @@ pub const BEAT: Duration = Duration::from_secs(5);
 /// How long the key outlives its last renewal: a host that died is no longer counted after it.
 pub const EXPIRY: Duration = Duration::from_secs(15);
 
-pub fn key(consumer: &str) -> String {
-    format!("sluice:host:{consumer}")
-}
-
 /// What a host's key holds.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Beat {
@@ -45,7 +41,7 @@ pub async fn run(mut conn: RedisConn, consumer: std::sync::Arc<str>, registry: S
         let beat = Beat { consumer: consumer.to_string(), pid: std::process::id(), started_at, reads };
         let value = serde_json::to_string(&beat).expect("a beat serializes");
         let mut set = redis::cmd("SET");
-        set.arg(key(&consumer)).arg(value).arg("PX").arg(EXPIRY.as_millis() as u64);
+        set.arg(crate::keys::host_alive(&consumer)).arg(value).arg("PX").arg(EXPIRY.as_millis() as u64);
         match tokio::time::timeout(BEAT, set.query_async::<()>(&mut conn)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot renew this host's liveness key"),
@@ -57,7 +53,7 @@ pub async fn run(mut conn: RedisConn, consumer: std::sync::Arc<str>, registry: S
 /// Deletes this host's key: a host that stops is not counted a moment longer.
 pub async fn forget(conn: &mut RedisConn, consumer: &str) {
     let mut del = redis::cmd("DEL");
-    del.arg(key(consumer));
+    del.arg(crate::keys::host_alive(consumer));
     let _ = tokio::time::timeout(Duration::from_secs(2), del.query_async::<()>(conn)).await;
 }
 
