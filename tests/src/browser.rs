@@ -193,6 +193,19 @@ impl Page<'_> {
         Ok(())
     }
 
+    /// Sets the value of the form field `selector` names, as typing or choosing would
+    /// (`input` and `change` events).
+    pub fn set(&mut self, selector: &str, value: &str) -> Result<()> {
+        let (sel, value) = (serde_json::to_string(selector)?, serde_json::to_string(value)?);
+        let r = self.eval(&format!(
+            "(() => {{ const e = document.querySelector({sel}); if (!e) return 'missing'; e.value = {value}; e.dispatchEvent(new Event('input')); e.dispatchEvent(new Event('change')); return 'ok'; }})()"
+        ))?;
+        if r != "ok" {
+            bail!("cannot set {selector}: {r}");
+        }
+        Ok(())
+    }
+
     /// The text of the element `selector` names.
     pub fn text(&mut self, selector: &str) -> Result<String> {
         let sel = serde_json::to_string(selector)?;

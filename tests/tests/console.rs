@@ -130,7 +130,7 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
     }
 
     // Select two of six: the button says 2, and exactly those two go back to their streams.
-    page.eval(&format!("document.querySelector('#token').value = {}", serde_json::to_string(TOKEN)?))?;
+    page.set("#token", TOKEN)?;
     let ids: Vec<String> = serde_json::from_value(
         page.eval("[...document.querySelectorAll('#dlq input.sel')].slice(0, 2).map((b) => b.dataset.id)")?,
     )?;
@@ -142,7 +142,7 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
         .arg("sluice:dlq")
         .arg("-")
         .arg("+")
-        .query::<Vec<(String, Value2)>>(&mut conn)?
+        .query::<Vec<(String, redis::Value)>>(&mut conn)?
         .into_iter()
         .map(|(id, _)| id)
         .collect();
@@ -156,7 +156,8 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
     )?;
     assert_eq!(replayed(&mut conn)?, 2, "exactly the two selected went back to their plugins' replay streams");
     for id in &all_ids {
-        let there: Vec<(String, Value2)> = redis::cmd("XRANGE").arg("sluice:dlq").arg(id).arg(id).query(&mut conn)?;
+        let there: Vec<(String, redis::Value)> =
+            redis::cmd("XRANGE").arg("sluice:dlq").arg(id).arg(id).query(&mut conn)?;
         assert_eq!(there.is_empty(), ids.contains(id), "dead letter {id}: selected {ids:?}");
     }
     // (They fail again, so they come back as two new dead letters.)
@@ -212,15 +213,35 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
     let left: Vec<(String, std::collections::HashMap<String, String>)> =
         redis::cmd("XRANGE").arg("sluice:dlq").arg("-").arg("+").query(&mut conn)?;
     assert!(left.iter().all(|(_, f)| f["plugin"] == "promo-code-analytics"), "{left:?}");
+    // Reprocessing all that match asks first too, and says how many.
+    page.set("#dlq-plugin", "")?;
+    page.wait_for(
+        "the unfiltered page",
+        Duration::from_secs(10),
+        "document.querySelector('#dlq-reprocess-matching').textContent === 'Reprocess all 3 dead letters'",
+    )?;
+    let before = replayed(&mut conn)?;
+    page.click("#dlq-reprocess-matching")?;
+    page.wait_for(
+        "the confirmation",
+        Duration::from_secs(5),
+        "document.querySelector('#confirm').classList.contains('open')",
+    )?;
+    assert_eq!(page.text("#confirm-ok")?, "Reprocess 3");
+    page.click("#confirm-ok")?;
+    page.wait_for(
+        "the reprocess",
+        Duration::from_secs(10),
+        "document.querySelector('#dlq-status').textContent === 'reprocessed 3'",
+    )?;
+    assert_eq!(replayed(&mut conn)? - before, 3);
 
     // Replay shows the plan first; cancelled, nothing is queued; confirmed, exactly the plan.
     let length: usize = conn.xlen(PROMO)?;
     let before = replayed(&mut conn)?;
-    page.eval(
-        "document.querySelector('#replay-plugin').value = 'promo-code-analytics';
-         document.querySelector('#replay-from').value = '-';
-         document.querySelector('#replay-types').value = 'PromoCodeAppliedEvent'",
-    )?;
+    page.set("#replay-plugin", "promo-code-analytics")?;
+    page.set("#replay-from", "-")?;
+    page.set("#replay-types", "PromoCodeAppliedEvent")?;
     page.click("#replay-plan")?;
     page.wait_for(
         "the plan",
@@ -257,6 +278,13 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
     assert_eq!(replayed(&mut conn)? - before, length);
     assert!(promo_replay >= length);
 
+    // The sections of endpoints a host may not have are shown exactly when it has them.
+    for (section, path) in [("#rollouts-section", "/api/rollouts"), ("#trace-section", "/api/trace/0-0")] {
+        let (status, body) = host.admin("GET", path, &[])?;
+        let absent = status == 404 && body.contains("no such endpoint");
+        let hidden = page.eval(&format!("document.querySelector('{section}').classList.contains('hidden')"))?;
+        assert_eq!(hidden, absent, "{section}: {path} answered {status} {body}");
+    }
     // No problem of the page's own on the way.
     assert_eq!(page.eval("document.querySelector('#banner').style.display")?, "none", "{}", page.text("#banner")?);
     Ok(())
@@ -270,9 +298,6 @@ fn points(page: &mut Page<'_>, sel: &str) -> Result<String> {
     ))?;
     Ok(v.as_str().unwrap_or_default().to_string())
 }
-
-/// redis-rs's own value type, for replies whose fields are not read.
-type Value2 = redis::Value;
 
 fn the_console_api_pages_dead_letters_plans_replays_and_counts_live_consumers(release: Release) -> Result<()> {
     let redis = Redis::start()?;
@@ -414,7 +439,7 @@ fn the_console_api_pages_dead_letters_plans_replays_and_counts_live_consumers(re
             .arg("CONSUMERS")
             .arg(PROMO)
             .arg("sluice:user-stats")
-            .query::<Vec<Value2>>(conn)
+            .query::<Vec<redis::Value>>(conn)
             .map(|v| v.len())
             .unwrap_or(0)
     };

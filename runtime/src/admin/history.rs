@@ -90,11 +90,14 @@ struct Point {
     streams: BTreeMap<String, (Option<i64>, f64)>,
 }
 
-/// The ring of points, and the counters of the last one (for the next rates).
+/// The ring of points, and when the last sample was taken with its counters (the base of the
+/// next rates).
 #[derive(Default)]
 pub struct History {
-    inner: Mutex<(VecDeque<Point>, Option<(Instant, Counters)>)>,
+    inner: Mutex<Ring>,
 }
+
+type Ring = (VecDeque<Point>, Option<(Instant, Counters)>);
 
 fn rate(now: f64, before: Option<f64>, secs: f64) -> f64 {
     // A counter that went down (a plugin unloaded and loaded again) restarts from zero.
