@@ -86,7 +86,7 @@ struct Point {
     plugins: BTreeMap<String, [f64; 3]>,
     /// Rows/s, by table.
     tables: BTreeMap<String, f64>,
-    /// By `plugin|event_type`: lag, handled/s.
+    /// By `stream|group`: lag, handled/s (of its plugin and event type, whatever the source).
     streams: BTreeMap<String, (Option<i64>, f64)>,
 }
 
@@ -108,10 +108,11 @@ fn rate(now: f64, before: Option<f64>, secs: f64) -> f64 {
 impl History {
     /// Adds a point from the counters now and the lags and dead letters read from Redis
     /// (`None` when Redis could not be read). The first call only sets the counters' base.
+    /// `lags` is by `stream|group`, with the pipeline's `plugin|event_type`.
     fn record(
         &self,
         counters: Counters,
-        lags: BTreeMap<String, Option<i64>>,
+        lags: BTreeMap<String, (String, Option<i64>)>,
         dead_letters: Option<i64>,
         now: Instant,
         at_ms: i64,
@@ -131,11 +132,13 @@ impl History {
             for (table, n) in &counters.rows {
                 p.tables.insert(table.clone(), rate(*n, before.rows.get(table).copied(), secs));
             }
-            for (key, lag) in &lags {
-                let handled = counters.pipelines.get(key).copied().unwrap_or(0.0);
-                p.streams.insert(key.clone(), (*lag, rate(handled, before.pipelines.get(key).copied(), secs)));
+            for (key, (pipeline, lag)) in &lags {
+                let handled = counters.pipelines.get(pipeline).copied().unwrap_or(0.0);
+                p.streams.insert(key.clone(), (*lag, rate(handled, before.pipelines.get(pipeline).copied(), secs)));
             }
-            let known: Vec<i64> = lags.values().flatten().copied().collect();
+            // The sum of the lags known (a BullMQ pipeline has none; nor has a group Redis
+            // cannot measure, e.g. after entries were deleted from the middle of its stream).
+            let known: Vec<i64> = lags.values().filter_map(|(_, l)| *l).collect();
             p.lag = (!known.is_empty() || lags.is_empty()).then(|| known.iter().sum());
             ring.push_back(p);
             while ring.len() > KEEP {
@@ -234,7 +237,7 @@ async fn sample(s: &AdminState) {
                     .ok()
                     .flatten();
             let lag = info.and_then(|g| g.get("lag").and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok()));
-            lags.insert(format!("{}|{}", p.plugin, p.event_type), lag);
+            lags.insert(format!("{}|{}", p.stream, p.group), (format!("{}|{}", p.plugin, p.event_type), lag));
         }
         dead_letters = tokio::time::timeout(
             Duration::from_secs(2),
@@ -274,7 +277,13 @@ sluice_insert_duration_seconds_bucket{table="t",le="0.5"} 3
     fn points_are_rates_between_samples_and_the_ring_is_bounded() {
         let h = History::default();
         let t0 = Instant::now();
-        let lags = || BTreeMap::from([("a|X".to_string(), Some(7)), ("a|Y".to_string(), Some(3))]);
+        let lags = || {
+            BTreeMap::from([
+                ("events:X|sluice:a".to_string(), ("a|X".to_string(), Some(7))),
+                ("events:Y|sluice:a".to_string(), ("a|Y".to_string(), Some(3))),
+                ("bullmq bull:q|sluice:a".to_string(), ("a|X".to_string(), None)),
+            ])
+        };
         h.record(Counters::parse(TEXT), lags(), Some(2), t0, 0);
         assert_eq!(h.to_json()["at"].as_array().unwrap().len(), 0, "the first sample is the base");
         let later = TEXT.replace("} 100", "} 200");
@@ -283,7 +292,9 @@ sluice_insert_duration_seconds_bucket{table="t",le="0.5"} 3
         assert_eq!(j["header"]["events_per_s"], json!([10.0]));
         assert_eq!(j["header"]["lag"], json!([10]));
         assert_eq!(j["plugins"]["a"]["handled_per_s"], json!([10.0]));
-        assert_eq!(j["streams"]["a|X"]["handled_per_s"], json!([10.0]));
+        assert_eq!(j["streams"]["events:X|sluice:a"]["handled_per_s"], json!([10.0]));
+        assert_eq!(j["streams"]["events:X|sluice:a"]["lag"], json!([7]));
+        assert_eq!(j["streams"]["bullmq bull:q|sluice:a"]["lag"], json!([null]));
         assert_eq!(j["tables"]["t"]["rows_per_s"], json!([0.0]));
         for i in 0..KEEP + 10 {
             h.record(Counters::parse(&later), lags(), None, t0 + Duration::from_secs(20 + i as u64), 0);
