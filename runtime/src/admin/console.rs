@@ -95,9 +95,41 @@ fn facet(entries: &[record::DeadLetterEntry], field: &str) -> BTreeMap<String, u
     m
 }
 
+/// What identifies the dead letters' current state: their count and the newest and oldest ids
+/// (an addition changes the newest, a deletion or trim the count).
+type DlqState = (usize, Option<String>, Option<String>);
+
+/// The facets of the dead letters as they were at a state: reading all of them again is only
+/// needed when they changed (the console asks every 2 s).
+static FACETS: std::sync::Mutex<Option<(DlqState, Value)>> = std::sync::Mutex::new(None);
+
+async fn dlq_state(conn: &mut crate::redis_conn::RedisConn) -> anyhow::Result<DlqState> {
+    let dlq = crate::keys::DLQ_STREAM;
+    let len: usize = redis::cmd("XLEN").arg(dlq).query_async(conn).await?;
+    let end = |cmd: &'static str, from: &'static str, to: &'static str| {
+        let mut c = redis::cmd(cmd);
+        c.arg(dlq).arg(from).arg(to).arg("COUNT").arg(1);
+        c
+    };
+    let newest: Vec<(String, redis::Value)> = end("XREVRANGE", "+", "-").query_async(conn).await?;
+    let oldest: Vec<(String, redis::Value)> = end("XRANGE", "-", "+").query_async(conn).await?;
+    Ok((len, newest.into_iter().next().map(|e| e.0), oldest.into_iter().next().map(|e| e.0)))
+}
+
+fn facets(all: &[record::DeadLetterEntry]) -> Value {
+    json!({
+        "plugin": facet(all, record::PLUGIN),
+        "event_type": facet(all, record::EVENT_TYPE),
+        "kind": facet(all, record::ERROR_KIND),
+    })
+}
+
 /// `{"total", "offset", "entries": [...], "all", "facets": {"plugin", "event_type", "kind"}}`:
 /// `total` matches the filter, `all` is every dead letter, the facets count all of them by
-/// plugin, type and kind (what the filters can choose).
+/// plugin, type and kind (what the filters can choose). Without a filter, a page is read
+/// directly (`XREVRANGE`/`XRANGE`) and the facets come from a cache while the dead letters do
+/// not change: a console left open on a large dead-letter stream reads it whole only when it
+/// changes, or when filtered.
 async fn dlq_page(State(s): State<Arc<AdminState>>, Query(q): Query<PageQuery>) -> Answer {
     let dq =
         DlqQuery { plugin: q.plugin.clone(), event_type: q.event_type.clone(), kind: q.kind.clone(), limit: q.limit };
@@ -107,24 +139,44 @@ async fn dlq_page(State(s): State<Arc<AdminState>>, Query(q): Query<PageQuery>) 
         Some("oldest") => false,
         Some(o) => return Err(error(StatusCode::BAD_REQUEST, format!("order `{o}`: give newest or oldest"))),
     };
-    let mut conn = s.redis()?;
-    let all = crate::dlq::list(&mut conn, Default::default(), usize::MAX).await.map_err(internal)?;
-    let mut matching: Vec<&record::DeadLetterEntry> = all.iter().filter(|e| filter.matches(e)).collect();
-    if newest {
-        matching.reverse();
-    }
     let offset = q.offset.unwrap_or(0);
     let limit = q.limit.unwrap_or(50).min(10_000);
-    let entries: Vec<Value> = matching.iter().skip(offset).take(limit).map(|e| e.to_json()).collect();
-    Ok(Json(json!({
-        "total": matching.len(), "offset": offset, "entries": entries, "all": all.len(),
-        "facets": {
-            "plugin": facet(&all, record::PLUGIN),
-            "event_type": facet(&all, record::EVENT_TYPE),
-            "kind": facet(&all, record::ERROR_KIND),
-        },
-    }))
-    .into_response())
+    let mut conn = s.redis()?;
+    let state = dlq_state(&mut conn).await.map_err(internal)?;
+    let cached = FACETS.lock().unwrap().as_ref().filter(|(at, _)| *at == state).map(|(_, f)| f.clone());
+    let unfiltered = filter.plugin.is_none() && filter.event_type.is_none() && filter.kind.is_none();
+    let (total, all, entries, facets) = match (unfiltered, cached) {
+        (true, Some(facets)) => {
+            let (cmd, from, to) = if newest { ("XREVRANGE", "+", "-") } else { ("XRANGE", "-", "+") };
+            let v: redis::Value = redis::cmd(cmd)
+                .arg(crate::keys::DLQ_STREAM)
+                .arg(from)
+                .arg(to)
+                .arg("COUNT")
+                .arg(offset + limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| internal(e.into()))?;
+            let page = record::parse_entries(v).map_err(internal)?;
+            let entries: Vec<Value> = page.iter().skip(offset).take(limit).map(|e| e.to_json()).collect();
+            (state.0, state.0, entries, facets)
+        }
+        _ => {
+            let all = crate::dlq::list(&mut conn, Default::default(), usize::MAX).await.map_err(internal)?;
+            let facets = facets(&all);
+            // The state read before the list: a change in between only costs a later re-read.
+            let count = all.len();
+            *FACETS.lock().unwrap() = Some((state, facets.clone()));
+            let mut matching: Vec<&record::DeadLetterEntry> = all.iter().filter(|e| filter.matches(e)).collect();
+            if newest {
+                matching.reverse();
+            }
+            let entries: Vec<Value> = matching.iter().skip(offset).take(limit).map(|e| e.to_json()).collect();
+            (matching.len(), count, entries, facets)
+        }
+    };
+    Ok(Json(json!({"total": total, "offset": offset, "entries": entries, "all": all, "facets": facets}))
+        .into_response())
 }
 
 #[derive(Deserialize)]
