@@ -285,6 +285,52 @@ fn the_console_moves_while_events_flow_and_its_actions_do_what_they_say_after_as
         let hidden = page.eval(&format!("document.querySelector('{section}').classList.contains('hidden')"))?;
         assert_eq!(hidden, absent, "{section}: {path} answered {status} {body}");
     }
+    // The rollouts and trace views drawn from the shapes their endpoints answer (the page's
+    // own functions, called with sample answers: here the host may not have the endpoints).
+    let rollouts = page.eval(
+        r#"(() => {
+            const t = (s) => new Date(Date.now() - s * 1000).toISOString();
+            renderRollouts([{plugin: "promo-code-analytics", mode: "canary",
+              stable: {file: "promo.wasm", version: "0.1.0", hash: "aaaaaaaaaaaa"},
+              candidate: {file: "promo-next.wasm", version: "0.2.0", hash: "bbbbbbbbbbbb"},
+              share: 0.2, state: "rolled_back", reason: "candidate failed 50% of its events, stable 0%",
+              started_at: t(120), decided_at: t(60),
+              counts: {stable: {events: 400, failed: 0}, candidate: {events: 20, failed: 10, sent_back: 10}},
+              promote_after_events: 500, promote_after_s: 600}]);
+            const text = document.querySelector('#rollouts tbody').textContent;
+            const shown = !document.querySelector('#rollouts-section').classList.contains('hidden');
+            return shown && text;
+        })()"#,
+    )?;
+    let rollouts = rollouts.as_str().context("the rollouts section stayed hidden")?;
+    for part in
+        ["rolled back", "0.00 % · 50.00 % (10 sent back)", "20 / 500 events", "60 / 600 s", "20 %", "0.2.0 bbbbbbbb"]
+    {
+        assert!(rollouts.contains(part), "{part} missing from the rollout: {rollouts}");
+    }
+    let story = page.eval(
+        r#"(() => {
+            renderTrace({query: "1-0", matches: [{plugin: "user-stats", event_type: "PromoCodeAppliedEvent", source: "stream",
+              stream: "events:PromoCodeAppliedEvent", entry_id: "1-0", event_id: "e-1", job_id: null, published_at: "2026-01-01T00:00:00Z",
+              state: "dead_lettered",
+              attempts: [{at: "2026-01-01T00:00:01Z", host: "h-1", attempt: 1, version: "0.1.0", hash: "cccccccccccc", outcome: "dead_lettered",
+                error: "missing field `userId`", kind: "permanent", rows: {users_analytics: 0}}],
+              rows: [{table: "users_analytics", count: 0, from: "clickhouse"}], dead_letter: {dlq_id: "2-0"}, pending: null,
+              story: ["published at 00:00:00", "dead-lettered by h-1: missing field `userId`"]}]});
+            return document.querySelector('#trace-result').textContent;
+        })()"#,
+    )?;
+    let story = story.as_str().unwrap_or_default();
+    for part in [
+        "user-stats · PromoCodeAppliedEvent",
+        "dead lettered",
+        "dead-lettered by h-1",
+        "h-1",
+        "missing field `userId`",
+        "users_analytics 0 (clickhouse)",
+    ] {
+        assert!(story.contains(part), "{part} missing from the trace: {story}");
+    }
     // No problem of the page's own on the way.
     assert_eq!(page.eval("document.querySelector('#banner').style.display")?, "none", "{}", page.text("#banner")?);
     Ok(())
