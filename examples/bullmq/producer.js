@@ -14,6 +14,7 @@
 //     Adds N jobs of type T with that data (e.g. flaky.event {"n":1,"permanent":true}); `__I__`
 //     in the data is replaced by each job's number.
 //   node producer.js counts --redis-url URL [--queue events]   prints queue.getJobCounts()
+//   node producer.js pause|resume --redis-url URL [--queue events]   queue.pause() / resume()
 //   node producer.js failed --redis-url URL [--queue events]   prints the failed jobs (id, name,
 //     failedReason, attemptsMade)
 import { Queue } from 'bullmq';
@@ -87,11 +88,14 @@ try {
     console.log(JSON.stringify(summary));
   } else if (command === 'counts') {
     console.log(JSON.stringify(await queue.getJobCounts()));
+  } else if (command === 'pause' || command === 'resume') {
+    await queue[command]();
+    console.log(JSON.stringify({ [command === 'pause' ? 'paused' : 'resumed']: queue.name }));
   } else if (command === 'failed') {
     const jobs = await queue.getFailed(0, -1);
     console.log(JSON.stringify(jobs.map((j) => ({ id: j.id, name: j.name, failedReason: j.failedReason, attemptsMade: j.attemptsMade }))));
   } else {
-    console.error('usage: node producer.js add|counts|failed --redis-url URL [...] (see the top of this file)');
+    console.error('usage: node producer.js add|counts|pause|resume|failed --redis-url URL [...] (see the top of this file)');
     process.exitCode = 2;
   }
 } finally {

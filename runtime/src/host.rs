@@ -54,6 +54,8 @@ pub async fn run(settings: Settings) -> Result<()> {
                 token: settings.admin_token.as_ref().map(|t| t.0.clone()),
                 registry: registry.clone(),
                 metrics,
+                bullmq: settings.bullmq.iter().map(|q| q.key()).collect(),
+                history: Default::default(),
             },
         )
     });
@@ -72,7 +74,7 @@ pub async fn run(settings: Settings) -> Result<()> {
             priorities: settings.priorities.clone(),
             table_shares: settings.table_shares.clone(),
         },
-        consumer,
+        consumer: consumer.clone(),
         gate: PriorityGate::new(cores(), settings.concurrency),
         writer,
         server: Arc::new(server),
@@ -99,11 +101,15 @@ pub async fn run(settings: Settings) -> Result<()> {
         }
         .run(settings.housekeeping_interval),
     );
+    // This host's liveness key, by which consumers are counted live (`admin::live`).
+    let beat = tokio::spawn(crate::admin::live::run(control.clone(), consumer.clone(), deployer.registry.clone()));
     deployer.registry.write().unwrap().starting = false;
     tracing::info!(pipelines = deployer.pipeline_count(), "sluice is running");
 
     let deployer = reload_until_signal(deployer).await;
     stop(deployer, consumers).await;
+    beat.abort();
+    crate::admin::live::forget(&mut control.clone(), &consumer).await;
     mover.abort();
     upkeep.abort();
     if let Some(a) = admin {

@@ -34,6 +34,11 @@ pub fn group_name(plugin: &str) -> String {
     format!("sluice:{plugin}")
 }
 
+/// A running host's liveness key (see `admin::live`), by its consumer name.
+pub fn host_alive(consumer: &str) -> String {
+    format!("sluice:host:{consumer}")
+}
+
 /// The stream a plugin's re-fed events go to: dead letters reprocessed and history replayed
 /// for that plugin alone (re-adding them to `events:<type>` would feed every plugin again).
 pub fn replay_stream(plugin: &str, event_type: &str) -> String {

@@ -7,9 +7,11 @@
 //! - `events`: events in (seed events, BullMQ jobs) and what they add up to;
 //! - `assertions`: what is left in Redis (dead letters, pending entries);
 //! - `process`, `http`: waiting, stopping, local HTTP;
+//! - `browser`: headless Chromium driven through the DevTools Protocol (the console's tests);
 //! - `proxy`: a TCP proxy that switches servers, as a failover does.
 
 mod assertions;
+pub mod browser;
 pub mod echo;
 mod events;
 mod host;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
+use sluice_tests::browser::Browser;
 use sluice_tests::*;
 
 const TABLE: &str = "canary_rows";
@@ -122,6 +123,15 @@ fn a_canary_failing_every_event_is_rolled_back_with_nothing_lost_or_doubled(rele
     assert_eq!(host.metric("sluice_rollouts_total", "result=\"rolled_back\""), 1.0);
     let (ready, body) = host.admin("GET", "/ready", &[])?;
     assert_eq!(ready, 200, "a verdict is not a deployment error: {body}");
+    // Shown in the console: the rollout with its verdict and reason, the candidate's file.
+    let mut browser = Browser::launch()?;
+    let mut page = browser.open(&format!("http://127.0.0.1:{}/", host.admin_port))?;
+    page.wait_for("the console's first refresh", Duration::from_secs(30), "document.body.dataset.loaded === 'true'")?;
+    let row = page.text("#rollouts tr[data-rollout='echo']")?;
+    assert!(row.contains("rolled back") && row.contains("points worse"), "{row}");
+    let plugins = page.text("#plugins")?;
+    assert!(plugins.contains("rolled back"), "{plugins}");
+    drop(page);
     // The stable version never stopped: its pipeline started once.
     let log = host.log_text();
     assert_eq!(log.matches("pipeline started").count(), 1, "the stable pipeline ran throughout:\n{log}");

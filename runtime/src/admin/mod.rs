@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 use crate::status::{PipelineEntry, PluginEntry, PluginStatus};
 use crate::writer::clickhouse::ChClient;
 
+mod console;
+pub mod history;
+pub mod live;
 mod trace;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -53,6 +56,10 @@ pub struct AdminState {
     /// Plugin files and pipelines, kept current by the deployer (hot reload).
     pub registry: crate::status::SharedRegistry,
     pub metrics: PrometheusHandle,
+    /// The BullMQ/bull queues consumed, as key bases `<prefix>:<queue>` (`/api/queues`).
+    pub bullmq: Vec<String>,
+    /// The console's last 15 minutes, sampled by `history::run`.
+    pub history: history::History,
 }
 
 impl AdminState {
@@ -79,7 +86,10 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
 /// Serves the admin API until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AdminState>) -> Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-    axum::serve(listener, router(state)).await?;
+    let sampler = tokio::spawn(history::run(state.clone()));
+    let served = axum::serve(listener, router(state)).await;
+    sampler.abort();
+    served?;
     Ok(())
 }
 
@@ -102,6 +112,7 @@ fn router(state: Arc<AdminState>) -> Router {
             get(|State(s): State<Arc<AdminState>>| async move { Json(s.registry.read().unwrap().rollouts.to_json()) }),
         )
         .route("/api/trace/{id}", get(trace::trace))
+        .merge(console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/operations.md, \"Admin API\"") })
         .with_state(state)
 }
@@ -236,8 +247,28 @@ async fn plugins(State(s): State<Arc<AdminState>>) -> Json<Vec<Value>> {
     Json(s.plugins().iter().map(plugin_json).collect())
 }
 
-/// Length, lag, pending count, consumers and oldest pending age of a pipeline's stream and group.
-async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
+/// The live consumers of each (stream, group): the hosts whose liveness key is there (`live`).
+type Live = BTreeMap<(String, String), std::collections::BTreeSet<String>>;
+
+async fn live_readers(conn: &mut RedisConn) -> Option<Live> {
+    live::hosts(conn).await.ok().map(|h| live::readers(&h))
+}
+
+/// The names of a group's consumers, as the group holds them (stopped hosts included).
+async fn registered_consumers(conn: &mut RedisConn, stream: &str, group: &str) -> Option<Vec<String>> {
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await.ok()?;
+    Some(
+        consumers
+            .iter()
+            .filter_map(|c| c.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()))
+            .collect(),
+    )
+}
+
+/// Length, lag, pending count, consumers (live and registered) and oldest pending age of a
+/// pipeline's stream and group.
+async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry, live: Option<&Live>) -> Value {
     let length: i64 = redis::cmd("XLEN").arg(&p.stream).query_async(conn).await.unwrap_or(0);
     let group = crate::dlq::group_info(conn, &p.stream, &p.group).await;
     let field =
@@ -252,9 +283,15 @@ async fn stream_info(conn: &mut RedisConn, p: &PipelineEntry) -> Value {
         .unwrap_or((0, None, None, redis::Value::Nil));
     let oldest_ms = summary.1.as_deref().and_then(|id| id.split('-').next()?.parse::<i64>().ok());
     let age_s = oldest_ms.map(|ms| ((chrono::Utc::now().timestamp_millis() - ms).max(0)) as f64 / 1000.0);
+    let registered = registered_consumers(conn, &p.stream, &p.group).await.unwrap_or_default();
+    let readers = live.and_then(|l| l.get(&(p.stream.clone(), p.group.clone())));
+    // Consumers the group holds whose host is gone (stopped, or crashed 15 s ago or more).
+    let gone: Vec<&String> = registered.iter().filter(|c| readers.is_none_or(|r| !r.contains(*c))).take(20).collect();
     json!({
         "plugin": p.plugin, "event_type": p.event_type, "stream": p.stream, "group": p.group,
-        "length": length, "lag": field("lag"), "pending": field("pending"), "consumers": field("consumers"),
+        "length": length, "lag": field("lag"), "pending": field("pending"),
+        "consumers": live.map(|_| readers.map_or(0, |r| r.len())), "consumers_registered": registered.len(),
+        "consumers_gone": if live.is_some() { json!(gone) } else { Value::Null },
         "oldest_pending_age_s": age_s,
     })
 }
@@ -267,8 +304,9 @@ async fn streams(State(s): State<Arc<AdminState>>) -> Answer {
         (reg.retention.clone(), reg.unsubscribed.clone())
     };
     let mut out = Vec::with_capacity(pipelines.len() + unsubscribed.len());
+    let live = live_readers(&mut conn).await;
     for p in &pipelines {
-        let mut row = stream_info(&mut conn, p).await;
+        let mut row = stream_info(&mut conn, p, live.as_ref()).await;
         row["subscribed"] = json!(true);
         row["retention"] = json!(retention.get(&p.stream));
         out.push(row);
@@ -305,14 +343,18 @@ async fn metrics_text(State(s): State<Arc<AdminState>>) -> Response {
 
 /// The gauges read from Redis: per pipeline stream, and the dead letters.
 async fn redis_gauges(s: &AdminState, conn: &mut RedisConn) {
+    let live = live_readers(conn).await;
     for p in &s.pipelines() {
-        let info = stream_info(conn, p).await;
+        let info = stream_info(conn, p, live.as_ref()).await;
         let labels = [("stream", p.stream.clone()), ("group", p.group.clone())];
         metrics::gauge!("sluice_stream_length", "stream" => p.stream.clone())
             .set(info["length"].as_f64().unwrap_or(0.0));
         metrics::gauge!("sluice_consumer_group_pending", &labels).set(info["pending"].as_f64().unwrap_or(0.0));
         if let Some(lag) = info["lag"].as_f64() {
             metrics::gauge!("sluice_consumer_group_lag", &labels).set(lag);
+        }
+        if let Some(live) = info["consumers"].as_f64() {
+            metrics::gauge!("sluice_consumer_group_live_consumers", &labels).set(live);
         }
     }
     if let Ok(n) = redis::cmd("XLEN").arg(crate::keys::DLQ_STREAM).query_async::<i64>(conn).await {
@@ -409,11 +451,10 @@ struct ReplayRequest {
     types: Vec<String>,
 }
 
-/// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
-/// through the replay streams at their own pace).
-async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
-    authorize(&s, &headers)?;
-    let req: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+/// A replay's body, and its positions as stream ids (`from`, `to`).
+#[allow(clippy::result_large_err)]
+fn replay_request(body: &[u8]) -> Result<(ReplayRequest, String, String), Response> {
+    let req: ReplayRequest = serde_json::from_slice(body).map_err(|e| {
         error(StatusCode::BAD_REQUEST, format!("expected {{\"plugin\", \"from\", \"to\"?, \"types\"?}}: {e}"))
     })?;
     let to_arg = req.to.as_deref().unwrap_or("+");
@@ -424,15 +465,30 @@ async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum
             Ok((f, t))
         })
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
-    let mut conn = s.redis()?;
+    Ok((req, from, to))
+}
+
+/// The event types a replay covers: those given, else every one the plugin subscribes to.
+async fn replay_types(s: &AdminState, conn: &mut RedisConn, req: &ReplayRequest) -> Result<Vec<String>, Response> {
     let types = if req.types.is_empty() {
-        crate::dlq::subscribed_types(&mut conn, &s.stream_prefix, &req.plugin).await.map_err(internal)?
+        crate::dlq::subscribed_types(conn, &s.stream_prefix, &req.plugin).await.map_err(internal)?
     } else {
         req.types.clone()
     };
     if types.is_empty() {
         return Err(error(StatusCode::NOT_FOUND, format!("no stream has the consumer group sluice:{}", req.plugin)));
     }
+    Ok(types)
+}
+
+/// Re-feeds stream history to one plugin; answers when it is queued (the pipelines then work
+/// through the replay streams at their own pace). `POST /api/replay/plan` says beforehand what
+/// it would queue.
+async fn replay(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: axum::body::Bytes) -> Answer {
+    authorize(&s, &headers)?;
+    let (req, from, to) = replay_request(&body)?;
+    let mut conn = s.redis()?;
+    let types = replay_types(&s, &mut conn, &req).await?;
     let mut total = 0;
     for t in &types {
         let stream = format!("{}{t}", s.stream_prefix);

@@ -27,6 +27,7 @@ pub mod clickhouse;
 pub mod dedup;
 pub mod evolve;
 pub mod server;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -429,6 +430,7 @@ async fn insert_with_retry(
                 ErrorClass::Table => "table",
             };
             metrics::counter!("sluice_insert_errors_total", "table" => table.clone(), "class" => class).increment(1);
+            stats::failed(table, &e.to_string());
         }
         match result {
             Ok(()) => {
@@ -436,6 +438,7 @@ async fn insert_with_retry(
                 metrics::counter!("sluice_bytes_written_total", "table" => table.clone()).increment(block.len() as u64);
                 metrics::histogram!("sluice_insert_duration_seconds", "table" => table.clone())
                     .record(t.elapsed().as_secs_f64());
+                stats::inserted(table, rows, t.elapsed());
                 if attempt > 1 {
                     tracing::info!(table = %table, rows, attempts = attempt, outage_s = started.elapsed().as_secs(), "insert succeeded after retries");
                 }
