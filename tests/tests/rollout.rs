@@ -73,18 +73,32 @@ fn plugin_status(host: &Host, file: &str) -> Result<Value> {
     Ok(plugins.into_iter().find(|p| p["file"].as_str().is_some_and(|f| f.ends_with(file))).unwrap_or(Value::Null))
 }
 
-fn config(dir: &Path) -> Result<String> {
-    Ok(config_file(dir, echo::CONFIG)?.display().to_string())
+/// Redis, a ClickHouse whose tables deduplicate (exactly once), a plugins directory with the
+/// stable version (`echo.wasm`, tag `stable`) and a host config.
+struct Rig {
+    ch: ClickHouse,
+    redis: Redis,
+    conn: redis::Connection,
+    dir: tempfile::TempDir,
+    config: String,
+    /// 18.16's ZooKeeper and the config's directory, kept while the test runs.
+    _keep: (Option<ZooKeeper>, tempfile::TempDir),
+}
+
+impl Rig {
+    fn start(release: Release) -> Result<Rig> {
+        let DedupClickHouse { ch, zookeeper } = DedupClickHouse::start(release)?;
+        let redis = Redis::start()?;
+        let conn = redis.conn()?;
+        let (dir, cfg) = (tempfile::tempdir()?, tempfile::tempdir()?);
+        let config = config_file(cfg.path(), echo::CONFIG)?.display().to_string();
+        install(dir.path(), "echo", "1", "stable", "", "")?;
+        Ok(Rig { ch, redis, conn, dir, config, _keep: (zookeeper, cfg) })
+    }
 }
 
 fn a_canary_failing_every_event_is_rolled_back_with_nothing_lost_or_doubled(release: Release) -> Result<()> {
-    let DedupClickHouse { ch, zookeeper: _zk } = DedupClickHouse::start(release)?;
-    let redis = Redis::start()?;
-    let mut conn = redis.conn()?;
-    let dir = tempfile::tempdir()?;
-    let cfg = tempfile::tempdir()?;
-    let config = config(cfg.path())?;
-    install(dir.path(), "echo", "1", "stable", "", "")?;
+    let Rig { ch, redis, mut conn, dir, config, _keep } = Rig::start(release)?;
     let mut host = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
     publish(&mut conn, 0..200)?;
     wait_rows(&ch, &host, 200)?;
@@ -152,13 +166,7 @@ fn a_canary_failing_every_event_is_rolled_back_with_nothing_lost_or_doubled(rele
 }
 
 fn a_good_canary_is_promoted_and_every_event_lands_once(release: Release) -> Result<()> {
-    let DedupClickHouse { ch, zookeeper: _zk } = DedupClickHouse::start(release)?;
-    let redis = Redis::start()?;
-    let mut conn = redis.conn()?;
-    let dir = tempfile::tempdir()?;
-    let cfg = tempfile::tempdir()?;
-    let config = config(cfg.path())?;
-    install(dir.path(), "echo", "1", "stable", "", "")?;
+    let Rig { ch, redis, mut conn, dir, config, _keep } = Rig::start(release)?;
     let host = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
     publish(&mut conn, 0..100)?;
     wait_rows(&ch, &host, 100)?;
@@ -211,13 +219,7 @@ fn a_good_canary_is_promoted_and_every_event_lands_once(release: Release) -> Res
 /// A candidate whose tables differ from the running version's is refused, naming the table;
 /// the running version goes on.
 fn a_canary_with_other_tables_is_refused(release: Release) -> Result<()> {
-    let ch = ClickHouse::start(release)?;
-    let redis = Redis::start()?;
-    let mut conn = redis.conn()?;
-    let dir = tempfile::tempdir()?;
-    let cfg = tempfile::tempdir()?;
-    let config = config(cfg.path())?;
-    install(dir.path(), "echo", "1", "stable", "", "")?;
+    let Rig { ch, redis, mut conn, dir, config, _keep } = Rig::start(release)?;
     let host = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
     let other = echo::manifest(
         "echo",
@@ -248,13 +250,7 @@ fn a_canary_with_other_tables_is_refused(release: Release) -> Result<()> {
 /// Two hosts share the plugins directory: both split their batches, their counts add up in
 /// Redis, and both act on the one verdict.
 fn two_hosts_judge_one_rollout_together(release: Release) -> Result<()> {
-    let DedupClickHouse { ch, zookeeper: _zk } = DedupClickHouse::start(release)?;
-    let redis = Redis::start()?;
-    let mut conn = redis.conn()?;
-    let dir = tempfile::tempdir()?;
-    let cfg = tempfile::tempdir()?;
-    let config = config(cfg.path())?;
-    install(dir.path(), "echo", "1", "stable", "", "")?;
+    let Rig { ch, redis, mut conn, dir, config, _keep } = Rig::start(release)?;
     let a = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
     let b = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
     let rules = "[rollout]\nshare = 0.5\nmin_events = 40\npromote_after_events = 1000000\n";
