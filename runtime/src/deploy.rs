@@ -322,6 +322,20 @@ impl Deployer {
         {
             return; // touched, not changed
         }
+        // A new running version ends its canary: the candidate was checked against the old one's
+        // tables. It is looked at again at the next scan, against the new one.
+        if let Some(name) = self.live.get(path).map(|l| l.plugin.name().to_string()) {
+            let canaries: Vec<_> = self
+                .canaries
+                .iter()
+                .filter(|(_, (r, _))| r.plugin == name)
+                .map(|(p, (r, _))| (p.clone(), r.clone()))
+                .collect();
+            for (p, r) in canaries {
+                self.end_canary(&p, &r, "the running version changed before a verdict").await;
+                self.seen.remove(&p);
+            }
+        }
         if plugin.rollout.is_some() {
             tracing::warn!(path = %file, plugin = plugin.name(), "this file has a [rollout] section, but no other file runs the plugin `{}` to compare it with: it runs as the plugin", plugin.name());
         }
@@ -420,6 +434,14 @@ impl Deployer {
         mut candidate: LoadedPlugin,
     ) {
         let file = path.display().to_string();
+        if let Some(other) = self.canaries.iter().find(|(p, (r, _))| p.as_path() != path && r.plugin == stable.name()).map(|(p, _)| p.clone()) {
+            let why = format!(
+                "it is a canary ([rollout]) of the plugin `{}`, which has one already ({}): one canary at a time — remove that file, or wait for its verdict",
+                stable.name(),
+                other.display()
+            );
+            return self.refuse(path, PluginStatus::Failed, why);
+        }
         if let Err(why) = same_tables(&stable, &candidate) {
             let why = format!(
                 "it is a canary ([rollout]) of the plugin `{}` running from {}, but {why}: a canary writes into the running version's tables, so a schema change is deployed as a plain reload",
@@ -440,7 +462,15 @@ impl Deployer {
         })
         .await;
         let record = match record {
-            Ok(r) => r,
+            Ok(crate::rollout::Begun::Record(r)) => r,
+            Ok(crate::rollout::Begun::Busy(other)) => {
+                let why = format!(
+                    "it is a canary ([rollout]) of the plugin `{}`, which has one already (candidate {other}, running on another host: see {}): one canary at a time",
+                    stable.name(),
+                    crate::keys::rollout(stable.name())
+                );
+                return self.refuse(path, PluginStatus::Failed, why);
+            }
             Err(e) => return self.refuse(path, PluginStatus::Failed, format!("cannot start its rollout: {e:#}")),
         };
         let entry = |status, error| PluginEntry {
@@ -531,7 +561,7 @@ impl Deployer {
                 let entry = PluginEntry {
                     file: file.clone(),
                     status: PluginStatus::RolledBack,
-                    error: Some(format!("rolled back: {}", d.reason)),
+                    error: Some(format!("{}: {}", if state == crate::rollout::State::Withdrawn { "withdrawn" } else { "rolled back" }, d.reason)),
                     plugin: Some(Arc::new(d.rollout.candidate.summary())),
                 };
                 self.registry.write().unwrap().plugins.insert(file, entry);
@@ -621,6 +651,7 @@ impl Deployer {
             self.end_canary(path, &rollout, "its file was removed before a verdict").await;
             tracing::info!(plugin = %rollout.plugin, path = %file, "canary file removed: all events go to the running version");
         }
+        let mut orphaned = Vec::new();
         if let Some(l) = self.live.get(path) {
             // Its canary has nothing left to be compared with.
             let name = l.plugin.name().to_string();
@@ -632,12 +663,29 @@ impl Deployer {
                 .collect();
             for (p, r) in canaries {
                 self.end_canary(&p, &r, "the running version's file was removed").await;
+                orphaned.push(p);
             }
         }
-        // Files refused because another held their name (or a canary's running version)
-        // are looked at again at the next scan: the name may be free now.
-        let keep: std::collections::HashSet<PathBuf> = self.live.keys().filter(|&p| p != path).cloned().collect();
-        self.seen.retain(|p, _| keep.contains(p));
+        // Files refused (their name was taken, or a canary's running version is gone) are
+        // looked at again at the next scan: the name may be free now. Verdicts stay.
+        let refused: Vec<PathBuf> = {
+            let reg = self.registry.read().unwrap();
+            self.seen
+                .keys()
+                .filter(|p| {
+                    !self.live.contains_key(*p)
+                        && reg.plugins.get(&p.display().to_string()).is_none_or(|e| !e.status.is_settled())
+                })
+                .cloned()
+                .collect()
+        };
+        for p in refused {
+            self.seen.remove(&p);
+        }
+        // A canary whose running version went: it runs on its own at the next scan.
+        for p in orphaned {
+            self.seen.remove(&p);
+        }
         if let Some(old) = self.live.remove(path) {
             tracing::info!(plugin = old.plugin.name(), hash = old.plugin.short_hash(), path = %file, "plugin file removed: stopping its pipelines (its consumer groups and backlog stay)");
             // Routes first: the queue consumers must not keep filling its channels meanwhile.

@@ -91,9 +91,15 @@ impl RolloutConfig {
         if min_events == 0 {
             return Err("rollout.min_events must be at least 1".into());
         }
+        let promote_after_events = self.promote_after_events.unwrap_or(1000);
+        if promote_after_events < min_events {
+            return Err(format!(
+                "rollout.promote_after_events ({promote_after_events}) must be at least rollout.min_events ({min_events}): a candidate is judged before it can be promoted"
+            ));
+        }
         Ok(RolloutSettings {
             share,
-            promote_after_events: self.promote_after_events.unwrap_or(1000),
+            promote_after_events,
             promote_after,
             min_events,
             max_failure_increase: inc,
@@ -270,7 +276,13 @@ impl Rollout {
             plugin: stable.name().to_string(),
             stable: VersionRef::of(stable),
             types: candidate.consumed_event_types().into_iter().collect(),
-            id: candidate.identity(),
+            // Other rules make another rollout: a rolled-back candidate may be tried again
+            // with, say, a smaller share.
+            id: {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("{}{settings:?}", candidate.identity()));
+                hex::encode(digest)[..24].to_string()
+            },
             candidate,
             settings,
             active: AtomicBool::new(true),
@@ -309,7 +321,10 @@ impl Rollout {
     /// version's sandbox is `stable`. Returns the merged outcome, numbered like `events`, and
     /// which of them (by index) the candidate's rows came from.
     pub async fn run(&self, stable: &mut Sandbox, events: &[wit::Event], entries: &[u64]) -> (BatchOutcome, Vec<u32>) {
-        let to_candidate: Vec<bool> = events.iter().map(|e| bucket(&e.id) < self.settings.share).collect();
+        // A redelivery (a retry, a recovery after a crash) goes to the stable version: whatever
+        // went wrong the first time is not the candidate's to repeat.
+        let to_candidate: Vec<bool> =
+            events.iter().map(|e| e.attempt <= 1 && bucket(&e.id) < self.settings.share).collect();
         let pick = |want: bool, among: &[usize]| -> (Vec<wit::Event>, Vec<u64>) {
             let evs = among.iter().filter(|&&i| to_candidate[i] == want).map(|&i| events[i].clone()).collect();
             let ent = match entries.is_empty() {
@@ -365,12 +380,12 @@ impl Rollout {
         // A failure both versions share is the event's, not the candidate's.
         let shared = sent_back.iter().filter(|i| stable_failed.contains(i)).count() as u64;
         let own_stable = stable_idx.len() - sent_back.len();
-        let own_stable_failed = stable_failed.len() as u64 - shared;
+        let own_stable_failed = (stable_failed.len() as u64).saturating_sub(shared);
         let counts = Counts {
             stable_events: own_stable as u64,
             stable_failed: own_stable_failed,
-            candidate_events: cand_idx.len() as u64 - shared,
-            candidate_failed: sent_back.len() as u64 - shared,
+            candidate_events: (cand_idx.len() as u64).saturating_sub(shared),
+            candidate_failed: (sent_back.len() as u64).saturating_sub(shared),
             sent_back: sent_back.len() as u64,
         };
         self.add(counts);
@@ -378,10 +393,10 @@ impl Rollout {
             [("plugin", self.plugin.clone()), ("role", role.to_string()), ("outcome", outcome.to_string())]
         };
         metrics::counter!("sluice_rollout_events_total", &labels("stable", "ok"))
-            .increment(counts.stable_events - counts.stable_failed);
+            .increment(counts.stable_events.saturating_sub(counts.stable_failed));
         metrics::counter!("sluice_rollout_events_total", &labels("stable", "failed")).increment(counts.stable_failed);
         metrics::counter!("sluice_rollout_events_total", &labels("candidate", "ok"))
-            .increment(counts.candidate_events - counts.candidate_failed);
+            .increment(counts.candidate_events.saturating_sub(counts.candidate_failed));
         metrics::counter!("sluice_rollout_events_total", &labels("candidate", "failed"))
             .increment(counts.candidate_failed);
         if !sent_back.is_empty() {
@@ -493,45 +508,107 @@ fn parse_record(map: &std::collections::HashMap<String, String>) -> Option<Recor
     })
 }
 
-/// Starts (or, for the same candidate, resumes) the rollout's record: a different candidate
-/// than the one recorded starts afresh. Returns the record as it stands.
-pub async fn begin(conn: &mut RedisConn, rollout: &Rollout) -> anyhow::Result<Record> {
+/// What the record says when a candidate starts.
+pub enum Begun {
+    /// Its rollout, new or resumed (same candidate: counts and start time go on).
+    Record(Record),
+    /// Another candidate's rollout runs (its id), updated within [`STALE_AFTER`]: one at a time.
+    Busy(String),
+}
+
+/// A running record no host has updated for this long is abandoned (every host running it is
+/// gone): a new candidate may take its place.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Starts (or, for the same candidate, resumes) the rollout's record. A verdict reached on
+/// this candidate before (kept in the same hash as `verdict:<id>`, so that another candidate's
+/// rollout does not erase it) is answered as its record; another candidate's running rollout
+/// is [`Begun::Busy`].
+pub async fn begin(conn: &mut RedisConn, rollout: &Rollout) -> anyhow::Result<Begun> {
     const BEGIN: &str = r"
-        if redis.call('HGET', KEYS[1], 'candidate') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'state') == 'withdrawn' then
-            redis.call('DEL', KEYS[1])
-            redis.call('HSET', KEYS[1], 'candidate', ARGV[1], 'stable', ARGV[2], 'state', 'running',
-                'started_at', ARGV[3], 'candidate_version', ARGV[4], 'stable_version', ARGV[5])
+        local verdict = redis.call('HGET', KEYS[1], 'verdict:' .. ARGV[1])
+        if verdict then
+            return {'verdict', verdict, redis.call('HGET', KEYS[1], 'verdict:' .. ARGV[1] .. ':reason') or '',
+                redis.call('HGET', KEYS[1], 'verdict:' .. ARGV[1] .. ':at') or ''}
         end
-        return redis.call('HGETALL', KEYS[1])";
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let map: std::collections::HashMap<String, String> = redis::Script::new(BEGIN)
+        local current = redis.call('HGET', KEYS[1], 'candidate')
+        local state = redis.call('HGET', KEYS[1], 'state')
+        local updated = tonumber(redis.call('HGET', KEYS[1], 'updated_ms') or '0')
+        if current and current ~= ARGV[1] and state == 'running' and updated > tonumber(ARGV[7]) then
+            return {'busy', current}
+        end
+        if current ~= ARGV[1] or state ~= 'running' then
+            redis.call('HDEL', KEYS[1], 'reason', 'decided_at')
+            redis.call('HSET', KEYS[1], 'candidate', ARGV[1], 'stable', ARGV[2], 'state', 'running',
+                'started_at', ARGV[3], 'candidate_version', ARGV[4], 'stable_version', ARGV[5], 'updated_ms', ARGV[6],
+                'stable_events', 0, 'stable_failed', 0, 'candidate_events', 0, 'candidate_failed', 0, 'sent_back', 0)
+        end
+        local out = redis.call('HGETALL', KEYS[1])
+        table.insert(out, 1, 'record')
+        return out";
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let reply: Vec<String> = redis::Script::new(BEGIN)
         .key(key(&rollout.plugin))
         .arg(&rollout.id)
         .arg(&rollout.stable.hash)
-        .arg(now)
+        .arg(now_text())
         .arg(&rollout.candidate.manifest.version)
         .arg(&rollout.stable.version)
+        .arg(now_ms)
+        .arg(now_ms - STALE_AFTER.as_millis() as i64)
         .invoke_async(conn)
         .await?;
-    let record =
-        parse_record(&map).ok_or_else(|| anyhow::anyhow!("{} holds no rollout record", key(&rollout.plugin)))?;
+    let record = match reply.first().map(String::as_str) {
+        Some("busy") => return Ok(Begun::Busy(reply.get(1).cloned().unwrap_or_default())),
+        Some("verdict") => {
+            let state = reply.get(1).and_then(|s| State::parse(s)).unwrap_or(State::RolledBack);
+            let time = |s: Option<&String>| {
+                s.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc))
+            };
+            Record {
+                candidate: rollout.id.clone(),
+                state,
+                counts: Counts::default(),
+                started_at: None,
+                decided_at: time(reply.get(3)),
+                reason: reply.get(2).cloned().filter(|r| !r.is_empty()),
+            }
+        }
+        _ => {
+            let map: std::collections::HashMap<String, String> =
+                reply[1..].chunks(2).filter(|kv| kv.len() == 2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
+            parse_record(&map).ok_or_else(|| anyhow::anyhow!("{} holds no rollout record", key(&rollout.plugin)))?
+        }
+    };
     rollout.set_view(&record);
-    Ok(record)
+    Ok(Begun::Record(record))
 }
 
-/// Adds this host's counts to the record, and reads it back.
-async fn flush(conn: &mut RedisConn, rollout: &Rollout, c: Counts) -> anyhow::Result<Record> {
-    let k = key(&rollout.plugin);
-    let mut pipe = redis::pipe();
-    pipe.atomic();
+/// Adds this host's counts to the record — only if it is still this candidate's — and reads it
+/// back; None when the record is gone (deleted by hand).
+async fn flush(conn: &mut RedisConn, rollout: &Rollout, c: Counts) -> anyhow::Result<Option<Record>> {
+    const FLUSH: &str = r"
+        if redis.call('HGET', KEYS[1], 'candidate') == ARGV[1] then
+            for i = 3, #ARGV, 2 do
+                redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+            end
+            redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
+        end
+        return redis.call('HGETALL', KEYS[1])";
+    let script = redis::Script::new(FLUSH);
+    let mut inv = script.prepare_invoke();
+    inv.key(key(&rollout.plugin)).arg(&rollout.id).arg(chrono::Utc::now().timestamp_millis());
     for (f, v) in FIELDS.iter().zip(c.values()) {
         if v > 0 {
-            pipe.cmd("HINCRBY").arg(&k).arg(*f).arg(v).ignore();
+            inv.arg(*f).arg(v);
         }
     }
-    pipe.cmd("HGETALL").arg(&k);
-    let (map,): (std::collections::HashMap<String, String>,) = pipe.query_async(conn).await?;
-    parse_record(&map).ok_or_else(|| anyhow::anyhow!("the rollout record {k} is gone"))
+    let map: std::collections::HashMap<String, String> = inv.invoke_async(conn).await?;
+    Ok(parse_record(&map))
 }
 
 /// Sets the verdict, unless another host set one first (or the record is another candidate's).
@@ -539,10 +616,14 @@ async fn decide(conn: &mut RedisConn, rollout: &Rollout, state: State, reason: &
     const DECIDE: &str = r"
         if redis.call('HGET', KEYS[1], 'candidate') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'running' then
             redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'decided_at', ARGV[4])
+            if ARGV[2] ~= 'withdrawn' then
+                redis.call('HSET', KEYS[1], 'verdict:' .. ARGV[1], ARGV[2], 'verdict:' .. ARGV[1] .. ':reason', ARGV[3],
+                    'verdict:' .. ARGV[1] .. ':at', ARGV[4])
+            end
             return 1
         end
         return 0";
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = now_text();
     let set: i64 = redis::Script::new(DECIDE)
         .key(key(&rollout.plugin))
         .arg(&rollout.id)
@@ -578,7 +659,18 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
         ticks.tick().await;
         let counts = rollout.take_pending();
         let record = match flush(&mut conn, &rollout, counts).await {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // The record was deleted (by hand): it starts again, with this tick's counts.
+                rollout.add(counts);
+                tracing::warn!(plugin = %rollout.plugin, "the rollout's record is gone from Redis; starting it again");
+                match begin(&mut conn, &rollout).await {
+                    Ok(Begun::Record(_)) => {}
+                    Ok(Begun::Busy(_)) => {}
+                    Err(e) => tracing::warn!(plugin = %rollout.plugin, error = format!("{e:#}"), "cannot start the rollout's record again"),
+                }
+                continue;
+            }
             Err(e) => {
                 // Kept for the next tick: a count is never lost to a Redis outage.
                 rollout.add(counts);
@@ -587,8 +679,11 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
             }
         };
         if record.candidate != rollout.id {
-            // Another host started another candidate: this one is done here.
-            rollout.withdraw("another candidate's rollout replaced this one");
+            // Another candidate's rollout took the record (another host's, this one's having
+            // gone quiet): this one ends here too.
+            let why = "another candidate's rollout replaced this one";
+            rollout.withdraw(why);
+            let _ = decided.send(Decided { rollout, state: State::Withdrawn, reason: why.to_string() });
             return;
         }
         rollout.set_view(&record);
@@ -618,7 +713,7 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
         };
         // The candidate's share goes back to the stable version from the next batch on.
         rollout.active.store(false, Ordering::Relaxed);
-        if let Ok(r) = flush(&mut conn, &rollout, rollout.take_pending()).await {
+        if let Ok(Some(r)) = flush(&mut conn, &rollout, rollout.take_pending()).await {
             rollout.set_view(&r);
         }
         let _ = decided.send(Decided { rollout, state, reason });
@@ -631,7 +726,9 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
 #[derive(Default)]
 pub struct Rollouts {
     pub current: std::collections::BTreeMap<String, Arc<Rollout>>,
-    pub finished: std::collections::VecDeque<Arc<Rollout>>,
+    /// What they looked like when they ended (not the rollouts: their candidate's compiled
+    /// code and instances are freed).
+    pub finished: std::collections::VecDeque<serde_json::Value>,
 }
 
 impl Rollouts {
@@ -642,10 +739,10 @@ impl Rollouts {
         if self.finished.len() == HISTORY {
             self.finished.pop_back();
         }
-        self.finished.push_front(r);
+        self.finished.push_front(r.to_json());
     }
     pub fn to_json(&self) -> Vec<serde_json::Value> {
-        self.current.values().chain(self.finished.iter()).map(|r| r.to_json()).collect()
+        self.current.values().map(|r| r.to_json()).chain(self.finished.iter().cloned()).collect()
     }
 }
 
@@ -714,6 +811,9 @@ mod tests {
         assert!(
             bad(RolloutConfig { max_failure_increase: Some(-0.1), ..Default::default() })
                 .contains("max_failure_increase")
+        );
+        assert!(
+            bad(RolloutConfig { promote_after_events: Some(20), ..Default::default() }).contains("rollout.min_events (50)")
         );
     }
 }

@@ -242,6 +242,26 @@ pub struct BatchOutcome {
     pub calls: u32,
 }
 
+impl BatchOutcome {
+    /// One failure per event, in order (a plugin may report one twice, or a row of a failed
+    /// event be refused too), and no rows for a failed event, whatever the plugin emitted for
+    /// it (the SDKs drop them; a plugin written against the bare WIT might not): its retry, or
+    /// the version it is handed to, writes them — once.
+    fn settle_failures(&mut self) {
+        self.failures.sort_by_key(|f| f.event);
+        self.failures.dedup_by_key(|f| f.event);
+        if self.failures.is_empty() {
+            return;
+        }
+        let failed: std::collections::HashSet<u32> = self.failures.iter().map(|f| f.event).collect();
+        for t in &mut self.tables {
+            if t.events.iter().any(|(e, _, _)| failed.contains(e)) {
+                *t = std::mem::take(t).without(|e| failed.contains(&e));
+            }
+        }
+    }
+}
+
 /// A plugin version with at most one live instance, which it replaces after a trap.
 pub struct Sandbox {
     pub plugin: Arc<LoadedPlugin>,
@@ -325,7 +345,25 @@ impl Sandbox {
                 }
             }
         }
-        out.failures.sort_by_key(|f| f.event);
+        out.settle_failures();
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_event_keeps_no_rows_and_fails_once() {
+        // Events 0, 1, 2 with one row each (3 bytes apiece); the plugin failed event 1 twice.
+        let rows = rows::TableRows { data: b"aaabbbccc".to_vec(), rows: 3, events: vec![(0, 3, 1), (1, 6, 1), (2, 9, 1)] };
+        let fail = |event| EventFailure { event, permanent: false, message: "no".into() };
+        let mut out = BatchOutcome { tables: vec![rows], failures: vec![fail(1), fail(1)], calls: 1 };
+        out.settle_failures();
+        assert_eq!(out.failures.len(), 1);
+        assert_eq!(out.tables[0].data, b"aaaccc");
+        assert_eq!(out.tables[0].rows, 2);
+        assert_eq!(out.tables[0].events, vec![(0, 3, 1), (2, 6, 1)]);
     }
 }
