@@ -434,7 +434,12 @@ impl Deployer {
         mut candidate: LoadedPlugin,
     ) {
         let file = path.display().to_string();
-        if let Some(other) = self.canaries.iter().find(|(p, (r, _))| p.as_path() != path && r.plugin == stable.name()).map(|(p, _)| p.clone()) {
+        if let Some(other) = self
+            .canaries
+            .iter()
+            .find(|(p, (r, _))| p.as_path() != path && r.plugin == stable.name())
+            .map(|(p, _)| p.clone())
+        {
             let why = format!(
                 "it is a canary ([rollout]) of the plugin `{}`, which has one already ({}): one canary at a time — remove that file, or wait for its verdict",
                 stable.name(),
@@ -561,7 +566,11 @@ impl Deployer {
                 let entry = PluginEntry {
                     file: file.clone(),
                     status: PluginStatus::RolledBack,
-                    error: Some(format!("{}: {}", if state == crate::rollout::State::Withdrawn { "withdrawn" } else { "rolled back" }, d.reason)),
+                    error: Some(format!(
+                        "{}: {}",
+                        if state == crate::rollout::State::Withdrawn { "withdrawn" } else { "rolled back" },
+                        d.reason
+                    )),
                     plugin: Some(Arc::new(d.rollout.candidate.summary())),
                 };
                 self.registry.write().unwrap().plugins.insert(file, entry);

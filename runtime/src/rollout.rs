@@ -97,13 +97,7 @@ impl RolloutConfig {
                 "rollout.promote_after_events ({promote_after_events}) must be at least rollout.min_events ({min_events}): a candidate is judged before it can be promoted"
             ));
         }
-        Ok(RolloutSettings {
-            share,
-            promote_after_events,
-            promote_after,
-            min_events,
-            max_failure_increase: inc,
-        })
+        Ok(RolloutSettings { share, promote_after_events, promote_after, min_events, max_failure_increase: inc })
     }
 }
 
@@ -667,7 +661,9 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
                 match begin(&mut conn, &rollout).await {
                     Ok(Begun::Record(_)) => {}
                     Ok(Begun::Busy(_)) => {}
-                    Err(e) => tracing::warn!(plugin = %rollout.plugin, error = format!("{e:#}"), "cannot start the rollout's record again"),
+                    Err(e) => {
+                        tracing::warn!(plugin = %rollout.plugin, error = format!("{e:#}"), "cannot start the rollout's record again")
+                    }
                 }
                 continue;
             }
@@ -813,7 +809,8 @@ mod tests {
                 .contains("max_failure_increase")
         );
         assert!(
-            bad(RolloutConfig { promote_after_events: Some(20), ..Default::default() }).contains("rollout.min_events (50)")
+            bad(RolloutConfig { promote_after_events: Some(20), ..Default::default() })
+                .contains("rollout.min_events (50)")
         );
     }
 }

@@ -213,6 +213,43 @@ fn a_good_canary_is_promoted_and_every_event_lands_once(release: Release) -> Res
     assert_eq!(host.metric("sluice_rollouts_total", "result=\"promoted\""), 1.0);
     let (ready, body) = host.admin("GET", "/ready", &[])?;
     assert_eq!(ready, 200, "{body}");
+
+    // Tidying up as the docs say: the candidate renamed over the old file, without [rollout].
+    let toml = std::fs::read_to_string(dir.path().join("echo.next.toml"))?.replace(rules, "");
+    std::fs::write(dir.path().join("echo.toml"), toml)?;
+    std::fs::remove_file(dir.path().join("echo.next.toml"))?;
+    std::fs::rename(dir.path().join("echo.next.wasm"), dir.path().join("echo.wasm"))?;
+    wait_until("the plugin running from echo.wasm alone", Duration::from_secs(30), || {
+        plugin_status(&host, "echo.wasm").is_ok_and(|p| p["status"] == "running" && p["version"] == "2")
+            && plugin_status(&host, "echo.next.wasm").is_ok_and(|p| p.is_null())
+    })
+    .map_err(|e| e.context(host.log_text()))?;
+    publish(&mut conn, 700..800)?;
+    wait_rows(&ch, &host, 800)?;
+    assert_eq!(
+        ch.query(&format!("SELECT count(), uniqExact(k), countIf(k >= 700 AND tag = 'candidate') FROM {QUALIFIED}"))?
+            .trim(),
+        "800\t800\t100"
+    );
+    let (ready, body) = host.admin("GET", "/ready", &[])?;
+    assert_eq!(ready, 200, "{body}");
+    Ok(())
+}
+
+/// One canary at a time: a second candidate is refused while the first runs, naming it.
+fn a_second_canary_waits_for_the_first(release: Release) -> Result<()> {
+    let Rig { ch, redis, conn: _conn, dir, config, _keep } = Rig::start(release)?;
+    let host = echo::start_host(&redis, &ch, dir.path(), Path::new(&config))?;
+    let rules = "[rollout]\nshare = 0.5\npromote_after_events = 1000000\n";
+    install(dir.path(), "echo.next", "2", "candidate", rules, "")?;
+    host.wait_for_log("canary rollout running", Duration::from_secs(30))?;
+    install(dir.path(), "echo.other", "3", "other", rules, "")?;
+    wait_until("the second canary refused", Duration::from_secs(30), || {
+        plugin_status(&host, "echo.other.wasm").is_ok_and(|p| p["status"] == "failed")
+    })?;
+    let error = plugin_status(&host, "echo.other.wasm")?["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("one canary at a time") && error.contains("echo.next.wasm"), "{error}");
+    assert_eq!(plugin_status(&host, "echo.next.wasm")?["status"], "canary");
     Ok(())
 }
 
@@ -288,4 +325,5 @@ on_every_release!(
     a_good_canary_is_promoted_and_every_event_lands_once,
     a_canary_with_other_tables_is_refused,
     two_hosts_judge_one_rollout_together,
+    a_second_canary_waits_for_the_first,
 );

@@ -357,7 +357,8 @@ mod tests {
     #[test]
     fn a_failed_event_keeps_no_rows_and_fails_once() {
         // Events 0, 1, 2 with one row each (3 bytes apiece); the plugin failed event 1 twice.
-        let rows = rows::TableRows { data: b"aaabbbccc".to_vec(), rows: 3, events: vec![(0, 3, 1), (1, 6, 1), (2, 9, 1)] };
+        let rows =
+            rows::TableRows { data: b"aaabbbccc".to_vec(), rows: 3, events: vec![(0, 3, 1), (1, 6, 1), (2, 9, 1)] };
         let fail = |event| EventFailure { event, permanent: false, message: "no".into() };
         let mut out = BatchOutcome { tables: vec![rows], failures: vec![fail(1), fail(1)], calls: 1 };
         out.settle_failures();
