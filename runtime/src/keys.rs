@@ -34,10 +34,8 @@ pub fn group_name(plugin: &str) -> String {
     format!("sluice:{plugin}")
 }
 
-/// A running host's liveness key (see `admin::live`), by its consumer name.
-pub fn host_alive(consumer: &str) -> String {
-    format!("sluice:host:{consumer}")
-}
+/// The running hosts (see `admin::live`): a hash, consumer name → its last beat.
+pub const HOSTS: &str = "sluice:hosts";
 
 /// The stream a plugin's re-fed events go to: dead letters reprocessed and history replayed
 /// for that plugin alone (re-adding them to `events:<type>` would feed every plugin again).

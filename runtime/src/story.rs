@@ -145,7 +145,8 @@ pub async fn trace(id: &str, stores: Stores<'_>) -> Result<Trace> {
     let form = classify(id)?;
     let Stores { redis: conn, clickhouse, stream_prefix, queues } = stores;
     let mut remembered = crate::trace::find(Find::Entry(id));
-    if form == Form::EventOrJob {
+    // An event id may look like an entry id (`20240601-0001`): the rings are asked both ways.
+    {
         for r in crate::trace::find(Find::EventId(id)) {
             if !remembered.iter().any(|m| same(m, &r)) {
                 remembered.push(r);

@@ -238,13 +238,27 @@ fn batch(
         .enumerate()
         .filter_map(|(i, s)| match s {
             Settlement::Ack => None,
-            Settlement::Retry(why) => Some((i as u32, Outcome::Retry(why.clone()))),
+            Settlement::Retry(why) => Some((i as u32, Outcome::Retry(short(why)))),
             Settlement::DeadLetter { kind, error } => {
-                Some((i as u32, Outcome::DeadLettered { kind: *kind, error: error.clone() }))
+                Some((i as u32, Outcome::DeadLettered { kind: *kind, error: short(error) }))
             }
         })
         .collect();
     Batch { read_at, settled_at: now_ms(), versions, streams, rows, ids, events, failed }
+}
+
+/// An error as the ring keeps it: its first 500 bytes (a batch failing during an outage holds
+/// one per event; the dead letter keeps the whole text).
+fn short(error: &str) -> String {
+    const MAX: usize = 500;
+    if error.len() <= MAX {
+        return error.to_string();
+    }
+    let mut end = MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 /// Adds a batch to its pipeline's ring (one lock), forgetting the oldest batches beyond
