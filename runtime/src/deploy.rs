@@ -324,18 +324,7 @@ impl Deployer {
         }
         // A new running version ends its canary: the candidate was checked against the old one's
         // tables. It is looked at again at the next scan, against the new one.
-        if let Some(name) = self.live.get(path).map(|l| l.plugin.name().to_string()) {
-            let canaries: Vec<_> = self
-                .canaries
-                .iter()
-                .filter(|(_, (r, _))| r.plugin == name)
-                .map(|(p, (r, _))| (p.clone(), r.clone()))
-                .collect();
-            for (p, r) in canaries {
-                self.end_canary(&p, &r, "the running version changed before a verdict").await;
-                self.seen.remove(&p);
-            }
-        }
+        self.end_canaries_of(path, "the running version changed before a verdict").await;
         if plugin.rollout.is_some() {
             tracing::warn!(path = %file, plugin = plugin.name(), "this file has a [rollout] section, but no other file runs the plugin `{}` to compare it with: it runs as the plugin", plugin.name());
         }
@@ -533,6 +522,22 @@ impl Deployer {
         self.registry.write().unwrap().rollouts.finish(rollout.clone());
     }
 
+    /// Ends the canaries of the plugin running from `path` (its version changes or goes), and
+    /// has their files looked at again at the next scan.
+    async fn end_canaries_of(&mut self, path: &Path, why: &str) {
+        let Some(name) = self.live.get(path).map(|l| l.plugin.name().to_string()) else { return };
+        let canaries: Vec<_> = self
+            .canaries
+            .iter()
+            .filter(|(_, (r, _))| r.plugin == name)
+            .map(|(p, (r, _))| (p.clone(), r.clone()))
+            .collect();
+        for (p, r) in canaries {
+            self.end_canary(&p, &r, why).await;
+            self.seen.remove(&p);
+        }
+    }
+
     /// A controller's verdict: the candidate replaces the running version, or is dropped.
     async fn on_verdict(&mut self, d: Decided) {
         let Some(path) = self.canaries.iter().find(|(_, (r, _))| Arc::ptr_eq(r, &d.rollout)).map(|(p, _)| p.clone())
@@ -660,21 +665,8 @@ impl Deployer {
             self.end_canary(path, &rollout, "its file was removed before a verdict").await;
             tracing::info!(plugin = %rollout.plugin, path = %file, "canary file removed: all events go to the running version");
         }
-        let mut orphaned = Vec::new();
-        if let Some(l) = self.live.get(path) {
-            // Its canary has nothing left to be compared with.
-            let name = l.plugin.name().to_string();
-            let canaries: Vec<_> = self
-                .canaries
-                .iter()
-                .filter(|(_, (r, _))| r.plugin == name)
-                .map(|(p, (r, _))| (p.clone(), r.clone()))
-                .collect();
-            for (p, r) in canaries {
-                self.end_canary(&p, &r, "the running version's file was removed").await;
-                orphaned.push(p);
-            }
-        }
+        // Its canary has nothing left to be compared with: it runs alone at the next scan.
+        self.end_canaries_of(path, "the running version's file was removed").await;
         // Files refused (their name was taken, or a canary's running version is gone) are
         // looked at again at the next scan: the name may be free now. Verdicts stay.
         let refused: Vec<PathBuf> = {
@@ -689,10 +681,6 @@ impl Deployer {
                 .collect()
         };
         for p in refused {
-            self.seen.remove(&p);
-        }
-        // A canary whose running version went: it runs on its own at the next scan.
-        for p in orphaned {
             self.seen.remove(&p);
         }
         if let Some(old) = self.live.remove(path) {

@@ -28,78 +28,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::contract::wit;
+use crate::plugin::config::RolloutSettings;
 use crate::plugin::{BatchOutcome, LoadedPlugin, Sandbox};
 use crate::redis_conn::RedisConn;
 
 /// How often each host adds its counts to the rollout's record and reads the verdict.
 const TICK: Duration = Duration::from_secs(1);
-
-/// Finished rollouts the admin API keeps showing.
-const HISTORY: usize = 20;
-
-/// The `[rollout]` section of a plugin's settings, as written.
-#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutConfig {
-    share: Option<f64>,
-    promote_after_events: Option<u64>,
-    promote_after: Option<String>,
-    min_events: Option<u64>,
-    max_failure_increase: Option<f64>,
-}
-
-/// A candidate's rollout rules.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RolloutSettings {
-    /// The share of events (by hash of their id) the candidate handles, in (0, 1].
-    pub share: f64,
-    /// Candidate events needed before promotion.
-    pub promote_after_events: u64,
-    /// And time since the rollout began.
-    #[serde(serialize_with = "seconds")]
-    pub promote_after: Duration,
-    /// Candidate events needed before its failure rate is judged.
-    pub min_events: u64,
-    /// How much higher than the stable version's its failure rate may be (0.05: five points).
-    pub max_failure_increase: f64,
-}
-
-fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_secs())
-}
-
-impl RolloutConfig {
-    /// The rules, defaults filled in; the error names the bad key.
-    pub fn settings(&self) -> Result<RolloutSettings, String> {
-        let share = self.share.unwrap_or(0.1);
-        if !(share > 0.0 && share <= 1.0) {
-            return Err(format!("rollout.share must be above 0 and at most 1 (a fraction of the events), got {share}"));
-        }
-        let inc = self.max_failure_increase.unwrap_or(0.05);
-        if !(0.0..1.0).contains(&inc) {
-            return Err(format!(
-                "rollout.max_failure_increase must be at least 0 and below 1 (0.05: five points more than the running version), got {inc}"
-            ));
-        }
-        let promote_after = match &self.promote_after {
-            Some(t) => {
-                crate::source::delayed::parse_duration(t).map_err(|e| format!("rollout.promote_after: {e:#}"))?
-            }
-            None => Duration::from_secs(600),
-        };
-        let min_events = self.min_events.unwrap_or(50);
-        if min_events == 0 {
-            return Err("rollout.min_events must be at least 1".into());
-        }
-        let promote_after_events = self.promote_after_events.unwrap_or(1000);
-        if promote_after_events < min_events {
-            return Err(format!(
-                "rollout.promote_after_events ({promote_after_events}) must be at least rollout.min_events ({min_events}): a candidate is judged before it can be promoted"
-            ));
-        }
-        Ok(RolloutSettings { share, promote_after_events, promote_after, min_events, max_failure_increase: inc })
-    }
-}
 
 /// Which side an event id goes to: the same on every host and every delivery (FNV-1a, not
 /// the standard library's hasher, whose output may change between Rust releases).
@@ -717,34 +651,19 @@ pub async fn control(rollout: Arc<Rollout>, mut conn: RedisConn, decided: tokio:
     }
 }
 
-/// The rollouts this host runs or ran, for the admin API: current ones by plugin, then the
-/// last finished ones.
-#[derive(Default)]
-pub struct Rollouts {
-    pub current: std::collections::BTreeMap<String, Arc<Rollout>>,
-    /// What they looked like when they ended (not the rollouts: their candidate's compiled
-    /// code and instances are freed).
-    pub finished: std::collections::VecDeque<serde_json::Value>,
-}
-
-impl Rollouts {
-    pub fn finish(&mut self, r: Arc<Rollout>) {
-        if self.current.get(&r.plugin).is_some_and(|c| Arc::ptr_eq(c, &r)) {
-            self.current.remove(&r.plugin);
-        }
-        if self.finished.len() == HISTORY {
-            self.finished.pop_back();
-        }
-        self.finished.push_front(r.to_json());
+impl crate::status::ShownRollout for Rollout {
+    fn plugin(&self) -> &str {
+        &self.plugin
     }
-    pub fn to_json(&self) -> Vec<serde_json::Value> {
-        self.current.values().map(|r| r.to_json()).chain(self.finished.iter().cloned()).collect()
+    fn to_json(&self) -> serde_json::Value {
+        Rollout::to_json(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::config::RolloutConfig;
 
     fn rules() -> RolloutSettings {
         RolloutConfig { min_events: Some(10), promote_after_events: Some(100), ..Default::default() }
@@ -793,24 +712,5 @@ mod tests {
         assert!((wilson_lower(20, 20) - 0.839).abs() < 0.001, "{}", wilson_lower(20, 20));
         assert!((wilson_lower(10, 100) - 0.0552).abs() < 0.001, "{}", wilson_lower(10, 100));
         assert_eq!(wilson_lower(0, 0), 0.0);
-    }
-
-    #[test]
-    fn bad_rules_are_named() {
-        let bad = |c: RolloutConfig| c.settings().unwrap_err();
-        assert!(bad(RolloutConfig { share: Some(0.0), ..Default::default() }).contains("rollout.share"));
-        assert!(bad(RolloutConfig { share: Some(1.5), ..Default::default() }).contains("rollout.share"));
-        assert!(
-            bad(RolloutConfig { promote_after: Some("soon".into()), ..Default::default() })
-                .contains("rollout.promote_after")
-        );
-        assert!(
-            bad(RolloutConfig { max_failure_increase: Some(-0.1), ..Default::default() })
-                .contains("max_failure_increase")
-        );
-        assert!(
-            bad(RolloutConfig { promote_after_events: Some(20), ..Default::default() })
-                .contains("rollout.min_events (50)")
-        );
     }
 }

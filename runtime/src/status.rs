@@ -115,7 +115,7 @@ pub struct Registry {
     /// Streams under the event prefix that no running plugin reads.
     pub unsubscribed: Vec<Unsubscribed>,
     /// Canary rollouts running and finished (see `rollout`).
-    pub rollouts: crate::rollout::Rollouts,
+    pub rollouts: Rollouts,
 }
 
 /// What the housekeeping did to a stream.
@@ -237,4 +237,39 @@ pub fn arrived(what: &str) {
 /// What the host waits for now: (what, message).
 pub fn waits() -> Vec<(String, String)> {
     WAITING.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A canary rollout as the admin API shows it (see `rollout`): live while it runs.
+pub trait ShownRollout: Send + Sync {
+    fn plugin(&self) -> &str;
+    fn to_json(&self) -> serde_json::Value;
+}
+
+/// Finished rollouts the admin API keeps showing.
+const ROLLOUT_HISTORY: usize = 20;
+
+/// The rollouts this host runs or ran, for the admin API: current ones by plugin, then the
+/// last finished ones.
+#[derive(Default)]
+pub struct Rollouts {
+    pub current: BTreeMap<String, Arc<dyn ShownRollout>>,
+    /// What they looked like when they ended (not the rollouts: their candidate's compiled
+    /// code and instances are freed).
+    pub finished: VecDeque<serde_json::Value>,
+}
+
+impl Rollouts {
+    pub fn finish(&mut self, r: Arc<dyn ShownRollout>) {
+        let same = |c: &Arc<dyn ShownRollout>| std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(&r));
+        if self.current.get(r.plugin()).is_some_and(same) {
+            self.current.remove(r.plugin());
+        }
+        if self.finished.len() == ROLLOUT_HISTORY {
+            self.finished.pop_back();
+        }
+        self.finished.push_front(r.to_json());
+    }
+    pub fn to_json(&self) -> Vec<serde_json::Value> {
+        self.current.values().map(|r| r.to_json()).chain(self.finished.iter().cloned()).collect()
+    }
 }

@@ -36,7 +36,7 @@ struct Sidecar {
     #[serde(default)]
     grants: Grants,
     /// This file is a canary of the plugin another file runs (see `rollout`).
-    rollout: Option<crate::rollout::RolloutConfig>,
+    rollout: Option<RolloutConfig>,
 }
 
 /// A plugin's own delivery settings (the host's apply where unset).
@@ -131,7 +131,7 @@ pub struct PluginConfig {
     pub delivery: Delivery,
     pub table_prefix: Option<String>,
     pub grants: Grants,
-    pub rollout: Option<crate::rollout::RolloutSettings>,
+    pub rollout: Option<RolloutSettings>,
 }
 
 /// What the host gives every plugin before its sidecar file: its default limits, and the
@@ -269,4 +269,92 @@ pub fn read_sidecar(wasm: &Path, defaults: &PluginDefaults) -> Result<PluginConf
         grants: sidecar.grants,
         rollout,
     })
+}
+
+/// The `[rollout]` section of a plugin's settings, as written.
+#[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    pub(crate) share: Option<f64>,
+    pub(crate) promote_after_events: Option<u64>,
+    pub(crate) promote_after: Option<String>,
+    pub(crate) min_events: Option<u64>,
+    pub(crate) max_failure_increase: Option<f64>,
+}
+
+/// A candidate's rollout rules.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RolloutSettings {
+    /// The share of events (by hash of their id) the candidate handles, in (0, 1].
+    pub share: f64,
+    /// Candidate events needed before promotion.
+    pub promote_after_events: u64,
+    /// And time since the rollout began.
+    #[serde(serialize_with = "seconds")]
+    pub promote_after: Duration,
+    /// Candidate events needed before its failure rate is judged.
+    pub min_events: u64,
+    /// How much higher than the stable version's its failure rate may be (0.05: five points).
+    pub max_failure_increase: f64,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+impl RolloutConfig {
+    /// The rules, defaults filled in; the error names the bad key.
+    pub fn settings(&self) -> Result<RolloutSettings, String> {
+        let share = self.share.unwrap_or(0.1);
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(format!("rollout.share must be above 0 and at most 1 (a fraction of the events), got {share}"));
+        }
+        let inc = self.max_failure_increase.unwrap_or(0.05);
+        if !(0.0..1.0).contains(&inc) {
+            return Err(format!(
+                "rollout.max_failure_increase must be at least 0 and below 1 (0.05: five points more than the running version), got {inc}"
+            ));
+        }
+        let promote_after = match &self.promote_after {
+            Some(t) => {
+                crate::source::delayed::parse_duration(t).map_err(|e| format!("rollout.promote_after: {e:#}"))?
+            }
+            None => Duration::from_secs(600),
+        };
+        let min_events = self.min_events.unwrap_or(50);
+        if min_events == 0 {
+            return Err("rollout.min_events must be at least 1".into());
+        }
+        let promote_after_events = self.promote_after_events.unwrap_or(1000);
+        if promote_after_events < min_events {
+            return Err(format!(
+                "rollout.promote_after_events ({promote_after_events}) must be at least rollout.min_events ({min_events}): a candidate is judged before it can be promoted"
+            ));
+        }
+        Ok(RolloutSettings { share, promote_after_events, promote_after, min_events, max_failure_increase: inc })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_rules_are_named() {
+        let bad = |c: RolloutConfig| c.settings().unwrap_err();
+        assert!(bad(RolloutConfig { share: Some(0.0), ..Default::default() }).contains("rollout.share"));
+        assert!(bad(RolloutConfig { share: Some(1.5), ..Default::default() }).contains("rollout.share"));
+        assert!(
+            bad(RolloutConfig { promote_after: Some("soon".into()), ..Default::default() })
+                .contains("rollout.promote_after")
+        );
+        assert!(
+            bad(RolloutConfig { max_failure_increase: Some(-0.1), ..Default::default() })
+                .contains("max_failure_increase")
+        );
+        assert!(
+            bad(RolloutConfig { promote_after_events: Some(20), ..Default::default() })
+                .contains("rollout.min_events (50)")
+        );
+    }
 }

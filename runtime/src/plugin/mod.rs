@@ -109,7 +109,7 @@ pub struct LoadedPlugin {
     pub delivery: Delivery,
     pub grants: Grants,
     /// `[rollout]`: this file is a candidate beside the running version of its plugin.
-    pub rollout: Option<crate::rollout::RolloutSettings>,
+    pub rollout: Option<config::RolloutSettings>,
     /// Linear memory of the latest instance, in bytes.
     memory_bytes: Arc<std::sync::atomic::AtomicUsize>,
     /// The log rate of all its instances.
